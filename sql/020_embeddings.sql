@@ -1,0 +1,70 @@
+-- Idempotent: re-applied by every `switchyard migrate`.
+
+-- The cache key of one embedding input: SHA-256 of the text (UTF-8), or of 'ids:' || the JSON
+-- list for token-id inputs. The worker (TypeScript) computes the same digest.
+create or replace function ai.embedding_input_hash(p_input jsonb)
+returns bytea language sql immutable strict as $$
+  select case jsonb_typeof(p_input)
+    when 'string' then digest(convert_to(p_input #>> '{}', 'UTF8'), 'sha256')
+    else digest(convert_to('ids:' || p_input::text, 'UTF8'), 'sha256')
+  end
+$$;
+
+-- Records an embedding request and wakes the workers that serve its model, in the caller's
+-- transaction: the HTTP gateway calls it directly, ai.embed() through a side connection so the
+-- request is committed (and visible to workers) while the calling statement waits for it.
+-- Embedding requests are not graphile-worker jobs: workers claim them in batches with
+-- ai.claim_embeddings (one statement for up to hundreds of requests), because per-request job
+-- bookkeeping cost more than the model itself for short inputs.
+-- (p_max_attempts: how many claims a request gets before it is failed.)
+create or replace function ai.enqueue_embedding(
+  p_id uuid, p_model text, p_requested_model text, p_inputs jsonb, p_params jsonb default '{}',
+  p_key uuid default null, p_max_attempts integer default 5
+) returns void language plpgsql as $$
+begin
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id)
+  values (p_id, 'embeddings', p_model, p_requested_model, jsonb_build_object('input', p_inputs),
+          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key);
+  perform pg_notify('ai_embed', p_model);
+end $$;
+
+-- Claims up to p_limit queued embedding requests of a model for a worker, oldest first, and
+-- also reclaims requests left 'running' longer than p_stale (their worker died: a batch takes
+-- seconds). A request out of attempts is failed instead, with an error its waiter receives.
+create or replace function ai.claim_embeddings(p_model text, p_worker text, p_limit integer, p_stale interval default '2 minutes')
+returns table (id uuid, input jsonb) language plpgsql as $$
+declare
+  gone record;
+begin
+  for gone in
+    update ai.requests r
+       set status = 'failed', finished_at = clock_timestamp(),
+           error = jsonb_build_object('message', 'The request failed on every attempt (its workers stopped while running it).',
+                                      'type', 'server_error', 'param', null, 'code', 'attempts_exhausted')
+     where r.model = p_model and r.endpoint = 'embeddings' and r.status = 'running'
+       and r.started_at < clock_timestamp() - p_stale
+       and r.attempts >= coalesce((r.params->>'max_attempts')::int, 5)
+    returning r.id, r.error
+  loop
+    perform ai.publish_final(gone.id, jsonb_build_object('type', 'error', 'status', 500, 'error', gone.error));
+  end loop;
+
+  return query
+  update ai.requests r
+     set status = 'running', started_at = clock_timestamp(), worker = p_worker, attempts = r.attempts + 1
+   where r.id in (
+     select q.id from ai.requests q
+      where q.model = p_model and q.endpoint = 'embeddings'
+        and (q.status = 'queued' or (q.status = 'running' and q.started_at < clock_timestamp() - p_stale))
+      order by q.queued_at
+      limit p_limit
+      for update skip locked)
+  returning r.id, r.input;
+end $$;
+
+-- Publishes a request's last event after whatever an earlier attempt published.
+create or replace function ai.publish_final(p_request uuid, p_data jsonb)
+returns void language sql as $$
+  select ai.publish_event(p_request,
+    coalesce((select max(seq) + 1 from ai.request_events where request_id = p_request), 0), p_data)
+$$;

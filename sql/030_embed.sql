@@ -1,0 +1,272 @@
+-- Idempotent: re-applied by every `switchyard migrate`.
+--
+-- ai.embed(model, text) → vector and ai.embed(model, text[]) → vector[]: embeddings inside any
+-- SQL statement, computed by the workers.
+--
+--   select id from docs order by embedding <=> ai.embed('minilm', 'query') limit 5;
+--   select u.i, u.v from unnest(ai.embed('minilm', array['a', 'b'])) with ordinality u(v, i);
+--
+-- How it works
+-- 1. Fast path: every input found in ai.embedding_cache (keyed like the workers key it) is
+--    returned at once, with no queueing and no side connection (about a millisecond).
+-- 2. Otherwise the request must reach a worker while this statement is still running. A row
+--    and a job written in the caller's own transaction stay invisible to the workers until it
+--    commits, which it cannot do while waiting for them. So the request is enqueued through a
+--    loopback dblink connection: ai.enqueue_embedding runs there in autocommit mode, i.e. in a
+--    side transaction that commits at once (the same request row the HTTP gateway writes).
+--    Alternatives considered: pg_background (not in Debian's contrib), autonomous transactions
+--    (PostgreSQL has none), NOTIFY (delivered only at commit), non-transactional tricks such as
+--    sequences or advisory locks (carry no payload). dblink is the standard way.
+--    Before enqueueing, the cache is read once more through the side connection: its fresh
+--    snapshot sees vectors committed after the caller's snapshot was taken (by an earlier call
+--    in the same statement or transaction, or by another session).
+-- 3. It then waits for the request row to finish, polling it *through the side connection*:
+--    that connection's every statement takes a fresh snapshot, so the wait works whatever the
+--    caller's isolation level (under REPEATABLE READ the caller's own snapshot would never see
+--    the worker's update). Polls start 1 ms apart and back off to 20 ms: a few cheap primary-key
+--    lookups per embedding (a new text takes 20-30 ms end to end with the fixture model).
+--    LISTEN cannot help inside a function (notifications are delivered between statements), so
+--    polling is the only option here.
+-- 4. Failure: the worker's error becomes an SQL error with its message (SQLSTATE 22023 for
+--    input errors such as context_length_exceeded or empty_input). Timeout: after
+--    ai.embed_timeout (default 30s; seconds or an interval, e.g. set ai.embed_timeout = '5s'),
+--    the request is cancelled (a worker that has not started it skips it) and a 57014 error
+--    says whether any worker picked it up.
+--
+-- The side connection
+-- * Connection string: the GUC ai.dblink_connstr when set (a libpq string, or the name of a
+--   dblink_fdw foreign server), otherwise ai.embed_connstr()'s default: this database, as
+--   session_user, to the address and port this session reached (inet_server_addr/port), or to
+--   the first unix_socket_directories entry for a unix-socket session.
+-- * The default works for superusers when the server accepts that loopback connection without
+--   a password (trust, or peer for the postgres OS user, as on a stock Debian install).
+--   dblink refuses password-less connections for other roles ("password is required"); for an
+--   application role, store the password in a user mapping rather than in the GUC:
+--     create server switchyard_loopback foreign data wrapper dblink_fdw
+--       options (host '127.0.0.1', port '5432', dbname 'app');
+--     create user mapping for app server switchyard_loopback options (user 'app', password '...');
+--     grant usage on foreign server switchyard_loopback to app;
+--     alter role app set ai.dblink_connstr = 'switchyard_loopback';
+--   (pg_hba.conf must then ask that loopback connection for a password, e.g. scram-sha-256).
+--   On a read replica, point ai.dblink_connstr at the primary: the request is written there.
+-- * The connection is opened on first use and kept for the session (named by a hash of its
+--   string: changing ai.dblink_connstr opens another), so it costs one extra server connection
+--   per session that ever missed the cache; `select dblink_disconnect(c) from unnest(dblink_get_connections()) c`
+--   closes it. A connection that went away (idle_session_timeout, a restart) is reopened once.
+--
+-- Volatility: ai.embed is declared IMMUTABLE (as pgai declares its embedding functions) so that
+-- the planner folds `ai.embed('minilm', 'constant')` into a constant once per statement, instead
+-- of calling it for every row a sort or filter visits. What it promises is that a model maps a
+-- text to one vector, which the embedding cache relies on as well; re-registering a model name
+-- with different weights breaks that promise (clear ai.embedding_cache then). Its high COST
+-- makes the plan cache prefer custom plans (folded) for prepared statements with a parameter;
+-- when a generic plan does call it per row, rows after the first find the vector in the cache
+-- (through the side connection: one round trip each, no request). EXPLAIN computes it too. PARALLEL
+-- UNSAFE: it uses a session's connection and subtransactions. Inside a transaction that is later
+-- rolled back, the request row and the cached vectors stay (they were committed on the side).
+
+-- Quotes one value for a libpq connection string.
+create or replace function ai._connstr_quote(p text)
+returns text language sql immutable strict as $$
+  select '''' || replace(replace(p, '\', '\\'), '''', '\''') || ''''
+$$;
+
+-- The loopback connection string used when ai.dblink_connstr is not set.
+create or replace function ai.embed_connstr()
+returns text language sql stable as $$
+  select format('dbname=%s user=%s host=%s port=%s application_name=%s connect_timeout=10',
+           ai._connstr_quote(current_database()),
+           ai._connstr_quote(session_user),
+           ai._connstr_quote(coalesce(
+             host(inet_server_addr()),
+             nullif(trim(split_part(current_setting('unix_socket_directories'), ',', 1)), ''),
+             'localhost')),
+           coalesce(inet_server_port(), current_setting('port')::integer),
+           ai._connstr_quote('switchyard ai.embed'))
+$$;
+
+-- ai.embed_timeout: '30' (seconds) or an interval ('500ms', '2 min'); default 30 seconds.
+create or replace function ai._embed_timeout()
+returns interval language plpgsql stable as $$
+declare
+  v text := nullif(trim(current_setting('ai.embed_timeout', true)), '');
+begin
+  if v is null then
+    return interval '30 seconds';
+  elsif v ~ '^[0-9]+(\.[0-9]+)?$' then
+    return make_interval(secs => v::double precision);
+  end if;
+  return v::interval;
+exception when invalid_datetime_format or datetime_field_overflow or interval_field_overflow then
+  raise exception 'invalid ai.embed_timeout "%"', v
+    using errcode = 'invalid_parameter_value', hint = 'Give seconds (30) or an interval (''500ms'', ''2 min'').';
+end $$;
+
+-- Resolves a model name or alias to the registered name of an embedding model.
+create or replace function ai._embedding_model(p_model text, p_caller text default 'ai.embed')
+returns text language plpgsql stable as $$
+declare
+  m record;
+begin
+  select name, task into m from ai.models
+   where name = p_model or p_model = any(aliases)
+   order by name = p_model desc
+   limit 1;
+  if not found then
+    raise exception '%: unknown model "%"', p_caller, p_model
+      using errcode = 'undefined_object',
+            hint = 'Registered models are in ai.models; add one with: switchyard models add NAME --task embedding --source HF_ID_OR_PATH';
+  elsif m.task <> 'embedding' then
+    raise exception '%: model "%" is a % model, not an embedding model', p_caller, p_model, m.task
+      using errcode = 'wrong_object_type';
+  end if;
+  return m.name;
+end $$;
+
+-- The name of this session's side connection, opened if needed.
+create or replace function ai._embed_connection(p_reconnect boolean default false)
+returns text language plpgsql as $$
+declare
+  connstr text := coalesce(nullif(current_setting('ai.dblink_connstr', true), ''), ai.embed_connstr());
+  conn text := 'switchyard_embed_' || left(md5(connstr), 12);
+  is_open boolean := conn = any(coalesce(dblink_get_connections(), '{}'));
+begin
+  if is_open and p_reconnect then
+    perform dblink_disconnect(conn);
+    is_open := false;
+  end if;
+  if not is_open then
+    begin
+      perform dblink_connect(conn, connstr);
+    exception when others then
+      raise exception 'ai.embed: cannot open its side connection to the database: %', sqlerrm
+        using errcode = 'sqlclient_unable_to_establish_sqlconnection',
+              hint = 'ai.embed enqueues through a dblink loopback connection, here "'
+                  || regexp_replace(connstr, 'password\s*=\s*\S+', 'password=***', 'g')
+                  || '". Set ai.dblink_connstr (a libpq string, or a dblink_fdw server with a user mapping) '
+                  || 'to one that can connect; see sql/030_embed.sql.';
+    end;
+  end if;
+  return conn;
+end $$;
+
+-- Enqueues one embedding request on the side connection (committed at once) and waits for it.
+-- Returns the vectors in input order.
+create or replace function ai._embed_remote(p_model text, p_requested text, p_inputs jsonb)
+returns vector[] language plpgsql as $$
+declare
+  request uuid := gen_random_uuid();
+  enqueue text := format('select ai.enqueue_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb)::text',
+                         request, p_model, p_requested, p_inputs, '{"source": "sql"}');
+  lookup text := format(
+    'select u.i, c.embedding::text from jsonb_array_elements(%L::jsonb) with ordinality u(x, i)
+       left join ai.embedding_cache c on c.model = %L and c.input_hash = ai.embedding_input_hash(u.x)',
+    p_inputs, p_model);
+  poll text := format('select status, error::text from ai.requests where id = %L', request);
+  timeout interval := ai._embed_timeout();
+  deadline timestamptz := clock_timestamp() + timeout;
+  pause double precision := 0.001;
+  conn text := ai._embed_connection();
+  st text;
+  err jsonb;
+  output jsonb;
+  result vector[];
+  hits integer;
+begin
+  -- The cache again, through the side connection's fresh snapshot: another call in this
+  -- statement (or another session) may have computed these after the caller's snapshot.
+  begin
+    select array_agg(t.v::vector order by t.i), count(t.v) into result, hits
+      from dblink(conn, lookup) as t(i bigint, v text);
+  exception when connection_exception then
+    -- The kept connection was closed under us (idle_session_timeout, a terminated backend):
+    -- reopen it once.
+    conn := ai._embed_connection(true);
+    select array_agg(t.v::vector order by t.i), count(t.v) into result, hits
+      from dblink(conn, lookup) as t(i bigint, v text);
+  end;
+  if hits = jsonb_array_length(p_inputs) then
+    return result;
+  end if;
+  perform from dblink(conn, enqueue) as t(done text);
+  loop
+    select t.status, t.error::jsonb into st, err
+      from dblink(conn, poll) as t(status text, error text);
+    exit when st in ('completed', 'failed', 'cancelled');
+    if clock_timestamp() >= deadline then
+      perform from dblink(conn, format('select ai.cancel_request(%L::uuid)', request)) as t(cancelled boolean);
+      raise exception 'ai.embed: no embedding from model "%" after %', p_requested, timeout
+        using errcode = 'query_canceled',
+              detail = format('Request %s was %s.', request,
+                              case when st = 'running' then 'taken by a worker but not finished'
+                                   else 'not taken by any worker' end),
+              hint = case when st = 'running' then 'Raise the limit: set ai.embed_timeout = ''2 min''.'
+                          else format('Start a worker that serves it: switchyard worker --models %s', p_model) end;
+    end if;
+    perform pg_sleep(least(pause, extract(epoch from deadline - clock_timestamp())::double precision));
+    pause := least(pause * 2, 0.02);
+  end loop;
+  if st = 'failed' then
+    raise exception 'ai.embed: %', coalesce(err->>'message', 'the embedding failed')
+      using errcode = case when err->>'type' = 'invalid_request_error' then 'invalid_parameter_value' else 'external_routine_exception' end,
+            detail = format('model %s, request %s, code %s', p_model, request, coalesce(err->>'code', 'none'));
+  elsif st = 'cancelled' then
+    raise exception 'ai.embed: request % was cancelled', request using errcode = 'query_canceled';
+  end if;
+  select t.output::jsonb into output
+    from dblink(conn, format('select output::text from ai.requests where id = %L', request)) as t(output text);
+  select array_agg(e.value::text::vector order by e.ordinality) into result
+    from jsonb_array_elements(output->'embeddings') with ordinality e;
+  if coalesce(cardinality(result), 0) <> jsonb_array_length(p_inputs) then
+    raise exception 'ai.embed: request % returned % embeddings for % inputs', request,
+      coalesce(cardinality(result), 0), jsonb_array_length(p_inputs) using errcode = 'data_exception';
+  end if;
+  return result;
+end $$;
+
+-- Many inputs: one vector per input, in order; a null input gives a null vector. One request
+-- (one job, model calls batched by the worker) for all inputs not in the cache.
+create or replace function ai.embed(model text, inputs text[])
+returns vector[] language plpgsql immutable strict parallel unsafe cost 10000 as $$
+declare
+  m text := ai._embedding_model(model);
+  cached vector[];
+  misses integer;
+  computed vector[];
+  wanted text[];
+begin
+  if cardinality(inputs) = 0 then
+    return '{}';
+  end if;
+  select array_agg(c.embedding order by u.ord),
+         count(*) filter (where u.x is not null and c.embedding is null)
+    into cached, misses
+    from unnest(inputs) with ordinality u(x, ord)
+    left join ai.embedding_cache c
+      on c.model = m and c.input_hash = ai.embedding_input_hash(to_jsonb(u.x));
+  if misses = 0 then
+    return cached;
+  end if;
+  -- Send every non-null input (the worker reads its cache too): the output is then in input order.
+  wanted := array(select x from unnest(inputs) x where x is not null);
+  computed := ai._embed_remote(m, model, to_jsonb(wanted));
+  return array(
+    select case when u.x is null then null else computed[(count(u.x) over (order by u.ord))::integer] end
+      from unnest(inputs) with ordinality u(x, ord)
+     order by u.ord);
+end $$;
+
+-- One input.
+create or replace function ai.embed(model text, input text)
+returns vector language plpgsql immutable strict parallel unsafe cost 10000 as $$
+declare
+  m text := ai._embedding_model(model);
+  v vector;
+begin
+  select c.embedding into v from ai.embedding_cache c
+   where c.model = m and c.input_hash = ai.embedding_input_hash(to_jsonb(input));
+  if found then
+    return v;
+  end if;
+  return (ai._embed_remote(m, model, jsonb_build_array(input)))[1];
+end $$;

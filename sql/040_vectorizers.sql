@@ -1,0 +1,504 @@
+-- Idempotent: re-applied by every `switchyard migrate`.
+--
+-- Vectorizers (after timescale/pgai): "keep an up-to-date embedding of docs.body in
+-- docs_embeddings".
+--
+--   select ai.create_vectorizer('docs'::regclass, 'body', 'minilm');   -- returns its id
+--   select * from ai.vectorizer_status;
+--   select d.id from docs_embeddings e join docs d using (id)
+--    order by e.embedding <=> ai.embed('minilm', 'query') limit 5;
+--   select ai.drop_vectorizer(1);
+--
+-- Data flow
+-- * Statement-level triggers with transition tables on the source: INSERT queues the new keys;
+--   UPDATE queues keys whose text changed (or that are new keys) and deletes the destination
+--   rows of keys that went away; DELETE deletes destination rows (and failed entries); TRUNCATE
+--   truncates the destination and clears the vectorizer's queue. A row whose text is NULL has
+--   no destination row.
+-- * Queued items wake a worker: a graphile-worker job `vectorize:<model>` with payload
+--   {"vectorizer_id": N} and job key `vectorize:N`. See ai._vectorizer_wake for how a burst of
+--   writes yields one job without writers waiting for a worker (or, but for the first writes
+--   to an idle vectorizer, for each other).
+-- * The job (src/worker/vectorize-task.ts) repeats batches. A batch is one transaction:
+--   ai._vectorizer_begin, ai._vectorizer_claim (up to batch_size due items, FOR UPDATE SKIP
+--   LOCKED, and their rows' current text), the model, ai._vectorizer_finish (upsert/delete
+--   destination rows, delete the items; failed items are retried with exponential backoff, then
+--   parked in ai.vectorizer_failed). An exception rolls the batch back, so its items are simply
+--   queued again. The worker pipelines batches: it claims and embeds the next while the
+--   previous one is written. When nothing is due the job settles (ai._vectorizer_settle),
+--   scheduling a retry job (`vectorize:N:retry`) for backed-off items.
+--
+-- Locks, in the order every party takes them: a batch takes the advisory lock (class 7306121,
+-- id; shared), ROW SHARE on the source, its queue rows, FOR KEY SHARE on the source rows it
+-- reads (so a concurrent DELETE of such a row waits for the batch, then its trigger deletes the
+-- fresh destination row), then the destination rows. TRUNCATE of the source takes ACCESS
+-- EXCLUSIVE first, so it waits for the batches in flight and new ones wait for it;
+-- ai.drop_vectorizer takes the advisory lock exclusively first. Batches take disjoint keys, so
+-- any number of them (jobs on several workers, lanes of one job) can run at once.
+--
+-- Limits: a transaction that deletes, in separate statements, two rows of one batch in flight
+-- can deadlock with that batch (PostgreSQL then aborts one of the two; if it is the batch, it is
+-- retried). If the source table is dropped, drop its vectorizer with ai.drop_vectorizer(id).
+
+-- SQL snippets over a vectorizer's key columns.
+create or replace function ai._vectorizer_pk_json(p_cols name[], p_alias text)
+returns text language sql immutable strict as $$
+  select 'pg_catalog.jsonb_build_object(' || string_agg(format('%L, %I.%I', c, p_alias, c), ', ' order by o) || ')'
+    from unnest(p_cols) with ordinality u(c, o)
+$$;
+
+create or replace function ai._vectorizer_pk_match(p_cols name[], p_a text, p_b text)
+returns text language sql immutable strict as $$
+  select string_agg(format('%1$I.%3$I = %2$I.%3$I', p_a, p_b, c), ' and ' order by o)
+    from unnest(p_cols) with ordinality u(c, o)
+$$;
+
+-- `alias.col = (json->>'col')::type and ...`: a stored key against typed columns.
+create or replace function ai._vectorizer_pk_match_json(p_cols name[], p_types regtype[], p_alias text, p_json text)
+returns text language sql stable strict as $$
+  select string_agg(format('%I.%I = (%s->>%L)::%s', p_alias, c, p_json, c, p_types[o]), ' and ' order by o)
+    from unnest(p_cols) with ordinality u(c, o)
+$$;
+
+-- The typed key columns out of a stored key: `(json->>'col')::type, ...`.
+create or replace function ai._vectorizer_pk_values(p_cols name[], p_types regtype[], p_json text)
+returns text language sql stable strict as $$
+  select string_agg(format('(%s->>%L)::%s', p_json, c, p_types[o]), ', ' order by o)
+    from unnest(p_cols) with ordinality u(c, o)
+$$;
+
+create or replace function ai._vectorizer_job_key(p_id integer)
+returns text language sql immutable strict as $$ select 'vectorize:' || p_id $$;
+
+-- Makes sure a job will process what the current transaction queued, without making writers
+-- wait. graphile-worker's add_job with a job key upserts the job row, which row-locks it until
+-- the writer commits: every concurrent writer of the source would queue up behind the first
+-- (and two transactions writing two vectorized tables in opposite orders could deadlock). So:
+-- * If a job with the key is pending, or running (locked within the last 5 minutes; a job hands
+--   over to a new one after a minute, so an older lock is a crashed worker's), add nothing: a
+--   read, no lock. A running job will see this transaction's items because of the handshake:
+--   every writer holds this shared advisory lock until it commits, and a job only finishes
+--   after taking the same lock exclusively (pg_try_advisory_xact_lock, never waiting) and then
+--   finding nothing due; while a writer is still open it schedules a follow-up instead. The
+--   job's settling transaction also clears its key, so a writer that comes after sees no job.
+-- * Otherwise add the job (only then can two writers briefly contend for the key: the first
+--   writes to an idle vectorizer).
+-- Under REPEATABLE READ / SERIALIZABLE the read may be stale, so such writers always add.
+create or replace function ai._vectorizer_wake(p_id integer)
+returns void language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  jkey text := ai._vectorizer_job_key(p_id);
+  model_name text;
+begin
+  perform pg_advisory_xact_lock_shared(7306120, p_id);
+  if current_setting('transaction_isolation') = 'read committed' and exists (
+    select 1 from graphile_worker.jobs j
+     where j.key = jkey
+       and ((j.locked_at is null and j.attempts < j.max_attempts) or j.locked_at > now() - interval '5 minutes')
+  ) then
+    return;
+  end if;
+  select v.model into model_name from ai.vectorizers v where v.id = p_id;
+  perform graphile_worker.add_job('vectorize:' || model_name, json_build_object('vectorizer_id', p_id),
+                                  job_key => jkey, job_key_mode => 'replace');
+end $$;
+
+-- The one trigger function of every vectorizer's four triggers (TG_ARGV[0]: vectorizer id).
+-- SECURITY DEFINER: roles that write the source need no rights on the ai schema's tables.
+create or replace function ai._vectorizer_trigger()
+returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v ai.vectorizers;
+  queued bigint := 0;
+begin
+  select * into v from ai.vectorizers where id = TG_ARGV[0]::integer;
+  if not found then
+    return null; -- dropped meanwhile
+  end if;
+  if TG_OP = 'INSERT' then
+    execute format('insert into ai.vectorizer_queue (vectorizer_id, pk) select $1, %s from ai_vz_new n',
+                   ai._vectorizer_pk_json(v.pk_columns, 'n')) using v.id;
+    get diagnostics queued = row_count;
+  elsif TG_OP = 'UPDATE' then
+    -- Keys that went away (the key itself was updated): their destination and failed rows.
+    execute format('delete from %s d using ai_vz_old o where %s and not exists (select from ai_vz_new n where %s)',
+                   v.destination, ai._vectorizer_pk_match(v.pk_columns, 'd', 'o'), ai._vectorizer_pk_match(v.pk_columns, 'n', 'o'));
+    execute format('delete from ai.vectorizer_failed f using ai_vz_old o where f.vectorizer_id = $1 and f.pk = %s and not exists (select from ai_vz_new n where %s)',
+                   ai._vectorizer_pk_json(v.pk_columns, 'o'), ai._vectorizer_pk_match(v.pk_columns, 'n', 'o')) using v.id;
+    -- Keys whose text changed, and new keys. Text forms are compared (any column type works).
+    execute format('insert into ai.vectorizer_queue (vectorizer_id, pk) select $1, %s from ai_vz_new n
+                     where not exists (select from ai_vz_old o where %s and o.%I::text is not distinct from n.%I::text)',
+                   ai._vectorizer_pk_json(v.pk_columns, 'n'), ai._vectorizer_pk_match(v.pk_columns, 'o', 'n'),
+                   v.source_column, v.source_column) using v.id;
+    get diagnostics queued = row_count;
+  elsif TG_OP = 'DELETE' then
+    execute format('delete from %s d using ai_vz_old o where %s', v.destination, ai._vectorizer_pk_match(v.pk_columns, 'd', 'o'));
+    execute format('delete from ai.vectorizer_failed f using ai_vz_old o where f.vectorizer_id = $1 and f.pk = %s',
+                   ai._vectorizer_pk_json(v.pk_columns, 'o')) using v.id;
+    -- Under REPEATABLE READ a batch that committed after this snapshot was taken may have
+    -- written a row this statement could not see: queue the keys, a worker re-checks them.
+    if current_setting('transaction_isolation') <> 'read committed' then
+      execute format('insert into ai.vectorizer_queue (vectorizer_id, pk) select $1, %s from ai_vz_old o',
+                     ai._vectorizer_pk_json(v.pk_columns, 'o')) using v.id;
+      get diagnostics queued = row_count;
+    end if;
+  elsif TG_OP = 'TRUNCATE' then
+    execute format('truncate %s', v.destination);
+    delete from ai.vectorizer_queue q where q.vectorizer_id = v.id;
+    delete from ai.vectorizer_failed f where f.vectorizer_id = v.id;
+  end if;
+  if queued > 0 then
+    perform ai._vectorizer_wake(v.id);
+  end if;
+  return null;
+end $$;
+
+-- Creates a vectorizer; returns its id.
+--   source       a table with a primary key (plain or partitioned)
+--   column_name  the column to embed (any type; its text form is embedded; NULL → no row)
+--   model        an embedding model's name or alias
+--   destination  the table to create in the source's schema (default <source>_embeddings):
+--                the source's key columns, embedding vector(d), model, updated_at; HNSW index
+--                (vector_cosine_ops)
+--   batch_size   rows per batch (one transaction, one model call)
+--   max_attempts failed rows are retried after retry_delay, 2×, 4×, ... (at most an hour
+--                apart), then parked in ai.vectorizer_failed
+--   dimensions   the model's dimension, needed to create vector(d): taken from ai.models,
+--                which a worker fills in when it first loads the model. For a model no worker
+--                has loaded yet, start one once (switchyard worker --models NAME) or pass it.
+-- Existing rows are queued at once (backfill).
+create or replace function ai.create_vectorizer(
+  source regclass,
+  column_name name,
+  model text,
+  destination name default null,
+  batch_size integer default 64,
+  max_attempts integer default 3,
+  dimensions integer default null,
+  retry_delay interval default '10 seconds'
+) returns integer language plpgsql as $$
+declare
+  model_name text := ai._embedding_model(create_vectorizer.model, 'ai.create_vectorizer');
+  known_dims integer;
+  dims integer;
+  src_schema name;
+  src_name name;
+  pk_cols name[];
+  pk_types regtype[];
+  pk_defs text;
+  vector_schema name;
+  dest_name name;
+  dest regclass;
+  new_id integer;
+  queued bigint;
+  op text;
+begin
+  select n.nspname, c.relname into src_schema, src_name
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+   where c.oid = create_vectorizer.source and c.relkind in ('r', 'p');
+  if not found then
+    raise exception 'ai.create_vectorizer: % is not a table', create_vectorizer.source using errcode = 'wrong_object_type';
+  end if;
+  select array_agg(a.attname order by k.ord), array_agg(a.atttypid::regtype order by k.ord),
+         string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' order by k.ord)
+    into pk_cols, pk_types, pk_defs
+    from pg_index i
+    cross join unnest(i.indkey) with ordinality k(attnum, ord)
+    join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+   where i.indrelid = create_vectorizer.source and i.indisprimary;
+  if pk_cols is null then
+    raise exception 'ai.create_vectorizer: table % has no primary key', create_vectorizer.source
+      using errcode = 'invalid_table_definition', hint = 'A vectorizer identifies rows by their primary key: add one.';
+  end if;
+  if pk_cols && array['embedding', 'model', 'updated_at']::name[] then
+    raise exception 'ai.create_vectorizer: a primary key column of % is named embedding, model or updated_at, which the destination table uses',
+      create_vectorizer.source using errcode = 'duplicate_column';
+  end if;
+  if not exists (select from pg_attribute a where a.attrelid = create_vectorizer.source and a.attname = column_name
+                  and a.attnum > 0 and not a.attisdropped) then
+    raise exception 'ai.create_vectorizer: table % has no column "%"', create_vectorizer.source, column_name
+      using errcode = 'undefined_column';
+  end if;
+  if batch_size is null or batch_size not between 1 and 2048 then
+    raise exception 'ai.create_vectorizer: batch_size must be between 1 and 2048' using errcode = 'invalid_parameter_value';
+  end if;
+  if max_attempts is null or max_attempts < 1 then
+    raise exception 'ai.create_vectorizer: max_attempts must be at least 1' using errcode = 'invalid_parameter_value';
+  end if;
+
+  select m.dimensions into known_dims from ai.models m where m.name = model_name;
+  dims := coalesce(create_vectorizer.dimensions, known_dims);
+  if dims is null then
+    raise exception 'ai.create_vectorizer: the dimension of model "%" is not known yet', model_name
+      using errcode = 'object_not_in_prerequisite_state',
+            hint = format('A worker records it when it loads the model: start one once (switchyard worker --models %s), or pass dimensions => N.', model_name);
+  elsif dims < 1 or dims <> coalesce(known_dims, dims) then
+    raise exception 'ai.create_vectorizer: model "%" has % dimensions, not %', model_name, known_dims, create_vectorizer.dimensions
+      using errcode = 'invalid_parameter_value';
+  end if;
+
+  dest_name := coalesce(create_vectorizer.destination, left(src_name, 52) || '_embeddings');
+  if to_regclass(format('%I.%I', src_schema, dest_name)) is not null then
+    raise exception 'ai.create_vectorizer: table %.% already exists', quote_ident(src_schema), quote_ident(dest_name)
+      using errcode = 'duplicate_table', hint = 'Pass another destination => ''name'', or drop that table.';
+  end if;
+  select n.nspname into vector_schema from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector';
+  execute format('create table %I.%I (%s, embedding %I.vector(%s) not null, model text not null, '
+                 'updated_at timestamptz not null default now(), primary key (%s))',
+                 src_schema, dest_name, pk_defs, vector_schema, dims,
+                 (select string_agg(quote_ident(c), ', ') from unnest(pk_cols) c));
+  dest := format('%I.%I', src_schema, dest_name)::regclass;
+  execute format('create index on %s using hnsw (embedding %I.vector_cosine_ops)', dest, vector_schema);
+
+  insert into ai.vectorizers (source, source_column, destination, pk_columns, pk_types, model, dimensions,
+                              batch_size, max_attempts, retry_delay)
+  values (create_vectorizer.source, column_name, dest, pk_cols, pk_types, model_name, dims,
+          create_vectorizer.batch_size, create_vectorizer.max_attempts, create_vectorizer.retry_delay)
+  returning id into new_id;
+
+  -- Transition tables need one trigger per event.
+  foreach op in array array['insert', 'update', 'delete'] loop
+    execute format('create trigger %I after %s on %s referencing %s table as %I for each statement execute function ai._vectorizer_trigger(%s)',
+                   format('ai_vectorizer_%s_%s', new_id, op), op, create_vectorizer.source,
+                   case op when 'insert' then 'new' when 'update' then 'old table as ai_vz_old new' else 'old' end,
+                   case op when 'delete' then 'ai_vz_old' else 'ai_vz_new' end, new_id);
+  end loop;
+  execute format('create trigger %I after truncate on %s for each statement execute function ai._vectorizer_trigger(%s)',
+                 format('ai_vectorizer_%s_truncate', new_id), create_vectorizer.source, new_id);
+
+  -- Backfill.
+  execute format('insert into ai.vectorizer_queue (vectorizer_id, pk) select $1, %s from %s n',
+                 ai._vectorizer_pk_json(pk_cols, 'n'), create_vectorizer.source) using new_id;
+  get diagnostics queued = row_count;
+  if queued > 0 then
+    perform ai._vectorizer_wake(new_id);
+  end if;
+  return new_id;
+end $$;
+
+-- Drops a vectorizer: its triggers, queue, failed items, jobs, and (by default) its destination.
+create or replace function ai.drop_vectorizer(id integer, drop_destination boolean default true)
+returns void language plpgsql as $$
+declare
+  v ai.vectorizers;
+  op text;
+begin
+  -- Wait for a batch in flight; later batches find the vectorizer gone.
+  perform pg_advisory_xact_lock(7306121, drop_vectorizer.id);
+  select * into v from ai.vectorizers x where x.id = drop_vectorizer.id;
+  if not found then
+    raise exception 'ai.drop_vectorizer: no vectorizer %', drop_vectorizer.id using errcode = 'undefined_object';
+  end if;
+  if exists (select from pg_class c where c.oid = v.source) then
+    foreach op in array array['insert', 'update', 'delete', 'truncate'] loop
+      execute format('drop trigger if exists %I on %s', format('ai_vectorizer_%s_%s', v.id, op), v.source);
+    end loop;
+  end if;
+  perform graphile_worker.remove_job(ai._vectorizer_job_key(v.id));
+  perform graphile_worker.remove_job(ai._vectorizer_job_key(v.id) || ':retry');
+  delete from ai.vectorizers x where x.id = v.id;
+  if drop_destination and exists (select from pg_class c where c.oid = v.destination) then
+    execute format('drop table %s', v.destination);
+  end if;
+end $$;
+
+-- Worker side, step 1 of a batch (in the batch's transaction): 'ok' (go on) or 'gone' (dropped,
+-- or its source or destination was). Batches share the advisory lock; ai.drop_vectorizer takes
+-- it exclusively, so it waits for the batches in flight and later ones find the vectorizer gone.
+create or replace function ai._vectorizer_begin(p_id integer)
+returns text language plpgsql as $$
+declare
+  v ai.vectorizers;
+begin
+  perform pg_advisory_xact_lock_shared(7306121, p_id);
+  select * into v from ai.vectorizers where id = p_id;
+  if not found or not exists (select from pg_class c where c.oid = v.source)
+     or not exists (select from pg_class c where c.oid = v.destination) then
+    return 'gone';
+  end if;
+  execute format('lock table %s in row share mode', v.source);
+  return 'ok';
+end $$;
+
+-- Step 2: claims up to batch_size due items with FOR UPDATE SKIP LOCKED, and every other queued
+-- item of the same keys, then reads the keys' current text, locking those source rows against
+-- deletion until commit. One row per key; `input` is null when the row is gone or its text is
+-- null. Batches run concurrently (several jobs, or lanes of one job), so a key is only taken
+-- when all its queued items could be locked: otherwise another batch holds one of them (the
+-- row changed again meanwhile) and two batches could write the key's old and new vector in the
+-- wrong order. Such a key stays queued for a later batch.
+create or replace function ai._vectorizer_claim(p_id integer)
+returns table (pk jsonb, ids bigint[], attempts integer, input text)
+language plpgsql as $$
+declare
+  v ai.vectorizers;
+  keys jsonb[];
+begin
+  select * into v from ai.vectorizers x where x.id = p_id;
+  select array_agg(distinct d.pk) into keys
+    from (select q.pk from ai.vectorizer_queue q
+           where q.vectorizer_id = p_id and q.next_attempt_at <= now()
+           order by q.next_attempt_at, q.id
+           limit v.batch_size
+           for update skip locked) d;
+  if keys is null then
+    return;
+  end if;
+  return query execute format($q$
+    with locked as (
+      select q.pk, array_agg(q.id order by q.id) as ids, min(q.attempts)::integer as attempts
+        from (select q.id, q.pk, q.attempts from ai.vectorizer_queue q
+               where q.vectorizer_id = $1 and q.pk = any($2)
+               for update skip locked) q
+       group by q.pk),
+    queued as (
+      select q.pk, count(*) as n from ai.vectorizer_queue q
+       where q.vectorizer_id = $1 and q.pk = any($2)
+       group by q.pk),
+    items as (
+      select l.* from locked l join queued on queued.pk = l.pk and queued.n = cardinality(l.ids)),
+    src as (
+      select %1$s, s.%2$I::text as input
+        from %3$s s
+       where (%1$s) in (select %4$s from items k)
+       for key share of s)
+    select i.pk, i.ids, i.attempts, src.input
+      from items i left join src on %5$s$q$,
+    (select string_agg(format('s.%I', c), ', ') from unnest(v.pk_columns) c),
+    v.source_column,
+    v.source,
+    ai._vectorizer_pk_values(v.pk_columns, v.pk_types, 'k.pk'),
+    ai._vectorizer_pk_match_json(v.pk_columns, v.pk_types, 'src', 'i.pk'))
+  using p_id, keys;
+end $$;
+
+-- Step 3: writes a batch's outcome. p_results: one object per claimed key,
+--   {"pk", "ids", "attempts", "embedding": "[…]"}  → upserted into the destination
+--   {"pk", "ids", "attempts"}                      → row gone or text null: destination row deleted
+--   {"pk", "ids", "attempts", "error": {…}}        → retried later, or parked after max_attempts
+create or replace function ai._vectorizer_finish(p_id integer, p_results jsonb)
+returns void language plpgsql as $$
+declare
+  v ai.vectorizers;
+  dest_keys text := null;
+begin
+  select * into v from ai.vectorizers x where x.id = p_id;
+  select string_agg(quote_ident(c), ', ') into dest_keys from unnest(v.pk_columns) c;
+  execute format($q$
+    insert into %1$s as d (%2$s, embedding, model, updated_at)
+    select %3$s, r.embedding::%4$s, $2, now()
+      from jsonb_to_recordset($1) as r(pk jsonb, embedding text)
+     where r.embedding is not null
+    on conflict (%2$s) do update
+      set embedding = excluded.embedding, model = excluded.model, updated_at = excluded.updated_at$q$,
+    v.destination, dest_keys, ai._vectorizer_pk_values(v.pk_columns, v.pk_types, 'r.pk'),
+    (select format_type(a.atttypid, a.atttypmod) from pg_attribute a where a.attrelid = v.destination and a.attname = 'embedding'))
+  using p_results, v.model;
+  execute format($q$
+    delete from %1$s d using jsonb_to_recordset($1) as r(pk jsonb, embedding text, error jsonb)
+     where r.embedding is null and r.error is null and %2$s$q$,
+    v.destination, ai._vectorizer_pk_match_json(v.pk_columns, v.pk_types, 'd', 'r.pk'))
+  using p_results;
+  -- Done (embedded or removed): the items go, and so does an earlier failure of the key.
+  delete from ai.vectorizer_failed f
+   using jsonb_to_recordset(p_results) as r(pk jsonb, error jsonb)
+   where f.vectorizer_id = p_id and f.pk = r.pk and r.error is null;
+  -- Failed max_attempts times: parked.
+  insert into ai.vectorizer_failed as f (vectorizer_id, pk, attempts, error)
+  select p_id, r.pk, r.attempts + 1, r.error
+    from jsonb_to_recordset(p_results) as r(pk jsonb, attempts integer, error jsonb)
+   where r.error is not null and r.attempts + 1 >= v.max_attempts
+  on conflict (vectorizer_id, pk) do update
+    set attempts = excluded.attempts, error = excluded.error, failed_at = now();
+  delete from ai.vectorizer_queue q
+   using jsonb_to_recordset(p_results) as r(ids bigint[], attempts integer, error jsonb)
+   where q.id = any(r.ids)
+     and (r.error is null or r.attempts + 1 >= v.max_attempts or q.id <> r.ids[1]);
+  -- Failed, attempts left: the key's first item stays, due again after a backoff.
+  update ai.vectorizer_queue q
+     set attempts = r.attempts + 1,
+         last_error = r.error,
+         last_attempt_at = now(),
+         next_attempt_at = now() + least(v.retry_delay * power(2, r.attempts), interval '1 hour')
+    from jsonb_to_recordset(p_results) as r(ids bigint[], attempts integer, error jsonb)
+   where q.id = r.ids[1] and r.error is not null and r.attempts + 1 < v.max_attempts;
+end $$;
+
+-- When a job finds nothing due. p_continue: the job used its time slice, hand over to a new
+-- job. Returns 'more' (items became due: go on), 'deferred' (a writer is still open: a
+-- follow-up job is scheduled), 'continued', or 'idle'. Schedules the retry job for
+-- backed-off items. p_own_key: the job key the calling job was started with.
+create or replace function ai._vectorizer_settle(p_id integer, p_continue boolean, p_own_key text)
+returns text language plpgsql as $$
+declare
+  v ai.vectorizers;
+  jkey text := ai._vectorizer_job_key(p_id);
+  next_due timestamptz;
+begin
+  select * into v from ai.vectorizers x where x.id = p_id;
+  if not found then
+    return 'idle';
+  end if;
+  if p_continue then
+    perform graphile_worker.add_job('vectorize:' || v.model, json_build_object('vectorizer_id', p_id),
+                                    job_key => jkey, job_key_mode => 'preserve_run_at');
+    return 'continued';
+  end if;
+  if not pg_try_advisory_xact_lock(7306120, p_id) then
+    perform graphile_worker.add_job('vectorize:' || v.model, json_build_object('vectorizer_id', p_id),
+                                    job_key => jkey, job_key_mode => 'preserve_run_at',
+                                    run_at => now() + interval '500 milliseconds');
+    return 'deferred';
+  end if;
+  -- Due items that no batch holds (a held item is done, re-scheduled or, on rollback, retried
+  -- by the job that holds it: graphile-worker retries a job that threw).
+  if exists (select from ai.vectorizer_queue q where q.vectorizer_id = p_id and q.next_attempt_at <= now()
+              limit 1 for update skip locked) then
+    return 'more';
+  end if;
+  select min(q.next_attempt_at) into next_due from ai.vectorizer_queue q where q.vectorizer_id = p_id;
+  if next_due is not null and not exists (
+    select from graphile_worker.jobs j
+     where j.key = jkey || ':retry' and j.locked_at is null and j.run_at <= next_due) then
+    perform graphile_worker.add_job('vectorize:' || v.model, json_build_object('vectorizer_id', p_id),
+                                    job_key => jkey || ':retry', run_at => next_due);
+  end if;
+  -- Writers that come after this commit must not count on this job.
+  if p_own_key = jkey then
+    perform graphile_worker.remove_job(jkey);
+  end if;
+  return 'idle';
+end $$;
+
+-- One row per vectorizer. pending: queued items (a row changed twice before a worker came by
+-- counts twice), of which retrying: failed at least once and waiting for their next attempt;
+-- failed: parked items; last_error: the newest error message among both.
+create or replace view ai.vectorizer_status as
+select v.id,
+       v.source,
+       v.source_column,
+       v.destination,
+       v.model,
+       v.dimensions,
+       coalesce(q.pending, 0) as pending,
+       coalesce(q.retrying, 0) as retrying,
+       coalesce(f.failed, 0) as failed,
+       e.error->>'message' as last_error,
+       e.at as last_error_at,
+       q.oldest as oldest_pending_at
+  from ai.vectorizers v
+  left join lateral (
+    select count(*) as pending, count(*) filter (where x.attempts > 0) as retrying, min(x.queued_at) as oldest
+      from ai.vectorizer_queue x where x.vectorizer_id = v.id) q on true
+  left join lateral (
+    select count(*) as failed from ai.vectorizer_failed x where x.vectorizer_id = v.id) f on true
+  left join lateral (
+    select y.error, y.at from (
+      select x.error, x.failed_at as at from ai.vectorizer_failed x where x.vectorizer_id = v.id
+      union all
+      select x.last_error, x.last_attempt_at from ai.vectorizer_queue x
+       where x.vectorizer_id = v.id and x.last_error is not null) y
+     order by y.at desc limit 1) e on true;
+
+-- Called by the triggers (as their owner); nobody else needs to.
+revoke execute on function ai._vectorizer_wake(integer) from public;

@@ -1,0 +1,87 @@
+import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
+
+/** Kysely's view of schema `ai` (see migrations/). Nullable columns are `T | null`. */
+export interface DB {
+  'ai.models': ModelsTable;
+  'ai.api_keys': ApiKeysTable;
+  'ai.requests': RequestsTable;
+  'ai.request_events': RequestEventsTable;
+  'ai.embedding_cache': EmbeddingCacheTable;
+}
+
+type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+type Json<T = unknown> = ColumnType<T, string | T, string | T>;
+
+export interface ModelsTable {
+  name: string;
+  task: 'chat' | 'embedding';
+  source: string;
+  revision: Generated<string>;
+  dtype: Generated<string>;
+  device: Generated<'cpu' | 'cuda'>;
+  aliases: Generated<string[]>;
+  chat_template: string | null;
+  context_length: number | null;
+  defaults: ColumnType<Record<string, unknown>, Record<string, unknown> | undefined, Record<string, unknown>>;
+  created_at: Timestamp;
+  pooling: Generated<'mean' | 'cls' | 'none'>;
+  normalize: Generated<boolean>;
+  dimensions: number | null;
+  truncate: Generated<boolean>;
+  max_queue: number | null;
+}
+export type ModelRow = Selectable<ModelsTable>;
+export type NewModel = Insertable<ModelsTable>;
+
+export interface ApiKeysTable {
+  id: Generated<string>;
+  name: string;
+  prefix: string;
+  key_hash: Buffer;
+  models: string[] | null;
+  created_at: Timestamp;
+  last_used_at: Timestamp | null;
+  revoked_at: Timestamp | null;
+}
+export type ApiKeyRow = Selectable<ApiKeysTable>;
+
+export type RequestStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+
+export interface RequestsTable {
+  id: string;
+  endpoint: string;
+  model: string;
+  requested_model: string;
+  input: Json;
+  params: ColumnType<Record<string, unknown>, Record<string, unknown> | undefined, Record<string, unknown>>;
+  stream: Generated<boolean>;
+  status: Generated<RequestStatus>;
+  output: Json | null;
+  usage: Json | null;
+  error: Json | null;
+  key_id: string | null;
+  worker: string | null;
+  job_id: number | null;
+  attempts: Generated<number>;
+  queued_at: Timestamp;
+  started_at: Timestamp | null;
+  first_token_at: Timestamp | null;
+  finished_at: Timestamp | null;
+}
+export type RequestRow = Selectable<RequestsTable>;
+
+export interface RequestEventsTable {
+  request_id: string;
+  seq: number;
+  data: Json;
+  created_at: Timestamp;
+}
+
+export interface EmbeddingCacheTable {
+  model: string;
+  input_hash: Buffer;
+  /** pgvector text form, e.g. '[0.1,0.2]'. */
+  embedding: string;
+  tokens: number;
+  created_at: Timestamp;
+}

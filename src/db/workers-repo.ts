@@ -1,0 +1,31 @@
+import type pg from 'pg';
+
+export interface WorkerRecord {
+  id: string;
+  hostname: string;
+  pid: number;
+  models: string[];
+}
+
+/** Registers or refreshes a live worker; one small row per worker, updated every few seconds. */
+export async function heartbeat(pool: pg.Pool, w: WorkerRecord, jobWorkerIds: string[]): Promise<void> {
+  await pool.query(
+    `insert into ai.workers (id, hostname, pid, models, job_worker_ids) values ($1, $2, $3, $4, $5)
+     on conflict (id) do update set heartbeat_at = now(), models = excluded.models, job_worker_ids = excluded.job_worker_ids`,
+    [w.id, w.hostname, w.pid, w.models, jobWorkerIds],
+  );
+}
+
+export async function unregister(pool: pg.Pool, id: string): Promise<void> {
+  await pool.query('delete from ai.workers where id = $1', [id]);
+}
+
+/** Removes workers silent for longer than `timeoutMs` and returns them (each reaped once). */
+export async function takeDeadWorkers(pool: pg.Pool, timeoutMs: number): Promise<{ id: string; job_worker_ids: string[] }[]> {
+  const r = await pool.query<{ id: string; job_worker_ids: string[] }>(
+    `delete from ai.workers where heartbeat_at < now() - make_interval(secs => $1::double precision / 1000)
+     returning id, job_worker_ids`,
+    [timeoutMs],
+  );
+  return r.rows;
+}

@@ -1,0 +1,147 @@
+import { randomUUID } from 'node:crypto';
+import type { Database } from '../db/pool.js';
+import { findModel, listModels } from '../db/models-repo.js';
+import { cancelRequest, enqueueRequest } from '../db/requests-repo.js';
+import type { ModelRow } from '../db/types.js';
+import { errors } from '../protocol/errors.js';
+import type { EventHub } from './event-hub.js';
+import { sql } from 'kysely';
+import { ApiError } from '../protocol/errors.js';
+import type { EmbedRequest, EmbedResult, Engine, GenerateRequest, Generation, ModelInfo } from './types.js';
+
+/**
+ * A crashed worker's generation is retried a few times, not forever: each try costs a full
+ * run (SWITCHYARD_CHAT_ATTEMPTS, default 3).
+ */
+const CHAT_MAX_ATTEMPTS = Math.max(1, Number(process.env.SWITCHYARD_CHAT_ATTEMPTS) || 3);
+/** Embedding jobs are short and idempotent: more retries are cheap. */
+const EMBED_MAX_ATTEMPTS = 5;
+
+export const chatTask = (model: string) => `chat:${model}`;
+
+function toInfo(row: ModelRow): ModelInfo {
+  return {
+    name: row.name,
+    task: row.task,
+    aliases: row.aliases,
+    created: Math.floor(new Date(row.created_at).getTime() / 1000),
+    defaults: row.defaults as Record<string, unknown>,
+    dimensions: row.dimensions,
+  };
+}
+
+/**
+ * The engine as a Postgres queue: a generation is a row in ai.requests plus a graphile-worker
+ * job; its events come back through the process's EventHub.
+ */
+/**
+ * Registered models change rarely but are looked up on every request (twice: to check the
+ * key's scope, then to queue): a second's staleness saves those round trips. Unknown names
+ * are never cached, so a model registered a moment ago is found at once.
+ */
+const MODEL_TTL_MS = 1000;
+
+/** Default bound on each model's queue (ai.models.max_queue overrides it). */
+const MAX_QUEUE = Math.max(1, Number(process.env.SWITCHYARD_MAX_QUEUE) || 1000);
+
+export class PgEngine implements Engine {
+  private readonly models = new Map<string, { row: ModelRow; at: number }>();
+
+  constructor(
+    private readonly database: Database,
+    private readonly hub: EventHub,
+  ) {}
+
+  /**
+   * Backpressure: 429 when the model's queue is at its bound. The count reads at most `bound`
+   * index entries, so it stays cheap however deep the bound is.
+   */
+  private async admit(row: ModelRow): Promise<void> {
+    const bound = row.max_queue ?? MAX_QUEUE;
+    const r = await sql<{ n: number }>`
+      select count(*)::int as n from (
+        select 1 from ai.requests where model = ${row.name} and status = 'queued' limit ${bound}) q`.execute(this.database.db);
+    if ((r.rows[0]?.n ?? 0) >= bound) throw errors.queueFull(row.name, 1);
+  }
+
+  private async lookup(name: string): Promise<ModelRow | undefined> {
+    const hit = this.models.get(name);
+    if (hit && Date.now() - hit.at < MODEL_TTL_MS) return hit.row;
+    const row = await findModel(this.database.db, name);
+    if (row) this.models.set(name, { row, at: Date.now() });
+    else this.models.delete(name);
+    return row;
+  }
+
+  async getModel(name: string): Promise<ModelInfo | null> {
+    const row = await this.lookup(name);
+    return row ? toInfo(row) : null;
+  }
+
+  async listModels(): Promise<ModelInfo[]> {
+    return (await listModels(this.database.db)).map(toInfo);
+  }
+
+  async generate(req: GenerateRequest): Promise<Generation> {
+    const row = await this.lookup(req.model);
+    if (!row) throw errors.modelNotFound(req.model);
+    if (row.task !== 'chat') {
+      throw errors.invalid(`The model '${req.model}' is an ${row.task} model and cannot be used for ${req.endpoint === 'completions' ? 'completions' : 'chat completions'}.`, 'model', 'model_not_supported');
+    }
+    await this.admit(row);
+    const requestId = randomUUID();
+    // Subscribe first: the worker may publish before enqueue() even returns.
+    const events = this.hub.subscribe(requestId);
+    try {
+      await enqueueRequest(this.database.db, {
+        id: requestId,
+        endpoint: req.endpoint,
+        model: row.name,
+        requestedModel: req.model,
+        // The log holds what the worker runs: normalised messages and parameters.
+        input: 'messages' in req.prompt ? { messages: req.prompt.messages } : { prompt: 'text' in req.prompt ? req.prompt.text : req.prompt.ids },
+        params: { ...req.params, ...('messages' in req.prompt ? { chat_template: req.prompt.chatTemplate } : {}), ...req.meta },
+        stream: req.stream,
+        keyId: req.keyId,
+        task: chatTask(row.name),
+        maxAttempts: CHAT_MAX_ATTEMPTS,
+      });
+    } catch (err) {
+      events.close();
+      throw err;
+    }
+    return { requestId, model: row.name, created: Math.floor(Date.now() / 1000), events };
+  }
+
+  async embed(req: EmbedRequest, onQueued?: (requestId: string) => void): Promise<EmbedResult> {
+    const row = await this.lookup(req.model);
+    if (!row) throw errors.modelNotFound(req.model);
+    if (row.task !== 'embedding') {
+      throw errors.invalid(`The model '${req.model}' is a ${row.task} model and cannot be used for embeddings.`, 'model', 'model_not_supported');
+    }
+    await this.admit(row);
+    const requestId = randomUUID();
+    const events = this.hub.subscribe(requestId);
+    try {
+      await sql`select ai.enqueue_embedding(${requestId}::uuid, ${row.name}, ${req.model}, ${JSON.stringify(req.inputs)}::jsonb,
+                                            ${JSON.stringify(req.meta)}::jsonb, ${req.keyId}::uuid, ${EMBED_MAX_ATTEMPTS})`.execute(this.database.db);
+    } catch (err) {
+      events.close();
+      throw err;
+    }
+    onQueued?.(requestId);
+    for await (const e of events) {
+      if (e.type === 'error') throw ApiError.fromBody(e.status, e.error);
+      if (e.type !== 'embedded') continue;
+      const out = await sql<{ embeddings: number[][] }>`select output->'embeddings' as embeddings from ai.requests where id = ${requestId}::uuid`.execute(this.database.db);
+      const vectors = out.rows[0]?.embeddings;
+      if (!vectors || vectors.length !== req.inputs.length) throw errors.internal('The embeddings were not recorded.');
+      return { requestId, model: row.name, vectors, promptTokens: e.promptTokens };
+    }
+    throw errors.internal('The embedding request ended without a result.');
+  }
+
+  async cancel(requestId: string): Promise<void> {
+    await cancelRequest(this.database.db, requestId);
+  }
+}

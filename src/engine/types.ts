@@ -1,0 +1,95 @@
+import type { ErrorBody } from '../protocol/errors.js';
+import type { Prompt, SamplingParams } from '../protocol/chat.js';
+import type { FinishReason, TokenLogprob, Usage } from '../protocol/shared.js';
+
+/**
+ * What a generation reports, in order: `start` once the worker has the prompt tokenized,
+ * `delta`s as text appears (several choices may share one event), then exactly one of
+ * `done` or `error`. The same objects are stored in ai.request_events and sent with pg_notify.
+ */
+export type EngineEvent =
+  | { type: 'start'; promptTokens: number }
+  /** The worker running it died and another attempt starts over: earlier deltas are void. */
+  | { type: 'restart'; attempt: number }
+  /** `at`: when the oldest text in this event was produced (ms since the epoch), for latency figures. */
+  | { type: 'delta'; choices: ChoiceDelta[]; at: number }
+  | { type: 'done'; choices: ChoiceSummary[]; usage: Usage }
+  /** Embeddings finished: the vectors are in the request row's output (too large for events). */
+  | { type: 'embedded'; promptTokens: number }
+  | { type: 'error'; status: number; error: ErrorBody };
+
+export interface ChoiceDelta {
+  index: number;
+  text: string;
+  finishReason: FinishReason | null;
+  /** Per token behind this text, when the request asked for logprobs. */
+  logprobs?: TokenLogprob[];
+}
+
+export interface ChoiceSummary {
+  index: number;
+  finishReason: FinishReason;
+}
+
+export interface GenerateRequest {
+  /** Which endpoint asked: chat messages or a raw prompt (legacy completions). */
+  endpoint: 'chat.completions' | 'completions';
+  /** Name or alias, as the client sent it. */
+  model: string;
+  prompt: Prompt;
+  params: SamplingParams;
+  stream: boolean;
+  keyId: string | null;
+  /** Request fields that do not steer generation (user, metadata), kept in the log. */
+  meta: Record<string, unknown>;
+}
+
+export interface Generation {
+  requestId: string;
+  /** The registered name the request resolved to. */
+  model: string;
+  /** Seconds since the epoch, as OpenAI's `created`. */
+  created: number;
+  events: AsyncIterable<EngineEvent>;
+}
+
+export interface ModelInfo {
+  name: string;
+  task: 'chat' | 'embedding';
+  aliases: string[];
+  created: number;
+  defaults: Record<string, unknown>;
+  /** Embedding models: output size, once known (a worker fills it in when it loads the model). */
+  dimensions: number | null;
+}
+
+export interface EmbedRequest {
+  /** Name or alias, as the client sent it. */
+  model: string;
+  /** Texts, or token-id lists used as the complete model input. */
+  inputs: (string | number[])[];
+  keyId: string | null;
+  /** Recorded in ai.requests.params (dimensions, user, ...). */
+  meta: Record<string, unknown>;
+}
+
+export interface EmbedResult {
+  requestId: string;
+  model: string;
+  /** Full-dimension vectors in input order. */
+  vectors: number[][];
+  promptTokens: number;
+}
+
+/** The interface serving uses: it never sees queues, SQL or processes. */
+export interface Engine {
+  /** Resolves a model name or alias; null when none is registered. */
+  getModel(name: string): Promise<ModelInfo | null>;
+  listModels(): Promise<ModelInfo[]>;
+  /** Queues a chat generation; throws ApiError (404) for an unknown model. */
+  generate(req: GenerateRequest): Promise<Generation>;
+  /** Embeds inputs (queued, batched with other requests by the worker); throws ApiError on failure. */
+  embed(req: EmbedRequest, onQueued?: (requestId: string) => void): Promise<EmbedResult>;
+  /** Stops a generation (client gone); queued work for it is skipped. */
+  cancel(requestId: string): Promise<void>;
+}

@@ -1,0 +1,92 @@
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Database } from '../db/pool.js';
+import type { Engine } from '../engine/types.js';
+import { ChatServing } from '../serving/chat.js';
+import { ModelsServing } from '../serving/models.js';
+import { EmbeddingsServing } from '../serving/embeddings.js';
+import { embeddingRoutes } from './routes/embeddings.js';
+import { completionRoutes } from './routes/completions.js';
+import { CompletionsServing } from '../serving/completions.js';
+import { registerAuth } from './auth.js';
+import { registerErrorHandling } from './errors.js';
+import { errors } from '../protocol/errors.js';
+import { Metrics } from './metrics.js';
+import { metricsObserver, registerObservability } from './observability.js';
+import { chatRoutes } from './routes/chat.js';
+import { healthRoutes } from './routes/health.js';
+import { modelRoutes } from './routes/models.js';
+
+export interface AppOptions {
+  engine: Engine;
+  database: Database;
+  /** False only for local experiments: then /v1 needs no key. */
+  auth: boolean;
+  listening(): boolean;
+  /** Request body limit in bytes (default 16 MiB: long chat histories are large). */
+  bodyLimit?: number;
+  logger?: boolean;
+}
+
+/** The gateway as a Fastify instance; `server.ts` only listens. Order: errors → auth → routes. */
+export function buildApp(opts: AppOptions): FastifyInstance {
+  const app = Fastify({
+    logger: opts.logger ?? false,
+    bodyLimit: opts.bodyLimit ?? 16 * 1024 * 1024,
+    // Requests may wait in the queue and generations may be long: no server-side timeouts.
+    requestTimeout: 0,
+    // Fastify's own 503 body during close is not OpenAI's envelope; in-flight and keep-alive
+    // requests are served to the end instead (close stops accepting connections).
+    return503OnClosing: false,
+    // Errors Fastify answers before routing (a malformed percent-encoding in the path) go
+    // through the same envelope as everything else.
+    frameworkErrors: (error, _request, reply) => {
+      const api = errors.invalid(`Invalid request: ${error.message}`, null, 'invalid_url');
+      void (reply as { status(n: number): { send(b: unknown): unknown } }).status(api.status).send(api.toBody());
+    },
+    // Requests Node's HTTP parser rejects (bad header lines, conflicting lengths, oversized
+    // headers) never reach Fastify: answer them in the envelope too, and close the socket.
+    clientErrorHandler: (err, socket) => {
+      const tooLarge = (err as { code?: string }).code === 'HPE_HEADER_OVERFLOW';
+      const status = tooLarge ? 431 : 400;
+      const body = JSON.stringify({
+        error: { message: tooLarge ? 'Request headers are too large.' : 'Malformed HTTP request.', type: 'invalid_request_error', param: null, code: tooLarge ? 'headers_too_large' : 'bad_request' },
+      });
+      // A HEAD request must get no body (its client would read the body as the next response).
+      const head = /^HEAD /.test((err as unknown as { rawPacket?: Buffer }).rawPacket?.toString('latin1', 0, 5) ?? '');
+      if (socket.writable) {
+        socket.end(
+          `HTTP/1.1 ${status} ${tooLarge ? 'Request Header Fields Too Large' : 'Bad Request'}\r\nContent-Type: application/json\r\n` +
+            `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${head ? '' : body}`,
+        );
+      } else socket.destroy();
+    },
+  });
+  registerErrorHandling(app);
+  // Strict UTF-8: invalid bytes are a 400, not silently turned into U+FFFD and embedded.
+  const utf8 = new TextDecoder('utf-8', { fatal: true });
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => {
+    let text: string;
+    try {
+      text = utf8.decode(body as Buffer);
+    } catch {
+      return done(errors.invalid('The request body is not valid UTF-8.', null, 'invalid_encoding'));
+    }
+    if (text.trim() === '') return done(errors.invalidJson('the body is empty'));
+    try {
+      done(null, JSON.parse(text));
+    } catch (err) {
+      done(errors.invalidJson((err as Error).message));
+    }
+  });
+  registerAuth(app, opts.auth ? opts.database.db : null);
+  const metrics = new Metrics();
+  registerObservability(app, metrics, opts.database.pool);
+  const observer = metricsObserver(metrics);
+  chatRoutes(app, new ChatServing(opts.engine, observer), opts.engine);
+  embeddingRoutes(app, new EmbeddingsServing(opts.engine, observer), opts.engine);
+  completionRoutes(app, new CompletionsServing(opts.engine, observer), opts.engine);
+  modelRoutes(app, new ModelsServing(opts.engine));
+  healthRoutes(app, { pool: opts.database.pool, listening: opts.listening });
+  return app;
+}

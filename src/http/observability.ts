@@ -1,0 +1,49 @@
+import type { FastifyInstance } from 'fastify';
+import type pg from 'pg';
+import type { Observer } from '../serving/observer.js';
+import type { Metrics } from './metrics.js';
+
+export function metricsObserver(m: Metrics): Observer {
+  return {
+    started: (model, ms) => m.queueWait.observe({ model }, ms / 1000),
+    firstToken: (model, ms) => m.ttft.observe({ model }, ms / 1000),
+    usage: (model, u) => {
+      m.tokens.inc({ model, kind: 'prompt' }, u.prompt_tokens);
+      if (u.completion_tokens) m.tokens.inc({ model, kind: 'completion' }, u.completion_tokens);
+    },
+  };
+}
+
+const ENDPOINTS = new Set(['/v1/chat/completions', '/v1/completions', '/v1/embeddings', '/v1/models', '/v1/models/*']);
+
+/**
+ * One structured log line per request (JSON on stderr: request id, route, status, time, model;
+ * never a key or prompt text) and the metrics behind GET /metrics. /metrics needs no key, like
+ * /health: it shows counts and model names only, and scrapers rarely carry bearer tokens.
+ */
+export function registerObservability(app: FastifyInstance, metrics: Metrics, pool: pg.Pool): void {
+  const quiet = process.env.SWITCHYARD_LOG === 'silent';
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unknown';
+    if (!ENDPOINTS.has(route)) return;
+    const body = request.body as { model?: unknown } | undefined;
+    const model = typeof body?.model === 'string' ? body.model.slice(0, 128) : '';
+    const status = reply.statusCode;
+    const seconds = reply.elapsedTime / 1000;
+    metrics.requests.inc({ endpoint: route, model, status: String(status) });
+    metrics.latency.observe({ endpoint: route }, seconds);
+    if (!quiet) {
+      const requestId = reply.getHeader('x-request-id') ?? null;
+      process.stderr.write(
+        `${JSON.stringify({ time: new Date().toISOString(), level: status >= 500 ? 'error' : 'info', msg: 'request', request_id: requestId, method: request.method, route, status, ms: Math.round(seconds * 1000), model })}\n`,
+      );
+    }
+  });
+  app.get('/metrics', async (_request, reply) => {
+    const [queue, workers] = await Promise.all([
+      pool.query<{ model: string; queued: number; running: number }>('select model, queued::int, running::int from ai.queue_status'),
+      pool.query<{ n: number }>('select count(*)::int as n from ai.workers'),
+    ]);
+    return reply.type('text/plain; version=0.0.4').send(metrics.render({ queue: queue.rows, workers: workers.rows[0]!.n }));
+  });
+}

@@ -1,0 +1,48 @@
+import { openDatabase } from '../db/pool.js';
+import { EventHub } from '../engine/event-hub.js';
+import { PgEngine } from '../engine/pg-engine.js';
+import { logger } from '../log.js';
+import { Reaper } from '../engine/reaper.js';
+import { buildApp } from './app.js';
+
+export interface ServeOptions {
+  databaseUrl: string;
+  host: string;
+  port: number;
+  auth: boolean;
+}
+
+export interface RunningServer {
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** Starts the HTTP gateway: one pool, one LISTEN connection, one Fastify app. */
+export async function startServer(opts: ServeOptions): Promise<RunningServer> {
+  const log = logger('serve');
+  const database = openDatabase(opts.databaseUrl, { max: 20, applicationName: 'switchyard-serve' });
+  const hub = new EventHub(database.pool, opts.databaseUrl, log);
+  await hub.start();
+  const app = buildApp({ engine: new PgEngine(database, hub), database, auth: opts.auth, listening: () => hub.listening });
+  let address: string;
+  try {
+    address = await app.listen({ host: opts.host, port: opts.port });
+  } catch (err) {
+    await hub.stop();
+    await database.close();
+    throw err;
+  }
+  const reaper = new Reaper(database.pool, log);
+  reaper.start();
+  const url = address.replace('[::1]', 'localhost');
+  log.info(`listening on ${url} (auth ${opts.auth ? 'on' : 'OFF'})`);
+  return {
+    url,
+    async stop() {
+      await reaper.stop();
+      await app.close();
+      await hub.stop();
+      await database.close();
+    },
+  };
+}

@@ -1,0 +1,50 @@
+import type { FastifyReply } from 'fastify';
+import { toApiError } from './errors.js';
+
+/**
+ * Writes an SSE stream in OpenAI's format: `data: <json>` events and a final `data: [DONE]`.
+ * An error after the 200 went out cannot change the status, so it becomes a
+ * `data: {"error": ...}` event (as vLLM does) before [DONE].
+ */
+export async function sendSse(reply: FastifyReply, items: AsyncIterable<unknown>): Promise<void> {
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, {
+    ...(reply.getHeaders() as Record<string, string>),
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache',
+    connection: 'keep-alive',
+    'x-accel-buffering': 'no',
+  });
+  const write = (s: string) =>
+    new Promise<void>((resolve) => {
+      if (res.destroyed) return resolve();
+      // Respect backpressure: wait for drain before producing more.
+      if (res.write(s)) resolve();
+      else res.once('drain', resolve);
+    });
+  // Comment lines keep idle streams (a slow prefill, a long pause) alive through proxies that
+  // close connections silent for 30-60 s; SSE clients ignore them.
+  let lastWrite = Date.now();
+  const keepAliveMs = (Number(process.env.SWITCHYARD_SSE_KEEPALIVE) || 15) * 1000;
+  const keepAlive = setInterval(() => {
+    if (Date.now() - lastWrite >= keepAliveMs && !res.destroyed) {
+      res.write(': keep-alive\n\n');
+      lastWrite = Date.now();
+    }
+  }, Math.min(keepAliveMs, 1000));
+  try {
+    for await (const item of items) {
+      if (res.destroyed) break;
+      await write(`data: ${JSON.stringify(item)}\n\n`);
+      lastWrite = Date.now();
+    }
+  } catch (err) {
+    const api = toApiError(err);
+    if (api.status >= 500) reply.log.error({ err }, 'stream failed');
+    await write(`data: ${JSON.stringify(api.toBody())}\n\n`);
+  }
+  clearInterval(keepAlive);
+  await write('data: [DONE]\n\n');
+  res.end();
+}

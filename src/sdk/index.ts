@@ -1,0 +1,17 @@
+/** The Postgres-direct SDK: `import { OpenSourceAI } from 'switchyard'`. */
+export { OpenSourceAI, ChatStream, type ClientOptions, type ChatOptions, type ModelObject } from './client.js';
+export {
+  SwitchyardError,
+  BadRequestError,
+  AuthenticationError,
+  PermissionDeniedError,
+  NotFoundError,
+  ConflictError,
+  UnprocessableEntityError,
+  RateLimitError,
+  APITimeoutError,
+  InternalServerError,
+} from './errors.js';
+export type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatMessage } from '../protocol/chat.js';
+export type { EmbeddingList, EmbeddingRequest } from '../protocol/embeddings.js';
+export type { Model, ModelList } from '../protocol/models.js';

@@ -1,0 +1,170 @@
+import type { Engine, EngineEvent, Generation } from '../engine/types.js';
+import {
+  parseChatCompletionRequest,
+  toChatPrompt,
+  toSamplingParams,
+  type ChatCompletion,
+  type ChatCompletionChunk,
+  type ChatCompletionRequest,
+  toChatLogprobs,
+} from '../protocol/chat.js';
+import { ApiError, errors } from '../protocol/errors.js';
+import { wireId, type FinishReason, type TokenLogprob, type Usage } from '../protocol/shared.js';
+import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
+import { noObserver, type Observer } from './observer.js';
+
+export const SYSTEM_FINGERPRINT = 'switchyard';
+
+/** A streaming answer: chunks to send, and how to stop the generation if the client leaves. */
+export interface ChatStream {
+  requestId: string;
+  chunks: AsyncIterable<ChatCompletionChunk>;
+}
+
+export type ChatResult = { kind: 'json'; requestId: string; body: ChatCompletion } | { kind: 'stream'; stream: ChatStream };
+
+const toError = (e: Extract<EngineEvent, { type: 'error' }>) => ApiError.fromBody(e.status, e.error);
+
+/**
+ * POST /v1/chat/completions without HTTP: validates, queues through the engine, and shapes
+ * the engine's events into a `chat.completion` or a sequence of `chat.completion.chunk`s.
+ */
+export class ChatServing {
+  constructor(
+    private readonly engine: Engine,
+    private readonly observer: Observer = noObserver,
+  ) {}
+
+  /** Reports queue wait, time to first token and usage as the events go by. */
+  private observe(events: AsyncIterator<EngineEvent>, model: string, since: number): AsyncIterator<EngineEvent> {
+    let sawText = false;
+    return {
+      next: async () => {
+        const r = await events.next();
+        if (!r.done) {
+          const e = r.value;
+          if (e.type === 'start') this.observer.started(model, Date.now() - since);
+          else if (e.type === 'delta' && !sawText && e.choices.some((c) => c.text)) {
+            sawText = true;
+            this.observer.firstToken(model, Date.now() - since);
+          } else if (e.type === 'done') this.observer.usage(model, e.usage);
+        }
+        return r;
+      },
+      return: async (value?: unknown) => (await events.return?.(value)) ?? { done: true, value: undefined },
+    };
+  }
+
+  /** Starts a generation; `onQueued` learns the request id at once (to cancel it if the client leaves). */
+  async create(body: unknown, ctx: RequestContext, onQueued?: (requestId: string) => void): Promise<ChatResult> {
+    const since = Date.now();
+    const req = parseChatCompletionRequest(body);
+    const model = await resolveModel(this.engine, req.model, ctx);
+    const gen = await this.engine.generate({
+      endpoint: 'chat.completions',
+      model: req.model,
+      prompt: toChatPrompt(req),
+      params: toSamplingParams(req, model.defaults),
+      stream: req.stream === true,
+      keyId: ctx.keyId,
+      meta: { ...(req.user ? { user: req.user } : {}), ...(req.metadata ? { metadata: req.metadata } : {}) },
+    });
+    onQueued?.(gen.requestId);
+    const deadline = Date.now() + requestTimeoutMs();
+    const cancel = () => this.engine.cancel(gen.requestId);
+    const events = this.observe(gen.events[Symbol.asyncIterator](), gen.model, since);
+    // The first event decides the HTTP status: an error before any output (prompt too long,
+    // bad template, model failed to load) is an error response, not a 200 stream.
+    const first = await beforeDeadline(events.next(), deadline, cancel);
+    if (first.done) throw errors.internal('The generation ended without a result.');
+    if (first.value.type === 'error') throw toError(first.value);
+    if (req.stream) return { kind: 'stream', stream: { requestId: gen.requestId, chunks: this.chunks(req, gen, first.value, events) } };
+    const completion = await beforeDeadline(this.collect(req, gen, first.value, events), deadline, cancel);
+    return { kind: 'json', requestId: gen.requestId, body: completion };
+  }
+
+  private async collect(req: ChatCompletionRequest, gen: Generation, first: EngineEvent, events: AsyncIterator<EngineEvent>): Promise<ChatCompletion> {
+    const n = req.n ?? 1;
+    const texts = Array.from({ length: n }, () => '');
+    const logprobs = Array.from({ length: n }, () => [] as TokenLogprob[]);
+    for (let e: EngineEvent | undefined = first; e; e = (await events.next()).value as EngineEvent | undefined) {
+      if (e.type === 'delta') {
+        for (const c of e.choices) {
+          texts[c.index] += c.text;
+          if (c.logprobs) logprobs[c.index]!.push(...c.logprobs);
+        }
+      } else if (e.type === 'restart') {
+        texts.fill('');
+        for (const l of logprobs) l.length = 0;
+      }
+      else if (e.type === 'error') throw toError(e);
+      else if (e.type === 'done') {
+        const reasons = new Map(e.choices.map((c) => [c.index, c.finishReason]));
+        return {
+          id: wireId('chatcmpl', gen.requestId),
+          object: 'chat.completion',
+          created: gen.created,
+          model: req.model,
+          choices: texts.map((content, index) => ({
+            index,
+            message: { role: 'assistant', content, refusal: null },
+            logprobs: req.logprobs ? toChatLogprobs(logprobs[index]!) : null,
+            finish_reason: reasons.get(index) ?? 'stop',
+          })),
+          usage: e.usage,
+          system_fingerprint: SYSTEM_FINGERPRINT,
+        };
+      }
+    }
+    throw errors.internal('The generation ended without a result.');
+  }
+
+  private async *chunks(
+    req: ChatCompletionRequest,
+    gen: Generation,
+    first: EngineEvent,
+    events: AsyncIterator<EngineEvent>,
+  ): AsyncGenerator<ChatCompletionChunk> {
+    const includeUsage = req.stream_options?.include_usage === true;
+    const base = { id: wireId('chatcmpl', gen.requestId), object: 'chat.completion.chunk' as const, created: gen.created, model: req.model, system_fingerprint: SYSTEM_FINGERPRINT };
+    const chunk = (
+      index: number,
+      delta: ChatCompletionChunk['choices'][0]['delta'],
+      finish: FinishReason | null,
+      logprobs: TokenLogprob[] | undefined = undefined,
+    ): ChatCompletionChunk => ({
+      ...base,
+      choices: [{ index, delta, logprobs: logprobs ? toChatLogprobs(logprobs) : null, finish_reason: finish }],
+      ...(includeUsage ? { usage: null } : {}),
+    });
+    const n = req.n ?? 1;
+    let usage: Usage | null = null;
+    let sentText = false;
+    try {
+      for (let i = 0; i < n; i++) yield chunk(i, { role: 'assistant', content: '' }, null);
+      for (let e: EngineEvent | undefined = first; e; e = (await events.next()).value as EngineEvent | undefined) {
+        if (e.type === 'delta') {
+          for (const c of e.choices) {
+            if (c.text || c.logprobs?.length) {
+              sentText = true;
+              yield chunk(c.index, { content: c.text }, null, req.logprobs ? c.logprobs ?? [] : undefined);
+            }
+            if (c.finishReason) yield chunk(c.index, {}, c.finishReason);
+          }
+        } else if (e.type === 'restart') {
+          // Text already on the wire cannot be taken back: end the stream with an error.
+          if (sentText) throw errors.workerLost();
+        } else if (e.type === 'error') throw toError(e);
+        else if (e.type === 'done') {
+          usage = e.usage;
+          break;
+        }
+      }
+    } finally {
+      // Stops the subscription if the consumer left early.
+      await events.return?.();
+    }
+    if (!usage) throw errors.internal('The generation ended without a result.');
+    if (includeUsage) yield { ...base, choices: [], usage };
+  }
+}

@@ -1,0 +1,55 @@
+import type { Engine } from '../engine/types.js';
+import { encodeBase64, parseEmbeddingRequest, toInputs, truncateVector, type EmbeddingList } from '../protocol/embeddings.js';
+import { errors } from '../protocol/errors.js';
+import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
+import { noObserver, type Observer } from './observer.js';
+
+/** POST /v1/embeddings without HTTP. */
+export class EmbeddingsServing {
+  constructor(
+    private readonly engine: Engine,
+    private readonly observer: Observer = noObserver,
+  ) {}
+
+  async create(body: unknown, ctx: RequestContext, onQueued?: (requestId: string) => void): Promise<{ requestId: string; body: EmbeddingList }> {
+    const req = parseEmbeddingRequest(body);
+    const model = await resolveModel(this.engine, req.model, ctx);
+    const tooLarge = (dims: number) =>
+      errors.invalid(`'dimensions' is ${req.dimensions}, larger than the model's ${dims}.`, 'dimensions');
+    if (req.dimensions && model.dimensions && req.dimensions > model.dimensions) throw tooLarge(model.dimensions);
+    let requestId: string | null = null;
+    const result = await beforeDeadline(
+      this.engine.embed(
+        {
+          model: req.model,
+          inputs: toInputs(req),
+          keyId: ctx.keyId,
+          meta: { ...(req.dimensions ? { dimensions: req.dimensions } : {}), ...(req.user ? { user: req.user } : {}) },
+        },
+        (id) => {
+          requestId = id;
+          onQueued?.(id);
+        },
+      ),
+      Date.now() + requestTimeoutMs(),
+      () => (requestId ? this.engine.cancel(requestId) : undefined),
+    );
+    this.observer.usage(result.model, { prompt_tokens: result.promptTokens });
+    // The model's size may have been unknown until its first load.
+    const full = result.vectors[0]?.length ?? 0;
+    if (req.dimensions && req.dimensions > full) throw tooLarge(full);
+    const base64 = req.encoding_format === 'base64';
+    return {
+      requestId: result.requestId,
+      body: {
+        object: 'list',
+        data: result.vectors.map((v, index) => {
+          const vec = truncateVector(v, req.dimensions);
+          return { object: 'embedding', index, embedding: base64 ? encodeBase64(vec) : vec };
+        }),
+        model: req.model,
+        usage: { prompt_tokens: result.promptTokens, total_tokens: result.promptTokens },
+      },
+    };
+  }
+}

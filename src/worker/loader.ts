@@ -1,0 +1,104 @@
+import { AutoModel, AutoModelForCausalLM, AutoTokenizer, env, type PreTrainedModel, type PreTrainedTokenizer } from '@huggingface/transformers';
+import type { EmbedModel } from './embedding/embed.js';
+import type { ChatModel } from './generation/generate.js';
+import { ThreadError } from './generation/thread-error.js';
+import { modelCacheDir, onnxFileFor, resolveSource, type ModelSpec } from './models-source.js';
+
+export interface LoadedChatModel extends ChatModel {
+  spec: ModelSpec;
+}
+
+export type ProgressFn = (file: string, percent: number) => void;
+
+function ids(value: unknown): number[] {
+  if (typeof value === 'number') return [value];
+  if (Array.isArray(value)) return value.filter((v): v is number => typeof v === 'number');
+  return [];
+}
+
+function explain(spec: ModelSpec, where: ReturnType<typeof resolveSource>, err: unknown): ThreadError {
+  const detail = err instanceof Error ? err.message : String(err);
+  const hint =
+    where.kind === 'local'
+      ? `Check that ${where.dir} holds config.json, tokenizer.json, tokenizer_config.json and ${onnxFileFor(spec.dtype)} (dtype ${spec.dtype}).`
+      : `It could not be fetched from the model hub. On an offline machine, download the ONNX export ` +
+        `(transformers.js layout, ${onnxFileFor(spec.dtype)} for dtype ${spec.dtype}) elsewhere and either put it under ` +
+        `SWITCHYARD_MODELS_DIR as ${spec.source}/ or register the folder: switchyard models add ${spec.name} --task ${spec.task} --source /path/to/folder. ` +
+        `Gated models need HF_TOKEN.`;
+  return ThreadError.server(`Could not load model '${spec.name}' from '${spec.source}': ${detail}. ${hint}`, 'model_load_failed', 503);
+}
+
+/**
+ * Loads a model's tokenizer and graph with transformers.js. Its `env` (local path, remote
+ * switch) is process-global, so loads are serialised by the caller.
+ */
+async function loadFiles(
+  spec: ModelSpec,
+  modelsDir: string | undefined,
+  onProgress: ProgressFn,
+  auto: typeof AutoModel | typeof AutoModelForCausalLM,
+): Promise<{ where: ReturnType<typeof resolveSource>; tokenizer: PreTrainedTokenizer; model: PreTrainedModel }> {
+  const where = resolveSource(spec.source, modelsDir);
+  env.cacheDir = modelCacheDir();
+  if (where.kind === 'local') {
+    env.allowLocalModels = true;
+    env.allowRemoteModels = false;
+    env.localModelPath = `${where.parent}/`;
+  } else {
+    env.allowLocalModels = false;
+    env.allowRemoteModels = true;
+  }
+  const opts = {
+    revision: spec.revision,
+    progress_callback: (info: { status: string; file?: string; progress?: number }) => {
+      // Local files "load" in milliseconds; progress only means something for downloads.
+      if (where.kind === 'hub' && info.status === 'progress' && info.file) onProgress(info.file, info.progress ?? 0);
+    },
+  };
+  try {
+    const tokenizer = await AutoTokenizer.from_pretrained(where.id, opts);
+    const model = await auto.from_pretrained(where.id, { ...opts, dtype: spec.dtype as 'fp32', device: spec.device });
+    return { where, tokenizer, model };
+  } catch (err) {
+    throw explain(spec, where, err);
+  }
+}
+
+/** Loads a causal LM and its tokenizer for chat. */
+export async function loadChatModel(spec: ModelSpec, modelsDir: string | undefined, onProgress: ProgressFn): Promise<LoadedChatModel> {
+  const { where, tokenizer, model } = await loadFiles(spec, modelsDir, onProgress, AutoModelForCausalLM);
+  const config = model.config as unknown as Record<string, unknown>;
+  const generation = (model.generation_config ?? {}) as Record<string, unknown>;
+  const eosIds = new Set([...ids(generation.eos_token_id), ...ids(config.eos_token_id), ...ids(tokenizer.eos_token_id)]);
+  if (eosIds.size === 0) throw explain(spec, where, new Error('no end-of-sequence token in config.json or generation_config.json'));
+  const padId = ids(generation.pad_token_id)[0] ?? ids(config.pad_token_id)[0] ?? [...eosIds][0]!;
+  const contextLength =
+    spec.contextLength ?? (config.max_position_embeddings as number | undefined) ?? (tokenizer.model_max_length as number | undefined) ?? 2048;
+  return { spec, model, tokenizer, eosIds, padId, contextLength };
+}
+
+export interface LoadedEmbedModel extends EmbedModel {
+  spec: ModelSpec;
+}
+
+/** Loads an encoder (BERT-like) and its tokenizer for embeddings. */
+export async function loadEmbedModel(spec: ModelSpec, modelsDir: string | undefined, onProgress: ProgressFn): Promise<LoadedEmbedModel> {
+  const { tokenizer, model } = await loadFiles(spec, modelsDir, onProgress, AutoModel);
+  const config = model.config as unknown as Record<string, unknown>;
+  const positions = (config.max_position_embeddings as number | undefined) ?? 512;
+  const tokMax = tokenizer.model_max_length as number | undefined;
+  const maxTokens = spec.contextLength ?? Math.min(positions, tokMax && tokMax < 1e6 ? tokMax : positions);
+  const inputNames = (model as unknown as { sessions: Record<string, { inputNames: string[] }> }).sessions.model?.inputNames ?? [];
+  return {
+    spec,
+    model,
+    tokenizer,
+    dimensions: (config.hidden_size as number | undefined) ?? 0,
+    maxTokens,
+    vocabSize: (config.vocab_size as number | undefined) ?? Number.MAX_SAFE_INTEGER,
+    pooling: spec.pooling,
+    normalize: spec.normalize,
+    truncate: spec.truncate,
+    typeIds: inputNames.includes('token_type_ids'),
+  };
+}

@@ -1,0 +1,157 @@
+/**
+ * Runs inside a worker_thread. Model calls block the event loop for their whole duration
+ * (0.6 s for 256 embeddings, 2.4 s for a 1000-token prefill on these machines), so they live
+ * here, away from the loop that keeps the job queue, LISTEN and event publishing responsive.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { checkContext, generate } from './generation/generate.js';
+import { ThreadError } from './generation/thread-error.js';
+import { loadChatModel, loadEmbedModel, type LoadedChatModel, type LoadedEmbedModel } from './loader.js';
+import { embed } from './embedding/embed.js';
+import { TemplateSandbox } from './generation/template-sandbox.js';
+import type { ModelSpec } from './models-source.js';
+import type { FromThread, ToThread } from './thread-protocol.js';
+import type { Prompt } from '../protocol/chat.js';
+
+const port = parentPort!;
+const modelsDir = (workerData as { modelsDir?: string } | undefined)?.modelsDir;
+const post = (msg: FromThread) => port.postMessage(msg);
+
+type Loaded = LoadedChatModel | LoadedEmbedModel;
+const models = new Map<string, Promise<Loaded>>();
+let loading: Promise<unknown> = Promise.resolve();
+const running = new Map<string, AbortController>();
+
+const specKey = (s: ModelSpec) => JSON.stringify(s);
+
+function getModel(spec: ModelSpec & { task: 'chat' }): Promise<LoadedChatModel>;
+function getModel(spec: ModelSpec & { task: 'embedding' }): Promise<LoadedEmbedModel>;
+function getModel(spec: ModelSpec): Promise<Loaded>;
+function getModel(spec: ModelSpec): Promise<Loaded> {
+  const key = specKey(spec);
+  let entry = models.get(key);
+  if (!entry) {
+    const lastShown = new Map<string, number>();
+    // One load at a time: transformers.js' env (local path, remote switch) is global.
+    const progress = (file: string, percent: number) => {
+      const bucket = Math.floor(percent / 10);
+      if (lastShown.get(file) === bucket) return;
+      lastShown.set(file, bucket);
+      post({ type: 'progress', model: spec.name, file, percent: Math.round(percent) });
+    };
+    entry = loading.then((): Promise<Loaded> =>
+      spec.task === 'chat' ? loadChatModel(spec, modelsDir, progress) : loadEmbedModel(spec, modelsDir, progress),
+    );
+    loading = entry.catch(() => {});
+    models.set(key, entry);
+    // A failed load is not cached: the next request tries again (the file may have appeared).
+    entry.catch(() => models.delete(key));
+  }
+  return entry;
+}
+
+const sandbox = new TemplateSandbox();
+const SPECIAL_TOKENS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token', 'additional_special_tokens'];
+
+/** The variables transformers.js gives a chat template besides the messages. */
+function specialTokens(m: LoadedChatModel): Record<string, unknown> {
+  const config = (m.tokenizer as unknown as { config?: Record<string, unknown> }).config ?? {};
+  const out: Record<string, unknown> = {};
+  for (const key of SPECIAL_TOKENS) {
+    const v = config[key];
+    const value = v && typeof v === 'object' && 'content' in (v as object) ? (v as { content: unknown }).content : v;
+    if (value) out[key] = value;
+  }
+  return out;
+}
+
+async function renderPrompt(m: LoadedChatModel, prompt: Prompt): Promise<number[]> {
+  if ('ids' in prompt) {
+    const vocab = (m.model.config as unknown as { vocab_size?: number }).vocab_size ?? Infinity;
+    const bad = prompt.ids.find((id) => id >= vocab);
+    if (bad !== undefined) throw ThreadError.user(400, `Token id ${bad} is outside the model's vocabulary of ${vocab}.`, 'invalid_token', 'prompt');
+    return prompt.ids;
+  }
+  // A raw prompt is encoded as the tokenizer would for the model (with its BOS, if it adds one).
+  if ('text' in prompt) return m.tokenizer.encode(prompt.text);
+  let text: string;
+  if (prompt.chatTemplate) {
+    // The request's own template: untrusted code, rendered on the sandbox thread with a time limit.
+    text = await sandbox.render(prompt.chatTemplate, { messages: prompt.messages, add_generation_prompt: true, ...specialTokens(m) });
+  } else {
+    try {
+      text = m.tokenizer.apply_chat_template(prompt.messages, {
+        tokenize: false,
+        add_generation_prompt: true,
+        ...(m.spec.chatTemplate ? { chat_template: m.spec.chatTemplate } : {}),
+      }) as string;
+    } catch (err) {
+      throw ThreadError.user(400, `The chat template could not be applied: ${(err as Error).message}`, 'invalid_chat_template', 'messages');
+    }
+  }
+  // The template already wrote the special tokens (e.g. <|im_start|>), so none are added here.
+  return m.tokenizer.encode(text, { add_special_tokens: false });
+}
+
+async function runGenerate(msg: Extract<ToThread, { type: 'generate' }>): Promise<void> {
+  const abort = new AbortController();
+  running.set(msg.id, abort);
+  try {
+    const m = await getModel({ ...msg.spec, task: 'chat' });
+    if (abort.signal.aborted) throw ThreadError.cancelled();
+    const promptIds = await renderPrompt(m, msg.prompt);
+    // Checked before `started`: the first event decides the HTTP status, so a prompt that does
+    // not fit is a 400 for streams too, not a 200 stream carrying an error.
+    checkContext(m, promptIds.length, msg.params.maxTokens);
+    post({ type: 'started', id: msg.id, promptTokens: promptIds.length });
+    const choices = await generate(m, promptIds, msg.params, {
+      signal: abort.signal,
+      onDelta: (index, text, finishReason, logprobs) => post({ type: 'delta', id: msg.id, index, text, finishReason, ...(logprobs ? { logprobs } : {}) }),
+    });
+    post({ type: 'done', id: msg.id, promptTokens: promptIds.length, choices });
+  } catch (err) {
+    post({ type: 'error', id: msg.id, error: ThreadError.from(err).toJSON() });
+  } finally {
+    running.delete(msg.id);
+  }
+}
+
+async function runEmbed(msg: Extract<ToThread, { type: 'embed' }>): Promise<void> {
+  try {
+    const m = await getModel({ ...msg.spec, task: 'embedding' });
+    const out = await embed(m, msg.inputs);
+    const buffers = out.vectors.flatMap((v) => (v ? [v.buffer as ArrayBuffer] : []));
+    port.postMessage({ type: 'embedded', id: msg.id, ...out, dimensions: m.dimensions } satisfies FromThread, buffers);
+  } catch (err) {
+    post({ type: 'error', id: msg.id, error: ThreadError.from(err).toJSON() });
+  }
+}
+
+port.on('message', (msg: ToThread) => {
+  switch (msg.type) {
+    case 'load': {
+      const started = performance.now();
+      getModel(msg.spec).then(
+        (m) =>
+          post({
+            type: 'loaded',
+            model: msg.spec.name,
+            contextLength: 'contextLength' in m ? m.contextLength : m.maxTokens,
+            dimensions: 'dimensions' in m ? m.dimensions : null,
+            ms: Math.round(performance.now() - started),
+          }),
+        (err) => post({ type: 'load-failed', model: msg.spec.name, error: ThreadError.from(err).toJSON() }),
+      );
+      break;
+    }
+    case 'generate':
+      void runGenerate(msg);
+      break;
+    case 'embed':
+      void runEmbed(msg);
+      break;
+    case 'cancel':
+      running.get(msg.id)?.abort();
+      break;
+  }
+});

@@ -1,0 +1,50 @@
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+
+/** What a worker needs to load a model; built from an ai.models row. */
+export interface ModelSpec {
+  name: string;
+  task: 'chat' | 'embedding';
+  source: string;
+  revision: string;
+  dtype: string;
+  device: 'cpu' | 'cuda';
+  chatTemplate: string | null;
+  contextLength: number | null;
+  /** Embedding models only. */
+  pooling: 'mean' | 'cls' | 'none';
+  normalize: boolean;
+  truncate: boolean;
+}
+
+export type ResolvedSource =
+  | { kind: 'local'; dir: string; parent: string; id: string }
+  | { kind: 'hub'; id: string };
+
+/**
+ * SWITCHYARD_MODELS_DIR is searched first (offline use), then a source that is itself a path,
+ * then the hub. transformers.js loads local models as `<localModelPath>/<id>`, hence parent + id.
+ */
+export function resolveSource(source: string, modelsDir: string | undefined): ResolvedSource {
+  const local = (dir: string): ResolvedSource => ({ kind: 'local', dir, parent: dirname(dir), id: basename(dir) });
+  if (modelsDir) {
+    const candidate = resolve(modelsDir, source);
+    if (!isAbsolute(source) && existsSync(join(candidate, 'config.json'))) return local(candidate);
+  }
+  if (isAbsolute(source) || source.startsWith('./') || source.startsWith('../')) return local(resolve(source));
+  return { kind: 'hub', id: source };
+}
+
+/** Where downloaded hub models are cached (transformers.js' own default is inside node_modules). */
+export function modelCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  return env.SWITCHYARD_CACHE_DIR || join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'switchyard', 'models');
+}
+
+/** transformers.js 4.x file names per dtype, for error messages that say what is missing. */
+export function onnxFileFor(dtype: string): string {
+  const suffix: Record<string, string> = {
+    fp32: '', fp16: '_fp16', q8: '_quantized', int8: '_int8', uint8: '_uint8', q4: '_q4', q4f16: '_q4f16', bnb4: '_bnb4',
+  };
+  return `onnx/model${suffix[dtype] ?? `_${dtype}`}.onnx`;
+}

@@ -1,0 +1,52 @@
+import type { ChatPrompt, Prompt, SamplingParams } from '../protocol/chat.js';
+
+/**
+ * A queued request can outlive the code that queued it, so what the worker reads back from
+ * ai.requests is checked at run time, not trusted by type.
+ */
+export class StoredRequestError extends Error {}
+
+function num(v: unknown, name: string): number {
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new StoredRequestError(`stored params.${name} is not a number`);
+  return v;
+}
+
+export function readJobPayload(payload: unknown): { requestId: string } {
+  const id = (payload as { request_id?: unknown } | null)?.request_id;
+  if (typeof id !== 'string' || !/^[0-9a-f-]{36}$/.test(id)) throw new StoredRequestError(`job payload has no valid request_id: ${JSON.stringify(payload)}`);
+  return { requestId: id };
+}
+
+function readPrompt(input: unknown, template: string | null): Prompt {
+  const raw = (input as { prompt?: unknown } | null)?.prompt;
+  if (typeof raw === 'string') return { text: raw };
+  if (Array.isArray(raw) && raw.every((t) => Number.isInteger(t) && t >= 0)) return { ids: raw as number[] };
+  const messages = (input as { messages?: unknown } | null)?.messages;
+  if (!Array.isArray(messages) || messages.some((m) => typeof m?.role !== 'string' || typeof m?.content !== 'string')) {
+    throw new StoredRequestError('stored input is neither messages ({role, content} strings) nor a prompt (text or token ids)');
+  }
+  return { messages: messages as ChatPrompt['messages'], chatTemplate: template };
+}
+
+export function readChatRequest(input: unknown, params: unknown): { prompt: Prompt; params: SamplingParams } {
+  const p = (params ?? {}) as Record<string, unknown>;
+  const stop = p.stop ?? [];
+  if (!Array.isArray(stop) || stop.some((s) => typeof s !== 'string')) throw new StoredRequestError('stored params.stop is not a list of strings');
+  const template = p.chat_template ?? null;
+  if (template !== null && typeof template !== 'string') throw new StoredRequestError('stored params.chat_template is not a string');
+  return {
+    prompt: readPrompt(input, template as string | null),
+    params: {
+      maxTokens: p.maxTokens === null || p.maxTokens === undefined ? null : num(p.maxTokens, 'maxTokens'),
+      temperature: num(p.temperature, 'temperature'),
+      topP: num(p.topP, 'topP'),
+      n: num(p.n, 'n'),
+      stop: stop as string[],
+      seed: p.seed === null || p.seed === undefined ? null : num(p.seed, 'seed'),
+      frequencyPenalty: num(p.frequencyPenalty, 'frequencyPenalty'),
+      presencePenalty: num(p.presencePenalty, 'presencePenalty'),
+      logprobs: p.logprobs === null || p.logprobs === undefined ? null : num(p.logprobs, 'logprobs'),
+      echo: p.echo === true,
+    },
+  };
+}

@@ -1,0 +1,185 @@
+import type pg from 'pg';
+import type { Task } from 'graphile-worker';
+import type { LogFn } from '../log.js';
+import type { ErrorBody } from '../protocol/errors.js';
+import type { ModelSpec } from './models-source.js';
+
+/** The graphile-worker task identifier of a model's vectorizer jobs (see sql/040_vectorizers.sql). */
+export const vectorizeTaskName = (model: string): string => `vectorize:${model}`;
+
+/** What this task needs of an embedding call: a subset of EmbeddingResult (model-host.ts). */
+export interface VectorizeEmbedding {
+  /** Full-dimension vectors, one per input; null where the input was rejected. */
+  vectors: (Float32Array | null)[];
+  errors: (ErrorBody | null)[];
+}
+
+export interface VectorizeTaskDeps {
+  pool: pg.Pool;
+  /** One model call's worth of inputs (the worker passes its model's batcher). */
+  embed(inputs: (string | number[])[]): Promise<VectorizeEmbedding>;
+  log: { info: LogFn; warn: LogFn; error: LogFn };
+  /** How long one job runs batches before it hands over to a fresh job (default 60 s). */
+  sliceMs?: number;
+}
+
+interface ClaimedItem {
+  pk: unknown;
+  ids: string[];
+  attempts: number;
+  /** The row's current text; null when the row is gone or its text is null. */
+  input: string | null;
+}
+
+type ItemResult = { pk: unknown; ids: string[]; attempts: number; embedding?: string; error?: ErrorBody };
+
+export function readVectorizerId(payload: unknown): number {
+  const id = (payload as { vectorizer_id?: unknown } | null)?.vectorizer_id;
+  if (typeof id !== 'number' || !Number.isInteger(id) || id < 1) throw new Error(`job payload has no valid vectorizer_id: ${JSON.stringify(payload)}`);
+  return id;
+}
+
+const itemError = (message: string, code: string): ErrorBody => ({ message, type: 'server_error', param: null, code });
+
+/** The model thread words a rejection as a clause about the input ("it is an empty string."). */
+const forRow = (e: ErrorBody): ErrorBody => ({ ...e, message: `Invalid text: ${e.message.replace(/^Input \d+ /, 'it ')}` });
+
+/** The outcome of one claimed key: a vector, a removal (input null), or an error. */
+function outcome(item: ClaimedItem, index: Map<string, number>, result: VectorizeEmbedding | null, dimensions: number): ItemResult {
+  const base = { pk: item.pk, ids: item.ids, attempts: item.attempts };
+  if (item.input === null) return base;
+  const k = index.get(item.input)!;
+  const error = result!.errors[k];
+  if (error) return { ...base, error: forRow(error) };
+  const v = result!.vectors[k];
+  if (!v) return { ...base, error: itemError('The model returned no vector for this text.', 'no_vector') };
+  if (v.length !== dimensions) {
+    return { ...base, error: itemError(`The model returned ${v.length} dimensions; this vectorizer's destination holds ${dimensions}.`, 'dimension_mismatch') };
+  }
+  // Float32 values printed as JS numbers: pgvector parses them back to the same float32.
+  return { ...base, embedding: `[${Array.prototype.join.call(v, ',')}]` };
+}
+
+interface Batch {
+  client: pg.PoolClient;
+  items: ClaimedItem[];
+}
+
+async function abort(client: pg.PoolClient): Promise<void> {
+  let broken: Error | undefined;
+  await client.query('rollback').catch((e: Error) => (broken = e));
+  client.release(broken);
+}
+
+/**
+ * Opens a batch's transaction and claims its items (FOR UPDATE SKIP LOCKED) with their rows'
+ * text. The transaction stays open until finishBatch commits it, or abort rolls it back (the
+ * items are then simply due again).
+ */
+async function claimBatch(pool: pg.Pool, id: number): Promise<Batch | 'gone' | 'empty'> {
+  const client = await pool.connect();
+  try {
+    await client.query('begin');
+    const state = (await client.query<{ state: 'ok' | 'gone' }>('select ai._vectorizer_begin($1) as state', [id])).rows[0]!.state;
+    const items = state === 'ok' ? (await client.query<ClaimedItem>('select pk, ids, attempts, input from ai._vectorizer_claim($1)', [id])).rows : [];
+    if (items.length > 0) return { client, items };
+    await client.query('commit');
+    client.release();
+    return state === 'gone' ? 'gone' : 'empty';
+  } catch (err) {
+    await abort(client);
+    throw err;
+  }
+}
+
+async function embedBatch(items: ClaimedItem[], dimensions: number, deps: VectorizeTaskDeps): Promise<ItemResult[]> {
+  // Identical texts (copies of a document) are embedded once.
+  const texts = [...new Set(items.flatMap((i) => (i.input === null ? [] : [i.input])))];
+  const index = new Map(texts.map((t, k) => [t, k]));
+  const result = texts.length > 0 ? await deps.embed(texts) : null;
+  return items.map((item) => outcome(item, index, result, dimensions));
+}
+
+async function finishBatch(batch: Batch, id: number, results: ItemResult[]): Promise<void> {
+  try {
+    await batch.client.query('select ai._vectorizer_finish($1, $2::jsonb)', [id, JSON.stringify(results)]);
+    await batch.client.query('commit');
+  } catch (err) {
+    await abort(batch.client);
+    throw err;
+  }
+  batch.client.release();
+}
+
+/**
+ * The graphile-worker task `vectorize:<model>` (payload {"vectorizer_id": N}): runs batches of
+ * that vectorizer until nothing is due, then settles (see ai._vectorizer_settle: the handshake
+ * with writers, the retry job for backed-off items). Batches are pipelined: while one batch's
+ * rows are written (the HNSW inserts cost as much as the model here), the next one is claimed
+ * and embedded in its own transaction. After `sliceMs` the job hands over to a fresh job, so a
+ * long backfill does not hold a worker slot (and its job lock) for hours.
+ *
+ * A batch that throws (the model thread died, the database went away) is rolled back, so its
+ * items are due again, and the job throws: graphile-worker retries it with backoff.
+ */
+export function vectorizeTask(spec: ModelSpec, deps: VectorizeTaskDeps): Task {
+  const sliceMs = deps.sliceMs ?? 60_000;
+  return async (payload, helpers) => {
+    const id = readVectorizerId(payload);
+    const row = (await deps.pool.query<{ dimensions: number; model: string }>('select dimensions, model from ai.vectorizers where id = $1', [id])).rows[0];
+    if (!row) return; // dropped
+    if (row.model !== spec.name) deps.log.warn(`vectorizer ${id} now uses model ${row.model}, but this job was queued for ${spec.name}`);
+    const started = Date.now();
+    let handled = 0;
+    let idleRounds = 0;
+    for (;;) {
+      // The previous batch's commit, settled to its error (or null) so that a failure while
+      // the next batch is with the model is never an unhandled rejection.
+      let writing: Promise<unknown> | null = null;
+      let gone = false;
+      let progressed = false;
+      let thrown: unknown = null;
+      try {
+        while (Date.now() - started < sliceMs) {
+          const batch = await claimBatch(deps.pool, id);
+          if (batch === 'gone') gone = true;
+          if (typeof batch === 'string') break;
+          let results: ItemResult[] = [];
+          let failure: unknown = null;
+          try {
+            results = await embedBatch(batch.items, row.dimensions, deps);
+            // The previous batch commits before this one writes.
+            failure = writing && (await writing);
+            writing = null;
+          } catch (err) {
+            failure = err;
+          }
+          if (failure) {
+            await abort(batch.client);
+            throw failure;
+          }
+          handled += batch.items.length;
+          progressed = true;
+          writing = finishBatch(batch, id, results).then(
+            () => null,
+            (err: unknown) => err ?? new Error('the batch failed'),
+          );
+        }
+      } catch (err) {
+        thrown = err;
+      }
+      // Whatever happened, the last batch is committed (or rolled back) before going on.
+      const lastFailure = writing && (await writing);
+      if (thrown || lastFailure) throw thrown || lastFailure;
+      if (gone) break;
+      idleRounds = progressed ? 0 : idleRounds + 1;
+      // Slice used up, or items due but none claimable (held by others) over and over: hand over.
+      const handOver = Date.now() - started >= sliceMs || idleRounds > 3;
+      const state = (
+        await deps.pool.query<{ state: string }>('select ai._vectorizer_settle($1, $2, $3) as state', [id, handOver, helpers.job.key])
+      ).rows[0]!.state;
+      if (state !== 'more') break;
+    }
+    if (handled > 0) deps.log.info(`vectorizer ${id}: ${handled} rows in ${Date.now() - started} ms`);
+  };
+}

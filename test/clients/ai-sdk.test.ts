@@ -1,0 +1,180 @@
+import { createOpenAI } from '@ai-sdk/openai';
+import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
+import { APICallError, embed, embedMany, generateText, jsonSchema, Output, RetryError, streamText, tool } from 'ai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { attempts, expectSameVectors, Recorder, startGateway, type Gateway } from './harness.js';
+
+/**
+ * The Vercel AI SDK against a running gateway, through both of its providers that speak OpenAI's
+ * wire format: `@ai-sdk/openai-compatible` and `@ai-sdk/openai` with a base URL.
+ */
+let gw: Gateway;
+const rec = new Recorder();
+const system = 'You are a helpful assistant.';
+const prompt = 'Name three colours of the rainbow.';
+
+let compat: ReturnType<typeof createOpenAICompatible>;
+let openai: ReturnType<typeof createOpenAI>;
+
+beforeAll(async () => {
+  gw = await startGateway();
+  compat = createOpenAICompatible({ name: 'switchyard', baseURL: gw.baseURL, apiKey: gw.key, fetch: rec.fetch, includeUsage: true });
+  openai = createOpenAI({ baseURL: gw.baseURL, apiKey: gw.key, fetch: rec.fetch });
+});
+
+afterAll(async () => {
+  await gw?.stop();
+});
+
+const usageOf = (row: { usage: { prompt_tokens: number; completion_tokens?: number; total_tokens: number } | null }) => ({
+  inputTokens: row.usage!.prompt_tokens,
+  outputTokens: row.usage!.completion_tokens,
+  totalTokens: row.usage!.total_tokens,
+});
+
+describe.each([
+  ['@ai-sdk/openai-compatible', () => compat.chatModel('gpt-4o-mini')],
+  ['@ai-sdk/openai (.chat)', () => openai.chat('gpt-4o-mini')],
+])('%s', (_name, model) => {
+  it('generateText: text, finish reason, and usage equal to the logged row', async () => {
+    const seen = rec.mark();
+    const r = await generateText({ model: model(), system, prompt, temperature: 0, maxOutputTokens: 12, maxRetries: 0 });
+    expect(r.text.length).toBeGreaterThan(0);
+    expect(r.finishReason).toBe('length');
+    expect(r.response.modelId).toBe('gpt-4o-mini');
+    const [ex] = seen();
+    expect(ex!.path).toBe('/v1/chat/completions');
+    expect(ex!.body).toMatchObject({ model: 'gpt-4o-mini', temperature: 0, max_tokens: 12 });
+    const row = await gw.row(ex!.requestId);
+    expect(row).toMatchObject({ model: 'tiny', status: 'completed' });
+    expect(row.output!.choices[0].text).toBe(r.text);
+    expect(row.usage!.completion_tokens).toBe(12);
+    expect(r.usage).toMatchObject(usageOf(row));
+  });
+
+  it('streamText: the stream joins to the generateText text (temperature 0), with usage from the stream', async () => {
+    const whole = await generateText({ model: model(), system, prompt, temperature: 0, maxOutputTokens: 16, maxRetries: 0 });
+    const seen = rec.mark();
+    const errors: unknown[] = [];
+    const r = streamText({ model: model(), system, prompt, temperature: 0, maxOutputTokens: 16, maxRetries: 0, onError: ({ error }) => void errors.push(error) });
+    const parts: string[] = [];
+    for await (const part of r.textStream) parts.push(part);
+    expect(errors).toEqual([]);
+    expect(parts.length).toBeGreaterThan(2);
+    expect(parts.join('')).toBe(whole.text);
+    expect(await r.finishReason).toBe('length');
+    const [ex] = seen();
+    expect(ex!.body).toMatchObject({ stream: true, stream_options: { include_usage: true } });
+    const row = await gw.row(ex!.requestId);
+    expect(await r.usage).toMatchObject(usageOf(row));
+  });
+});
+
+describe.each([
+  ['@ai-sdk/openai-compatible', () => compat.completionModel('gpt-4o-mini')],
+  ['@ai-sdk/openai', () => openai.completion('gpt-4o-mini')],
+])('%s completion model (legacy /v1/completions)', (_name, model) => {
+  it('generateText and streamText agree (temperature 0), with usage equal to the row', async () => {
+    const seen = rec.mark();
+    const whole = await generateText({ model: model(), prompt: 'Once upon a time', temperature: 0, maxOutputTokens: 12, maxRetries: 0 });
+    let streamed = '';
+    const errors: unknown[] = [];
+    const r = streamText({ model: model(), prompt: 'Once upon a time', temperature: 0, maxOutputTokens: 12, maxRetries: 0, onError: ({ error }) => void errors.push(error) });
+    for await (const part of r.textStream) streamed += part;
+    expect(errors).toEqual([]);
+    expect(whole.text.length).toBeGreaterThan(0);
+    expect(streamed).toBe(whole.text);
+    const [a, b] = seen();
+    expect(a!.path).toBe('/v1/completions');
+    // The SDK turns the prompt into a transcript and stops at the next turn.
+    expect(a!.body).toMatchObject({ prompt: 'user:\nOnce upon a time\n\nassistant:\n', stop: ['\nuser:'] });
+    const row = await gw.row(a!.requestId);
+    expect(row).toMatchObject({ model: 'tiny', status: 'completed' });
+    expect(whole.usage).toMatchObject(usageOf(row));
+    expect(await r.usage).toMatchObject(usageOf(await gw.row(b!.requestId)));
+  });
+});
+
+describe('@ai-sdk/openai default model: the Responses API', () => {
+  it('is not served: `openai(id)` posts to /v1/responses, a 404 (use `openai.chat(id)`)', async () => {
+    const seen = rec.mark();
+    const err = await generateText({ model: openai('gpt-4o-mini'), prompt, maxRetries: 0 }).catch((e: unknown) => e);
+    expect(APICallError.isInstance(err)).toBe(true);
+    expect(err).toMatchObject({ statusCode: 404, isRetryable: false });
+    expect(seen().map((e) => `${e.method} ${e.path} ${e.status}`)).toEqual(['POST /v1/responses 404']);
+    expect(JSON.parse((err as APICallError).responseBody!).error).toMatchObject({ code: 'route_not_found' });
+  });
+});
+
+describe.each([
+  ['@ai-sdk/openai-compatible', () => compat.embeddingModel('text-embedding-3-small')],
+  ['@ai-sdk/openai', () => openai.embedding('text-embedding-3-small')],
+])('%s embeddings', (_name, model) => {
+  it('embed and embedMany return the gateway’s own vectors, with usage equal to the row', async () => {
+    const values = ['The quick brown fox', 'jumps over the lazy dog', 'Postgres keeps everything'];
+    const seen = rec.mark();
+    const one = await embed({ model: model(), value: values[0]!, maxRetries: 0 });
+    const many = await embedMany({ model: model(), values, maxRetries: 0 });
+    const [a, b] = seen();
+    expect(a!.body).toMatchObject({ model: 'text-embedding-3-small', input: [values[0]], encoding_format: 'float' });
+    expect(b!.body).toMatchObject({ input: values });
+    const own = await gw.vectors(values);
+    expectSameVectors([one.embedding], [own[0]!]);
+    expectSameVectors(many.embeddings, own);
+    const row = await gw.row(b!.requestId);
+    expect(row.model).toBe('minilm');
+    expect(many.usage.tokens).toBe(row.usage!.prompt_tokens);
+    expect(one.usage.tokens).toBe((await gw.row(a!.requestId)).usage!.prompt_tokens);
+    expect(one.usage.tokens).toBeGreaterThan(0);
+  });
+});
+
+describe('errors and retries', () => {
+  it('an unknown model is an APICallError with the status and the gateway’s error body, not retried', async () => {
+    const seen = rec.mark();
+    const err = await generateText({ model: compat.chatModel('gpt-5'), prompt }).catch((e: unknown) => e);
+    expect(APICallError.isInstance(err)).toBe(true);
+    expect(err).toMatchObject({ statusCode: 404, isRetryable: false });
+    expect(JSON.parse((err as APICallError).responseBody!).error).toMatchObject({ code: 'model_not_found', param: 'model' });
+    expect(seen()).toHaveLength(1);
+    const unauth = createOpenAICompatible({ name: 'x', baseURL: gw.baseURL, apiKey: 'sy-wrong' });
+    await expect(generateText({ model: unauth.chatModel('tiny'), prompt, maxRetries: 0 })).rejects.toMatchObject({ statusCode: 401 });
+  });
+
+  it('gap: tools and structured output are a 400 naming the parameter (not supported yet)', async () => {
+    const seen = rec.mark();
+    const weather = tool({ description: 'The weather in a city', inputSchema: jsonSchema<{ city: string }>({ type: 'object', properties: { city: { type: 'string' } }, required: ['city'] }) });
+    const withTools = await generateText({ model: compat.chatModel('gpt-4o-mini'), prompt, tools: { weather }, maxRetries: 0 }).catch((e: unknown) => e);
+    expect(withTools).toMatchObject({ statusCode: 400 });
+    expect(JSON.parse((withTools as APICallError).responseBody!).error).toMatchObject({ param: 'tools', code: 'unsupported_parameter' });
+    const schema = jsonSchema<{ colours: string[] }>({ type: 'object', properties: { colours: { type: 'array', items: { type: 'string' } } }, required: ['colours'] });
+    const structured = await generateText({ model: compat.chatModel('gpt-4o-mini'), prompt, output: Output.object({ schema }), maxRetries: 0 }).catch((e: unknown) => e);
+    expect(structured).toMatchObject({ statusCode: 400 });
+    expect(JSON.parse((structured as APICallError).responseBody!).error).toMatchObject({ param: 'response_format', code: 'unsupported_parameter' });
+    const [a, b] = seen();
+    expect(a!.body!.tools).toHaveLength(1);
+    expect(b!.body!.response_format).toMatchObject({ type: 'json_object' });
+  });
+
+  it('retries a 429 after exactly its Retry-After (its own backoff would be 2 s), then throws RetryError', async () => {
+    const release = await gw.fillHeldQueue();
+    try {
+      const seen = rec.mark();
+      const err = await generateText({ model: compat.chatModel('held'), prompt, maxOutputTokens: 2, maxRetries: 2 }).catch((e: unknown) => e);
+      expect(RetryError.isInstance(err)).toBe(true);
+      const retry = err as RetryError;
+      expect(retry.reason).toBe('maxRetriesExceeded');
+      expect(retry.errors).toHaveLength(3);
+      expect(retry.lastError).toMatchObject({ statusCode: 429, isRetryable: true });
+      const a = attempts(seen(), 'held');
+      expect(a.statuses).toEqual([429, 429, 429]);
+      expect(a.retryAfter).toEqual(['1', '1', '1']);
+      for (const p of a.pausesMs) {
+        expect(p).toBeGreaterThanOrEqual(990);
+        expect(p).toBeLessThan(1900);
+      }
+    } finally {
+      await release();
+    }
+  });
+});

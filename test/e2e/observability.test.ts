@@ -1,0 +1,67 @@
+import OpenAI from 'openai';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
+import { cli, query, startServe, startWorker, type Proc } from '../helpers/stack.js';
+
+/** /metrics, the per-request log line, and usage per key and model in SQL. */
+let db: TestDatabase;
+let serve: Proc & { url: string };
+let worker: Proc;
+let client: OpenAI;
+let key: string;
+const SECRET_PROMPT = 'the password is swordfish';
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  const env = { DATABASE_URL: db.url };
+  expect((await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'], env)).code).toBe(0);
+  expect((await cli(['models', 'add', 'minilm', '--task', 'embedding', '--source', 'tiny-embed'], env)).code).toBe(0);
+  key = (await cli(['keys', 'create', '--name', 'observer'], env)).stdout.trim();
+  [serve, worker] = await Promise.all([startServe(db.url), startWorker(db.url)]);
+  client = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: key, maxRetries: 0 });
+});
+
+afterAll(async () => {
+  await Promise.all([serve?.stop(), worker?.stop()]);
+  await db?.drop();
+});
+
+it('counts requests, tokens, queue wait and time to first token, and shows queue depth and live workers', async () => {
+  const chat = await client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: SECRET_PROMPT }], max_tokens: 7 }).withResponse();
+  await client.embeddings.create({ model: 'minilm', input: 'hello' });
+  await client.chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'x' }] }).catch(() => {});
+  const res = await fetch(`${serve.url}/metrics`);
+  expect(res.status).toBe(200);
+  expect(res.headers.get('content-type')).toMatch(/text\/plain/);
+  const text = await res.text();
+  expect(text).toContain('switchyard_requests_total{endpoint="/v1/chat/completions",model="tiny",status="200"} 1');
+  expect(text).toContain('switchyard_requests_total{endpoint="/v1/chat/completions",model="nope",status="404"} 1');
+  expect(text).toContain('switchyard_requests_total{endpoint="/v1/embeddings",model="minilm",status="200"} 1');
+  expect(text).toContain('switchyard_tokens_total{kind="completion",model="tiny"} 7');
+  expect(text).toMatch(/switchyard_time_to_first_token_seconds_count\{model="tiny"\} 1/);
+  expect(text).toMatch(/switchyard_queue_wait_seconds_count\{model="tiny"\} 1/);
+  expect(text).toMatch(/switchyard_request_duration_seconds_bucket\{endpoint="\/v1\/chat\/completions",le="\+Inf"\} 2/);
+  expect(text).toContain('switchyard_workers 1');
+
+  // One JSON line per request, carrying the id that is in the header and in ai.requests.
+  const requestId = chat.response.headers.get('x-request-id')!;
+  await new Promise((r) => setTimeout(r, 100));
+  const line = serve
+    .output()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+    .find((l) => l.request_id === requestId);
+  expect(line).toMatchObject({ msg: 'request', route: '/v1/chat/completions', status: 200, model: 'tiny' });
+  expect(serve.output()).not.toContain(SECRET_PROMPT);
+  expect(serve.output()).not.toContain(key);
+  expect(await query(db.url, 'select 1 from ai.requests where id = $1', [requestId])).toHaveLength(1);
+});
+
+it('reports usage per key, model and day in SQL', async () => {
+  const rows = await query<{ key_name: string; model: string; requests: number; completion_tokens: number }>(
+    db.url,
+    `select key_name, model, requests::int, completion_tokens::int from ai.usage_daily where model = 'tiny' and day = date_trunc('day', now())`,
+  );
+  expect(rows).toEqual([{ key_name: 'observer', model: 'tiny', requests: 1, completion_tokens: 7 }]);
+});

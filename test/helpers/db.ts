@@ -1,0 +1,55 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+
+/** The server tests run against; only its database part changes per test file. */
+export const TEST_SERVER_URL = process.env.SWITCHYARD_TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+export const TEMPLATE_DB = 'switchyard_test_template';
+
+export function dbUrl(database: string): string {
+  const u = new URL(TEST_SERVER_URL);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+export const adminUrl = () => dbUrl('postgres');
+
+async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: adminUrl() });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+export interface TestDatabase {
+  name: string;
+  url: string;
+  drop(): Promise<void>;
+}
+
+/** A fresh copy of the migrated template: each test file gets its own database. */
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const name = `switchyard_test_${randomBytes(5).toString('hex')}`;
+  await admin(async (c) => {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await c.query(`create database ${name} template ${TEMPLATE_DB}`);
+        return;
+      } catch (err) {
+        // Another file copying the template at this instant holds it briefly.
+        if (attempt < 20 && /being accessed by other users/.test((err as Error).message)) {
+          await new Promise((r) => setTimeout(r, 250));
+          continue;
+        }
+        throw err;
+      }
+    }
+  });
+  return {
+    name,
+    url: dbUrl(name),
+    drop: () => admin(async (c) => void (await c.query(`drop database if exists ${name} with (force)`))),
+  };
+}

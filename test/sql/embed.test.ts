@@ -1,0 +1,237 @@
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
+import { cli, startWorker, type Proc } from '../helpers/stack.js';
+
+/**
+ * ai.embed() from SQL, computed by a real worker process with the fixture embedding model
+ * (tiny-embed: 32 dimensions, MiniLM's tokenizer, 512 positions).
+ */
+let db: TestDatabase;
+let worker: Proc;
+/** One session throughout, as psql would be: its side connection is opened once and kept. */
+let sql: pg.Client;
+
+const parse = (v: string): number[] => JSON.parse(v) as number[];
+const norm = (v: number[]) => Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+const requests = async () => Number((await sql.query(`select count(*) from ai.requests where endpoint = 'embeddings'`)).rows[0].count);
+
+/** The error a statement fails with. */
+async function failure(text: string, values: unknown[] = []): Promise<pg.DatabaseError> {
+  const err = await sql.query(text, values).then(
+    () => null,
+    (e: pg.DatabaseError) => e,
+  );
+  expect(err, `expected "${text}" to fail`).not.toBeNull();
+  return err!;
+}
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  const env = { DATABASE_URL: db.url };
+  for (const args of [
+    ['models', 'add', 'minilm', '--task', 'embedding', '--source', 'tiny-embed', '--alias', 'text-embedding-3-small'],
+    // Registered but served by no worker: requests for it wait in the queue.
+    ['models', 'add', 'orphan', '--task', 'embedding', '--source', 'tiny-embed'],
+    ['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'],
+  ]) {
+    const r = await cli(args, env);
+    expect(r.code, r.stderr).toBe(0);
+  }
+  worker = await startWorker(db.url, ['--models', 'minilm']);
+  sql = new pg.Client({ connectionString: db.url });
+  await sql.connect();
+  // The worker records the dimension once its model is loaded: from then on it answers at once.
+  for (let i = 0; !(await sql.query(`select dimensions from ai.models where name = 'minilm'`)).rows[0].dimensions; i++) {
+    if (i > 300) throw new Error(`the worker did not load minilm:\n${worker.output()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+});
+
+afterAll(async () => {
+  await sql?.end();
+  await worker?.stop();
+  await db?.drop();
+});
+
+describe('ai.embed(model, text)', () => {
+  it('returns a vector of the model dimension, normalised, and records the request', async () => {
+    const before = await requests();
+    const t0 = performance.now();
+    const { rows } = await sql.query(`select ai.embed('minilm', 'hello') as v, vector_dims(ai.embed('minilm', 'hello')) as d`);
+    const ms = performance.now() - t0;
+    expect(rows[0].d).toBe(32);
+    const v = parse(rows[0].v);
+    expect(v).toHaveLength(32);
+    expect(norm(v)).toBeCloseTo(1, 5);
+    // Both calls in the statement were folded into one request (the second hit the cache).
+    expect(await requests()).toBe(before + 1);
+    const [row] = (await sql.query(`select model, requested_model, status, input from ai.requests where endpoint = 'embeddings' order by queued_at desc limit 1`)).rows;
+    expect(row).toMatchObject({ model: 'minilm', requested_model: 'minilm', status: 'completed', input: { input: ['hello'] } });
+    console.log(`ai.embed of a new text through the worker: ${ms.toFixed(0)} ms`);
+  });
+
+  it('returns the identical vector for identical text, from the cache without a new request', async () => {
+    const first = (await sql.query(`select ai.embed('minilm', 'the same text')::text as v`)).rows[0].v;
+    const before = await requests();
+    const t0 = performance.now();
+    const again = (await sql.query(`select ai.embed('minilm', 'the same text')::text as v`)).rows[0].v;
+    const ms = performance.now() - t0;
+    expect(again).toBe(first);
+    expect(await requests()).toBe(before);
+    const other = (await sql.query(`select ai.embed('minilm', 'another text')::text as v`)).rows[0].v;
+    expect(other).not.toBe(first);
+    console.log(`ai.embed cache hit: ${ms.toFixed(1)} ms`);
+  });
+
+  it('answers to an alias, and the cache is shared with the model name', async () => {
+    const byName = (await sql.query(`select ai.embed('minilm', 'alias test')::text as v`)).rows[0].v;
+    const before = await requests();
+    const byAlias = (await sql.query(`select ai.embed('text-embedding-3-small', 'alias test')::text as v`)).rows[0].v;
+    expect(byAlias).toBe(byName);
+    expect(await requests()).toBe(before);
+    await sql.query(`select ai.embed('text-embedding-3-small', 'alias only')`);
+    const [row] = (await sql.query(`select model, requested_model from ai.requests where input = '{"input": ["alias only"]}'`)).rows;
+    expect(row).toEqual({ model: 'minilm', requested_model: 'text-embedding-3-small' });
+  });
+
+  it('orders a KNN query by distance to ai.embed(...): the identical text comes first, with one request for the query', async () => {
+    await sql.query(`create table texts (id serial primary key, body text not null, embedding vector(32))`);
+    const bodies = Array.from({ length: 60 }, (_, i) => `sentence number ${i} about ${['cats', 'dogs', 'ships', 'trains', 'rain'][i % 5]} and ${i * 7}`);
+    await sql.query(`insert into texts (body) select unnest($1::text[])`, [bodies]);
+    // The array variant embeds every row in one request.
+    await sql.query(`
+      update texts t set embedding = e.v
+        from unnest(ai.embed('minilm', array(select body from texts order by id))) with ordinality e(v, i)
+       where t.id = e.i`);
+    expect((await sql.query(`select count(*) from texts where embedding is null`)).rows[0].count).toBe('0');
+
+    for (const q of [bodies[17]!, bodies[42]!]) {
+      await sql.query(`delete from ai.embedding_cache where input_hash = ai.embedding_input_hash(to_jsonb($1::text))`, [q]);
+      const before = await requests();
+      // A literal, as a user types it in psql: planned with ai.embed folded to a constant.
+      const literal = (await sql.query(`select body from texts order by embedding <=> ai.embed('minilm', ${pg.escapeLiteral(q)}) limit 5`)).rows;
+      expect(literal[0].body).toBe(q);
+      expect(literal).toHaveLength(5);
+      expect(await requests()).toBe(before + 1);
+      // A parameter (prepared statement), as an application sends it.
+      const param = (await sql.query(`select body from texts order by embedding <=> ai.embed('minilm', $1) limit 5`, [q])).rows;
+      expect(param.map((r) => r.body)).toEqual(literal.map((r) => r.body));
+      expect(await requests()).toBe(before + 1);
+    }
+    // With an HNSW index the plan is an index scan ordered by the operator.
+    await sql.query(`create index on texts using hnsw (embedding vector_cosine_ops)`);
+    await sql.query(`set enable_seqscan = off`);
+    try {
+      const plan = (await sql.query(`explain select id from texts order by embedding <=> ai.embed('minilm', ${pg.escapeLiteral(bodies[3]!)}) limit 5`)).rows.map((r) => r['QUERY PLAN']).join('\n');
+      expect(plan).toMatch(/Index Scan using texts_embedding_idx/);
+      const rows = (await sql.query(`select body from texts order by embedding <=> ai.embed('minilm', $1) limit 5`, [bodies[3]])).rows;
+      expect(rows[0].body).toBe(bodies[3]);
+    } finally {
+      await sql.query(`reset enable_seqscan`);
+    }
+  });
+
+  it('works inside REPEATABLE READ transactions, and the computed vector outlives a rollback', async () => {
+    await sql.query('begin isolation level repeatable read');
+    await sql.query('select 1'); // takes the snapshot: the worker's writes are after it
+    const v = (await sql.query(`select ai.embed('minilm', 'repeatable read text')::text as v`)).rows[0].v;
+    expect(parse(v)).toHaveLength(32);
+    await sql.query('rollback');
+    const before = await requests();
+    expect((await sql.query(`select ai.embed('minilm', 'repeatable read text')::text as v`)).rows[0].v).toBe(v);
+    expect(await requests()).toBe(before);
+  });
+
+  it('is null for a null input', async () => {
+    expect((await sql.query(`select ai.embed('minilm', null::text) as v`)).rows[0].v).toBeNull();
+  });
+});
+
+describe('ai.embed(model, text[])', () => {
+  it('returns one vector per input in order (null for null), in one request for the misses', async () => {
+    const single = (await sql.query(`select ai.embed('minilm', 'array b')::text as v`)).rows[0].v;
+    const before = await requests();
+    const { rows } = await sql.query(`select u.i, u.v::text as v from unnest(ai.embed('minilm', array['array a', 'array b', null, 'array c', 'array a'])) with ordinality u(v, i)`);
+    expect(rows).toHaveLength(5);
+    expect(rows[1].v).toBe(single);
+    expect(rows[2].v).toBeNull();
+    expect(rows[4].v).toBe(rows[0].v);
+    expect(new Set([rows[0].v, rows[1].v, rows[3].v]).size).toBe(3);
+    expect(await requests()).toBe(before + 1);
+    // All cached now: no request at all.
+    const again = (await sql.query(`select ai.embed('minilm', array['array c', 'array a'])::text[] as v`)).rows[0].v;
+    expect(again).toEqual([rows[3].v, rows[0].v]);
+    expect(await requests()).toBe(before + 1);
+  });
+
+  it('returns an empty array for an empty array', async () => {
+    expect((await sql.query(`select cardinality(ai.embed('minilm', '{}'::text[])) as n`)).rows[0].n).toBe(0);
+  });
+});
+
+describe('errors', () => {
+  it('names an unknown model, and a model that is not an embedding model', async () => {
+    const unknown = await failure(`select ai.embed('nope', 'x')`);
+    expect(unknown.message).toBe('ai.embed: unknown model "nope"');
+    expect(unknown.code).toBe('42704');
+    expect(unknown.hint).toMatch(/switchyard models add/);
+    const chat = await failure(`select ai.embed('tiny', 'x')`);
+    expect(chat.message).toBe('ai.embed: model "tiny" is a chat model, not an embedding model');
+  });
+
+  it("fails with the worker's message for an input the model rejects", async () => {
+    const empty = await failure(`select ai.embed('minilm', '')`);
+    expect(empty.message).toMatch(/^ai\.embed: .*empty string/);
+    expect(empty.code).toBe('22023');
+    expect(empty.detail).toMatch(/code empty_input/);
+    const long = await failure(`select ai.embed('minilm', repeat('word ', 600))`);
+    expect(long.message).toMatch(/tokens long; this model takes at most 512/);
+    expect(long.detail).toMatch(/code context_length_exceeded/);
+    const inArray = await failure(`select ai.embed('minilm', array['fine', ''])`);
+    expect(inArray.message).toMatch(/input\[1\].*empty string/);
+  });
+
+  it('times out with a clear error when no worker serves the model, and cancels the request', async () => {
+    await sql.query(`set ai.embed_timeout = '300ms'`);
+    try {
+      const t0 = performance.now();
+      const err = await failure(`select ai.embed('orphan', 'nobody computes this')`);
+      const ms = performance.now() - t0;
+      expect(err.message).toBe('ai.embed: no embedding from model "orphan" after 00:00:00.3');
+      expect(err.code).toBe('57014');
+      expect(err.detail).toMatch(/not taken by any worker/);
+      expect(err.hint).toBe('Start a worker that serves it: switchyard worker --models orphan');
+      expect(ms).toBeGreaterThanOrEqual(300);
+      expect(ms).toBeLessThan(3000);
+      const [row] = (await sql.query(`select status from ai.requests where model = 'orphan' order by queued_at desc limit 1`)).rows;
+      expect(row.status).toBe('cancelled');
+    } finally {
+      await sql.query('reset ai.embed_timeout');
+    }
+  });
+
+  it('rejects an invalid ai.embed_timeout', async () => {
+    await sql.query(`set ai.embed_timeout = 'soon'`);
+    try {
+      const err = await failure(`select ai.embed('minilm', 'needs the worker')`);
+      expect(err.message).toBe('invalid ai.embed_timeout "soon"');
+    } finally {
+      await sql.query('reset ai.embed_timeout');
+    }
+  });
+
+  it('says what to do when the side connection cannot connect', async () => {
+    await sql.query(`set ai.dblink_connstr = 'host=127.0.0.1 port=1 connect_timeout=2'`);
+    try {
+      const err = await failure(`select ai.embed('minilm', 'no side connection')`);
+      expect(err.message).toMatch(/^ai\.embed: cannot open its side connection to the database/);
+      expect(err.code).toBe('08001');
+      expect(err.hint).toMatch(/ai\.dblink_connstr/);
+    } finally {
+      await sql.query('reset ai.dblink_connstr');
+    }
+    // The default works again (and a cached text never needed the side connection).
+    expect((await sql.query(`select vector_dims(ai.embed('minilm', 'side connection back')) as d`)).rows[0].d).toBe(32);
+  });
+});
