@@ -5,7 +5,7 @@ import { ThreadError } from './generation/thread-error.js';
 import type { ModelHost } from './model-host.js';
 import type { ModelSpec } from './models-source.js';
 import { EventPublisher } from './publisher.js';
-import { claim, finish } from './request-row.js';
+import { claim, finish, type ClaimedRow } from './request-row.js';
 import { readChatRequest, readJobPayload, StoredRequestError } from './stored-request.js';
 
 export interface ChatTaskDeps {
@@ -26,52 +26,72 @@ export function chatTask(spec: ModelSpec, deps: ChatTaskDeps): Task {
     const row = await claim(deps.pool, requestId, deps.workerId);
     if (!row) return; // cancelled while queued, or already finished by an earlier attempt
     const publisher = await EventPublisher.open(deps.pool, requestId, helpers.job.attempts);
-    // An earlier attempt died part-way: whoever is waiting must drop what it received.
-    if (helpers.job.attempts > 1) await publisher.publish({ type: 'restart', attempt: helpers.job.attempts });
-    let request;
     try {
-      request = readChatRequest(row.input, row.params);
+      await runChat(spec, deps, requestId, row, publisher, helpers.job.attempts);
     } catch (err) {
-      if (!(err instanceof StoredRequestError)) throw err;
-      const body = { message: `Stored request is invalid: ${err.message}`, type: 'server_error' as const, param: null, code: 'invalid_stored_request' };
-      await finish(deps.pool, publisher, 'failed', { error: body }, { type: 'error', status: 500, error: body });
-      return;
-    }
-    let result;
-    try {
-      result = await deps.host.generate(requestId, spec, request.prompt, request.params, {
-        onStarted: (promptTokens) => void publisher.publish({ type: 'start', promptTokens }).catch(() => {}),
-        onDelta: (index, text, finishReason, logprobs) => publisher.delta(index, text, finishReason, logprobs),
-      });
-    } catch (err) {
-      const e = ThreadError.from(err);
-      if (e.kind === 'cancelled') {
-        // ai.cancel_request already set the final status; record what the model did produce.
-        await deps.pool
-          .query(`update ai.requests set usage = $2 where id = $1 and status = 'cancelled'`, [
-            requestId,
-            JSON.stringify({ completion_tokens: e.generatedTokens, generated_before_stop: true }),
-          ])
-          .catch(() => {});
-        return;
+      // graphile-worker retries the job; after the last attempt nobody would, and a client
+      // would wait for an answer that never comes. Say why instead (if the database lets us).
+      if (helpers.job.attempts >= helpers.job.max_attempts) {
+        const body = {
+          message: `The request failed on all ${helpers.job.max_attempts} attempts: ${err instanceof Error ? err.message : String(err)}`,
+          type: 'server_error' as const,
+          param: null,
+          code: 'attempts_exhausted',
+        };
+        deps.log.error(`request ${requestId}: ${body.message}`);
+        await finish(deps.pool, publisher, 'failed', { error: body }, { type: 'error', status: 500, error: body }).catch(() => {});
       }
-      if (e.kind === 'server') deps.log.error(`request ${requestId} failed: ${e.message}`);
-      await publisher.flush().catch(() => {});
-      await finish(deps.pool, publisher, 'failed', { error: e.body }, { type: 'error', status: e.status, error: e.body });
+      throw err;
+    }
+  };
+}
+
+async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, row: ClaimedRow, publisher: EventPublisher, attempt: number): Promise<void> {
+  // An earlier attempt died part-way: whoever is waiting must drop what it received.
+  if (attempt > 1) await publisher.publish({ type: 'restart', attempt });
+  let request;
+  try {
+    request = readChatRequest(row.input, row.params);
+  } catch (err) {
+    if (!(err instanceof StoredRequestError)) throw err;
+    const body = { message: `Stored request is invalid: ${err.message}`, type: 'server_error' as const, param: null, code: 'invalid_stored_request' };
+    await finish(deps.pool, publisher, 'failed', { error: body }, { type: 'error', status: 500, error: body });
+    return;
+  }
+  let result;
+  try {
+    result = await deps.host.generate(requestId, spec, request.prompt, request.params, {
+      onStarted: (promptTokens) => void publisher.publish({ type: 'start', promptTokens }).catch(() => {}),
+      onDelta: (index, text, finishReason, logprobs) => publisher.delta(index, text, finishReason, logprobs),
+    });
+  } catch (err) {
+    const e = ThreadError.from(err);
+    if (e.kind === 'cancelled') {
+      // ai.cancel_request already set the final status; record what the model did produce.
+      await deps.pool
+        .query(`update ai.requests set usage = $2 where id = $1 and status = 'cancelled'`, [
+          requestId,
+          JSON.stringify({ completion_tokens: e.generatedTokens, generated_before_stop: true }),
+        ])
+        .catch(() => {});
       return;
     }
-    await publisher.flush();
-    const completionTokens = result.choices.reduce((sum, c) => sum + c.tokenIds.length, 0);
-    const usage = { prompt_tokens: result.promptTokens, completion_tokens: completionTokens, total_tokens: result.promptTokens + completionTokens };
-    await finish(
-      deps.pool,
-      publisher,
-      'completed',
-      {
-        output: { choices: result.choices.map((c) => ({ index: c.index, text: c.text, finish_reason: c.finishReason, token_ids: c.tokenIds })) },
-        usage,
-      },
-      { type: 'done', choices: result.choices.map((c) => ({ index: c.index, finishReason: c.finishReason })), usage },
-    );
-  };
+    if (e.kind === 'server') deps.log.error(`request ${requestId} failed: ${e.message}`);
+    await publisher.flush().catch(() => {});
+    await finish(deps.pool, publisher, 'failed', { error: e.body }, { type: 'error', status: e.status, error: e.body });
+    return;
+  }
+  await publisher.flush();
+  const completionTokens = result.choices.reduce((sum, c) => sum + c.tokenIds.length, 0);
+  const usage = { prompt_tokens: result.promptTokens, completion_tokens: completionTokens, total_tokens: result.promptTokens + completionTokens };
+  await finish(
+    deps.pool,
+    publisher,
+    'completed',
+    {
+      output: { choices: result.choices.map((c) => ({ index: c.index, text: c.text, finish_reason: c.finishReason, token_ids: c.tokenIds })) },
+      usage,
+    },
+    { type: 'done', choices: result.choices.map((c) => ({ index: c.index, finishReason: c.finishReason })), usage },
+  );
 }

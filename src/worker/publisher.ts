@@ -3,6 +3,7 @@ import type { ChoiceDelta, EngineEvent } from '../engine/types.js';
 import type { TokenLogprob } from './generation/logprobs.js';
 import type { FinishReason } from '../protocol/shared.js';
 import { retryWhileUnavailable } from '../db/errors.js';
+import { toJsonb } from '../db/jsonb.js';
 
 /**
  * Publishes one request's events. Deltas are coalesced: while one publish is in flight, new
@@ -38,7 +39,7 @@ export class EventPublisher {
   async publish(event: EngineEvent): Promise<void> {
     const seq = this.nextSeq();
     await retryWhileUnavailable(() =>
-      this.pool.query('select ai.publish_event($1, $2, $3)', [this.requestId, seq, JSON.stringify(event)]).catch((err: { code?: string }) => {
+      this.pool.query('select ai.publish_event($1, $2, $3)', [this.requestId, seq, toJsonb(event)]).catch((err: { code?: string }) => {
         if (err.code !== '23505') throw err; // that seq is already stored: an earlier try committed
       }),
     );

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import type { EngineEvent } from '../engine/types.js';
 import type { EventPublisher } from './publisher.js';
 import { retryWhileUnavailable } from '../db/errors.js';
+import { toJsonb, toJsonbOrNull } from '../db/jsonb.js';
 
 export interface ClaimedRow {
   input: unknown;
@@ -32,7 +33,6 @@ export async function finish(
   fields: { output?: unknown; usage?: unknown; error?: unknown },
   event: EngineEvent,
 ): Promise<void> {
-  const json = (v: unknown) => (v === undefined ? null : JSON.stringify(v));
   const seq = publisher.nextSeq();
   // Retried through a database restart: the update matches nothing once an earlier try committed.
   await retryWhileUnavailable(() => pool.query(
@@ -43,6 +43,6 @@ export async function finish(
         where id = $1 and status = 'running'
        returning id)
      select ai.publish_event(id, $7, $8) from done`,
-    [publisher.requestId, status, json(fields.output), json(fields.usage), json(fields.error), publisher.firstTokenAt, seq, JSON.stringify(event)],
+    [publisher.requestId, status, toJsonbOrNull(fields.output), toJsonbOrNull(fields.usage), toJsonbOrNull(fields.error), publisher.firstTokenAt, seq, toJsonb(event)],
   ));
 }

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import type { Task } from 'graphile-worker';
 import type { LogFn } from '../log.js';
 import type { ErrorBody } from '../protocol/errors.js';
+import { toJsonb } from '../db/jsonb.js';
 import type { ModelSpec } from './models-source.js';
 
 /** The graphile-worker task identifier of a model's vectorizer jobs (see sql/040_vectorizers.sql). */
@@ -102,7 +103,7 @@ async function embedBatch(items: ClaimedItem[], dimensions: number, deps: Vector
 
 async function finishBatch(batch: Batch, id: number, results: ItemResult[]): Promise<void> {
   try {
-    await batch.client.query('select ai._vectorizer_finish($1, $2::jsonb)', [id, JSON.stringify(results)]);
+    await batch.client.query('select ai._vectorizer_finish($1, $2::jsonb)', [id, toJsonb(results)]);
     await batch.client.query('commit');
   } catch (err) {
     await abort(batch.client);

@@ -177,6 +177,10 @@ describe('chat completions', () => {
     expect(c.usage!.prompt_tokens).not.toBe(await promptTokens('tiny-chat', messages));
     const broken = client.chat.completions.create({ model: 'tiny', messages, max_tokens: 3, chat_template: '{% for %}' } as never);
     await expect(broken).rejects.toMatchObject({ status: 400, param: 'chat_template' });
+    // The template parser's message quotes half of a surrogate pair: still a prompt 400, not a
+    // write the database refuses on every attempt (found by the fuzz test).
+    const halfEmoji = client.chat.completions.create({ model: 'tiny', messages, max_tokens: 3, chat_template: '{%\u{1F469}\u200D\u{1F469}-ki' } as never);
+    await expect(halfEmoji).rejects.toMatchObject({ status: 400, code: 'invalid_chat_template', param: 'chat_template' });
     const empty = client.chat.completions.create({ model: 'tiny', messages, max_tokens: 3, chat_template: '{% if false %}x{% endif %}' } as never);
     await expect(empty).rejects.toMatchObject({ status: 400, code: 'empty_prompt' });
   });

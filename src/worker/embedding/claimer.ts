@@ -6,6 +6,7 @@ import type { EmbeddingResult } from '../model-host.js';
 import type { EmbedInput } from './embed.js';
 import { MAX_CALL_INPUTS } from './batcher.js';
 import { retryWhileUnavailable } from '../../db/errors.js';
+import { toJsonb } from '../../db/jsonb.js';
 
 export interface ClaimerDeps {
   pool: pg.Pool;
@@ -229,10 +230,10 @@ export class EmbedClaimer {
       [
         outcomes.map((o) => o.id),
         outcomes.map((o) => o.status),
-        outcomes.map((o) => JSON.stringify(o.output)),
-        outcomes.map((o) => JSON.stringify(o.usage)),
-        outcomes.map((o) => JSON.stringify(o.error)),
-        outcomes.map((o) => JSON.stringify(o.event)),
+        outcomes.map((o) => toJsonb(o.output)),
+        outcomes.map((o) => toJsonb(o.usage)),
+        outcomes.map((o) => toJsonb(o.error)),
+        outcomes.map((o) => toJsonb(o.event)),
         this.deps.workerId,
       ],
     ));

@@ -1,0 +1,86 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Helpers } from 'graphile-worker';
+import { chatTask } from '../../src/worker/chat-task.js';
+import type { GenerationResult, ModelHost } from '../../src/worker/model-host.js';
+import type { ModelSpec } from '../../src/worker/models-source.js';
+import { toJsonb } from '../../src/db/jsonb.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
+
+// The chat task against a real database, with a stand-in for the model thread: what the task
+// writes when the model's output or an error cannot be stored as it is, and when an attempt
+// throws. (The model itself is covered end to end in test/e2e.)
+
+const spec: ModelSpec = {
+  name: 'm', task: 'chat', source: 'm', revision: 'main', dtype: 'fp32', device: 'cpu',
+  chatTemplate: null, contextLength: null, pooling: 'mean', normalize: true, truncate: false,
+};
+const params = { maxTokens: 4, temperature: 0, topP: 1, n: 1, stop: [], seed: null, frequencyPenalty: 0, presencePenalty: 0, logprobs: null };
+const silent = { info: () => {}, warn: () => {}, error: () => {} };
+
+let db: TestDatabase;
+let pool: pg.Pool;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  pool = new pg.Pool({ connectionString: db.url, max: 4 });
+});
+afterAll(async () => {
+  await pool?.end();
+  await db?.drop();
+});
+
+async function newRequest(): Promise<string> {
+  const id = randomUUID();
+  await pool.query(
+    `insert into ai.requests (id, endpoint, model, requested_model, input, params, stream)
+     values ($1, 'chat.completions', 'm', 'm', $2, $3, false)`,
+    [id, JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] }), JSON.stringify(params)],
+  );
+  return id;
+}
+
+function run(id: string, generate: () => Promise<GenerationResult>, attempt: number, maxAttempts = 3) {
+  const host = { generate } as unknown as ModelHost;
+  const helpers = { job: { attempts: attempt, max_attempts: maxAttempts } } as unknown as Helpers;
+  return chatTask(spec, { pool, host, workerId: 'w1', log: silent })({ request_id: id }, helpers);
+}
+
+const row = async (id: string) =>
+  (await pool.query('select status, output, error from ai.requests where id = $1', [id])).rows[0] as { status: string; output: { choices: { text: string }[] } | null; error: { code: string; message: string } | null };
+const events = async (id: string) =>
+  (await pool.query('select data from ai.request_events where request_id = $1 order by seq', [id])).rows.map((r) => r.data as { type: string; error?: { code: string } });
+
+describe('what the chat task stores', () => {
+  it('stores generated text holding NUL and a lone surrogate, with U+FFFD in their place', async () => {
+    const id = await newRequest();
+    const text = 'a\u0000b\uD83Dc';
+    await run(id, async () => ({ promptTokens: 3, choices: [{ index: 0, text, tokenIds: [1, 2, 3], finishReason: 'length' }] }), 1);
+    const r = await row(id);
+    expect(r.status).toBe('completed');
+    expect(r.output!.choices[0]!.text).toBe('a\uFFFDb\uFFFDc');
+  });
+
+  it('after the last attempt throws, fails the request with the reason instead of leaving it running', async () => {
+    const id = await newRequest();
+    const broken = async () => ({ promptTokens: 3 }) as unknown as GenerationResult; // no choices: the task throws
+    await expect(run(id, broken, 1)).rejects.toThrow(TypeError);
+    expect((await row(id)).status).toBe('running'); // graphile-worker will retry it
+    await expect(run(id, broken, 3)).rejects.toThrow(TypeError);
+    const r = await row(id);
+    expect(r.status).toBe('failed');
+    expect(r.error!.code).toBe('attempts_exhausted');
+    expect(r.error!.message).toMatch(/failed on all 3 attempts/);
+    expect((await events(id)).at(-1)).toMatchObject({ type: 'error', status: 500, error: { code: 'attempts_exhausted' } });
+  });
+});
+
+describe('toJsonb', () => {
+  it('writes only what jsonb accepts, and leaves well-formed text as it is', async () => {
+    const value = { ok: 'plain 👩‍👩‍👧 text', nul: 'x\u0000y', high: '\uD83D', low: 'z\uDC69', list: ['\u0000'] };
+    await expect(pool.query('select $1::jsonb', [JSON.stringify(value)])).rejects.toThrow();
+    const stored = (await pool.query('select $1::jsonb as v', [toJsonb(value)])).rows[0].v;
+    expect(stored).toEqual({ ok: 'plain 👩‍👩‍👧 text', nul: 'x\uFFFDy', high: '\uFFFD', low: 'z\uFFFD', list: ['\uFFFD'] });
+  });
+});
