@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Helpers } from 'graphile-worker';
+import type { JobHelpers } from 'graphile-worker';
 import { chatTask } from '../../src/worker/chat-task.js';
 import type { GenerationResult, ModelHost } from '../../src/worker/model-host.js';
 import type { ModelSpec } from '../../src/worker/models-source.js';
@@ -43,7 +43,7 @@ async function newRequest(): Promise<string> {
 
 function run(id: string, generate: () => Promise<GenerationResult>, attempt: number, maxAttempts = 3) {
   const host = { generate } as unknown as ModelHost;
-  const helpers = { job: { attempts: attempt, max_attempts: maxAttempts } } as unknown as Helpers;
+  const helpers = { job: { attempts: attempt, max_attempts: maxAttempts } } as unknown as JobHelpers;
   return chatTask(spec, { pool, host, workerId: 'w1', log: silent })({ request_id: id }, helpers);
 }
 
