@@ -71,10 +71,9 @@ export async function loadChatModel(spec: ModelSpec, modelsDir: string | undefin
   const generation = (model.generation_config ?? {}) as Record<string, unknown>;
   const eosIds = new Set([...ids(generation.eos_token_id), ...ids(config.eos_token_id), ...ids(tokenizer.eos_token_id)]);
   if (eosIds.size === 0) throw explain(spec, where, new Error('no end-of-sequence token in config.json or generation_config.json'));
-  const padId = ids(generation.pad_token_id)[0] ?? ids(config.pad_token_id)[0] ?? [...eosIds][0]!;
   const contextLength =
     spec.contextLength ?? (config.max_position_embeddings as number | undefined) ?? (tokenizer.model_max_length as number | undefined) ?? 2048;
-  return { spec, model, tokenizer, eosIds, padId, contextLength };
+  return { spec, model, tokenizer, eosIds, contextLength };
 }
 
 export interface LoadedEmbedModel extends EmbedModel {

@@ -4,7 +4,8 @@
  * here, away from the loop that keeps the job queue, LISTEN and event publishing responsive.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { checkContext, generate } from './generation/generate.js';
+import { checkContext } from './generation/generate.js';
+import { BatchScheduler } from './generation/scheduler.js';
 import { ThreadError } from './generation/thread-error.js';
 import { loadChatModel, loadEmbedModel, type LoadedChatModel, type LoadedEmbedModel } from './loader.js';
 import { embed } from './embedding/embed.js';
@@ -51,6 +52,14 @@ function getModel(spec: ModelSpec): Promise<Loaded> {
 }
 
 const sandbox = new TemplateSandbox();
+/** One decode loop per loaded chat model: its concurrent requests share each step. */
+const schedulers = new WeakMap<LoadedChatModel, BatchScheduler>();
+function schedulerFor(m: LoadedChatModel): BatchScheduler {
+  let s = schedulers.get(m);
+  if (!s) schedulers.set(m, (s = new BatchScheduler(m)));
+  return s;
+}
+
 const SPECIAL_TOKENS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token', 'additional_special_tokens'];
 
 /** The variables transformers.js gives a chat template besides the messages. */
@@ -104,7 +113,7 @@ async function runGenerate(msg: Extract<ToThread, { type: 'generate' }>): Promis
     // not fit is a 400 for streams too, not a 200 stream carrying an error.
     checkContext(m, promptIds.length, msg.params.maxTokens);
     post({ type: 'started', id: msg.id, promptTokens: promptIds.length });
-    const choices = await generate(m, promptIds, msg.params, {
+    const choices = await schedulerFor(m).submit(promptIds, msg.params, {
       signal: abort.signal,
       onDelta: (index, text, finishReason, logprobs) => post({ type: 'delta', id: msg.id, index, text, finishReason, ...(logprobs ? { logprobs } : {}) }),
     });

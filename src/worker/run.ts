@@ -15,6 +15,7 @@ import { EmbedClaimer } from './embedding/claimer.js';
 import { vectorizeTask, vectorizeTaskName } from './vectorize-task.js';
 import { EmbedBatcher } from './embedding/batcher.js';
 import { ModelHost } from './model-host.js';
+import { batchLimitsFromEnv } from './generation/limits.js';
 import type { ModelSpec } from './models-source.js';
 
 export interface WorkerOptions {
@@ -24,7 +25,7 @@ export interface WorkerOptions {
   models?: string[];
   /** Overrides each model's registered device. */
   device?: 'cpu' | 'cuda';
-  /** Chat jobs in flight at once (default 4): concurrent generations interleave step by step. */
+  /** Chat jobs in flight at once (default SWITCHYARD_MAX_BATCH, 16): they share each decode step. */
   concurrency?: number;
   /** Vectorizer jobs in flight at once (default 4); they share each model's batcher. */
   embedConcurrency?: number;
@@ -119,7 +120,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     }
     for (const spec of specs) claimers.get(spec.name)?.start();
     for (const [taskList, concurrency] of [
-      [chatTasks, opts.concurrency ?? 4],
+      [chatTasks, opts.concurrency ?? batchLimitsFromEnv().maxSequences],
       [embedTasks, opts.embedConcurrency ?? 4],
     ] as const) {
       if (Object.keys(taskList).length === 0) continue;

@@ -51,6 +51,11 @@ function argmax(logits: Float32Array): number {
  */
 export function sampleToken(logits: Float32Array, counts: Map<number, number>, p: Sampling, rng: () => number): number {
   applyPenalties(logits, counts, p);
+  return drawToken(logits, p, rng);
+}
+
+/** `sampleToken` without the penalties: greedy, or temperature and top_p (mutates `logits`). */
+export function drawToken(logits: Float32Array, p: Sampling, rng: () => number): number {
   if (p.temperature < GREEDY_BELOW) return argmax(logits);
   const max = logits[argmax(logits)]!;
   const inv = 1 / p.temperature;

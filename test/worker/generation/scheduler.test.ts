@@ -1,0 +1,155 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import { inject } from 'vitest';
+import type { SamplingParams } from '../../../src/protocol/chat.js';
+import { loadChatModel, type LoadedChatModel } from '../../../src/worker/loader.js';
+import { BatchScheduler, type BatchLimits } from '../../../src/worker/generation/scheduler.js';
+import type { ChoiceResult } from '../../../src/worker/generation/generate.js';
+import { ThreadError } from '../../../src/worker/generation/thread-error.js';
+import { makeRng } from '../../../src/worker/generation/sampler.js';
+
+// The continuous-batching decode loop on the synthetic chat model (random weights, so every
+// token is a real argmax or draw over real logits): a sequence's tokens must not depend on what
+// it was batched with, when it joined, or how its prompt was prefilled.
+
+let m: LoadedChatModel;
+const LIMITS: BatchLimits = { maxSequences: 16, maxTokens: 65_536, prefillChunk: 128 };
+
+beforeAll(async () => {
+  const spec = {
+    name: 'tiny-chat', task: 'chat' as const, source: 'tiny-chat', revision: 'main', dtype: 'fp32', device: 'cpu' as const,
+    chatTemplate: null, contextLength: null, pooling: 'mean' as const, normalize: true, truncate: false,
+  };
+  m = await loadChatModel(spec, inject('modelsDir' as never) as string, () => {});
+});
+
+const params = (over: Partial<SamplingParams> = {}): SamplingParams => ({
+  maxTokens: 12, temperature: 0, topP: 1, n: 1, stop: [], seed: null,
+  frequencyPenalty: 0, presencePenalty: 0, logprobs: null, echo: false, ...over,
+});
+
+/** Prompts of different lengths (token ids drawn from the vocabulary, seeded). */
+function prompts(count: number, seed = 7): number[][] {
+  const rng = makeRng(seed);
+  return Array.from({ length: count }, (_, i) => Array.from({ length: 3 + i * 5 + Math.floor(rng() * 4) }, () => 100 + Math.floor(rng() * 40_000)));
+}
+
+const never = new AbortController().signal;
+const noop = () => {};
+
+async function alone(prompt: number[], p: SamplingParams): Promise<ChoiceResult[]> {
+  return new BatchScheduler(m, LIMITS).submit(prompt, p, { signal: never, onDelta: noop });
+}
+
+/**
+ * Submits request i+1 once request i has produced `gap` tokens: each joins a batch that is
+ * already decoding, at a different step.
+ */
+async function staggered(s: BatchScheduler, ps: number[][], p: (i: number) => SamplingParams, gap = 2, signals: AbortSignal[] = []) {
+  const results: Promise<ChoiceResult[]>[] = [];
+  const submit = (i: number) => {
+    let deltas = 0;
+    let next = false;
+    // A delta may carry no text (a token that ends mid-character): count calls, and go on at
+    // the latest when request i finishes.
+    const go = () => {
+      if (!next && i + 1 < ps.length) submit(i + 1);
+      next = true;
+    };
+    results[i] = s.submit(ps[i]!, p(i), {
+      signal: signals[i] ?? never,
+      onDelta: (_index, _text, finish) => {
+        if (++deltas >= gap || finish) go();
+      },
+    });
+    void results[i].finally(go);
+  };
+  submit(0);
+  // Every request has been submitted by the time the first one can finish its gap.
+  const settled: (ChoiceResult[] | Error)[] = [];
+  for (let i = 0; i < ps.length; i++) {
+    while (!results[i]) await new Promise((r) => setTimeout(r, 5));
+    settled[i] = await results[i]!.catch((e: Error) => e);
+  }
+  return settled;
+}
+
+describe('BatchScheduler', () => {
+  it('greedy: 8 prompts of different lengths joining at different steps give the tokens each gives alone', async () => {
+    const ps = prompts(8);
+    // logprobs: every token is reported, even one that ends mid-character (so it adds no text).
+    const p = params({ maxTokens: 32, logprobs: 0 });
+    const expected = await Promise.all(ps.map(async (prompt) => (await alone(prompt, p))[0]!.tokenIds));
+    const s = new BatchScheduler(m, LIMITS);
+    const got = await staggered(s, ps, () => p);
+    expect(got.map((r) => (r as ChoiceResult[])[0]!.tokenIds)).toEqual(expected);
+    // They really shared steps: all 8 decoded together at some point, and steps < tokens.
+    expect(s.stats.maxBatch).toBe(8);
+    expect(s.stats.steps).toBeLessThan(s.stats.decodeTokens);
+  });
+
+  it('seeded sampling with penalties and several choices: the same tokens in a batch as alone', async () => {
+    const ps = prompts(6, 11);
+    const p = (i: number) => params({ temperature: 0.9, topP: 0.9, seed: 1000 + i, frequencyPenalty: 0.5, presencePenalty: 0.3, n: 1 + (i % 3), maxTokens: 10 });
+    const expected = await Promise.all(ps.map(async (prompt, i) => (await alone(prompt, p(i))).map((c) => c.tokenIds)));
+    const s = new BatchScheduler(m, LIMITS);
+    const got = await staggered(s, ps, p, 1);
+    expect(got.map((r) => (r as ChoiceResult[]).map((c) => c.tokenIds))).toEqual(expected);
+    expect(s.stats.maxBatch).toBeGreaterThan(6);
+  });
+
+  it('cancelling one sequence leaves the others exactly as they would be alone', async () => {
+    const ps = prompts(4, 3);
+    const p = params({ maxTokens: 20 });
+    const expected = await Promise.all(ps.map(async (prompt) => (await alone(prompt, p))[0]!.tokenIds));
+    const s = new BatchScheduler(m, LIMITS);
+    const abort = new AbortController();
+    const results = ps.map((prompt, i) =>
+      s.submit(prompt, p, {
+        signal: i === 1 ? abort.signal : never,
+        onDelta: (_index, _text, _finish) => {
+          if (i === 1) abort.abort(); // after its first token
+        },
+      }).catch((e: unknown) => e),
+    );
+    const settled = await Promise.all(results);
+    expect(settled[1]).toBeInstanceOf(ThreadError);
+    expect((settled[1] as ThreadError).kind).toBe('cancelled');
+    for (const i of [0, 2, 3]) expect((settled[i] as ChoiceResult[])[0]!.tokenIds).toEqual(expected[i]);
+  });
+
+  it('chunked prefill gives the tokens of a one-pass prefill, and a long prompt does not stop others decoding', async () => {
+    const [short, long] = [prompts(1, 5)[0]!, prompts(14, 9)[13]!];
+    expect(long.length).toBeGreaterThan(60);
+    const p = params({ maxTokens: 8 });
+    const expected = (await alone(long, p))[0]!.tokenIds;
+    const s = new BatchScheduler(m, { ...LIMITS, prefillChunk: 8 });
+    const order: string[] = [];
+    const a = s.submit(short, params({ maxTokens: 30 }), { signal: never, onDelta: () => order.push('short') });
+    await new Promise((r) => setImmediate(r));
+    const b = s.submit(long, p, { signal: never, onDelta: () => order.push('long') });
+    const [, got] = await Promise.all([a, b]);
+    expect(got[0]!.tokenIds).toEqual(expected);
+    // ceil(len / 8) chunks of the long prompt, with a decode step of the short one between them.
+    const beforeLong = order.indexOf('long');
+    expect(beforeLong).toBeGreaterThanOrEqual(Math.ceil(long.length / 8) - 1);
+  });
+
+  it('keeps within its bounds: at most maxSequences rows and maxTokens reserved; a request too big for any batch runs alone', async () => {
+    const ps = prompts(6, 21);
+    const s = new BatchScheduler(m, { maxSequences: 3, maxTokens: 10_000, prefillChunk: 128 });
+    const all = await Promise.all(ps.map((prompt) => s.submit(prompt, params({ maxTokens: 6 }), { signal: never, onDelta: noop })));
+    expect(all.every((c) => c[0]!.tokenIds.length === 6)).toBe(true);
+    expect(s.stats.maxBatch).toBe(3);
+
+    const tight = new BatchScheduler(m, { maxSequences: 16, maxTokens: 40, prefillChunk: 128 });
+    // Each reserves prompt + 6 tokens: two at most fit in 40; the 5-choice request (5 × 24 = 120) only alone.
+    const fits = await Promise.all([
+      tight.submit(ps[1]!, params({ maxTokens: 6 }), { signal: never, onDelta: noop }),
+      tight.submit(ps[1]!, params({ maxTokens: 6 }), { signal: never, onDelta: noop }),
+      tight.submit(ps[2]!, params({ maxTokens: 6, n: 5 }), { signal: never, onDelta: noop }),
+    ]);
+    expect(fits[2]!.length).toBe(5);
+    expect(tight.stats.maxBatch).toBe(5);
+    expect(tight.load).toEqual({ decoding: 0, waiting: 0, prefilling: 0 });
+  });
+});
