@@ -6,6 +6,7 @@ import { addModel, listModels, removeModel } from '../db/models-repo.js';
 import { openDatabase } from '../db/pool.js';
 import { provision, redact } from '../db/provision.js';
 import { logger } from '../log.js';
+import { TOOL_FORMATS, toolFormatProblem } from '../protocol/tools.js';
 
 const HELP = `switchyard: an OpenAI-compatible gateway that runs open models, coordinated through PostgreSQL
 
@@ -15,6 +16,7 @@ Usage: switchyard <command> [options]
   models add NAME --task chat|embedding --source HF_ID_OR_PATH
              [--dtype fp32|fp16|q8|q4|...] [--device cpu|cuda] [--revision REV]
              [--alias A,B] [--chat-template-file F] [--context-length N] [--defaults JSON] [--max-queue N]
+             chat models: [--tool-call-format hermes|JSON] (how the model writes tool calls)
              embedding models: [--pooling mean|cls|none] [--no-normalize] [--dimensions N] [--truncate]
   models list [--json]
   models remove NAME
@@ -77,7 +79,7 @@ async function models(config: Config, args: string[]): Promise<void> {
       revision: { type: 'string' }, alias: { type: 'string' }, 'chat-template-file': { type: 'string' },
       'context-length': { type: 'string' }, defaults: { type: 'string' }, json: { type: 'boolean' },
       pooling: { type: 'string' }, 'no-normalize': { type: 'boolean' }, dimensions: { type: 'string' }, truncate: { type: 'boolean' },
-      'max-queue': { type: 'string' },
+      'max-queue': { type: 'string' }, 'tool-call-format': { type: 'string' },
     },
   });
   if (sub === 'add') {
@@ -92,6 +94,21 @@ async function models(config: Config, args: string[]): Promise<void> {
       } catch {
         throw new UsageError('--defaults must be a JSON object, e.g. {"temperature":0.7}');
       }
+    }
+    let toolCallFormat: string | null = null;
+    if (values['tool-call-format']) {
+      const v = values['tool-call-format'];
+      let format: unknown = TOOL_FORMATS[v];
+      if (!format) {
+        try {
+          format = JSON.parse(v);
+        } catch {
+          throw new UsageError(`--tool-call-format must be one of ${Object.keys(TOOL_FORMATS).join(', ')} or a JSON object`);
+        }
+      }
+      const problem = toolFormatProblem(format);
+      if (problem) throw new UsageError(`--tool-call-format: ${problem} ({"start","end","separator","name_key","arguments_key"})`);
+      toolCallFormat = JSON.stringify(format);
     }
     const row = await withDb(config, (db) =>
       addModel(db, {
@@ -109,6 +126,7 @@ async function models(config: Config, args: string[]): Promise<void> {
         ...(values['no-normalize'] ? { normalize: false } : {}),
         dimensions: positiveInt(values.dimensions, '--dimensions') ?? null,
         max_queue: positiveInt(values['max-queue'], '--max-queue') ?? null,
+        tool_call_format: toolCallFormat,
         ...(values.truncate ? { truncate: true } : {}),
       }),
     );

@@ -29,6 +29,8 @@ export interface ModelsTable {
   dimensions: number | null;
   truncate: Generated<boolean>;
   max_queue: number | null;
+  /** How the model writes tool calls (protocol/tools.ts ToolCallFormat); null: Hermes/Qwen style. */
+  tool_call_format: ColumnType<unknown, string | null | undefined, string | null>;
 }
 export type ModelRow = Selectable<ModelsTable>;
 export type NewModel = Insertable<ModelsTable>;

@@ -3,6 +3,7 @@ import type { Database } from '../db/pool.js';
 import { findModel, listModels } from '../db/models-repo.js';
 import { cancelRequest, enqueueRequest } from '../db/requests-repo.js';
 import type { ModelRow } from '../db/types.js';
+import { readToolFormat } from '../protocol/tools.js';
 import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
 import { sql } from 'kysely';
@@ -27,6 +28,7 @@ function toInfo(row: ModelRow): ModelInfo {
     created: Math.floor(new Date(row.created_at).getTime() / 1000),
     defaults: row.defaults as Record<string, unknown>,
     dimensions: row.dimensions,
+    toolCallFormat: readToolFormat(row.tool_call_format),
   };
 }
 
@@ -99,7 +101,7 @@ export class PgEngine implements Engine {
         model: row.name,
         requestedModel: req.model,
         // The log holds what the worker runs: normalised messages and parameters.
-        input: 'messages' in req.prompt ? { messages: req.prompt.messages } : { prompt: 'text' in req.prompt ? req.prompt.text : req.prompt.ids },
+        input: 'messages' in req.prompt ? { messages: req.prompt.messages, ...(req.prompt.tools ? { tools: req.prompt.tools } : {}) } : { prompt: 'text' in req.prompt ? req.prompt.text : req.prompt.ids },
         params: { ...req.params, ...('messages' in req.prompt ? { chat_template: req.prompt.chatTemplate } : {}), ...req.meta },
         stream: req.stream,
         keyId: req.keyId,

@@ -1,3 +1,4 @@
+import type { ToolCallFormat } from '../protocol/tools.js';
 import type { ErrorBody } from '../protocol/errors.js';
 import type { Prompt, SamplingParams } from '../protocol/chat.js';
 import type { FinishReason, TokenLogprob, Usage } from '../protocol/shared.js';
@@ -61,6 +62,8 @@ export interface ModelInfo {
   defaults: Record<string, unknown>;
   /** Embedding models: output size, once known (a worker fills it in when it loads the model). */
   dimensions: number | null;
+  /** Chat models: how the model writes tool calls (parsed into tool_calls, enforced for forced calls). */
+  toolCallFormat?: ToolCallFormat;
 }
 
 export interface EmbedRequest {

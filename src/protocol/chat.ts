@@ -1,6 +1,9 @@
 import { compileValidator, type Schema } from './validate.js';
 import { errors } from './errors.js';
 import { nullable, type FinishReason, type TokenLogprob, type Usage } from './shared.js';
+import { HERMES_TOOL_FORMAT, type ToolCall, type ToolCallFormat } from './tools.js';
+// Pure (no tokenizer, no model): the same checker the worker compiles schemas with.
+import { checkSchema, SchemaError } from '../worker/generation/constrain/schema.js';
 
 // ---------------------------------------------------------------------------------------------
 // Request (fields in the order of OpenAI's reference)
@@ -16,7 +19,22 @@ export interface ChatMessage {
   content: string | TextPart[] | null;
   name?: string;
   tool_call_id?: string;
+  /** Calls an earlier assistant turn made (history). */
+  tool_calls?: ToolCall[];
 }
+
+/** A function the model may call (OpenAI's `tools[]` entry). */
+export interface ToolDefinition {
+  type: 'function';
+  function: { name: string; description?: string; parameters?: Record<string, unknown>; strict?: boolean | null };
+}
+
+export type ToolChoice = 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } };
+
+export type ResponseFormat =
+  | { type: 'text' }
+  | { type: 'json_object' }
+  | { type: 'json_schema'; json_schema: { name: string; description?: string; schema?: Record<string, unknown>; strict?: boolean | null } };
 
 export interface ChatCompletionRequest {
   messages: ChatMessage[];
@@ -28,7 +46,8 @@ export interface ChatCompletionRequest {
   metadata?: Record<string, string> | null;
   n?: number | null;
   presence_penalty?: number | null;
-  response_format?: { type: string; json_schema?: Record<string, unknown> } | null;
+  parallel_tool_calls?: boolean | null;
+  response_format?: ResponseFormat | null;
   seed?: number | null;
   stop?: string | string[] | null;
   store?: boolean | null;
@@ -36,6 +55,8 @@ export interface ChatCompletionRequest {
   stream_options?: { include_usage?: boolean } | null;
   temperature?: number | null;
   top_logprobs?: number | null;
+  tool_choice?: ToolChoice | null;
+  tools?: ToolDefinition[] | null;
   top_p?: number | null;
   user?: string | null;
   // --- Switchyard extensions (PostgresML's OpenSourceAI accepts these too) ---
@@ -45,8 +66,8 @@ export interface ChatCompletionRequest {
 
 /** Known OpenAI parameters that are not implemented yet: a 400 that names them. */
 const UNSUPPORTED = [
-  'audio', 'function_call', 'functions', 'logit_bias', 'modalities', 'parallel_tool_calls', 'prediction',
-  'reasoning_effort', 'service_tier', 'tool_choice', 'tools', 'verbosity', 'web_search_options',
+  'audio', 'function_call', 'functions', 'logit_bias', 'modalities', 'prediction',
+  'reasoning_effort', 'service_tier', 'verbosity', 'web_search_options',
 ];
 
 const textPart = {
@@ -68,7 +89,92 @@ const message = {
     },
     name: { type: 'string' },
     tool_call_id: { type: 'string' },
+    tool_calls: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['id', 'type', 'function'],
+        additionalProperties: false,
+        properties: {
+          id: { type: 'string' },
+          type: { enum: ['function'] },
+          function: {
+            type: 'object',
+            required: ['name', 'arguments'],
+            additionalProperties: false,
+            properties: { name: { type: 'string', minLength: 1 }, arguments: { type: 'string' } },
+          },
+        },
+      },
+    },
+    refusal: nullable({ type: 'string' }),
   },
+};
+
+const FUNCTION_NAME = { type: 'string', pattern: '^[a-zA-Z0-9_-]{1,64}$', 'x-expect': 'a name of 1 to 64 letters, digits, _ or -' };
+
+const tool = {
+  type: 'object',
+  required: ['type', 'function'],
+  additionalProperties: false,
+  properties: {
+    type: { enum: ['function'] },
+    function: {
+      type: 'object',
+      required: ['name'],
+      additionalProperties: false,
+      properties: {
+        name: FUNCTION_NAME,
+        description: { type: 'string' },
+        parameters: { type: 'object' },
+        strict: nullable({ type: 'boolean' }),
+      },
+    },
+  },
+};
+
+const toolChoice = {
+  anyOf: [
+    { enum: ['none', 'auto', 'required'] },
+    {
+      type: 'object',
+      required: ['type', 'function'],
+      additionalProperties: false,
+      properties: {
+        type: { enum: ['function'] },
+        function: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: { type: 'string' } } },
+      },
+    },
+    { type: 'null' },
+  ],
+  'x-expect': "'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+};
+
+const responseFormat = {
+  anyOf: [
+    { type: 'object', required: ['type'], additionalProperties: false, properties: { type: { enum: ['text', 'json_object'] } } },
+    {
+      type: 'object',
+      required: ['type', 'json_schema'],
+      additionalProperties: false,
+      properties: {
+        type: { enum: ['json_schema'] },
+        json_schema: {
+          type: 'object',
+          required: ['name'],
+          additionalProperties: false,
+          properties: {
+            name: FUNCTION_NAME,
+            description: { type: 'string' },
+            schema: { type: 'object' },
+            strict: nullable({ type: 'boolean' }),
+          },
+        },
+      },
+    },
+    { type: 'null' },
+  ],
+  'x-expect': "{\"type\": \"text\"}, {\"type\": \"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\"}}",
 };
 
 const tokenLimit = nullable({ type: 'integer', minimum: 1 });
@@ -87,11 +193,9 @@ export const chatCompletionRequestSchema: Schema = {
     max_tokens: tokenLimit,
     metadata: nullable({ type: 'object', additionalProperties: { type: 'string' } }),
     n: nullable({ type: 'integer', minimum: 1, maximum: 128 }),
+    parallel_tool_calls: nullable({ type: 'boolean' }),
     presence_penalty: nullable({ type: 'number', minimum: -2, maximum: 2 }),
-    // The json_schema form is known (so it is 'not supported yet', not 'unrecognized').
-    response_format: nullable({
-      type: 'object', required: ['type'], additionalProperties: false, properties: { type: { type: 'string' }, json_schema: { type: 'object' } },
-    }),
+    response_format: responseFormat,
     seed: nullable({ type: 'integer', minimum: -9007199254740991, maximum: 9007199254740991 }),
     stop: {
       anyOf: [{ type: 'string', minLength: 1 }, { type: 'array', maxItems: 4, items: { type: 'string', minLength: 1 } }, { type: 'null' }],
@@ -103,6 +207,8 @@ export const chatCompletionRequestSchema: Schema = {
       type: 'object', additionalProperties: false, properties: { include_usage: { type: 'boolean' } },
     }),
     temperature: nullable({ type: 'number', minimum: 0, maximum: 2 }),
+    tool_choice: toolChoice,
+    tools: nullable({ type: 'array', maxItems: 128, items: tool }),
     top_logprobs: nullable({ type: 'integer', minimum: 0, maximum: 20 }),
     top_p: nullable({ type: 'number', exclusiveMinimum: 0, maximum: 1 }),
     user: nullable({ type: 'string' }),
@@ -136,7 +242,7 @@ export function parseChatCompletionRequest(body: unknown): ChatCompletionRequest
   if (req.top_logprobs !== null && req.top_logprobs !== undefined && req.logprobs !== true) {
     throw errors.invalid("'top_logprobs' needs 'logprobs': true.", 'top_logprobs');
   }
-  if (req.response_format && req.response_format.type !== 'text') throw errors.unsupported('response_format');
+  checkStructured(req);
   if (req.stream_options && !req.stream) {
     throw errors.invalid("'stream_options' is only allowed when 'stream' is true.", 'stream_options');
   }
@@ -145,8 +251,61 @@ export function parseChatCompletionRequest(body: unknown): ChatCompletionRequest
       if (m.role !== 'assistant') throw errors.invalid(`Messages with role '${m.role}' must have content.`, `messages[${i}].content`);
     }
     if (m.role === 'tool' && !m.tool_call_id) throw errors.invalid("Messages with role 'tool' need a 'tool_call_id'.", `messages[${i}].tool_call_id`);
+    if (m.tool_calls && m.role !== 'assistant') throw errors.invalid("Only messages with role 'assistant' may have 'tool_calls'.", `messages[${i}].tool_calls`);
   });
   return req;
+}
+
+/** What a schema the constraint cannot enforce looks like to the client. */
+function schemaError(err: unknown, param: string, what: string): never {
+  if (err instanceof SchemaError) throw errors.invalid(`Invalid schema for ${what}: ${err.message}`, param, 'invalid_json_schema');
+  throw err;
+}
+
+/** The tools a request's tool_choice forces a call to (none: the model may answer in text). */
+export function forcedTools(req: ChatCompletionRequest): ToolDefinition[] {
+  const tools = req.tools ?? [];
+  const choice = req.tool_choice ?? 'auto';
+  if (!tools.length || choice === 'none' || choice === 'auto') return [];
+  if (choice === 'required') return tools;
+  return tools.filter((t) => t.function.name === choice.function.name);
+}
+
+/** response_format and tools: everything the constraint will enforce must be enforceable. */
+function checkStructured(req: ChatCompletionRequest): void {
+  const rf = req.response_format;
+  if (rf?.type === 'json_schema') {
+    try {
+      checkSchema(rf.json_schema.schema ?? {});
+    } catch (err) {
+      schemaError(err, 'response_format', `response_format '${rf.json_schema.name}'`);
+    }
+  }
+  const tools = req.tools ?? [];
+  const names = new Set<string>();
+  tools.forEach((t, i) => {
+    if (names.has(t.function.name)) throw errors.invalid(`The function name '${t.function.name}' appears twice in 'tools'.`, `tools[${i}].function.name`);
+    names.add(t.function.name);
+  });
+  const choice = req.tool_choice;
+  if (choice !== null && choice !== undefined && !tools.length) {
+    throw errors.invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.", 'tool_choice');
+  }
+  if (typeof choice === 'object' && choice !== null && !names.has(choice.function.name)) {
+    throw errors.invalid(`Invalid value for 'tool_choice': no function named '${choice.function.name}' in 'tools'.`, 'tool_choice.function.name');
+  }
+  if (req.parallel_tool_calls !== null && req.parallel_tool_calls !== undefined && !tools.length) {
+    throw errors.invalid("'parallel_tool_calls' is only allowed when 'tools' are specified.", 'parallel_tool_calls');
+  }
+  // A forced call is generated under its function's parameters: they must be enforceable.
+  for (const t of forcedTools(req)) {
+    const i = tools.indexOf(t);
+    try {
+      checkSchema(t.function.parameters ?? { type: 'object', properties: {} });
+    } catch (err) {
+      schemaError(err, `tools[${i}].function.parameters`, `function '${t.function.name}'`);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -168,11 +327,50 @@ export interface SamplingParams {
   logprobs: number | null;
   /** Legacy completions: the prompt is part of the answer (with its logprobs, if asked). */
   echo: boolean;
+  /** Structured output: what the decoder may emit (response_format, forced tool calls); null: anything. */
+  constraint: ConstraintSpec | null;
+}
+
+interface ConstraintCommon {
+  /**
+   * Tokens the sequence may use at most (the request's max_tokens): the constraint closes the
+   * value in time, so a cut never leaves invalid JSON. null: no bound.
+   */
+  maxTokens: number | null;
+  /**
+   * Draw from the raw distribution first and mask only when the draw is not allowed. Exact when
+   * sampling is greedy or top_p = 1; with top_p < 1 the mask must come first (false).
+   */
+  lazy: boolean;
+}
+
+/** What a constrained sequence may be (serializable: it travels in the stored params). */
+export type ConstraintSpec =
+  | (ConstraintCommon & { kind: 'json_object' })
+  | (ConstraintCommon & { kind: 'json_schema'; schema: Record<string, unknown> | boolean })
+  | (ConstraintCommon & {
+      kind: 'tool_calls';
+      format: ToolCallFormat;
+      tools: { name: string; parameters: Record<string, unknown> | null }[];
+      /** More than one call per reply. */
+      parallel: boolean;
+    });
+
+/** A message as the chat template sees it. */
+export interface PromptMessage {
+  role: ChatRole;
+  content: string;
+  name?: string;
+  tool_call_id?: string;
+  /** Arguments as objects (templates write them with `tojson`), or the string when it is not JSON. */
+  tool_calls?: { id: string; type: 'function'; function: { name: string; arguments: unknown } }[];
 }
 
 export interface ChatPrompt {
-  messages: { role: ChatRole; content: string; name?: string; tool_call_id?: string }[];
+  messages: PromptMessage[];
   chatTemplate: string | null;
+  /** The request's tools, for the chat template (`tools` in transformers' templates); absent: none. */
+  tools?: ToolDefinition[];
 }
 
 /** A raw prompt (legacy completions): text the tokenizer encodes, or token ids used as they are. */
@@ -189,20 +387,58 @@ export function toChatPrompt(req: ChatCompletionRequest): ChatPrompt {
       content: typeof m.content === 'string' ? m.content : (m.content ?? []).map((p) => p.text).join(''),
       ...(m.name !== undefined ? { name: m.name } : {}),
       ...(m.tool_call_id !== undefined ? { tool_call_id: m.tool_call_id } : {}),
+      ...(m.tool_calls?.length
+        ? { tool_calls: m.tool_calls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.function.name, arguments: argumentsValue(c.function.arguments) } })) }
+        : {}),
     })),
     chatTemplate: req.chat_template ?? null,
+    // tool_choice 'none' still shows the tools (the model knows them, it just may not call them), as OpenAI does.
+    ...(req.tools?.length ? { tools: req.tools } : {}),
   };
 }
 
+function argumentsValue(args: string): unknown {
+  try {
+    return JSON.parse(args);
+  } catch {
+    return args;
+  }
+}
+
+/**
+ * The decoder's constraint for a request: forced tool calls win over response_format (a
+ * call's arguments are themselves JSON); `auto` tool choice leaves the output free.
+ */
+export function toConstraint(req: ChatCompletionRequest, p: Pick<SamplingParams, 'maxTokens' | 'temperature' | 'topP'>, format: ToolCallFormat = HERMES_TOOL_FORMAT): ConstraintSpec | null {
+  const common = { maxTokens: p.maxTokens, lazy: p.temperature < 1e-5 || p.topP >= 1 };
+  const forced = forcedTools(req);
+  if (forced.length) {
+    return {
+      kind: 'tool_calls',
+      ...common,
+      format,
+      tools: forced.map((t) => ({ name: t.function.name, parameters: t.function.parameters ?? null })),
+      parallel: typeof req.tool_choice === 'object' ? false : req.parallel_tool_calls !== false,
+    };
+  }
+  const rf = req.response_format;
+  if (rf?.type === 'json_object') return { kind: 'json_object', ...common };
+  if (rf?.type === 'json_schema') return { kind: 'json_schema', ...common, schema: rf.json_schema.schema ?? {} };
+  return null;
+}
+
 /** Model defaults (ai.models.defaults) fill in what the request leaves out; OpenAI's defaults after that. */
-export function toSamplingParams(req: ChatCompletionRequest, defaults: Record<string, unknown> = {}): SamplingParams {
+export function toSamplingParams(req: ChatCompletionRequest, defaults: Record<string, unknown> = {}, toolFormat: ToolCallFormat = HERMES_TOOL_FORMAT): SamplingParams {
   const pick = <T>(key: keyof ChatCompletionRequest, fallback: T): T =>
     ((req[key] ?? defaults[key] ?? fallback) as T);
   const stop = req.stop ?? (defaults.stop as string | string[] | undefined) ?? [];
+  const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? (defaults.max_tokens as number | undefined) ?? null;
+  const temperature = pick('temperature', 1);
+  const topP = pick('top_p', 1);
   return {
-    maxTokens: req.max_completion_tokens ?? req.max_tokens ?? (defaults.max_tokens as number | undefined) ?? null,
-    temperature: pick('temperature', 1),
-    topP: pick('top_p', 1),
+    maxTokens,
+    temperature,
+    topP,
     n: pick('n', 1),
     stop: typeof stop === 'string' ? [stop] : stop,
     seed: req.seed ?? null,
@@ -210,6 +446,7 @@ export function toSamplingParams(req: ChatCompletionRequest, defaults: Record<st
     presencePenalty: pick('presence_penalty', 0),
     logprobs: req.logprobs ? (req.top_logprobs ?? 0) : null,
     echo: false,
+    constraint: toConstraint(req, { maxTokens, temperature, topP }, toolFormat),
   };
 }
 
@@ -243,6 +480,16 @@ export function toChatLogprobs(entries: TokenLogprob[]): ChoiceLogprobs {
   };
 }
 
+export type ChatFinishReason = FinishReason | 'tool_calls';
+
+/** A streamed piece of a call: the first one names it, later ones add to its arguments. */
+export interface ToolCallDelta {
+  index: number;
+  id?: string;
+  type?: 'function';
+  function: { name?: string; arguments: string };
+}
+
 export interface ChatCompletion {
   id: string;
   object: 'chat.completion';
@@ -250,9 +497,9 @@ export interface ChatCompletion {
   model: string;
   choices: {
     index: number;
-    message: { role: 'assistant'; content: string; refusal: null };
+    message: { role: 'assistant'; content: string | null; refusal: null; tool_calls?: ToolCall[] };
     logprobs: ChoiceLogprobs | null;
-    finish_reason: FinishReason;
+    finish_reason: ChatFinishReason;
   }[];
   usage: Usage;
   system_fingerprint: string;
@@ -266,9 +513,9 @@ export interface ChatCompletionChunk {
   system_fingerprint: string;
   choices: {
     index: number;
-    delta: { role?: 'assistant'; content?: string };
+    delta: { role?: 'assistant'; content?: string; tool_calls?: ToolCallDelta[] };
     logprobs: ChoiceLogprobs | null;
-    finish_reason: FinishReason | null;
+    finish_reason: ChatFinishReason | null;
   }[];
   usage?: Usage | null;
 }

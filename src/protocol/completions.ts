@@ -99,6 +99,7 @@ export function toCompletionParams(req: CompletionRequest, defaults: Record<stri
     presencePenalty: req.presence_penalty ?? 0,
     logprobs: req.logprobs ?? null,
     echo: req.echo === true,
+    constraint: null,
   };
 }
 

@@ -6,8 +6,11 @@ import {
   type ChatCompletion,
   type ChatCompletionChunk,
   type ChatCompletionRequest,
+  type ChatFinishReason,
+  type ToolCallDelta,
   toChatLogprobs,
 } from '../protocol/chat.js';
+import { HERMES_TOOL_FORMAT, parseToolCalls, ToolCallParser, type ToolCall, type ToolCallFormat } from '../protocol/tools.js';
 import { ApiError, errors } from '../protocol/errors.js';
 import { wireId, type FinishReason, type TokenLogprob, type Usage } from '../protocol/shared.js';
 import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
@@ -60,11 +63,12 @@ export class ChatServing {
     const since = Date.now();
     const req = parseChatCompletionRequest(body);
     const model = await resolveModel(this.engine, req.model, ctx);
+    const format = model.toolCallFormat ?? HERMES_TOOL_FORMAT;
     const gen = await this.engine.generate({
       endpoint: 'chat.completions',
       model: req.model,
       prompt: toChatPrompt(req),
-      params: toSamplingParams(req, model.defaults),
+      params: toSamplingParams(req, model.defaults, format),
       stream: req.stream === true,
       keyId: ctx.keyId,
       meta: { ...(req.user ? { user: req.user } : {}), ...(req.metadata ? { metadata: req.metadata } : {}) },
@@ -78,12 +82,20 @@ export class ChatServing {
     const first = await beforeDeadline(events.next(), deadline, cancel);
     if (first.done) throw errors.internal('The generation ended without a result.');
     if (first.value.type === 'error') throw toError(first.value);
-    if (req.stream) return { kind: 'stream', stream: { requestId: gen.requestId, chunks: this.chunks(req, gen, first.value, events) } };
-    const completion = await beforeDeadline(this.collect(req, gen, first.value, events), deadline, cancel);
+    // Tool calls are read out of the text unless the request has no tools or forbids calling them.
+    const tools = req.tools?.length && req.tool_choice !== 'none' ? format : null;
+    if (req.stream) return { kind: 'stream', stream: { requestId: gen.requestId, chunks: this.chunks(req, gen, first.value, events, tools) } };
+    const completion = await beforeDeadline(this.collect(req, gen, first.value, events, tools), deadline, cancel);
     return { kind: 'json', requestId: gen.requestId, body: completion };
   }
 
-  private async collect(req: ChatCompletionRequest, gen: Generation, first: EngineEvent, events: AsyncIterator<EngineEvent>): Promise<ChatCompletion> {
+  private async collect(
+    req: ChatCompletionRequest,
+    gen: Generation,
+    first: EngineEvent,
+    events: AsyncIterator<EngineEvent>,
+    tools: ToolCallFormat | null,
+  ): Promise<ChatCompletion> {
     const n = req.n ?? 1;
     const texts = Array.from({ length: n }, () => '');
     const logprobs = Array.from({ length: n }, () => [] as TokenLogprob[]);
@@ -105,12 +117,16 @@ export class ChatServing {
           object: 'chat.completion',
           created: gen.created,
           model: req.model,
-          choices: texts.map((content, index) => ({
-            index,
-            message: { role: 'assistant', content, refusal: null },
-            logprobs: req.logprobs ? toChatLogprobs(logprobs[index]!) : null,
-            finish_reason: reasons.get(index) ?? 'stop',
-          })),
+          choices: texts.map((text, index) => {
+            const finish = reasons.get(index) ?? 'stop';
+            const { content, calls } = tools ? parseToolCalls(text, tools) : { content: text, calls: [] as ToolCall[] };
+            return {
+              index,
+              message: { role: 'assistant' as const, content, refusal: null, ...(calls.length ? { tool_calls: calls } : {}) },
+              logprobs: req.logprobs ? toChatLogprobs(logprobs[index]!) : null,
+              finish_reason: calls.length && finish === 'stop' ? ('tool_calls' as const) : finish,
+            };
+          }),
           usage: e.usage,
           system_fingerprint: SYSTEM_FINGERPRINT,
         };
@@ -124,13 +140,14 @@ export class ChatServing {
     gen: Generation,
     first: EngineEvent,
     events: AsyncIterator<EngineEvent>,
+    tools: ToolCallFormat | null,
   ): AsyncGenerator<ChatCompletionChunk> {
     const includeUsage = req.stream_options?.include_usage === true;
     const base = { id: wireId('chatcmpl', gen.requestId), object: 'chat.completion.chunk' as const, created: gen.created, model: req.model, system_fingerprint: SYSTEM_FINGERPRINT };
     const chunk = (
       index: number,
       delta: ChatCompletionChunk['choices'][0]['delta'],
-      finish: FinishReason | null,
+      finish: ChatFinishReason | null,
       logprobs: TokenLogprob[] | undefined = undefined,
     ): ChatCompletionChunk => ({
       ...base,
@@ -140,14 +157,45 @@ export class ChatServing {
     const n = req.n ?? 1;
     let usage: Usage | null = null;
     let sentText = false;
+    // Per choice: the text split into content and calls as it streams, and how many calls went out.
+    const parsers = tools ? Array.from({ length: n }, () => new ToolCallParser(tools)) : null;
+    const callDeltas = (index: number, parsed: ReturnType<ToolCallParser['push']>, logprobs: TokenLogprob[] | undefined): ChatCompletionChunk[] => {
+      const out: ChatCompletionChunk[] = [];
+      let calls = parsers![index]!.calls - parsed.filter((p) => p.type === 'call').length;
+      for (const p of parsed) {
+        if (p.type === 'text') {
+          out.push(chunk(index, { content: p.text }, null, logprobs));
+          logprobs = undefined;
+          continue;
+        }
+        // OpenAI's shape: the first piece names the call, later ones carry its arguments.
+        const k = calls++;
+        const head: ToolCallDelta = { index: k, id: p.call.id, type: 'function', function: { name: p.call.function.name, arguments: '' } };
+        out.push(chunk(index, { tool_calls: [head] }, null));
+        out.push(chunk(index, { tool_calls: [{ index: k, function: { arguments: p.call.function.arguments } }] }, null));
+      }
+      return out;
+    };
     try {
       for (let i = 0; i < n; i++) yield chunk(i, { role: 'assistant', content: '' }, null);
       for (let e: EngineEvent | undefined = first; e; e = (await events.next()).value as EngineEvent | undefined) {
         if (e.type === 'delta') {
           for (const c of e.choices) {
+            const lp = req.logprobs ? c.logprobs ?? [] : undefined;
+            if (parsers) {
+              const parser = parsers[c.index]!;
+              const parsed = c.text ? parser.push(c.text) : [];
+              if (c.finishReason) parsed.push(...parser.finish());
+              for (const ch of callDeltas(c.index, parsed, lp?.length ? lp : undefined)) {
+                sentText = true;
+                yield ch;
+              }
+              if (c.finishReason) yield chunk(c.index, {}, parser.calls && c.finishReason === 'stop' ? 'tool_calls' : c.finishReason);
+              continue;
+            }
             if (c.text || c.logprobs?.length) {
               sentText = true;
-              yield chunk(c.index, { content: c.text }, null, req.logprobs ? c.logprobs ?? [] : undefined);
+              yield chunk(c.index, { content: c.text }, null, lp);
             }
             if (c.finishReason) yield chunk(c.index, {}, c.finishReason);
           }

@@ -1,4 +1,5 @@
-import type { ChatPrompt, Prompt, SamplingParams } from '../protocol/chat.js';
+import type { ChatPrompt, ConstraintSpec, Prompt, SamplingParams } from '../protocol/chat.js';
+import { toolFormatProblem } from '../protocol/tools.js';
 
 /**
  * A queued request can outlive the code that queued it, so what the worker reads back from
@@ -22,10 +23,39 @@ function readPrompt(input: unknown, template: string | null): Prompt {
   if (typeof raw === 'string') return { text: raw };
   if (Array.isArray(raw) && raw.every((t) => Number.isInteger(t) && t >= 0)) return { ids: raw as number[] };
   const messages = (input as { messages?: unknown } | null)?.messages;
-  if (!Array.isArray(messages) || messages.some((m) => typeof m?.role !== 'string' || typeof m?.content !== 'string')) {
+  if (!Array.isArray(messages) || messages.some((m) => typeof m?.role !== 'string' || typeof m?.content !== 'string' || (m.tool_calls !== undefined && !Array.isArray(m.tool_calls)))) {
     throw new StoredRequestError('stored input is neither messages ({role, content} strings) nor a prompt (text or token ids)');
   }
-  return { messages: messages as ChatPrompt['messages'], chatTemplate: template };
+  const tools = (input as { tools?: unknown }).tools;
+  if (tools !== undefined && tools !== null && !Array.isArray(tools)) throw new StoredRequestError('stored input.tools is not a list');
+  return { messages: messages as ChatPrompt['messages'], chatTemplate: template, ...(Array.isArray(tools) && tools.length ? { tools } : {}) };
+}
+
+/** The structured-output constraint, checked in shape (its schema is compiled, and checked, by the worker). */
+function readConstraint(v: unknown): ConstraintSpec | null {
+  if (v === null || v === undefined) return null;
+  const c = v as Record<string, unknown>;
+  if (typeof c !== 'object' || Array.isArray(c)) throw new StoredRequestError('stored params.constraint is not an object');
+  if (c.maxTokens !== null && c.maxTokens !== undefined) num(c.maxTokens, 'constraint.maxTokens');
+  const common = { maxTokens: (c.maxTokens as number | null | undefined) ?? null, lazy: c.lazy === true };
+  switch (c.kind) {
+    case 'json_object':
+      return { kind: 'json_object', ...common };
+    case 'json_schema':
+      if (typeof c.schema !== 'boolean' && (typeof c.schema !== 'object' || c.schema === null)) throw new StoredRequestError('stored params.constraint.schema is not a schema');
+      return { kind: 'json_schema', ...common, schema: c.schema as Record<string, unknown> | boolean };
+    case 'tool_calls': {
+      const problem = toolFormatProblem(c.format);
+      if (problem) throw new StoredRequestError(`stored params.constraint.format: ${problem}`);
+      const tools = c.tools;
+      if (!Array.isArray(tools) || !tools.length || tools.some((t) => typeof t?.name !== 'string' || (t.parameters !== null && typeof t.parameters !== 'object'))) {
+        throw new StoredRequestError('stored params.constraint.tools is not a list of {name, parameters}');
+      }
+      return { kind: 'tool_calls', ...common, format: c.format as Extract<ConstraintSpec, { kind: 'tool_calls' }>['format'], tools, parallel: c.parallel === true };
+    }
+    default:
+      throw new StoredRequestError(`stored params.constraint.kind is not one of json_object, json_schema, tool_calls`);
+  }
 }
 
 export function readChatRequest(input: unknown, params: unknown): { prompt: Prompt; params: SamplingParams } {
@@ -47,6 +77,7 @@ export function readChatRequest(input: unknown, params: unknown): { prompt: Prom
       presencePenalty: num(p.presencePenalty, 'presencePenalty'),
       logprobs: p.logprobs === null || p.logprobs === undefined ? null : num(p.logprobs, 'logprobs'),
       echo: p.echo === true,
+      constraint: readConstraint(p.constraint),
     },
   };
 }

@@ -10,36 +10,13 @@
  * characters is allowed at once (a precomputed class).
  */
 import type { PreTrainedTokenizer } from '@huggingface/transformers';
-import type { ToolCallFormat } from '../../../protocol/tools.js';
+import type { ConstraintSpec } from '../../../protocol/chat.js';
 import { advance, advanceText, initialState, isComplete, isDone, minClose, type Node, type State } from './grammar.js';
 import { ANY_OBJECT, compileSchema, finish, lit, objectNode } from './schema.js';
 
 export { SchemaError, checkSchema } from './schema.js';
 
-interface SpecCommon {
-  /**
-   * Tokens the sequence may use at most (the request's max_tokens): the constraint closes the
-   * value in time, so a cut never leaves invalid JSON. null: no bound.
-   */
-  maxTokens: number | null;
-  /**
-   * Draw from the raw distribution first and mask only when the draw is not allowed. Exact when
-   * sampling is greedy or top_p = 1; with top_p < 1 the mask must come first (false).
-   */
-  lazy: boolean;
-}
-
-/** Serializable; carried in SamplingParams.constraint. */
-export type ConstraintSpec =
-  | (SpecCommon & { kind: 'json_object' })
-  | (SpecCommon & { kind: 'json_schema'; schema: Record<string, unknown> | boolean })
-  | (SpecCommon & {
-      kind: 'tool_calls';
-      format: ToolCallFormat;
-      tools: { name: string; parameters: Record<string, unknown> | null }[];
-      /** More than one call per reply. */
-      parallel: boolean;
-    });
+export type { ConstraintSpec };
 
 export interface TokenConstraint {
   /** Picks the next token among those that keep the output a valid prefix (see the module comment). */
