@@ -154,12 +154,13 @@ describe('parseChatCompletionRequest: rejections name the param', () => {
   });
 
   it('rejects known OpenAI parameters it does not implement with code unsupported_parameter', () => {
-    rejects({ tools: [{ type: 'function', function: { name: 'f' } }] }, 'tools', 'unsupported_parameter');
-    rejects({ tool_choice: 'auto' }, 'tool_choice', 'unsupported_parameter');
+    rejects({ functions: [{ name: 'f' }] }, 'functions', 'unsupported_parameter');
+    rejects({ function_call: 'auto' }, 'function_call', 'unsupported_parameter');
     rejects({ logit_bias: { '1': 2 } }, 'logit_bias', 'unsupported_parameter');
     rejects({ top_logprobs: 2 }, 'top_logprobs'); // only with logprobs: true
     rejects({ logprobs: true, top_logprobs: 21 }, 'top_logprobs');
-    rejects({ response_format: { type: 'json_object' } }, 'response_format', 'unsupported_parameter');
+    // Structured outputs are supported (test/serving/tools.test.ts); schema keywords they cannot enforce are not.
+    rejects({ response_format: { type: 'json_schema', json_schema: { name: 'n', schema: { type: 'string', pattern: 'a' } } } }, 'response_format', 'invalid_json_schema');
   });
 
   it('rejects unknown keys with code unknown_parameter', () => {
@@ -194,6 +195,7 @@ describe('toSamplingParams', () => {
       presencePenalty: 0,
       logprobs: null,
       echo: false,
+      constraint: null,
     });
   });
 
@@ -213,7 +215,7 @@ describe('toSamplingParams', () => {
       req({ temperature: 0, top_p: 0.5, n: 4, stop: ['a', 'b'], seed: 0, max_tokens: 9, frequency_penalty: 0.3, presence_penalty: -0.2 }),
       { temperature: 0.7, frequency_penalty: 1 },
     );
-    expect(p).toEqual({ maxTokens: 9, temperature: 0, topP: 0.5, n: 4, stop: ['a', 'b'], seed: 0, frequencyPenalty: 0.3, presencePenalty: -0.2, logprobs: null, echo: false });
+    expect(p).toEqual({ maxTokens: 9, temperature: 0, topP: 0.5, n: 4, stop: ['a', 'b'], seed: 0, frequencyPenalty: 0.3, presencePenalty: -0.2, logprobs: null, echo: false, constraint: null });
   });
 
   it('wraps a single stop string in an array', () => {
@@ -229,7 +231,8 @@ describe('toSamplingParams', () => {
   it('uses model defaults for what the request leaves out', () => {
     const defaults = { temperature: 0.2, top_p: 0.9, n: 2, stop: '<end>', max_tokens: 64, frequency_penalty: 0.1, presence_penalty: 0.4 };
     expect(toSamplingParams(req(), defaults)).toEqual({
-      maxTokens: 64, temperature: 0.2, topP: 0.9, n: 2, stop: ['<end>'], seed: null, frequencyPenalty: 0.1, presencePenalty: 0.4, logprobs: null, echo: false,
+      maxTokens: 64, temperature: 0.2, topP: 0.9, n: 2, stop: ['<end>'], seed: null, frequencyPenalty: 0.1, presencePenalty: 0.4, logprobs: null, echo: false, constraint: null,
+      constraint: null,
     });
     const p = toSamplingParams(req({ temperature: 1.5, stop: ['x'], max_completion_tokens: 3 }), defaults);
     expect([p.temperature, p.stop, p.maxTokens, p.topP]).toEqual([1.5, ['x'], 3, 0.9]);

@@ -146,7 +146,7 @@ describe('ChatServing.create (non-streaming)', () => {
         endpoint: 'chat.completions',
         model: 'tiny-chat',
         prompt: { messages: [{ role: 'user', content: 'ab' }], chatTemplate: null },
-        params: { maxTokens: 77, temperature: 0.3, topP: 0.5, n: 2, stop: ['END'], seed: 3, frequencyPenalty: 0, presencePenalty: 0, logprobs: null, echo: false },
+        params: { maxTokens: 77, temperature: 0.3, topP: 0.5, n: 2, stop: ['END'], seed: 3, frequencyPenalty: 0, presencePenalty: 0, logprobs: null, echo: false, constraint: null },
         stream: false,
         keyId: 'key-1',
         meta: { user: 'u1', metadata: { k: 'v' } },
