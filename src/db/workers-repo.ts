@@ -8,11 +8,12 @@ export interface WorkerRecord {
 }
 
 /** Registers or refreshes a live worker; one small row per worker, updated every few seconds. */
-export async function heartbeat(pool: pg.Pool, w: WorkerRecord, jobWorkerIds: string[]): Promise<void> {
+export async function heartbeat(pool: pg.Pool, w: WorkerRecord, jobWorkerIds: string[], stats: Record<string, unknown> = {}): Promise<void> {
   await pool.query(
-    `insert into ai.workers (id, hostname, pid, models, job_worker_ids) values ($1, $2, $3, $4, $5)
-     on conflict (id) do update set heartbeat_at = now(), models = excluded.models, job_worker_ids = excluded.job_worker_ids`,
-    [w.id, w.hostname, w.pid, w.models, jobWorkerIds],
+    `insert into ai.workers (id, hostname, pid, models, job_worker_ids, stats) values ($1, $2, $3, $4, $5, $6)
+     on conflict (id) do update set heartbeat_at = now(), models = excluded.models, job_worker_ids = excluded.job_worker_ids,
+                                    stats = excluded.stats`,
+    [w.id, w.hostname, w.pid, w.models, jobWorkerIds, JSON.stringify(stats)],
   );
 }
 

@@ -11,6 +11,21 @@ const key = (labels: Labels) =>
     .map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`)
     .join(',');
 
+/** A worker's decode-batch counters for one model, as its heartbeat stores them (see worker/generation/scheduler.ts). */
+export interface BatchCounters {
+  steps: number;
+  stepSequences: number;
+  maxBatch: number;
+  decodeTokens: number;
+  prefillTokens: number;
+  decodeMs: number;
+  prefillMs: number;
+  admitted: number;
+  admitWaitMs: number;
+  decoding: number;
+  waiting: number;
+}
+
 class Counter {
   private readonly values = new Map<string, number>();
   constructor(readonly name: string, readonly help: string) {}
@@ -59,7 +74,13 @@ export class Metrics {
   readonly tokens = new Counter('switchyard_tokens_total', 'Tokens processed, by model and kind (prompt, completion).');
 
   /** Renders these plus the shared gauges (`gauges` is read from Postgres by the caller). */
-  render(gauges: { queue: { model: string; queued: number; running: number }[]; workers: number }): string {
+  render(gauges: { queue: { model: string; queued: number; running: number }[]; workers: number; batches?: (BatchCounters & { worker: string; model: string })[] }): string {
+    const batches = gauges.batches ?? [];
+    const perBatch = (name: string, type: 'counter' | 'gauge', help: string, value: (b: BatchCounters) => number) => [
+      `# HELP ${name} ${help}`,
+      `# TYPE ${name} ${type}`,
+      ...batches.map((b) => `${name}{${key({ model: b.model, worker: b.worker })}} ${value(b)}`),
+    ];
     const lines = [
       this.requests.render(),
       this.latency.render(),
@@ -75,6 +96,18 @@ export class Metrics {
       '# HELP switchyard_workers Live workers (heartbeating).',
       '# TYPE switchyard_workers gauge',
       `switchyard_workers ${gauges.workers}`,
+      // Continuous batching, per worker and chat model (from the workers' heartbeats, up to 10 s old).
+      ...perBatch('switchyard_batch_steps_total', 'counter', 'Batched decode steps.', (b) => b.steps),
+      ...perBatch('switchyard_batch_step_sequences_total', 'counter', 'Sequences summed over decode steps (mean batch size = this / steps).', (b) => b.stepSequences),
+      ...perBatch('switchyard_batch_size_max', 'gauge', 'Largest decode batch seen.', (b) => b.maxBatch),
+      ...perBatch('switchyard_batch_decode_seconds_total', 'counter', 'Time spent in decode steps (decode tokens / this = tokens/s while decoding).', (b) => b.decodeMs / 1000),
+      ...perBatch('switchyard_batch_decode_tokens_total', 'counter', 'Tokens decoded in batched steps.', (b) => b.decodeTokens),
+      ...perBatch('switchyard_batch_prefill_tokens_total', 'counter', 'Prompt tokens prefilled.', (b) => b.prefillTokens),
+      ...perBatch('switchyard_batch_prefill_seconds_total', 'counter', 'Time spent prefilling.', (b) => b.prefillMs / 1000),
+      ...perBatch('switchyard_batch_admit_wait_seconds_total', 'counter', 'Time requests waited in a worker for a batch slot.', (b) => b.admitWaitMs / 1000),
+      ...perBatch('switchyard_batch_admitted_total', 'counter', 'Requests admitted to a decode batch.', (b) => b.admitted),
+      ...perBatch('switchyard_batch_sequences', 'gauge', 'Sequences decoding now.', (b) => b.decoding),
+      ...perBatch('switchyard_batch_waiting', 'gauge', 'Requests a worker holds that wait for a batch slot.', (b) => b.waiting),
     ];
     return `${lines.join('\n')}\n`;
   }

@@ -4,7 +4,7 @@ import type { FinishReason } from '../protocol/shared.js';
 import type { ChoiceResult } from './generation/generate.js';
 import { ThreadError } from './generation/thread-error.js';
 import type { ModelSpec } from './models-source.js';
-import type { FromThread, ToThread } from './thread-protocol.js';
+import type { BatchStats, FromThread, ToThread } from './thread-protocol.js';
 import type { LogFn } from '../log.js';
 import type { ErrorBody } from '../protocol/errors.js';
 import type { EmbedInput } from './embedding/embed.js';
@@ -50,6 +50,8 @@ export class ModelHost {
   private readonly loads = new Map<string, { resolve(info: LoadInfo): void; reject(e: ThreadError): void }[]>();
   private sequence = 0;
   private closed = false;
+  /** The model thread's latest decode-batch counters per chat model (see thread-protocol.ts). */
+  batchStats: Record<string, BatchStats> = {};
 
   constructor(
     private readonly modelsDir: string | undefined,
@@ -81,6 +83,9 @@ export class ModelHost {
 
   private onMessage(msg: FromThread): void {
     switch (msg.type) {
+      case 'stats':
+        this.batchStats = msg.stats;
+        return;
       case 'progress':
         this.log.info(`loading ${msg.model}: ${msg.file} ${msg.percent}%`);
         return;

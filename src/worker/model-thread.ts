@@ -11,7 +11,7 @@ import { loadChatModel, loadEmbedModel, type LoadedChatModel, type LoadedEmbedMo
 import { embed } from './embedding/embed.js';
 import { TemplateSandbox } from './generation/template-sandbox.js';
 import type { ModelSpec } from './models-source.js';
-import type { FromThread, ToThread } from './thread-protocol.js';
+import type { BatchStats, FromThread, ToThread } from './thread-protocol.js';
 import type { Prompt } from '../protocol/chat.js';
 
 const port = parentPort!;
@@ -53,12 +53,18 @@ function getModel(spec: ModelSpec): Promise<Loaded> {
 
 const sandbox = new TemplateSandbox();
 /** One decode loop per loaded chat model: its concurrent requests share each step. */
-const schedulers = new WeakMap<LoadedChatModel, BatchScheduler>();
+const schedulers = new Map<LoadedChatModel, BatchScheduler>();
 function schedulerFor(m: LoadedChatModel): BatchScheduler {
   let s = schedulers.get(m);
   if (!s) schedulers.set(m, (s = new BatchScheduler(m)));
   return s;
 }
+setInterval(() => {
+  if (schedulers.size === 0) return;
+  const stats: Record<string, BatchStats> = {};
+  for (const [m, s] of schedulers) stats[m.spec.name] = { ...s.stats, ...s.load };
+  post({ type: 'stats', stats });
+}, 1000).unref();
 
 const SPECIAL_TOKENS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token', 'additional_special_tokens'];
 

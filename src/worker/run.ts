@@ -161,7 +161,18 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     },
   });
 
+  let lastSteps = new Map<string, { steps: number; sequences: number; tokens: number; ms: number }>();
   const reportBatches = () => {
+    const now = new Map<string, { steps: number; sequences: number; tokens: number; ms: number }>();
+    for (const [name, s] of Object.entries(host.batchStats)) {
+      now.set(name, { steps: s.steps, sequences: s.stepSequences, tokens: s.decodeTokens, ms: s.decodeMs });
+      const before = lastSteps.get(name) ?? { steps: 0, sequences: 0, tokens: 0, ms: 0 };
+      const steps = s.steps - before.steps;
+      if (steps === 0) continue;
+      const tps = ((s.decodeTokens - before.tokens) * 1000) / Math.max(1, s.decodeMs - before.ms);
+      log.info(`chat ${name}: ${steps} decode steps, mean batch ${((s.stepSequences - before.sequences) / steps).toFixed(1)}, ${tps.toFixed(0)} tokens/s while decoding`);
+    }
+    lastSteps = now;
     for (const [name, b] of batchers) {
       if (b.stats.calls === 0) continue;
       const sizes = [...b.stats.sizes].sort((x, y) => x[0] - y[0]).map(([size, n]) => `${size}×${n}`).join(' ');
@@ -178,7 +189,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   // of workers that fell silent. The beat is a third of the threshold, so two can be late.
   const timeoutMs = workerTimeoutMs();
   const record = () => ({ id: workerId, hostname: hostname(), pid: process.pid, models: [...served.keys()] });
-  const beat = () => heartbeat(database.pool, record(), jobWorkerIds).catch((err: Error) => log.warn(`heartbeat failed: ${err.message}`));
+  const beat = () => heartbeat(database.pool, record(), jobWorkerIds, host.batchStats).catch((err: Error) => log.warn(`heartbeat failed: ${err.message}`));
   const beatTimer = setInterval(beat, Math.max(250, timeoutMs / 3));
   beatTimer.unref();
   const reaper = new Reaper(database.pool, log, timeoutMs);

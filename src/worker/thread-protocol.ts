@@ -5,6 +5,7 @@ import type { TokenLogprob } from './generation/logprobs.js';
 import type { ChoiceResult } from './generation/generate.js';
 import type { ModelSpec } from './models-source.js';
 import type { EmbedInput } from './embedding/embed.js';
+import type { SchedulerStats } from './generation/scheduler.js';
 
 /** Messages between a worker process and its model thread (structured-clone safe). */
 export type ToThread =
@@ -28,4 +29,8 @@ export type FromThread =
   | { type: 'delta'; id: string; index: number; text: string; finishReason: FinishReason | null; logprobs?: TokenLogprob[] }
   | { type: 'done'; id: string; promptTokens: number; choices: ChoiceResult[] }
   | { type: 'embedded'; id: string; vectors: (Float32Array | null)[]; tokens: number[]; errors: (ThreadErrorData['body'] | null)[]; dimensions: number }
-  | { type: 'error'; id: string; error: ThreadErrorData };
+  | { type: 'error'; id: string; error: ThreadErrorData }
+  /** Every second while a chat model is loaded: its decode batch's counters and load. */
+  | { type: 'stats'; stats: Record<string, BatchStats> };
+
+export type BatchStats = SchedulerStats & { decoding: number; waiting: number; prefilling: number };

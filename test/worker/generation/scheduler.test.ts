@@ -24,7 +24,7 @@ beforeAll(async () => {
 
 const params = (over: Partial<SamplingParams> = {}): SamplingParams => ({
   maxTokens: 12, temperature: 0, topP: 1, n: 1, stop: [], seed: null,
-  frequencyPenalty: 0, presencePenalty: 0, logprobs: null, echo: false, ...over,
+  frequencyPenalty: 0, presencePenalty: 0, logprobs: null, echo: false, constraint: null, ...over,
 });
 
 /** Prompts of different lengths (token ids drawn from the vocabulary, seeded). */
