@@ -232,7 +232,6 @@ describe('toSamplingParams', () => {
     const defaults = { temperature: 0.2, top_p: 0.9, n: 2, stop: '<end>', max_tokens: 64, frequency_penalty: 0.1, presence_penalty: 0.4 };
     expect(toSamplingParams(req(), defaults)).toEqual({
       maxTokens: 64, temperature: 0.2, topP: 0.9, n: 2, stop: ['<end>'], seed: null, frequencyPenalty: 0.1, presencePenalty: 0.4, logprobs: null, echo: false, constraint: null,
-      constraint: null,
     });
     const p = toSamplingParams(req({ temperature: 1.5, stop: ['x'], max_completion_tokens: 3 }), defaults);
     expect([p.temperature, p.stop, p.maxTokens, p.topP]).toEqual([1.5, ['x'], 3, 0.9]);
