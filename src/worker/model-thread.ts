@@ -6,6 +6,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { checkContext } from './generation/generate.js';
 import { BatchScheduler } from './generation/scheduler.js';
+import { createConstraint, SchemaError, vocabularyOf, type ConstraintSpec, type TokenConstraint } from './generation/constrain/index.js';
 import { ThreadError } from './generation/thread-error.js';
 import { loadChatModel, loadEmbedModel, type LoadedChatModel, type LoadedEmbedModel } from './loader.js';
 import { embed } from './embedding/embed.js';
@@ -92,12 +93,19 @@ async function renderPrompt(m: LoadedChatModel, prompt: Prompt): Promise<number[
   let text: string;
   if (prompt.chatTemplate) {
     // The request's own template: untrusted code, rendered on the sandbox thread with a time limit.
-    text = await sandbox.render(prompt.chatTemplate, { messages: prompt.messages, add_generation_prompt: true, ...specialTokens(m) });
+    text = await sandbox.render(prompt.chatTemplate, {
+      messages: prompt.messages,
+      add_generation_prompt: true,
+      ...(prompt.tools ? { tools: prompt.tools } : {}),
+      ...specialTokens(m),
+    });
   } else {
     try {
       text = m.tokenizer.apply_chat_template(prompt.messages, {
         tokenize: false,
         add_generation_prompt: true,
+        // transformers' templates take OpenAI-shaped tools ({type: 'function', function: {...}}).
+        ...(prompt.tools ? { tools: prompt.tools as unknown as Record<string, unknown>[] } : {}),
         ...(m.spec.chatTemplate ? { chat_template: m.spec.chatTemplate } : {}),
       }) as string;
     } catch (err) {
@@ -106,6 +114,22 @@ async function renderPrompt(m: LoadedChatModel, prompt: Prompt): Promise<number[
   }
   // The template already wrote the special tokens (e.g. <|im_start|>), so none are added here.
   return m.tokenizer.encode(text, { add_special_tokens: false });
+}
+
+/**
+ * Structured outputs and forced tool calls: one token filter per choice. Compiled here, before
+ * `started`, so a schema the engine cannot enforce is a 400 (the gateway checks it first, too).
+ */
+function constraintsFor(m: LoadedChatModel, spec: ConstraintSpec | null): (() => TokenConstraint) | null {
+  if (!spec) return null;
+  const vocab = vocabularyOf(m.tokenizer, m.eosIds);
+  try {
+    createConstraint(spec, vocab);
+  } catch (err) {
+    if (err instanceof SchemaError) throw ThreadError.user(400, err.message, 'invalid_schema', spec.kind === 'tool_calls' ? 'tools' : 'response_format');
+    throw err;
+  }
+  return () => createConstraint(spec, vocab);
 }
 
 async function runGenerate(msg: Extract<ToThread, { type: 'generate' }>): Promise<void> {
@@ -118,8 +142,10 @@ async function runGenerate(msg: Extract<ToThread, { type: 'generate' }>): Promis
     // Checked before `started`: the first event decides the HTTP status, so a prompt that does
     // not fit is a 400 for streams too, not a 200 stream carrying an error.
     checkContext(m, promptIds.length, msg.params.maxTokens);
+    const constraints = constraintsFor(m, msg.params.constraint);
     post({ type: 'started', id: msg.id, promptTokens: promptIds.length });
     const choices = await schedulerFor(m).submit(promptIds, msg.params, {
+      ...(constraints ? { constraints } : {}),
       signal: abort.signal,
       onDelta: (index, text, finishReason, logprobs) => post({ type: 'delta', id: msg.id, index, text, finishReason, ...(logprobs ? { logprobs } : {}) }),
     });
