@@ -1,0 +1,217 @@
+/**
+ * The gateway side: a throwaway database, real `serve` and `worker` processes (bin/switchyard.mjs),
+ * and HTTP clients that time what an application sees.
+ */
+import { readFile, readdir, readlink, writeFile } from 'node:fs/promises';
+import pg from 'pg';
+import { benchDatabase, cli, type BenchDb, type CliProcess } from './lib.js';
+import type { BenchModels } from './models.js';
+
+/** Model names as registered in the bench database. */
+export const CHAT = 'smollm2';
+export const EMBED = 'minilm';
+export const TINY = 'tiny';
+
+export interface Stack {
+  db: BenchDb;
+  base: string;
+  key: string;
+  serve: CliProcess;
+  workers: CliProcess[];
+  pool: pg.Pool;
+  addWorker(): Promise<CliProcess>;
+  stopWorker(w: CliProcess): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Settings for the bench's serve: queue bound and deadline high enough for 1,000 open streams. */
+export const SERVE_ENV = { PORT: '0', SWITCHYARD_MAX_QUEUE: '5000', SWITCHYARD_REQUEST_TIMEOUT: '900' };
+
+export async function startStack(models: BenchModels, workerCount = 1): Promise<Stack> {
+  const db = await benchDatabase();
+  const stack: Partial<Stack> & { workers: CliProcess[] } = { db, workers: [] };
+  try {
+    await cli(db.url, ['models', 'add', CHAT, '--task', 'chat', '--source', models.chat]).done;
+    await cli(db.url, ['models', 'add', EMBED, '--task', 'embedding', '--source', models.embed]).done;
+    await cli(db.url, ['models', 'add', TINY, '--task', 'chat', '--source', models.tiny]).done;
+    const key = (await cli(db.url, ['keys', 'create', '--name', 'bench']).done).trim().split('\n').pop()!;
+    const serve = cli(db.url, ['serve'], SERVE_ENV);
+    const startWorker = async () => {
+      const w = cli(db.url, ['worker'], { SWITCHYARD_MODELS_DIR: models.dir });
+      stack.workers.push(w);
+      for (const name of [CHAT, EMBED, TINY]) await w.waitFor(new RegExp(`model ${name} ready in`));
+      return w;
+    };
+    const [listening] = await Promise.all([serve.waitFor(/listening on (http:\/\/\S+)/), ...Array.from({ length: workerCount }, startWorker)]);
+    const pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    Object.assign(stack, {
+      base: listening[1]!,
+      key,
+      serve,
+      pool,
+      addWorker: startWorker,
+      async stopWorker(w: CliProcess) {
+        await w.stopAndWait();
+        stack.workers.splice(stack.workers.indexOf(w), 1);
+      },
+      async stop() {
+        await Promise.all([serve.stopAndWait(), ...stack.workers.map((w) => w.stopAndWait())]);
+        await pool.end();
+        await db.drop();
+      },
+    });
+    return stack as Stack;
+  } catch (err) {
+    for (const w of stack.workers) w.stop();
+    stack.serve?.stop();
+    await new Promise((r) => setTimeout(r, 1000));
+    await db.drop().catch(() => {});
+    throw err;
+  }
+}
+
+const headers = (key: string) => ({ authorization: `Bearer ${key}`, 'content-type': 'application/json' });
+
+export interface ChatBody {
+  model: string;
+  messages: { role: string; content: string }[];
+  max_tokens: number;
+  [k: string]: unknown;
+}
+
+/** One non-streaming chat completion; ms from sending to the parsed body. */
+export async function chatOnce(s: Stack, body: ChatBody): Promise<{ ms: number; status: number; completionTokens: number; requestId: string | null }> {
+  const t0 = performance.now();
+  const res = await fetch(`${s.base}/v1/chat/completions`, { method: 'POST', headers: headers(s.key), body: JSON.stringify(body) });
+  const json = (await res.json()) as { usage?: { completion_tokens: number }; error?: { message: string } };
+  const ms = performance.now() - t0;
+  if (res.status !== 200) throw new Error(`chat ${res.status}: ${JSON.stringify(json)}`);
+  return { ms, status: res.status, completionTokens: json.usage?.completion_tokens ?? 0, requestId: res.headers.get('x-request-id') };
+}
+
+export interface StreamResult {
+  status: number;
+  /** performance.now() when the request was sent, the headers arrived, the first and last text arrived, [DONE]. */
+  sentAt: number;
+  headersAt: number | null;
+  firstTokenAt: number | null;
+  lastTokenAt: number | null;
+  endAt: number | null;
+  completionTokens: number;
+  promptTokens: number;
+  /** Chunks that carried text (a chunk may hold several tokens). */
+  textChunks: number;
+  done: boolean;
+  error: string | null;
+  body: string | null;
+  requestId: string | null;
+}
+
+/**
+ * A streaming chat completion with usage; never throws (errors are in the result). `onFirstToken`
+ * runs when the first text arrives; `signal` aborts (the result then has error 'aborted').
+ */
+export async function chatStream(
+  s: Stack,
+  body: ChatBody,
+  opts: { signal?: AbortSignal; onFirstToken?: () => void; onHeaders?: () => void } = {},
+): Promise<StreamResult> {
+  const r: StreamResult = {
+    status: 0, sentAt: performance.now(), headersAt: null, firstTokenAt: null, lastTokenAt: null, endAt: null,
+    completionTokens: 0, promptTokens: 0, textChunks: 0, done: false, error: null, body: null, requestId: null,
+  };
+  try {
+    const res = await fetch(`${s.base}/v1/chat/completions`, {
+      method: 'POST',
+      headers: headers(s.key),
+      body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
+      signal: opts.signal,
+    });
+    r.status = res.status;
+    r.headersAt = performance.now();
+    r.requestId = res.headers.get('x-request-id');
+    opts.onHeaders?.();
+    if (res.status !== 200) {
+      r.body = await res.text();
+      r.error = `status ${res.status}`;
+      return r;
+    }
+    const decoder = new TextDecoder();
+    let buf = '';
+    for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+      const now = performance.now();
+      buf += decoder.decode(part, { stream: true });
+      let i;
+      while ((i = buf.indexOf('\n\n')) !== -1) {
+        const event = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        if (!event.startsWith('data: ')) continue;
+        const data = event.slice(6);
+        if (data === '[DONE]') {
+          r.done = true;
+          r.endAt = now;
+          continue;
+        }
+        const chunk = JSON.parse(data) as {
+          error?: { message: string };
+          choices?: { delta?: { content?: string } }[];
+          usage?: { completion_tokens: number; prompt_tokens: number } | null;
+        };
+        if (chunk.error) r.error = `stream error: ${chunk.error.message}`;
+        if (chunk.choices?.[0]?.delta?.content) {
+          if (r.firstTokenAt === null) {
+            r.firstTokenAt = now;
+            opts.onFirstToken?.();
+          }
+          r.lastTokenAt = now;
+          r.textChunks++;
+        }
+        if (chunk.usage) {
+          r.completionTokens = chunk.usage.completion_tokens;
+          r.promptTokens = chunk.usage.prompt_tokens;
+        }
+      }
+    }
+    if (!r.done && !r.error) r.error = 'stream ended without [DONE]';
+  } catch (err) {
+    r.error = opts.signal?.aborted ? 'aborted' : `network: ${(err as Error).message}`;
+  }
+  return r;
+}
+
+export async function embedOne(s: Stack, input: string | string[]): Promise<void> {
+  const res = await fetch(`${s.base}/v1/embeddings`, {
+    method: 'POST',
+    headers: headers(s.key),
+    body: JSON.stringify({ model: EMBED, input, encoding_format: 'base64' }),
+  });
+  if (res.status !== 200) throw new Error(`embeddings ${res.status}: ${await res.text()}`);
+  await res.json();
+}
+
+/** VmHWM / VmRSS of a process, in MiB. */
+export async function memoryOf(pid: number): Promise<{ hwm: number; rss: number }> {
+  const text = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kb = (field: string) => Number(text.match(new RegExp(`${field}:\\s+(\\d+)`))?.[1] ?? NaN);
+  return { hwm: kb('VmHWM') / 1024, rss: kb('VmRSS') / 1024 };
+}
+
+/** Resets a process's peak RSS (VmHWM) to its current RSS; false where the kernel refuses. */
+export async function resetPeak(pid: number): Promise<boolean> {
+  try {
+    await writeFile(`/proc/${pid}/clear_refs`, '5');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Open sockets of a process (its TCP connections, listening socket and pipes to Postgres). */
+export async function socketsOf(pid: number): Promise<number> {
+  let n = 0;
+  for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    if (target.startsWith('socket:')) n++;
+  }
+  return n;
+}
