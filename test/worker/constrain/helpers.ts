@@ -92,7 +92,7 @@ export function modelLogits(model: PreTrainedModel, promptIds: number[]): (token
       input_ids: int64(input, [1, input.length]),
       attention_mask: int64(new Array(all.length).fill(1), [1, all.length]),
       position_ids: int64(input.map((_, i) => fed + i), [1, input.length]),
-      ...(past ?? {}),
+      ...(past ? { past_key_values: past } : {}),
     })) as Record<string, Tensor>;
     past = {};
     for (const [name, t] of Object.entries(out)) if (name.startsWith('present')) past[name.replace('present', 'past_key_values')] = t;
