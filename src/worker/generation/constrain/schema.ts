@@ -8,7 +8,7 @@
  *
  * Pure: no tokenizer here, so the protocol layer uses it to check requests.
  */
-import type { Node, ObjNode, Prop } from './grammar.js';
+import { MAX_INT_DIGITS, type Node, type ObjNode, type Prop } from './grammar.js';
 
 export class SchemaError extends Error {
   constructor(
@@ -29,6 +29,19 @@ const TYPES = new Set(['object', 'array', 'string', 'number', 'integer', 'boolea
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type SchemaObj = Record<string, unknown>;
+
+/** Every integer the decoder writes has at most MAX_INT_DIGITS digits. */
+const INT_LIMIT = 10 ** MAX_INT_DIGITS - 1;
+
+/**
+ * Integer bounds no generated integer can break (zod's .int() writes ±MAX_SAFE_INTEGER): they
+ * are accepted, since they hold by construction. Any other bound is refused.
+ */
+function alwaysMet(schema: Record<string, unknown>, key: string): boolean {
+  const v = schema[key];
+  if (schema.type !== 'integer' || typeof v !== 'number') return false;
+  return (key === 'minimum' && v <= -INT_LIMIT) || (key === 'maximum' && v >= INT_LIMIT);
+}
 
 const isObj = (v: unknown): v is SchemaObj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
@@ -76,7 +89,7 @@ class Compiler {
     if (schema === false) throw new SchemaError(`The schema at ${path} is 'false': no value can match it.`, null, path);
     if (!isObj(schema)) throw new SchemaError(`The schema at ${path} must be an object.`, null, path);
     for (const key of Object.keys(schema)) {
-      if (!ALLOWED.has(key)) {
+      if (!ALLOWED.has(key) && !alwaysMet(schema, key)) {
         throw new SchemaError(`The JSON Schema keyword '${key}' (at ${path}) is not supported for structured outputs; supported: ${STRUCTURAL.join(', ')}.`, key, path);
       }
     }
