@@ -26,8 +26,8 @@ export interface MigrateResult {
 
 /**
  * Applies pending numbered migrations (each in its own transaction, recorded in
- * ai.migrations), then re-applies the idempotent files in sql/ (functions, views), then
- * graphile-worker's own migrations. A session advisory lock makes concurrent runs safe:
+ * ai.migrations), then graphile-worker's own migrations, then re-applies the idempotent files
+ * in sql/ (functions, views). A session advisory lock makes concurrent runs safe:
  * the second waits and then finds nothing to do.
  */
 export async function migrate(pool: pg.Pool, log: (msg: string) => void = () => {}): Promise<MigrateResult> {
@@ -54,6 +54,9 @@ export async function migrate(pool: pg.Pool, log: (msg: string) => void = () => 
       applied.push(m.name);
       log(`applied ${m.name}`);
     }
+    // graphile-worker's schema before sql/: its functions may call graphile_worker.add_job
+    // (a LANGUAGE sql body is checked when it is created).
+    await runWorkerMigrations({ pgPool: pool, logger: graphileLogger });
     await client.query('begin');
     try {
       for (const f of await listSqlFiles(SQL_DIR)) await client.query(await readFile(f.path, 'utf8'));
@@ -62,7 +65,6 @@ export async function migrate(pool: pg.Pool, log: (msg: string) => void = () => 
       await client.query('rollback');
       throw err;
     }
-    await runWorkerMigrations({ pgPool: pool, logger: graphileLogger });
     return { applied };
   } finally {
     await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => {});
