@@ -141,19 +141,22 @@ describe('errors and retries', () => {
     await expect(generateText({ model: unauth.chatModel('tiny'), prompt, maxRetries: 0 })).rejects.toMatchObject({ statusCode: 401 });
   });
 
-  it('gap: tools and structured output are a 400 naming the parameter (not supported yet)', async () => {
+  it('tool calling and structured output: a forced call with valid input, an object that matches the schema', async () => {
     const seen = rec.mark();
-    const weather = tool({ description: 'The weather in a city', inputSchema: jsonSchema<{ city: string }>({ type: 'object', properties: { city: { type: 'string' } }, required: ['city'] }) });
-    const withTools = await generateText({ model: compat.chatModel('gpt-4o-mini'), prompt, tools: { weather }, maxRetries: 0 }).catch((e: unknown) => e);
-    expect(withTools).toMatchObject({ statusCode: 400 });
-    expect(JSON.parse((withTools as APICallError).responseBody!).error).toMatchObject({ param: 'tools', code: 'unsupported_parameter' });
-    const schema = jsonSchema<{ colours: string[] }>({ type: 'object', properties: { colours: { type: 'array', items: { type: 'string' } } }, required: ['colours'] });
-    const structured = await generateText({ model: compat.chatModel('gpt-4o-mini'), prompt, output: Output.object({ schema }), maxRetries: 0 }).catch((e: unknown) => e);
-    expect(structured).toMatchObject({ statusCode: 400 });
-    expect(JSON.parse((structured as APICallError).responseBody!).error).toMatchObject({ param: 'response_format', code: 'unsupported_parameter' });
+    const weather = tool({ description: 'The weather in a city', inputSchema: jsonSchema<{ city: string }>({ type: 'object', properties: { city: { type: 'string' } }, required: ['city'], additionalProperties: false }) });
+    const called = await generateText({ model: compat.chatModel('gpt-4o-mini'), prompt, tools: { weather }, toolChoice: 'required', maxOutputTokens: 60, maxRetries: 0 });
+    expect(called.finishReason).toBe('tool-calls');
+    expect(called.toolCalls).toHaveLength(1);
+    expect(called.toolCalls[0]).toMatchObject({ toolName: 'weather', input: { city: expect.any(String) } });
+    // With structured outputs declared, the provider sends response_format json_schema.
+    const structuredProvider = createOpenAICompatible({ name: 'switchyard', baseURL: gw.baseURL, apiKey: gw.key, fetch: rec.fetch, supportsStructuredOutputs: true });
+    const schema = jsonSchema<{ colours: string[] }>({ type: 'object', properties: { colours: { type: 'array', items: { type: 'string' }, maxItems: 3 } }, required: ['colours'], additionalProperties: false });
+    const structured = await generateText({ model: structuredProvider.chatModel('gpt-4o-mini'), prompt, output: Output.object({ schema }), maxOutputTokens: 60, maxRetries: 0 });
+    expect(Array.isArray(structured.output.colours)).toBe(true);
     const [a, b] = seen();
     expect(a!.body!.tools).toHaveLength(1);
-    expect(b!.body!.response_format).toMatchObject({ type: 'json_object' });
+    expect(a!.body!.tool_choice).toBe('required');
+    expect(b!.body!.response_format).toMatchObject({ type: 'json_schema' });
   });
 
   it('retries a 429 after exactly its Retry-After (its own backoff would be 2 s), then throws RetryError', async () => {

@@ -100,14 +100,15 @@ describe('OpenAI LLM', () => {
     expect(unauth).toMatchObject({ status: 401 });
   });
 
-  it('gap: tool calling is a 400 naming the parameter (not supported yet)', async () => {
+  it('tool calling: tools are accepted (the random model answers in text with tool_choice auto)', async () => {
     const weather = {
       metadata: { name: 'weather', description: 'The weather in a city', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } },
       call: () => 'sunny',
     };
-    const err = await llm().chat({ messages, tools: [weather] }).catch((e: unknown) => e);
-    expect((err as Error).constructor.name).toBe('BadRequestError');
-    expect(err).toMatchObject({ status: 400, param: 'tools', code: 'unsupported_parameter' });
+    const seen = rec.mark();
+    const r = await llm().chat({ messages, tools: [weather] });
+    expect(typeof r.message.content).toBe('string');
+    expect(seen()[0]!.body!.tools).toHaveLength(1);
   });
 
   it('retries a 429 after its Retry-After (maxRetries 2; the default is 10), then throws RateLimitError', async () => {

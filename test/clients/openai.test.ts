@@ -116,10 +116,10 @@ describe('openai-node', () => {
     expect((notFound as InstanceType<typeof OpenAI.APIError>).requestID).toBeNull(); // refused before queueing: no row, no id
 
     const bad = await client.chat.completions
-      .create({ model: 'tiny', messages, tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }] })
+      .create({ model: 'tiny', messages, tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }], tool_choice: { type: 'function', function: { name: 'g' } } })
       .catch((e: unknown) => e);
     expect(bad).toBeInstanceOf(OpenAI.BadRequestError);
-    expect(bad).toMatchObject({ status: 400, param: 'tools', type: 'invalid_request_error' });
+    expect(bad).toMatchObject({ status: 400, param: 'tool_choice.function.name', type: 'invalid_request_error' });
     // Refused before it was queued: no ai.requests row, so no x-request-id and a null requestID.
     expect((bad as InstanceType<typeof OpenAI.APIError>).requestID).toBeNull();
 
