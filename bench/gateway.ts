@@ -215,3 +215,44 @@ export async function socketsOf(pid: number): Promise<number> {
   }
   return n;
 }
+
+/** CPU seconds (user + system, all threads) a process has used so far; 0 once it is gone. */
+export async function cpuSeconds(pid: number): Promise<number> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces) start at ") ": utime and stime are 14 and 15.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** Pids of the PostgreSQL backends connected to one database (their title names it). */
+export async function backendsOf(dbName: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmd = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.startsWith('postgres:') && cmd.includes(` ${dbName} `)) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+/**
+ * CPU used by each part of the gateway while `work` runs: serve, the workers, and the database's
+ * backends (those alive at the start and at the end), against the wall time.
+ */
+export async function cpuDuring<T>(s: Stack, work: () => Promise<T>): Promise<{ result: T; wallS: number; serveS: number; workerS: number; postgresS: number }> {
+  const pidsBefore = await backendsOf(s.db.name);
+  const snapshot = async (pids: number[]) => Object.fromEntries(await Promise.all(pids.map(async (p) => [p, await cpuSeconds(p)] as const)));
+  const workerPids = s.workers.map((w) => w.child.pid!);
+  const [serve0, workers0, pg0] = [await cpuSeconds(s.serve.child.pid!), await snapshot(workerPids), await snapshot(pidsBefore)];
+  const t0 = performance.now();
+  const result = await work();
+  const wallS = (performance.now() - t0) / 1000;
+  const pidsAfter = [...new Set([...pidsBefore, ...(await backendsOf(s.db.name))])];
+  const [serve1, workers1, pg1] = [await cpuSeconds(s.serve.child.pid!), await snapshot(workerPids), await snapshot(pidsAfter)];
+  const sum = (a: Record<string, number>, b: Record<string, number>) => Object.keys(b).reduce((n, k) => n + Math.max(0, b[k]! - (a[k] ?? 0)), 0);
+  return { result, wallS, serveS: serve1 - serve0, workerS: sum(workers0, workers1), postgresS: sum(pg0, pg1) };
+}

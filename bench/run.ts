@@ -112,6 +112,8 @@ const models = await ensureBenchModels(progress);
 progress('loading the in-process models');
 const chat = await InProcessChat.load(models.dir, models.chat);
 const embed = await loadInProcessEmbed(models.dir, models.embed);
+// Warm up: the first forward passes of a session (and of each batch size) are slow.
+for (const b of [1, 8]) await chat.generate(chat.promptIds([{ role: 'user', content: 'warm up' }]), 4, b);
 progress('starting serve + worker on a fresh database');
 const stack = await startStack(models);
 progress(`gateway at ${stack.base}`);

@@ -4,9 +4,9 @@
  * Gateway and in-process runs alternate round by round, so drift on a shared machine hits both.
  */
 import type { LoadedEmbedModel } from '../src/worker/loader.js';
-import { CHAT, EMBED, TINY, chatOnce, chatStream, embedOne, memoryOf, resetPeak, socketsOf, type Stack, type StreamResult } from './gateway.js';
+import { CHAT, EMBED, TINY, chatOnce, chatStream, cpuDuring, embedOne, memoryOf, resetPeak, socketsOf, type Stack, type StreamResult } from './gateway.js';
 import { embedInProcess, type InProcessChat, type Message } from './inproc.js';
-import { pct, progress, sleep, stat, type Stat } from './lib.js';
+import { median, pct, progress, sleep, stat, type Stat } from './lib.js';
 
 export interface Row {
   /** Stable id for tooling (and the hooks issues 8 and 9 fill in). */
@@ -124,14 +124,22 @@ export async function streaming(c: Ctx): Promise<SectionResult> {
   const T = 128;
   const g = { ttft: [] as number[], rate: [] as number[], tokens: [] as number[], chunks: [] as number[] };
   const p = { ttft: [] as number[], rate: [] as number[], tokens: [] as number[] };
+  const cpu = { worker: [] as number[], serve: [] as number[], postgres: [] as number[], inproc: [] as number[] };
   for (let r = 0; r < rounds; r++) {
     progress(`streaming round ${r + 1}/${rounds}`);
     const ids = c.chat.promptIds(prompt(r));
+    const u0 = process.cpuUsage();
     const t = await c.chat.generate(ids, T);
+    const u1 = process.cpuUsage(u0);
+    cpu.inproc.push((u1.user + u1.system) / 1e6);
     p.ttft.push(t.firstTokenMs);
     p.rate.push(perSec(t.tokens - 1, t.totalMs - t.firstTokenMs));
     p.tokens.push(t.tokens);
-    const s = await chatStream(c.stack, chatBody(r, T));
+    const measured = await cpuDuring(c.stack, () => chatStream(c.stack, chatBody(r, T)));
+    const s = measured.result;
+    cpu.worker.push(measured.workerS);
+    cpu.serve.push(measured.serveS);
+    cpu.postgres.push(measured.postgresS);
     assertOk([s], 'streaming');
     g.ttft.push(s.firstTokenAt! - s.sentAt);
     g.rate.push(decodeRate(s));
@@ -139,13 +147,14 @@ export async function streaming(c: Ctx): Promise<SectionResult> {
     g.chunks.push(s.textChunks);
   }
   const s = { gt: stat(g.ttft), gr: stat(g.rate), pt: stat(p.ttft), pr: stat(p.rate) };
-  const tokens = `${Math.min(...g.tokens)}–${Math.max(...g.tokens)} tokens per gateway stream, ${Math.min(...p.tokens)} in-process`;
+  const tokens = `${Math.min(...g.tokens)}–${Math.max(...g.tokens)} tokens per gateway stream, ${Math.min(...p.tokens)} in-process; ` +
+    `CPU s per stream (median): worker ${num(median(cpu.worker))}, serve ${num(median(cpu.serve))}, postgres ${num(median(cpu.postgres))}; in-process ${num(median(cpu.inproc))}`;
   return {
     rows: [
       { id: 'streaming.ttft', figure: `time to first token (${T}-token stream)`, unit: 'ms', gateway: s.gt, inproc: s.pt, compare: minus(s.gt, s.pt), target: 'overhead ≤ 10 ms', met: s.gt.median - s.pt.median <= 10 },
       { id: 'streaming.decode', figure: `decode tokens/s (${T}-token stream)`, unit: 'tok/s', gateway: s.gr, inproc: s.pr, compare: ratio(s.gr, s.pr), target: '≥ 0.9×', met: s.gr.median / s.pr.median >= 0.9, note: tokens },
     ],
-    raw: { rounds, max_tokens: T, gateway: g, inproc: p },
+    raw: { rounds, max_tokens: T, gateway: g, inproc: p, cpu_seconds: cpu },
   };
 }
 
@@ -157,6 +166,8 @@ export async function embeddings(c: Ctx): Promise<SectionResult> {
   await embedInProcess(c.embed, sentences(N, 'warm-'));
   await Promise.all(sentences(32, 'warmgw-').map((s) => embedOne(c.stack, s)));
   const rows = { inprocBatch: [] as number[], inprocSingle: [] as number[], gateway: [] as number[] };
+  const cpu: { wall: number; worker: number; serve: number; postgres: number }[] = [];
+  const timeline: Record<string, number>[] = [];
   for (let r = 0; r < rounds; r++) {
     progress(`embeddings round ${r + 1}/${rounds}`);
     // Fresh texts every round, so the gateway's embedding cache never answers.
@@ -168,18 +179,37 @@ export async function embeddings(c: Ctx): Promise<SectionResult> {
     for (const s of single) await embedInProcess(c.embed, [s]);
     rows.inprocSingle.push(perSec(N, performance.now() - t));
     const gw = sentences(N, `g${r}-`);
+    const since = new Date();
     t = performance.now();
-    await Promise.all(gw.map((s) => embedOne(c.stack, s)));
+    const measured = await cpuDuring(c.stack, () => Promise.all(gw.map((s) => embedOne(c.stack, s))));
     rows.gateway.push(perSec(N, performance.now() - t));
+    cpu.push({ wall: measured.wallS, worker: measured.workerS, serve: measured.serveS, postgres: measured.postgresS });
+    // Where the time went, on the server's clock: enqueueing, claiming, finishing.
+    const tl = await c.stack.pool.query<{ enqueued: number; first_started: number; last_started: number; last_finished: number; n: number }>(`
+      select extract(epoch from max(queued_at) - $2::timestamptz) * 1000 as enqueued,
+             extract(epoch from min(started_at) - $2::timestamptz) * 1000 as first_started,
+             extract(epoch from max(started_at) - $2::timestamptz) * 1000 as last_started,
+             extract(epoch from max(finished_at) - $2::timestamptz) * 1000 as last_finished, count(*)::int as n
+        from ai.requests where model = $1 and queued_at >= $2::timestamptz`, [EMBED, since.toISOString()]);
+    timeline.push(tl.rows[0]!);
   }
   const s = { gw: stat(rows.gateway), b: stat(rows.inprocBatch), one: stat(rows.inprocSingle) };
   return {
     rows: [
-      { id: 'embeddings.vs_batch', figure: `${N} concurrent single-input requests vs one in-process batch of ${N}`, unit: 'inputs/s', gateway: s.gw, inproc: s.b, compare: ratio(s.gw, s.b), target: '≥ 0.8×', met: s.gw.median / s.b.median >= 0.8 },
+      { id: 'embeddings.vs_batch', figure: `${N} concurrent single-input requests vs one in-process batch of ${N}`, unit: 'inputs/s', gateway: s.gw, inproc: s.b, compare: ratio(s.gw, s.b), target: '≥ 0.8×', met: s.gw.median / s.b.median >= 0.8, note: embedNote(cpu, timeline) },
       { id: 'embeddings.vs_single', figure: `${N} concurrent single-input requests vs ${N} in-process calls of batch 1`, unit: 'inputs/s', gateway: s.gw, inproc: s.one, compare: ratio(s.gw, s.one), target: null, met: null },
     ],
-    raw: { rounds, inputs: N, per_s: rows },
+    raw: { rounds, inputs: N, per_s: rows, cpu_seconds: cpu, timeline_ms: timeline },
   };
+}
+
+function embedNote(cpu: { wall: number; worker: number; serve: number; postgres: number }[], timeline: Record<string, number>[]) {
+  const last = cpu.length - 1;
+  const c = cpu[last];
+  const t = timeline[last];
+  if (!c || !t) return undefined;
+  return `last round: ${num(c.wall * 1000)} ms wall; all ${t.n} enqueued by ${num(Number(t.enqueued))} ms, last claimed at ${num(Number(t.last_started))} ms, ` +
+    `last finished at ${num(Number(t.last_finished))} ms; CPU s: worker ${num(c.worker)}, serve ${num(c.serve)}, postgres ${num(c.postgres)}`;
 }
 
 // ---------------------------------------------------------------- 4. concurrency
@@ -208,7 +238,7 @@ export async function concurrency(c: Ctx): Promise<SectionResult> {
     }
   }
   // In-process reference: one forward-loop call with batch 8 against batch 1.
-  const bT = c.quick ? 16 : 64;
+  const bT = T;
   const ids = c.chat.promptIds(prompt(7));
   const ip: Record<number, number[]> = { 1: [], 8: [] };
   const steps: Record<number, number[]> = { 1: [], 8: [] };
