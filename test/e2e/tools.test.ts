@@ -7,7 +7,7 @@ import { z } from 'zod';
 import type { ToolDefinition } from '../../src/protocol/chat.js';
 import { OpenSourceAI } from '../../src/sdk/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
-import { cli, startServe, startWorker, type Proc } from '../helpers/stack.js';
+import { cli, query, startServe, startWorker, type Proc } from '../helpers/stack.js';
 
 /** Tool calling through the whole stack on the random-weight chat model (issue 9, acceptance 2). */
 let db: TestDatabase;
@@ -28,6 +28,7 @@ const tools: ChatCompletionTool[] = [
   { type: 'function', function: { name: 'get_weather', description: 'Current weather', parameters: weatherParams } },
   { type: 'function', function: { name: 'add', parameters: addParams } },
 ];
+const CUSTOM = { start: '[TOOL_CALLS]', end: '[/TOOL_CALLS]', separator: ' ', name_key: 'tool', arguments_key: 'args' };
 const paramsOf: Record<string, object> = { get_weather: weatherParams, add: addParams };
 
 beforeAll(async () => {
@@ -35,6 +36,12 @@ beforeAll(async () => {
   const env = { DATABASE_URL: db.url };
   const r = await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'], env);
   expect(r.code, r.stderr).toBe(0);
+  // The tool-call syntax is data: a model that writes calls its own way.
+  const custom = await cli(['models', 'add', 'tiny-custom', '--task', 'chat', '--source', 'tiny-chat', '--tool-call-format', JSON.stringify(CUSTOM)], env);
+  expect(custom.code, custom.stderr).toBe(0);
+  const bad = await cli(['models', 'add', 'tiny-bad', '--task', 'chat', '--source', 'tiny-chat', '--tool-call-format', '{"start": "<x>"}'], env);
+  expect(bad.code).not.toBe(0);
+  expect(bad.stderr).toContain('--tool-call-format');
   [serve, worker] = await Promise.all([startServe(db.url, ['--no-auth']), startWorker(db.url)]);
   client = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: 'unused', maxRetries: 0 });
 });
@@ -112,6 +119,14 @@ describe('tool_choice', () => {
       expect(c.choices[0]!.finish_reason).toBe('length');
       expect(typeof c.choices[0]!.message.content).toBe('string');
     }
+  });
+
+  it("a model's own tool-call format (models add --tool-call-format) is generated and parsed", async () => {
+    const c = await client.chat.completions.create({ model: 'tiny-custom', messages, tools, tool_choice: 'required', parallel_tool_calls: false, max_tokens: 80 });
+    expect(c.choices[0]!.finish_reason).toBe('tool_calls');
+    expectCall(c.choices[0]!.message.tool_calls![0]! as never);
+    const rows = await query<{ text: string }>(db.url, `select output->'choices'->0->>'text' as text from ai.requests where model = 'tiny-custom'`);
+    expect(rows[0]!.text.startsWith('[TOOL_CALLS]{"tool":')).toBe(true);
   });
 
   it('accepts a tool round trip in history', async () => {
