@@ -136,10 +136,19 @@ export class BatchScheduler {
     this.running = true;
     try {
       while (this.waiting.length > 0 || this.prefilling.length > 0 || this.rows.length > 0) {
-        this.dropCancelled();
-        this.admit();
-        await this.prefillSome();
-        if (this.rows.length > 0) await this.step();
+        try {
+          this.dropCancelled();
+          this.admit();
+          await this.prefillSome();
+          if (this.rows.length > 0) await this.step();
+        } catch (err) {
+          // A bug of ours (sampling, a constraint, detokenizing) must not take the thread down
+          // or leave requests waiting forever: whoever is admitted fails; the queue goes on.
+          const error = ThreadError.from(err);
+          for (const req of new Set([...this.prefilling, ...this.rows.map((r) => r.req)])) this.settle(req, { error });
+          this.prefilling.length = 0;
+          this.relayout([]);
+        }
         await yieldToLoop();
       }
     } finally {
@@ -264,7 +273,12 @@ export class BatchScheduler {
       }
       if (req.prefilled === req.promptIds.length) {
         this.prefilling.shift();
-        this.join(req);
+        try {
+          this.join(req);
+        } catch (err) {
+          // Before its rows were laid into the batch (sampling comes first): only it fails.
+          this.settle(req, { error: ThreadError.from(err) });
+        }
       }
     }
   }

@@ -152,4 +152,21 @@ describe('BatchScheduler', () => {
     expect(tight.stats.maxBatch).toBe(5);
     expect(tight.load).toEqual({ decoding: 0, waiting: 0, prefilling: 0 });
   });
+
+  it('a failure inside the loop fails the requests in the batch, not the thread: the next request runs', async () => {
+    const s = new BatchScheduler(m, LIMITS);
+    const broken = () => ({ choose: () => { throw new Error('constraint bug'); }, accept: () => {}, done: false });
+    const failed = await s.submit(prompts(1)[0]!, params(), { signal: never, onDelta: noop, constraints: broken }).catch((e: unknown) => e);
+    expect(failed).toBeInstanceOf(ThreadError);
+    expect((failed as ThreadError).kind).toBe('server');
+    expect((failed as ThreadError).message).toMatch(/constraint bug/);
+    // The same at a decode step (its third token): the batch's requests fail, the loop goes on.
+    let calls = 0;
+    const later = () => ({ choose: (l: Float32Array, draw: (l: Float32Array) => number) => { if (++calls === 3) throw new Error('constraint bug'); return draw(l); }, accept: () => {}, done: false });
+    const failedLater = await s.submit(prompts(1)[0]!, params(), { signal: never, onDelta: noop, constraints: later }).catch((e: unknown) => e);
+    expect((failedLater as ThreadError).message).toMatch(/constraint bug/);
+    const ok = await s.submit(prompts(1)[0]!, params({ maxTokens: 3 }), { signal: never, onDelta: noop });
+    expect(ok[0]!.tokenIds).toHaveLength(3);
+    expect(s.load).toEqual({ decoding: 0, waiting: 0, prefilling: 0 });
+  });
 });
