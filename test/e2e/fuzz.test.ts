@@ -237,13 +237,57 @@ function chatAsk(json: unknown) {
   const b = isObj(json) ? json : {};
   const stop = typeof b.stop === 'string' ? [b.stop] : Array.isArray(b.stop) ? (b.stop as string[]) : [];
   const max = (b.max_completion_tokens ?? b.max_tokens) as number | null | undefined;
+  const tools = Array.isArray(b.tools) ? (b.tools as { function?: { name?: string } }[]).map((t) => t?.function?.name ?? '') : [];
+  const choice = b.tool_choice;
+  const rf = isObj(b.response_format) ? b.response_format.type : null;
   return {
     model: b.model as string,
     n: (b.n as number | null | undefined) ?? 1,
     stop,
     max: isInt(max) ? max : null,
     includeUsage: isObj(b.stream_options) && b.stream_options.include_usage === true,
+    tools: choice === 'none' ? [] : tools,
+    /** tool_choice required or a named function: every finished choice is a call. */
+    forced: tools.length > 0 && (choice === 'required' || isObj(choice)),
+    /** A JSON value was asked for: finished content parses (unless a stop string cut it). */
+    json: !b.tools && (rf === 'json_object' || rf === 'json_schema'),
   };
+}
+
+/** Tool calls in a response: OpenAI's shape, names the request offered, arguments that are JSON objects. */
+function checkToolCalls(calls: unknown, tools: string[]): string | null {
+  if (!Array.isArray(calls) || calls.length === 0) return `tool_calls is ${JSON.stringify(calls)}`;
+  for (const call of calls) {
+    if (!isObj(call) || typeof call.id !== 'string' || !call.id || call.type !== 'function' || !isObj(call.function)) return `bad tool call ${JSON.stringify(call)}`;
+    if (!tools.includes(call.function.name as string)) return `tool call names ${JSON.stringify(call.function.name)}, not one of the tools`;
+    if (typeof call.function.arguments !== 'string') return 'tool call arguments are not a string';
+    try {
+      if (!isObj(JSON.parse(call.function.arguments))) return `tool call arguments are not an object: ${call.function.arguments}`;
+    } catch {
+      return `tool call arguments are not JSON: ${call.function.arguments.slice(0, 200)}`;
+    }
+  }
+  return null;
+}
+
+/** Content and finish reason of one finished choice, against what was asked. */
+function checkFinished(ask: ReturnType<typeof chatAsk>, content: string | null, finish: unknown, calls: unknown): string | null {
+  const allowed = ask.tools.length ? ['stop', 'length', 'tool_calls'] : ['stop', 'length'];
+  if (!allowed.includes(finish as string)) return `bad finish_reason ${JSON.stringify(finish)}`;
+  if (finish === 'tool_calls') return checkToolCalls(calls, ask.tools);
+  // Cut by max_tokens after a complete call (calls are sent whole): the calls made so far.
+  if (finish === 'length' && calls !== undefined && calls !== null) return checkToolCalls(calls, ask.tools);
+  if (calls !== undefined && calls !== null) return `tool_calls with finish_reason ${finish}`;
+  // (A stop string may cut a forced call short: then it stopped without one.)
+  if (ask.forced && finish === 'stop' && ask.stop.length === 0) return 'tool_choice forced a call, yet the choice stopped without one';
+  if (ask.json && finish === 'stop' && ask.stop.length === 0) {
+    try {
+      JSON.parse(content ?? '');
+    } catch {
+      return `response_format asked for JSON; content is not JSON: ${JSON.stringify(content).slice(0, 200)}`;
+    }
+  }
+  return null;
 }
 
 function checkChatCompletion(req: Req, body: unknown): string | null {
@@ -255,11 +299,12 @@ function checkChatCompletion(req: Req, body: unknown): string | null {
   if (body.model !== ask.model) return `model is ${JSON.stringify(body.model)}, asked ${JSON.stringify(ask.model)}`;
   if (!Array.isArray(body.choices) || body.choices.length !== ask.n) return `expected ${ask.n} choices`;
   for (const [i, c] of (body.choices as unknown[]).entries()) {
-    if (!isObj(c) || c.index !== i || !isObj(c.message) || c.message.role !== 'assistant' || typeof c.message.content !== 'string') {
-      return `bad choice ${i}: ${JSON.stringify(c)}`;
-    }
-    if (c.finish_reason !== 'stop' && c.finish_reason !== 'length') return `bad finish_reason ${JSON.stringify(c.finish_reason)}`;
-    const content = c.message.content;
+    if (!isObj(c) || c.index !== i || !isObj(c.message) || c.message.role !== 'assistant') return `bad choice ${i}: ${JSON.stringify(c)}`;
+    const calls = c.message.tool_calls;
+    if (typeof c.message.content !== 'string' && !(c.message.content === null && calls)) return `bad choice ${i}: ${JSON.stringify(c)}`;
+    const finished = checkFinished(ask, c.message.content as string | null, c.finish_reason, calls);
+    if (finished) return `choice ${i}: ${finished}`;
+    const content = (c.message.content as string | null) ?? '';
     const hit = ask.stop.find((s) => content.includes(s));
     if (hit !== undefined) return `choice ${i} contains the stop string ${JSON.stringify(hit)}: ${JSON.stringify(content)}`;
   }
@@ -280,6 +325,8 @@ function checkChatStream(req: Req, res: Res): string | null {
   if (events.at(-1) !== 'data: [DONE]') return `stream does not end with data: [DONE] (last: ${events.at(-1)?.slice(0, 200)})`;
   const finished = new Map<number, number>();
   const texts = Array.from({ length: ask.n }, () => '');
+  // Tool calls per choice, assembled from delta.tool_calls as a client does (by the call's index).
+  const calls = Array.from({ length: ask.n }, () => [] as { id: unknown; type: unknown; function: { name: unknown; arguments: string } }[]);
   let id: unknown;
   let usage: unknown = undefined;
   for (const ev of events.slice(0, -1)) {
@@ -312,8 +359,20 @@ function checkChatStream(req: Req, res: Res): string | null {
       if (typeof c.delta.content !== 'string') return 'delta.content is not a string';
       texts[c.index] += c.delta.content;
     }
+    if (c.delta.tool_calls !== undefined) {
+      if (!Array.isArray(c.delta.tool_calls)) return 'delta.tool_calls is not an array';
+      for (const d of c.delta.tool_calls as Record<string, unknown>[]) {
+        if (!isObj(d) || !isInt(d.index) || !isObj(d.function)) return `bad delta.tool_calls entry ${JSON.stringify(d)}`;
+        const mine = calls[c.index]!;
+        if (d.index > mine.length) return `tool call index ${d.index} skips one`;
+        if (d.index === mine.length) mine.push({ id: d.id, type: d.type, function: { name: d.function.name, arguments: '' } });
+        mine[d.index]!.function.arguments += (d.function.arguments as string | undefined) ?? '';
+      }
+    }
     if (c.finish_reason !== null) {
-      if (c.finish_reason !== 'stop' && c.finish_reason !== 'length') return `bad finish_reason ${JSON.stringify(c.finish_reason)}`;
+      const mine = calls[c.index]!;
+      const problem = checkFinished(ask, texts[c.index]!, c.finish_reason, mine.length ? mine : undefined);
+      if (problem) return `streamed choice ${c.index}: ${problem}`;
       finished.set(c.index, 1);
     }
   }
@@ -806,8 +865,66 @@ const mutatedChat = fc.oneof(
   { weight: 1, arbitrary: fc.tuple(validChat, fc.constantFrom(16, 128, 129, 1000)).map(([b, n]) => ({ ...b, n, max_tokens: 1, max_completion_tokens: null, top_p: null })) },
 );
 
+// Structured outputs and tools: random JSON schemas (supported, unsupported and malformed ones)
+// and tool lists, so the constraint engine meets keys with quotes, escapes and emoji, nesting,
+// anyOf, enums of mixed types, and tool_choice in every form.
+const shortKey = fc.string({ minLength: 1, maxLength: 8, unit: 'binary' }).filter((s) => s.isWellFormed() && !s.includes('\u0000'));
+const schemaArb = fc.letrec<{ node: unknown; object: Record<string, unknown> }>((tie) => ({
+  node: fc.oneof(
+    { depthSize: 'small' },
+    fc.constantFrom<unknown>({ type: 'string' }, { type: 'number' }, { type: 'integer' }, { type: 'boolean' }, { type: 'null' }, { type: ['string', 'null'] }),
+    fc.record({ enum: fc.array(fc.oneof(shortKey, fc.integer(), fc.boolean(), fc.constant(null)), { minLength: 1, maxLength: 4 }) }),
+    fc.record({ const: fc.oneof(shortKey, fc.integer({ min: -999, max: 999 })) }),
+    fc.record({ type: fc.constant('array'), items: tie('node') }),
+    tie('object'),
+    fc.record({ anyOf: fc.array(tie('node'), { minLength: 1, maxLength: 3 }) }),
+    fc.constantFrom<unknown>(
+      { type: 'string', minLength: 2 }, { type: 'string', pattern: '^a' }, { type: 'string', format: 'email' }, { type: 'number', minimum: 0 },
+      { type: 'wat' }, { $ref: '#/$defs/missing' }, {}, true, false, { type: 'object' }, { enum: [] }, { anyOf: [] }, 42,
+    ),
+  ),
+  object: fc
+    .dictionary(shortKey, tie('node'), { maxKeys: 3 })
+    .map((properties) => ({ type: 'object', properties, required: Object.keys(properties), additionalProperties: false })),
+}));
+const toolName = fc.stringMatching(/^[a-zA-Z0-9_-]{1,12}$/);
+const toolsArb = fc.array(
+  fc.record({ type: fc.constant('function'), function: fc.record({ name: toolName, description: text, parameters: schemaArb.object }, { requiredKeys: ['name'] }) }),
+  { minLength: 1, maxLength: 3 },
+);
+const structuredChat: fc.Arbitrary<Record<string, unknown>> = fc
+  .tuple(
+    validChat,
+    fc.oneof(
+      fc.record({ response_format: fc.constant({ type: 'json_object' }) }),
+      fc.record({
+        response_format: fc.record({
+          type: fc.constant('json_schema'),
+          json_schema: fc.record({ name: toolName, schema: fc.oneof(schemaArb.object, schemaArb.node), strict: fc.boolean() }, { requiredKeys: ['name'] }),
+        }),
+      }),
+      toolsArb.chain((tools) =>
+        fc.record(
+          {
+            tools: fc.constant(tools),
+            tool_choice: fc.oneof(
+              fc.constantFrom<unknown>('none', 'auto', 'required', { type: 'function', function: { name: 'not-a-tool' } }),
+              fc.constantFrom(...tools).map((t) => ({ type: 'function', function: { name: t.function.name } })),
+            ),
+            parallel_tool_calls: fc.boolean(),
+          },
+          { requiredKeys: ['tools'] },
+        ),
+      ),
+    ),
+    // Room to finish a value now and then (the context is 128 tokens).
+    fc.oneof(fc.integer({ min: 1, max: 4 }), fc.integer({ min: 24, max: 48 })),
+  )
+  .map(([b, extra, max]) => ({ ...b, ...extra, max_tokens: max, max_completion_tokens: null, chat_template: null, n: b.n === null ? null : Math.min(Number(b.n ?? 1), 2) }));
+
 const chatBody: fc.Arbitrary<unknown> = fc.oneof(
   { weight: 3, arbitrary: validChat },
+  { weight: 3, arbitrary: structuredChat },
   { weight: 8, arbitrary: mutatedChat },
   { weight: 2, arbitrary: anyJson },
   { weight: 1, arbitrary: fc.dictionary(fc.constantFrom(...CHAT_PARAMS), anyJson, { maxKeys: 6 }) },

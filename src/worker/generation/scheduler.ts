@@ -210,10 +210,9 @@ export class BatchScheduler {
 
   /** Finished rows leave the batch; a request is answered when its last row finishes. */
   private retire(): void {
-    const finished = this.rows.filter((row) => row.finishReason !== null);
-    if (finished.length === 0) return;
-    for (const req of new Set(finished.map((row) => row.req))) this.answerIfDone(req);
-    this.keepRows((row) => row.finishReason === null);
+    if (!this.rows.some((row) => row.finishReason !== null || row.req.settled)) return;
+    for (const req of new Set(this.rows.filter((row) => row.finishReason !== null).map((row) => row.req))) this.answerIfDone(req);
+    this.keepRows((row) => row.finishReason === null && !row.req.settled);
   }
 
   private answerIfDone(req: Request): void {
@@ -382,10 +381,19 @@ export class BatchScheduler {
     this.L = total;
     const V = outputs.logits!.dims[2]!;
     const data = outputs.logits!.data as Float32Array;
+    const failed = new Map<Request, ThreadError>();
     rows.forEach((row, b) => {
       row.len++;
-      this.advance(row, data.slice(b * V, (b + 1) * V));
+      if (failed.has(row.req)) return;
+      try {
+        this.advance(row, data.slice(b * V, (b + 1) * V));
+      } catch (err) {
+        // One sequence's sampling failed (e.g. a schema the vocabulary cannot follow): only its
+        // request fails; the rest of the batch decodes on.
+        failed.set(row.req, ThreadError.from(err));
+      }
     });
+    for (const [req, error] of failed) this.settle(req, { error });
     this.retire();
   }
 

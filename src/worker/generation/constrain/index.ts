@@ -12,7 +12,8 @@
 import type { PreTrainedTokenizer } from '@huggingface/transformers';
 import type { ConstraintSpec } from '../../../protocol/chat.js';
 import { advance, advanceText, initialState, isComplete, isDone, minClose, type Node, type State } from './grammar.js';
-import { ANY_OBJECT, compileSchema, finish, lit, objectNode } from './schema.js';
+import { ANY_OBJECT, compileSchema, finish, jsonLiteral, lit, objectNode } from './schema.js';
+import { ThreadError } from '../thread-error.js';
 
 export { SchemaError, checkSchema } from './schema.js';
 
@@ -104,8 +105,8 @@ function toolCallsGrammar(spec: Extract<ConstraintSpec, { kind: 'tool_calls' }>)
     // The parameters compile on their own: their $refs are relative to their root.
     const params = compileSchema(t.parameters ?? { type: 'object', properties: {} });
     return objectNode([
-      { key: f.name_key, lit: JSON.stringify(f.name_key), node: lit([JSON.stringify(t.name)]), required: true },
-      { key: f.arguments_key, lit: JSON.stringify(f.arguments_key), node: params, required: true },
+      { key: f.name_key, lit: jsonLiteral(f.name_key), node: lit([jsonLiteral(t.name)]), required: true },
+      { key: f.arguments_key, lit: jsonLiteral(f.arguments_key), node: params, required: true },
     ]);
   });
   const parts = [f.start ? lit([f.start]) : null, calls.length === 1 ? calls[0]! : { t: 'alt' as const, alts: calls, min: Infinity }, f.end ? lit([f.end]) : null];
@@ -128,7 +129,7 @@ function grammarOf(spec: ConstraintSpec): Node {
 
 /** Per sequence (a request with n choices gets n of these). Throws SchemaError for a schema it cannot enforce. */
 export function createConstraint(spec: ConstraintSpec, vocab: Vocabulary): TokenConstraint {
-  return new GrammarConstraint(grammarOf(spec), vocab, spec.maxTokens, spec.lazy);
+  return new GrammarConstraint(grammarOf(spec), vocab, spec.maxTokens, spec.lazy, spec.kind === 'tool_calls' ? 'tools' : 'response_format');
 }
 
 class GrammarConstraint implements TokenConstraint {
@@ -143,6 +144,8 @@ class GrammarConstraint implements TokenConstraint {
     private readonly vocab: Vocabulary,
     private readonly maxTokens: number | null,
     private readonly lazy: boolean,
+    /** The request parameter an unsatisfiable constraint is blamed on. */
+    private readonly param: string,
   ) {
     this.state = initialState(grammar);
     this.states = new Array(vocab.longest + 1);
@@ -180,7 +183,15 @@ class GrammarConstraint implements TokenConstraint {
     let masked = this.mask(logits, room);
     // The budget cannot be met (max_tokens below the smallest valid value): stay valid, run long.
     if (!masked) masked = this.mask(logits, Infinity);
-    if (!masked) throw new Error('constrained decoding: no token of the vocabulary can continue the output');
+    if (!masked) {
+      throw ThreadError.user(
+        400,
+        "The requested format cannot be followed with this model's vocabulary: no token can continue the output " +
+          '(the schema asks for text the tokenizer cannot produce, e.g. a character it only has inside other tokens).',
+        'unsatisfiable_schema',
+        this.param,
+      );
+    }
     const token = draw(masked);
     this.next = null;
     return token;

@@ -65,6 +65,17 @@ export const ANY: Node = (() => {
 /** `{...}` with any keys: what `response_format: {type: "json_object"}` asks for. */
 export const ANY_OBJECT: Node = { t: 'fobj', values: ANY, min: 2 };
 
+/**
+ * The JSON text a fixed value (a key, an enum or const member) is written as: every non-ASCII
+ * character as a \\u escape. The value parses the same, and the text is made only of characters
+ * every tokenizer has as tokens of their own, whereas a byte-level vocabulary has most non-ASCII
+ * characters only as byte pieces (not text), or inside longer tokens: written as is, a key such
+ * as "名前" could be impossible to produce.
+ */
+export function jsonLiteral(value: Json): string {
+  return JSON.stringify(value).replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 export const lit = (values: string[]): Node => ({ t: 'lit', values: [...new Set(values)], min: Math.min(...values.map((v) => v.length)) });
 
 function decodePointer(root: unknown, ref: string, path: string): { schema: unknown; pointer: string } {
@@ -104,10 +115,10 @@ class Compiler {
       if (!Array.isArray(schema.anyOf) || schema.anyOf.length === 0) throw new SchemaError(`'anyOf' (at ${path}) must be a non-empty array.`, 'anyOf', path);
       return alt(schema.anyOf.map((s, i) => this.compile(s, `${path}/anyOf/${i}`)));
     }
-    if (schema.const !== undefined) return lit([JSON.stringify(schema.const as Json)]);
+    if (schema.const !== undefined) return lit([jsonLiteral(schema.const as Json)]);
     if (schema.enum !== undefined) {
       if (!Array.isArray(schema.enum) || schema.enum.length === 0) throw new SchemaError(`'enum' (at ${path}) must be a non-empty array.`, 'enum', path);
-      return lit(schema.enum.map((v) => JSON.stringify(v as Json)));
+      return lit(schema.enum.map((v) => jsonLiteral(v as Json)));
     }
     let types: string[];
     if (schema.type === undefined) {
@@ -180,12 +191,12 @@ class Compiler {
         }
         const list: Prop[] = keys.map((key) => ({
           key,
-          lit: JSON.stringify(key),
+          lit: jsonLiteral(key),
           node: this.compile(props[key], `${path}/properties/${key}`),
           required: required.includes(key),
         }));
         for (const key of required as string[]) {
-          if (!keys.includes(key)) list.push({ key, lit: JSON.stringify(key), node: ANY, required: true });
+          if (!keys.includes(key)) list.push({ key, lit: jsonLiteral(key), node: ANY, required: true });
         }
         return objectNode(list);
       }
