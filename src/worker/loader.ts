@@ -57,7 +57,14 @@ async function loadFiles(
   };
   try {
     const tokenizer = await AutoTokenizer.from_pretrained(where.id, opts);
-    const model = await auto.from_pretrained(where.id, { ...opts, dtype: spec.dtype as 'fp32', device: spec.device });
+    const threads = Number(process.env.SWITCHYARD_THREADS);
+    const model = await auto.from_pretrained(where.id, {
+      ...opts,
+      dtype: spec.dtype as 'fp32',
+      device: spec.device,
+      // onnxruntime's default is a thread per core: right for one worker per machine, oversubscribed for several.
+      ...(Number.isInteger(threads) && threads > 0 ? { session_options: { intraOpNumThreads: threads } } : {}),
+    });
     return { where, tokenizer, model };
   } catch (err) {
     throw explain(spec, where, err);
