@@ -208,7 +208,7 @@ export const chatCompletionRequestSchema: Schema = {
     }),
     temperature: nullable({ type: 'number', minimum: 0, maximum: 2 }),
     tool_choice: toolChoice,
-    tools: nullable({ type: 'array', maxItems: 128, items: tool }),
+    tools: nullable({ type: 'array', minItems: 1, maxItems: 128, items: tool }),
     top_logprobs: nullable({ type: 'integer', minimum: 0, maximum: 20 }),
     top_p: nullable({ type: 'number', exclusiveMinimum: 0, maximum: 1 }),
     user: nullable({ type: 'string' }),
