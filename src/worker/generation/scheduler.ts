@@ -32,6 +32,8 @@ export interface SchedulerStats {
   maxBatch: number;
   decodeTokens: number;
   prefillTokens: number;
+  /** Prefill forward passes (several prompts that arrive together share one). */
+  prefills: number;
   decodeMs: number;
   prefillMs: number;
   /** Requests admitted, and their summed wait between arriving and being admitted. */
@@ -62,6 +64,8 @@ interface Request {
   /** Prompt tokens in `past` so far (chunked prefill). */
   prefilled: number;
   past: Feeds | null;
+  /** Its row in `past` (a prefill of several requests at once shares one cache). */
+  pastRow: number;
   /** Logits of the last position prefilled so far (for the first token, and echo logprobs). */
   lastLogits: Float32Array | null;
   arrived: number;
@@ -100,7 +104,7 @@ export class BatchScheduler {
   private L = 0;
   private reserved = 0;
   private running = false;
-  readonly stats: SchedulerStats = { steps: 0, stepSequences: 0, maxBatch: 0, decodeTokens: 0, prefillTokens: 0, decodeMs: 0, prefillMs: 0, admitted: 0, admitWaitMs: 0 };
+  readonly stats: SchedulerStats = { steps: 0, stepSequences: 0, maxBatch: 0, decodeTokens: 0, prefillTokens: 0, prefills: 0, decodeMs: 0, prefillMs: 0, admitted: 0, admitWaitMs: 0 };
   private readonly decode: (ids: number[]) => string;
   private readonly pieceOf: (id: number) => string;
 
@@ -124,16 +128,19 @@ export class BatchScheduler {
       const req: Request = {
         promptIds, params, opts, maxNew,
         reserve: params.n * (promptIds.length + maxNew),
-        rows: [], prefilled: 0, past: null, lastLogits: null,
+        rows: [], prefilled: 0, past: null, pastRow: 0, lastLogits: null,
         arrived: performance.now(), admitted: false, settled: false, resolve, reject,
       };
       this.waiting.push(req);
-      if (!this.running) void this.loop();
+      if (!this.running) {
+        // Started on the next turn, so that requests arriving together are prefilled together.
+        this.running = true;
+        setImmediate(() => void this.loop());
+      }
     });
   }
 
   private async loop(): Promise<void> {
-    this.running = true;
     try {
       while (this.waiting.length > 0 || this.prefilling.length > 0 || this.rows.length > 0) {
         try {
@@ -260,6 +267,12 @@ export class BatchScheduler {
   private async prefillSome(): Promise<void> {
     let budget = this.limits.prefillChunk;
     while (budget > 0 && this.prefilling.length > 0) {
+      const group = this.freshGroup(budget);
+      if (group.length > 1) {
+        budget -= group.length * Math.max(...group.map((r) => r.promptIds.length));
+        await this.prefillTogether(group);
+        continue;
+      }
       const req = this.prefilling[0]!;
       const take = Math.min(budget, req.promptIds.length - req.prefilled);
       budget -= take;
@@ -282,6 +295,73 @@ export class BatchScheduler {
     }
   }
 
+  /**
+   * The oldest prefilling requests that can be prefilled together in one forward: not started,
+   * no echo, and their padded size (count × longest prompt) within `budget`.
+   */
+  private freshGroup(budget: number): Request[] {
+    const group: Request[] = [];
+    let longest = 0;
+    for (const req of this.prefilling) {
+      if (req.prefilled > 0 || req.params.echo) break;
+      const L = Math.max(longest, req.promptIds.length);
+      if ((group.length + 1) * L > budget) break;
+      group.push(req);
+      longest = L;
+    }
+    return group;
+  }
+
+  /**
+   * Prompts that arrived together are prefilled in one batched forward, left-padded with an
+   * attention mask and per-row positions (so each row computes what it would alone), giving the
+   * cache in the batch's right-aligned layout already. Then each request joins the batch.
+   */
+  private async prefillTogether(group: Request[]): Promise<void> {
+    const k = group.length;
+    const P = Math.max(...group.map((r) => r.promptIds.length));
+    const ids: number[] = [];
+    const mask: number[] = [];
+    const positions: number[] = [];
+    for (const req of group) {
+      const pad = P - req.promptIds.length;
+      for (let i = 0; i < P; i++) {
+        ids.push(i < pad ? req.promptIds[0]! : req.promptIds[i - pad]!);
+        mask.push(i < pad ? 0 : 1);
+        positions.push(i < pad ? 0 : i - pad);
+      }
+    }
+    const t0 = performance.now();
+    let outputs: Feeds;
+    try {
+      outputs = (await this.m.model.forward({ input_ids: int64(ids, [k, P]), attention_mask: int64(mask, [k, P]), position_ids: int64(positions, [k, P]) })) as Feeds;
+    } catch (err) {
+      for (const req of group) {
+        this.prefilling.splice(this.prefilling.indexOf(req), 1);
+        this.settle(req, { error: ThreadError.from(err) });
+      }
+      return;
+    }
+    this.stats.prefillMs += performance.now() - t0;
+    this.stats.prefills++;
+    this.stats.prefillTokens += group.reduce((n, r) => n + r.promptIds.length, 0);
+    const logits = outputs.logits!.data as Float32Array;
+    const V = outputs.logits!.dims[2]!;
+    const past = toPast(outputs);
+    group.forEach((req, j) => {
+      this.prefilling.splice(this.prefilling.indexOf(req), 1);
+      req.lastLogits = logits.slice((j * P + P - 1) * V, (j * P + P) * V);
+      req.past = past;
+      req.pastRow = j;
+      req.prefilled = req.promptIds.length;
+      try {
+        this.join(req);
+      } catch (err) {
+        this.settle(req, { error: ThreadError.from(err) });
+      }
+    });
+  }
+
   private async prefillChunk(req: Request, take: number): Promise<void> {
     const start = req.prefilled;
     const end = start + take;
@@ -294,6 +374,7 @@ export class BatchScheduler {
       ...(req.past ? { past_key_values: req.past } : {}),
     })) as Feeds;
     this.stats.prefillMs += performance.now() - t0;
+    this.stats.prefills++;
     this.stats.prefillTokens += take;
     const logits = outputs.logits!.data as Float32Array;
     const V = outputs.logits!.dims[2]!;
@@ -332,16 +413,14 @@ export class BatchScheduler {
     const logits = req.lastLogits!;
     for (const row of req.rows) this.advance(row, row === req.rows.at(-1) ? logits : logits.slice());
     const past = req.past!;
+    const b = req.pastRow;
+    req.past = null;
     const live = req.rows.filter((row) => row.finishReason === null);
     if (live.length === 0) {
       this.answerIfDone(req);
       return;
     }
-    this.relayout([
-      ...this.rows.map((row, b) => ({ row, past: this.past!, b })),
-      ...live.map((row) => ({ row, past, b: 0 })),
-    ]);
-    req.past = null;
+    this.relayout([...this.rows.map((row, r) => ({ row, past: this.past!, b: r })), ...live.map((row) => ({ row, past, b }))]);
   }
 
   // --- decode -------------------------------------------------------------------------------------

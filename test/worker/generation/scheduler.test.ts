@@ -169,4 +169,15 @@ describe('BatchScheduler', () => {
     expect(ok[0]!.tokenIds).toHaveLength(3);
     expect(s.load).toEqual({ decoding: 0, waiting: 0, prefilling: 0 });
   });
+
+  it('prompts that arrive together share one prefill forward, and each gets the tokens it gets alone', async () => {
+    const ps = prompts(6, 31);
+    const p = (i: number) => params({ maxTokens: 12, ...(i % 2 ? { temperature: 0.8, seed: 7 + i } : {}), n: i === 3 ? 2 : 1 });
+    const expected = await Promise.all(ps.map(async (prompt, i) => (await alone(prompt, p(i))).map((c) => c.tokenIds)));
+    const s = new BatchScheduler(m, { ...LIMITS, prefillChunk: 512 });
+    const got = await Promise.all(ps.map((prompt, i) => s.submit(prompt, p(i), { signal: never, onDelta: noop })));
+    expect(got.map((r) => r.map((c) => c.tokenIds))).toEqual(expected);
+    expect(s.stats.prefills).toBe(1);
+    expect(s.stats.maxBatch).toBe(7);
+  });
 });
