@@ -104,22 +104,48 @@ describe('embeddings', () => {
     expect(norm(r.data[1000]!.embedding)).toBeCloseTo(1, 5);
   });
 
-  it('batches 256 concurrent single-input requests into few model calls', async () => {
-    const stamp = Date.now();
-    const results = await Promise.all(
-      Array.from({ length: 256 }, (_, i) => client.embeddings.create({ model: 'minilm', input: `concurrent ${stamp} ${i}`, encoding_format: 'float' })),
-    );
-    expect(results.every((r) => r.data[0]!.embedding.length === 32)).toBe(true);
-    const [row] = await query<{ requests: number; calls: number }>(
+  const modelCalls = async (prefix: string) =>
+    (await query<{ requests: number; calls: number }>(
       db.url,
       `select count(*)::int as requests, count(distinct c)::int as calls
          from ai.requests, jsonb_array_elements_text(output->'model_calls') c
         where input->'input'->>0 like $1`,
-      [`concurrent ${stamp} %`],
+      [`${prefix} %`],
+    ))[0]!;
+
+  it('batches 256 concurrent single-input requests into few model calls', async () => {
+    const stamp = `concurrent ${Date.now()}`;
+    const results = await Promise.all(
+      Array.from({ length: 256 }, (_, i) => client.embeddings.create({ model: 'minilm', input: `${stamp} ${i}`, encoding_format: 'float' })),
     );
-    expect(row!.requests).toBe(256);
-    // Measured here: 2–3 calls (claims linger while a burst is still arriving).
-    expect(row!.calls).toBeLessThanOrEqual(36);
+    expect(results.every((r) => r.data[0]!.embedding.length === 32)).toBe(true);
+    const row = await modelCalls(stamp);
+    expect(row.requests).toBe(256);
+    // While the burst is still arriving the worker runs what it has (2–5 calls on an idle machine,
+    // up to ~55 on a loaded one, where the burst trickles in): fewer calls than requests is what
+    // batching guarantees whatever the timing; without it this would be 256.
+    expect(row.calls).toBeLessThanOrEqual(128);
+  });
+
+  it('claims requests that are already queued together: 256 of them in one or two model calls', async () => {
+    // No worker while the requests queue up, so the claim sees all of them at once.
+    await worker.stop();
+    const stamp = `queued ${Date.now()}`;
+    const pending = Promise.all(
+      Array.from({ length: 256 }, (_, i) => client.embeddings.create({ model: 'minilm', input: `${stamp} ${i}`, encoding_format: 'float' })),
+    );
+    let queued = 0;
+    while (queued < 256) {
+      await new Promise((r) => setTimeout(r, 50));
+      const [row] = await query<{ n: number }>(db.url, `select count(*)::int as n from ai.requests where status = 'queued' and input->'input'->>0 like $1`, [`${stamp} %`]);
+      queued = row!.n;
+    }
+    worker = await startWorker(db.url);
+    const results = await pending;
+    expect(results.every((r) => r.data[0]!.embedding.length === 32)).toBe(true);
+    const row = await modelCalls(stamp);
+    expect(row.requests).toBe(256);
+    expect(row.calls).toBeLessThanOrEqual(2);
   });
 });
 
