@@ -44,12 +44,12 @@ async function streamText(content: string, maxTokens: number, params: Partial<Op
 
 it('concurrent streams share decode steps and each gets the text it gets alone; one leaving disturbs no one', async () => {
   const alone: string[] = [];
-  for (const p of prompts) alone.push((await streamText(p, 40)).text);
-  const seededAlone = (await streamText(prompts[3]!, 30, { temperature: 0.9, top_p: 0.8, seed: 42 })).text;
+  for (const p of prompts) alone.push((await streamText(p, 120)).text);
+  const seededAlone = (await streamText(prompts[3]!, 100, { temperature: 0.9, top_p: 0.8, seed: 42 })).text;
 
   const together = await Promise.all([
-    ...prompts.map((p, i) => (i === 2 ? streamText(p, 400, {}, 3) : streamText(p, 40))),
-    streamText(prompts[3]!, 30, { temperature: 0.9, top_p: 0.8, seed: 42 }),
+    ...prompts.map((p, i) => (i === 2 ? streamText(p, 400, {}, 3) : streamText(p, 120))),
+    streamText(prompts[3]!, 100, { temperature: 0.9, top_p: 0.8, seed: 42 }),
   ]);
   for (const i of [0, 1, 3]) expect(together[i]!.text).toBe(alone[i]);
   expect(together[4]!.text).toBe(seededAlone);

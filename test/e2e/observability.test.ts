@@ -59,19 +59,20 @@ it('counts requests, tokens, queue wait and time to first token, and shows queue
 });
 
 it('exports the decode batches: steps, sequences per step and tokens, per worker and model', async () => {
-  // Four at once share decode steps: 4 × 8 tokens, the first of each from its prefill.
-  await Promise.all(Array.from({ length: 4 }, () => client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 8 })));
+  // Four at once share decode steps: 4 × 64 tokens, the first of each from its prefill (long
+  // enough to overlap even on a loaded machine).
+  await Promise.all(Array.from({ length: 4 }, () => client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 64 })));
   const value = (text: string, name: string) => Number(text.match(new RegExp(`^${name}\\{model="tiny",worker="[^"]+"\\} (\\S+)$`, 'm'))?.[1] ?? NaN);
   let text = '';
   // Workers publish these with their heartbeat (every 10 s by default).
   for (const t0 = Date.now(); Date.now() - t0 < 20_000; await new Promise((r) => setTimeout(r, 500))) {
     text = await (await fetch(`${serve.url}/metrics`)).text();
-    if (value(text, 'switchyard_batch_decode_tokens_total') >= 4 * 7 + 6) break;
+    if (value(text, 'switchyard_batch_decode_tokens_total') >= 4 * 63 + 6) break;
   }
-  // 4 × 7 decode tokens here, plus 6 from the first test's 7-token request.
-  expect(value(text, 'switchyard_batch_decode_tokens_total')).toBe(4 * 7 + 6);
+  // 4 × 63 decode tokens here, plus 6 from the first test's 7-token request.
+  expect(value(text, 'switchyard_batch_decode_tokens_total')).toBe(4 * 63 + 6);
   expect(value(text, 'switchyard_batch_size_max')).toBeGreaterThanOrEqual(2);
-  expect(value(text, 'switchyard_batch_steps_total')).toBeLessThan(4 * 7 + 6);
+  expect(value(text, 'switchyard_batch_steps_total')).toBeLessThan(4 * 63 + 6);
   expect(value(text, 'switchyard_batch_admitted_total')).toBe(5);
   expect(value(text, 'switchyard_batch_sequences')).toBe(0);
   expect(text).toContain('# TYPE switchyard_batch_step_sequences_total counter');
@@ -83,5 +84,5 @@ it('reports usage per key, model and day in SQL', async () => {
     `select key_name, model, requests::int, completion_tokens::int from ai.usage_daily where model = 'tiny' and day = date_trunc('day', now())`,
   );
   // The first test's request, then the four of the batch test.
-  expect(rows).toEqual([{ key_name: 'observer', model: 'tiny', requests: 5, completion_tokens: 7 + 4 * 8 }]);
+  expect(rows).toEqual([{ key_name: 'observer', model: 'tiny', requests: 5, completion_tokens: 7 + 4 * 64 }]);
 });
