@@ -85,20 +85,20 @@ returns text language sql stable as $$
            ai._connstr_quote('switchyard ai.embed'))
 $$;
 
--- ai.embed_timeout: '30' (seconds) or an interval ('500ms', '2 min'); default 30 seconds.
-create or replace function ai._embed_timeout()
+-- A timeout setting (ai.embed_timeout, ai.chat_timeout): seconds ('30') or an interval ('500ms', '2 min').
+create or replace function ai._interval_setting(p_name text, p_default interval)
 returns interval language plpgsql stable as $$
 declare
-  v text := nullif(trim(current_setting('ai.embed_timeout', true)), '');
+  v text := nullif(trim(current_setting(p_name, true)), '');
 begin
   if v is null then
-    return interval '30 seconds';
+    return p_default;
   elsif v ~ '^[0-9]+(\.[0-9]+)?$' then
     return make_interval(secs => v::double precision);
   end if;
   return v::interval;
 exception when invalid_datetime_format or datetime_field_overflow or interval_field_overflow then
-  raise exception 'invalid ai.embed_timeout "%"', v
+  raise exception 'invalid % "%"', p_name, v
     using errcode = 'invalid_parameter_value', hint = 'Give seconds (30) or an interval (''500ms'', ''2 min'').';
 end $$;
 
@@ -150,6 +150,45 @@ begin
   return conn;
 end $$;
 
+-- Waits for a request enqueued on the side connection `p_conn`, polling its row through that
+-- connection (1 ms apart, backing off to `p_max_pause` seconds). Returns null when it completed
+-- and its error when it failed; raises when it was cancelled, or when `p_timeout` passes (the
+-- request is then cancelled). Shared by ai.embed and ai.chat_complete: `p_caller` and `p_noun`
+-- word the errors, `p_timeout_hint` is the setting to raise, e.g. 'ai.embed_timeout = ''2 min'''.
+create or replace function ai._await_request(
+  p_conn text, p_request uuid, p_caller text, p_noun text, p_requested text, p_model text,
+  p_timeout interval, p_timeout_hint text, p_max_pause double precision
+) returns jsonb language plpgsql as $$
+declare
+  poll text := format('select status, error::text from ai.requests where id = %L', p_request);
+  deadline timestamptz := clock_timestamp() + p_timeout;
+  pause double precision := 0.001;
+  st text;
+  err jsonb;
+begin
+  loop
+    select t.status, t.error::jsonb into st, err
+      from dblink(p_conn, poll) as t(status text, error text);
+    exit when st in ('completed', 'failed', 'cancelled');
+    if clock_timestamp() >= deadline then
+      perform from dblink(p_conn, format('select ai.cancel_request(%L::uuid)', p_request)) as t(cancelled boolean);
+      raise exception '%: no % from model "%" after %', p_caller, p_noun, p_requested, p_timeout
+        using errcode = 'query_canceled',
+              detail = format('Request %s was %s.', p_request,
+                              case when st = 'running' then 'taken by a worker but not finished'
+                                   else 'not taken by any worker' end),
+              hint = case when st = 'running' then format('Raise the limit: set %s.', p_timeout_hint)
+                          else format('Start a worker that serves it: switchyard worker --models %s', p_model) end;
+    end if;
+    perform pg_sleep(least(pause, extract(epoch from deadline - clock_timestamp())::double precision));
+    pause := least(pause * 2, p_max_pause);
+  end loop;
+  if st = 'cancelled' then
+    raise exception '%: request % was cancelled', p_caller, p_request using errcode = 'query_canceled';
+  end if;
+  return case when st = 'failed' then coalesce(err, '{}') end;
+end $$;
+
 -- Enqueues one embedding request on the side connection (committed at once) and waits for it.
 -- Returns the vectors in input order.
 create or replace function ai._embed_remote(p_model text, p_requested text, p_inputs jsonb)
@@ -162,12 +201,9 @@ declare
     'select u.i, c.embedding::text from jsonb_array_elements(%L::jsonb) with ordinality u(x, i)
        left join ai.embedding_cache c on c.model = %L and c.input_hash = ai.embedding_input_hash(u.x)',
     p_inputs, p_model);
-  poll text := format('select status, error::text from ai.requests where id = %L', request);
-  timeout interval := ai._embed_timeout();
-  deadline timestamptz := clock_timestamp() + timeout;
-  pause double precision := 0.001;
+  -- Read first: a malformed setting must fail before anything is enqueued.
+  timeout interval := ai._interval_setting('ai.embed_timeout', interval '30 seconds');
   conn text := ai._embed_connection();
-  st text;
   err jsonb;
   output jsonb;
   result vector[];
@@ -189,29 +225,11 @@ begin
     return result;
   end if;
   perform from dblink(conn, enqueue) as t(done text);
-  loop
-    select t.status, t.error::jsonb into st, err
-      from dblink(conn, poll) as t(status text, error text);
-    exit when st in ('completed', 'failed', 'cancelled');
-    if clock_timestamp() >= deadline then
-      perform from dblink(conn, format('select ai.cancel_request(%L::uuid)', request)) as t(cancelled boolean);
-      raise exception 'ai.embed: no embedding from model "%" after %', p_requested, timeout
-        using errcode = 'query_canceled',
-              detail = format('Request %s was %s.', request,
-                              case when st = 'running' then 'taken by a worker but not finished'
-                                   else 'not taken by any worker' end),
-              hint = case when st = 'running' then 'Raise the limit: set ai.embed_timeout = ''2 min''.'
-                          else format('Start a worker that serves it: switchyard worker --models %s', p_model) end;
-    end if;
-    perform pg_sleep(least(pause, extract(epoch from deadline - clock_timestamp())::double precision));
-    pause := least(pause * 2, 0.02);
-  end loop;
-  if st = 'failed' then
+  err := ai._await_request(conn, request, 'ai.embed', 'embedding', p_requested, p_model, timeout, 'ai.embed_timeout = ''2 min''', 0.02);
+  if err is not null then
     raise exception 'ai.embed: %', coalesce(err->>'message', 'the embedding failed')
       using errcode = case when err->>'type' = 'invalid_request_error' then 'invalid_parameter_value' else 'external_routine_exception' end,
             detail = format('model %s, request %s, code %s', p_model, request, coalesce(err->>'code', 'none'));
-  elsif st = 'cancelled' then
-    raise exception 'ai.embed: request % was cancelled', request using errcode = 'query_canceled';
   end if;
   select t.output::jsonb into output
     from dblink(conn, format('select output::text from ai.requests where id = %L', request)) as t(output text);

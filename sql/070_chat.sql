@@ -39,23 +39,6 @@ begin
   select p_id, 'chat.completions', p_model, p_requested_model, p_input, p_params, false, job.job_id from job;
 end $$;
 
--- A timeout setting: seconds ('30') or an interval ('500ms', '2 min').
-create or replace function ai._interval_setting(p_name text, p_default interval)
-returns interval language plpgsql stable as $$
-declare
-  v text := nullif(trim(current_setting(p_name, true)), '');
-begin
-  if v is null then
-    return p_default;
-  elsif v ~ '^[0-9]+(\.[0-9]+)?$' then
-    return make_interval(secs => v::double precision);
-  end if;
-  return v::interval;
-exception when invalid_datetime_format or datetime_field_overflow or interval_field_overflow then
-  raise exception 'invalid % "%"', p_name, v
-    using errcode = 'invalid_parameter_value', hint = 'Give seconds (30) or an interval (''500ms'', ''2 min'').';
-end $$;
-
 -- Splits generated text into content and tool calls written in the model's format
 -- ({start, end, name_key, arguments_key}; the markers are matched without their surrounding
 -- whitespace, as the gateway does). Returns {"content": text or null, "tool_calls": [...]}.
@@ -134,11 +117,10 @@ declare
   constraint_spec jsonb := null;
   params jsonb;
   request uuid := gen_random_uuid();
+  -- Read first: a malformed setting must fail before anything is enqueued.
   timeout interval := ai._interval_setting('ai.chat_timeout', interval '5 minutes');
-  deadline timestamptz := clock_timestamp() + timeout;
-  pause double precision := 0.002;
   conn text;
-  st text;
+  enqueue text;
   err jsonb;
   row_out jsonb;
   row_usage jsonb;
@@ -276,39 +258,21 @@ begin
   end if;
 
   -- Enqueue on the side connection (committed at once), then poll the row through it.
+  enqueue := format('select ai.enqueue_chat(%L::uuid, %L, %L, %L::jsonb, %L::jsonb)::text', request, m.name, model,
+                    jsonb_build_object('messages', msgs) || case when tools is null then '{}' else jsonb_build_object('tools', tools) end,
+                    params);
   conn := ai._embed_connection();
   begin
-    perform from dblink(conn, format('select ai.enqueue_chat(%L::uuid, %L, %L, %L::jsonb, %L::jsonb)::text', request, m.name, model,
-                                     jsonb_build_object('messages', msgs) || case when tools is null then '{}' else jsonb_build_object('tools', tools) end,
-                                     params)) as t(done text);
+    perform from dblink(conn, enqueue) as t(done text);
   exception when connection_exception then
     conn := ai._embed_connection(true);
-    perform from dblink(conn, format('select ai.enqueue_chat(%L::uuid, %L, %L, %L::jsonb, %L::jsonb)::text', request, m.name, model,
-                                     jsonb_build_object('messages', msgs) || case when tools is null then '{}' else jsonb_build_object('tools', tools) end,
-                                     params)) as t(done text);
+    perform from dblink(conn, enqueue) as t(done text);
   end;
-  loop
-    select t.status, t.error::jsonb into st, err
-      from dblink(conn, format('select status, error::text from ai.requests where id = %L', request)) as t(status text, error text);
-    exit when st in ('completed', 'failed', 'cancelled');
-    if clock_timestamp() >= deadline then
-      perform from dblink(conn, format('select ai.cancel_request(%L::uuid)', request)) as t(cancelled boolean);
-      raise exception 'ai.chat_complete: no completion from model "%" after %', model, timeout
-        using errcode = 'query_canceled',
-              detail = format('Request %s was %s.', request,
-                              case when st = 'running' then 'taken by a worker but not finished' else 'not taken by any worker' end),
-              hint = case when st = 'running' then 'Raise the limit: set ai.chat_timeout = ''10 min''.'
-                          else format('Start a worker that serves it: switchyard worker --models %s', m.name) end;
-    end if;
-    perform pg_sleep(least(pause, extract(epoch from deadline - clock_timestamp())::double precision));
-    pause := least(pause * 2, 0.05);
-  end loop;
-  if st = 'failed' then
+  err := ai._await_request(conn, request, 'ai.chat_complete', 'completion', model, m.name, timeout, 'ai.chat_timeout = ''10 min''', 0.05);
+  if err is not null then
     raise exception 'ai.chat_complete: %', coalesce(err->>'message', 'the generation failed')
       using errcode = case when err->>'type' = 'invalid_request_error' then 'invalid_parameter_value' else 'external_routine_exception' end,
             detail = format('model %s, request %s, param %s, code %s', m.name, request, coalesce(err->>'param', 'none'), coalesce(err->>'code', 'none'));
-  elsif st = 'cancelled' then
-    raise exception 'ai.chat_complete: request % was cancelled', request using errcode = 'query_canceled';
   end if;
   select t.output::jsonb, t.usage::jsonb into row_out, row_usage
     from dblink(conn, format('select output::text, usage::text from ai.requests where id = %L', request)) as t(output text, usage text);
