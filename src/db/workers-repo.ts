@@ -7,8 +7,33 @@ export interface WorkerRecord {
   models: string[];
 }
 
+/**
+ * A worker's decode-batch counters for one chat model, since its model thread started: what its
+ * heartbeat stores in ai.workers.stats (keyed by model) and GET /metrics exports.
+ */
+export interface WorkerBatchStats {
+  /** Batched decode steps, and the sum of their batch sizes (mean batch = sequences / steps). */
+  steps: number;
+  stepSequences: number;
+  /** Largest batch seen. */
+  maxBatch: number;
+  decodeTokens: number;
+  prefillTokens: number;
+  /** Prefill forward passes (several prompts that arrive together share one). */
+  prefills: number;
+  decodeMs: number;
+  prefillMs: number;
+  /** Requests admitted, and their summed wait between arriving and being admitted. */
+  admitted: number;
+  admitWaitMs: number;
+  /** Now: sequences decoding, requests waiting for a slot, requests being prefilled. */
+  decoding: number;
+  waiting: number;
+  prefilling: number;
+}
+
 /** Registers or refreshes a live worker; one small row per worker, updated every few seconds. */
-export async function heartbeat(pool: pg.Pool, w: WorkerRecord, jobWorkerIds: string[], stats: Record<string, unknown> = {}): Promise<void> {
+export async function heartbeat(pool: pg.Pool, w: WorkerRecord, jobWorkerIds: string[], stats: Record<string, WorkerBatchStats> = {}): Promise<void> {
   await pool.query(
     `insert into ai.workers (id, hostname, pid, models, job_worker_ids, stats) values ($1, $2, $3, $4, $5, $6)
      on conflict (id) do update set heartbeat_at = now(), models = excluded.models, job_worker_ids = excluded.job_worker_ids,

@@ -3,6 +3,8 @@
  * histograms live in memory (each `serve` process is scraped on its own); queue depth and
  * live workers are read from Postgres at scrape time, since they are shared by all processes.
  */
+import type { WorkerBatchStats } from '../db/workers-repo.js';
+
 type Labels = Record<string, string>;
 
 const key = (labels: Labels) =>
@@ -10,21 +12,6 @@ const key = (labels: Labels) =>
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`)
     .join(',');
-
-/** A worker's decode-batch counters for one model, as its heartbeat stores them (see worker/generation/scheduler.ts). */
-export interface BatchCounters {
-  steps: number;
-  stepSequences: number;
-  maxBatch: number;
-  decodeTokens: number;
-  prefillTokens: number;
-  decodeMs: number;
-  prefillMs: number;
-  admitted: number;
-  admitWaitMs: number;
-  decoding: number;
-  waiting: number;
-}
 
 class Counter {
   private readonly values = new Map<string, number>();
@@ -74,9 +61,9 @@ export class Metrics {
   readonly tokens = new Counter('switchyard_tokens_total', 'Tokens processed, by model and kind (prompt, completion).');
 
   /** Renders these plus the shared gauges (`gauges` is read from Postgres by the caller). */
-  render(gauges: { queue: { model: string; queued: number; running: number }[]; workers: number; batches?: (BatchCounters & { worker: string; model: string })[] }): string {
+  render(gauges: { queue: { model: string; queued: number; running: number }[]; workers: number; batches?: (WorkerBatchStats & { worker: string; model: string })[] }): string {
     const batches = gauges.batches ?? [];
-    const perBatch = (name: string, type: 'counter' | 'gauge', help: string, value: (b: BatchCounters) => number) => [
+    const perBatch = (name: string, type: 'counter' | 'gauge', help: string, value: (b: WorkerBatchStats) => number) => [
       `# HELP ${name} ${help}`,
       `# TYPE ${name} ${type}`,
       ...batches.map((b) => `${name}{${key({ model: b.model, worker: b.worker })}} ${value(b)}`),

@@ -1,7 +1,8 @@
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
 import type { Observer } from '../serving/observer.js';
-import type { BatchCounters, Metrics } from './metrics.js';
+import type { Metrics } from './metrics.js';
+import type { WorkerBatchStats } from '../db/workers-repo.js';
 
 export function metricsObserver(m: Metrics): Observer {
   return {
@@ -42,7 +43,7 @@ export function registerObservability(app: FastifyInstance, metrics: Metrics, po
   app.get('/metrics', async (_request, reply) => {
     const [queue, workers] = await Promise.all([
       pool.query<{ model: string; queued: number; running: number }>('select model, queued::int, running::int from ai.queue_status'),
-      pool.query<{ id: string; stats: Record<string, BatchCounters> }>('select id, stats from ai.workers order by id'),
+      pool.query<{ id: string; stats: Record<string, WorkerBatchStats> }>('select id, stats from ai.workers order by id'),
     ]);
     const batches = workers.rows.flatMap((w) => Object.entries(w.stats ?? {}).map(([model, s]) => ({ worker: w.id, model, ...s })));
     return reply.type('text/plain; version=0.0.4').send(metrics.render({ queue: queue.rows, workers: workers.rows.length, batches }));

@@ -4,7 +4,8 @@ import type { FinishReason } from '../protocol/shared.js';
 import type { ChoiceResult } from './generation/generate.js';
 import { ThreadError } from './generation/thread-error.js';
 import type { ModelSpec } from './models-source.js';
-import type { BatchStats, FromThread, ToThread } from './thread-protocol.js';
+import type { FromThread, ToThread } from './thread-protocol.js';
+import type { WorkerBatchStats } from '../db/workers-repo.js';
 import type { LogFn } from '../log.js';
 import type { ErrorBody } from '../protocol/errors.js';
 import type { EmbedInput } from './embedding/embed.js';
@@ -51,7 +52,7 @@ export class ModelHost {
   private sequence = 0;
   private closed = false;
   /** The model thread's latest decode-batch counters per chat model (see thread-protocol.ts). */
-  batchStats: Record<string, BatchStats> = {};
+  batchStats: Record<string, WorkerBatchStats> = {};
 
   constructor(
     private readonly modelsDir: string | undefined,

@@ -12,7 +12,8 @@ import { loadChatModel, loadEmbedModel, type LoadedChatModel, type LoadedEmbedMo
 import { embed } from './embedding/embed.js';
 import { TemplateSandbox } from './generation/template-sandbox.js';
 import type { ModelSpec } from './models-source.js';
-import type { BatchStats, FromThread, ToThread } from './thread-protocol.js';
+import type { FromThread, ToThread } from './thread-protocol.js';
+import type { WorkerBatchStats } from '../db/workers-repo.js';
 import type { Prompt } from '../protocol/chat.js';
 
 const port = parentPort!;
@@ -67,7 +68,7 @@ function schedulerFor(m: LoadedChatModel): BatchScheduler {
 }
 setInterval(() => {
   if (schedulers.size === 0) return;
-  const stats: Record<string, BatchStats> = {};
+  const stats: Record<string, WorkerBatchStats> = {};
   for (const [m, s] of schedulers) stats[m.spec.name] = { ...s.stats, ...s.load };
   post({ type: 'stats', stats });
 }, 1000).unref();

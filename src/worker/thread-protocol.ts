@@ -5,7 +5,7 @@ import type { TokenLogprob } from './generation/logprobs.js';
 import type { ChoiceResult } from './generation/generate.js';
 import type { ModelSpec } from './models-source.js';
 import type { EmbedInput } from './embedding/embed.js';
-import type { SchedulerStats } from './generation/scheduler.js';
+import type { WorkerBatchStats } from '../db/workers-repo.js';
 
 /** Messages between a worker process and its model thread (structured-clone safe). */
 export type ToThread =
@@ -31,6 +31,4 @@ export type FromThread =
   | { type: 'embedded'; id: string; vectors: (Float32Array | null)[]; tokens: number[]; errors: (ThreadErrorData['body'] | null)[]; dimensions: number }
   | { type: 'error'; id: string; error: ThreadErrorData }
   /** Every second while a chat model is loaded: its decode batch's counters and load. */
-  | { type: 'stats'; stats: Record<string, BatchStats> };
-
-export type BatchStats = SchedulerStats & { decoding: number; waiting: number; prefilling: number };
+  | { type: 'stats'; stats: Record<string, WorkerBatchStats> };

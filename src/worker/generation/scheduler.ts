@@ -6,6 +6,8 @@ import { logprobsOf, type TokenLogprob } from './logprobs.js';
 import { applyPenalties, drawToken, makeRng } from './sampler.js';
 import { TextStream } from './text-stream.js';
 import { batchLimitsFromEnv, type BatchLimits } from './limits.js';
+import type { TokenConstraint } from './constrain/index.js';
+import type { WorkerBatchStats } from '../../db/workers-repo.js';
 import { ThreadError } from './thread-error.js';
 
 /**
@@ -21,36 +23,14 @@ import { ThreadError } from './thread-error.js';
  * dropped, common padding trimmed) only when the batch's membership changes.
  */
 
-/** Counters since the scheduler started (exported as metrics by the worker). */
 export type { BatchLimits } from './limits.js';
 
-export interface SchedulerStats {
-  /** Batched decode steps, and the sum of their batch sizes (mean batch = sequences / steps). */
-  steps: number;
-  stepSequences: number;
-  /** Largest batch seen. */
-  maxBatch: number;
-  decodeTokens: number;
-  prefillTokens: number;
-  /** Prefill forward passes (several prompts that arrive together share one). */
-  prefills: number;
-  decodeMs: number;
-  prefillMs: number;
-  /** Requests admitted, and their summed wait between arriving and being admitted. */
-  admitted: number;
-  admitWaitMs: number;
-}
-
-/** Hook for constrained decoding: a per-sequence token filter (see constrain/). */
-export interface SequenceConstraint {
-  choose(logits: Float32Array, draw: (logits: Float32Array) => number): number;
-  accept(token: number): void;
-  readonly done: boolean;
-}
+/** The scheduler's counters (the stored shape less the gauges, which `load` gives). */
+export type SchedulerStats = Omit<WorkerBatchStats, 'decoding' | 'waiting' | 'prefilling'>;
 
 export interface SubmitOptions extends GenerateOptions {
   /** One per choice, when the request is constrained. */
-  constraints?: () => SequenceConstraint;
+  constraints?: () => TokenConstraint;
 }
 
 interface Request {
@@ -83,7 +63,7 @@ interface Row {
   counts: Map<number, number>;
   tokenIds: number[];
   stream: TextStream;
-  constraint: SequenceConstraint | null;
+  constraint: TokenConstraint | null;
   finishReason: FinishReason | null;
   /** Tokens of this row in the cache (its prompt and what it has fed back so far). */
   len: number;
