@@ -445,7 +445,8 @@ export class BatchScheduler {
       row.len++;
       if (failed.has(row.req)) return;
       try {
-        this.advance(row, data.slice(b * V, (b + 1) * V));
+        // A view, not a copy: the step's logits are not read again once each row has sampled.
+        this.advance(row, data.subarray(b * V, (b + 1) * V));
       } catch (err) {
         // One sequence's sampling failed (e.g. a schema the vocabulary cannot follow): only its
         // request fails; the rest of the batch decodes on.
