@@ -3,7 +3,8 @@ import pg from 'pg';
 
 /** The server tests run against; only its database part changes per test file. */
 export const TEST_SERVER_URL = process.env.SWITCHYARD_TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-export const TEMPLATE_DB = 'switchyard_test_template';
+/** The migrated template each test file copies (set it per checkout when several share one server). */
+export const TEMPLATE_DB = process.env.SWITCHYARD_TEST_TEMPLATE ?? 'switchyard_test_template';
 
 export function dbUrl(database: string): string {
   const u = new URL(TEST_SERVER_URL);
