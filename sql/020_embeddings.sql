@@ -22,9 +22,9 @@ create or replace function ai.enqueue_embedding(
   p_key uuid default null, p_max_attempts integer default 5
 ) returns void language plpgsql as $$
 begin
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id)
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role)
   values (p_id, 'embeddings', p_model, p_requested_model, jsonb_build_object('input', p_inputs),
-          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key);
+          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role');
   perform pg_notify('ai_embed', p_model);
 end $$;
 

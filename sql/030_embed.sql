@@ -34,25 +34,29 @@
 --    says whether any worker picked it up.
 --
 -- The side connection
--- * Connection string: the GUC ai.dblink_connstr when set (a libpq string, or the name of a
---   dblink_fdw foreign server), otherwise ai.embed_connstr()'s default: this database, as
---   session_user, to the address and port this session reached (inet_server_addr/port), or to
---   the first unix_socket_directories entry for a unix-socket session.
--- * The default works for superusers when the server accepts that loopback connection without
---   a password (trust, or peer for the postgres OS user, as on a stock Debian install).
---   dblink refuses password-less connections for other roles ("password is required"); for an
---   application role, store the password in a user mapping rather than in the GUC:
---     create server switchyard_loopback foreign data wrapper dblink_fdw
---       options (host '127.0.0.1', port '5432', dbname 'app');
---     create user mapping for app server switchyard_loopback options (user 'app', password '...');
---     grant usage on foreign server switchyard_loopback to app;
---     alter role app set ai.dblink_connstr = 'switchyard_loopback';
---   (pg_hba.conf must then ask that loopback connection for a password, e.g. scram-sha-256).
---   On a read replica, point ai.dblink_connstr at the primary: the request is written there.
--- * The connection is opened on first use and kept for the session (named by a hash of its
---   string: changing ai.dblink_connstr opens another), so it costs one extra server connection
---   per session that ever missed the cache; `select dblink_disconnect(c) from unnest(dblink_get_connections()) c`
---   closes it. A connection that went away (idle_session_timeout, a restart) is reopened once.
+-- * ai.embed and ai.chat_complete are SECURITY DEFINER: they run as this schema's owner, which
+--   opens the side connection as itself (an application role needs no rights on ai.requests or
+--   the job queue, and no dblink: EXECUTE on dblink's functions is revoked from PUBLIC, so
+--   nobody can run statements of their own on it). The request row names the calling role
+--   (ai.requests.db_role; the role a session SET ROLE to, else its login).
+-- * The connection is named by the calling role and its connection string: a role that a
+--   session SET ROLE to after a more privileged role used ai.embed gets a connection of its own,
+--   never the other's.
+-- * Connection string: the row 'dblink_connstr' of ai.settings when present (a libpq string,
+--   or the name of a dblink_fdw foreign server with a user mapping for the owner), otherwise
+--   ai.embed_connstr(): this database, as the owner, to the address and port this session
+--   reached (inet_server_addr/port), or to the first unix_socket_directories entry for a
+--   unix-socket session. Not a GUC: any session may SET one, and the owner would connect there.
+--   A superuser owner connects without a password where the server allows it (trust, peer).
+--   dblink refuses a password-less connection for a non-superuser, so for a non-superuser owner
+--   (`switchyard roles setup` makes one) either store a connection string with its password,
+--     insert into ai.settings values ('dblink_connstr', 'host=... user=switchyard_migrate password=...');
+--   or, on a server that asks no password (trust), grant the owner dblink_connect_u, which
+--   `switchyard roles setup` does.
+--   On a read replica, point it at the primary: the request is written there.
+-- * The connection is opened on first use and kept for the session, so it costs one extra
+--   server connection per session (and role) that ever missed the cache. A connection that went
+--   away (idle_session_timeout, a restart) is reopened once.
 --
 -- Volatility: ai.embed is declared IMMUTABLE (as pgai declares its embedding functions) so that
 -- the planner folds `ai.embed('minilm', 'constant')` into a constant once per statement, instead
@@ -71,12 +75,20 @@ returns text language sql immutable strict as $$
   select '''' || replace(replace(p, '\', '\\'), '''', '\''') || ''''
 $$;
 
--- The loopback connection string used when ai.dblink_connstr is not set.
+-- The role a SQL request is made for: the role this session SET ROLE to, else its login. Inside
+-- a SECURITY DEFINER function current_user is the function's owner; the session's role is not.
+create or replace function ai._caller()
+returns name language sql stable as $$
+  select case when current_setting('role') = 'none' then session_user else current_setting('role')::name end
+$$;
+
+-- The loopback connection string used when ai.settings has no 'dblink_connstr': this database,
+-- as the current user (the schema's owner, in the SECURITY DEFINER functions that use it).
 create or replace function ai.embed_connstr()
 returns text language sql stable as $$
   select format('dbname=%s user=%s host=%s port=%s application_name=%s connect_timeout=10',
            ai._connstr_quote(current_database()),
-           ai._connstr_quote(session_user),
+           ai._connstr_quote(current_user),
            ai._connstr_quote(coalesce(
              host(inet_server_addr()),
              nullif(trim(split_part(current_setting('unix_socket_directories'), ',', 1)), ''),
@@ -123,28 +135,37 @@ begin
   return m.name;
 end $$;
 
--- The name of this session's side connection, opened if needed.
+-- The name of this session's side connection for the calling role, opened if needed. Runs
+-- inside the SECURITY DEFINER callers (no EXECUTE for PUBLIC).
 create or replace function ai._embed_connection(p_reconnect boolean default false)
 returns text language plpgsql as $$
 declare
-  connstr text := coalesce(nullif(current_setting('ai.dblink_connstr', true), ''), ai.embed_connstr());
-  conn text := 'switchyard_embed_' || left(md5(connstr), 12);
+  connstr text := coalesce((select s.value from ai.settings s where s.name = 'dblink_connstr'), ai.embed_connstr());
+  conn text := 'switchyard_' || left(md5(ai._caller() || ' ' || connstr), 16);
   is_open boolean := conn = any(coalesce(dblink_get_connections(), '{}'));
+  unchecked boolean;
 begin
   if is_open and p_reconnect then
     perform dblink_disconnect(conn);
     is_open := false;
   end if;
   if not is_open then
+    -- A non-superuser owner on a server that asks no password: dblink_connect_u, when granted.
+    unchecked := not (select r.rolsuper from pg_roles r where r.rolname = current_user)
+                 and has_function_privilege('dblink_connect_u(text, text)', 'execute');
     begin
-      perform dblink_connect(conn, connstr);
+      if unchecked then
+        perform dblink_connect_u(conn, connstr);
+      else
+        perform dblink_connect(conn, connstr);
+      end if;
     exception when others then
-      raise exception 'ai.embed: cannot open its side connection to the database: %', sqlerrm
+      -- The message, not the connection string: it may hold a password.
+      raise exception 'ai.embed: cannot open its side connection to the database: %',
+                      regexp_replace(sqlerrm, 'password\s*=\s*(''([^''\\]|\\.)*''|\S+)', 'password=***', 'gi')
         using errcode = 'sqlclient_unable_to_establish_sqlconnection',
-              hint = 'ai.embed enqueues through a dblink loopback connection, here "'
-                  || regexp_replace(connstr, 'password\s*=\s*\S+', 'password=***', 'g')
-                  || '". Set ai.dblink_connstr (a libpq string, or a dblink_fdw server with a user mapping) '
-                  || 'to one that can connect; see sql/030_embed.sql.';
+              hint = 'ai.embed enqueues through a loopback connection as the owner of schema ai. Set one that can connect '
+                  || '(insert into ai.settings values (''dblink_connstr'', ''...'')); see sql/030_embed.sql.';
     end;
   end if;
   return conn;
@@ -196,7 +217,7 @@ returns vector[] language plpgsql as $$
 declare
   request uuid := gen_random_uuid();
   enqueue text := format('select ai.enqueue_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb)::text',
-                         request, p_model, p_requested, p_inputs, '{"source": "sql"}');
+                         request, p_model, p_requested, p_inputs, jsonb_build_object('source', 'sql', 'db_role', ai._caller()));
   lookup text := format(
     'select u.i, c.embedding::text from jsonb_array_elements(%L::jsonb) with ordinality u(x, i)
        left join ai.embedding_cache c on c.model = %L and c.input_hash = ai.embedding_input_hash(u.x)',
@@ -245,7 +266,8 @@ end $$;
 -- Many inputs: one vector per input, in order; a null input gives a null vector. One request
 -- (one job, model calls batched by the worker) for all inputs not in the cache.
 create or replace function ai.embed(model text, inputs text[])
-returns vector[] language plpgsql immutable strict parallel unsafe cost 10000 as $$
+returns vector[] language plpgsql immutable strict parallel unsafe cost 10000
+security definer set search_path = pg_catalog, public, pg_temp as $$
 declare
   m text := ai._embedding_model(model);
   cached vector[];
@@ -276,7 +298,8 @@ end $$;
 
 -- One input.
 create or replace function ai.embed(model text, input text)
-returns vector language plpgsql immutable strict parallel unsafe cost 10000 as $$
+returns vector language plpgsql immutable strict parallel unsafe cost 10000
+security definer set search_path = pg_catalog, public, pg_temp as $$
 declare
   m text := ai._embedding_model(model);
   v vector;

@@ -103,8 +103,11 @@ begin
                                   job_key => jkey, job_key_mode => 'replace');
 end $$;
 
--- The one trigger function of every vectorizer's four triggers (TG_ARGV[0]: vectorizer id).
--- SECURITY DEFINER: roles that write the source need no rights on the ai schema's tables.
+-- The shared trigger function of vectorizers made before migration 0010 (TG_ARGV[0]: vectorizer
+-- id), until the block at the end of this file moves them to their own functions. It runs as
+-- the schema's owner, so it refuses to write a destination that another role owns (that role's
+-- triggers on it would run as the owner) and to fire on any table but the vectorizer's source.
+-- Nobody may attach it to a table (no EXECUTE for PUBLIC; see 090_security.sql).
 create or replace function ai._vectorizer_trigger()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
@@ -114,6 +117,14 @@ begin
   select * into v from ai.vectorizers where id = TG_ARGV[0]::integer;
   if not found then
     return null; -- dropped meanwhile
+  end if;
+  if TG_RELID <> v.source then
+    raise exception 'ai._vectorizer_trigger: vectorizer % does not belong to table %', v.id, TG_RELID::regclass
+      using errcode = 'insufficient_privilege';
+  end if;
+  if (select c.relowner from pg_class c where c.oid = v.destination) <> (select r.oid from pg_roles r where r.rolname = current_user) then
+    raise exception 'ai._vectorizer_trigger: vectorizer % predates per-owner functions and its destination belongs to another role', v.id
+      using errcode = 'insufficient_privilege', hint = 'Run switchyard migrate as a superuser once: it moves the vectorizer to functions that run as its owner.';
   end if;
   if TG_OP = 'INSERT' then
     execute format('insert into ai.vectorizer_queue (vectorizer_id, pk) select $1, %s from ai_vz_new n',
@@ -151,6 +162,92 @@ begin
     perform ai._vectorizer_wake(v.id);
   end if;
   return null;
+end $$;
+
+-- A table's schema-qualified name, whatever the search_path.
+create or replace function ai._qualified(p_table regclass)
+returns text language sql stable strict as $$
+  select format('%I.%I', n.nspname, c.relname) from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace where c.oid = p_table
+$$;
+
+-- A vectorizer's trigger function, ai_vectorizer_<id>_sync() in its source's schema, owned by the
+-- role running this (its creator: ai.create_vectorizer runs as the caller), and its four
+-- triggers. SECURITY DEFINER as that role, so roles that write the source need no rights on the
+-- ai schema, and what it does to the destination runs as the role that owns the destination:
+-- a trigger the owner puts there runs as the owner too, never as this schema's owner. (Workers
+-- run a vectorizer's batches as its owner too: see vectorize-task.ts.) No EXECUTE for PUBLIC,
+-- so nobody can attach it elsewhere, and it checks the table it fires on.
+create or replace function ai._vectorizer_install(p_id integer)
+returns void language plpgsql as $$
+declare
+  v ai.vectorizers;
+  sync text;
+  pkj_n text;
+  pkj_o text;
+  op text;
+begin
+  select * into v from ai.vectorizers x where x.id = p_id;
+  sync := format('%I.%I', v.fn_schema, format('ai_vectorizer_%s_sync', v.id));
+  pkj_n := ai._vectorizer_pk_json(v.pk_columns, 'n');
+  pkj_o := ai._vectorizer_pk_json(v.pk_columns, 'o');
+  execute format($f$
+    create or replace function %1$s() returns trigger language plpgsql security definer
+    set search_path = pg_catalog, pg_temp as $body$
+    declare
+      queued bigint := 0;
+    begin
+      if TG_RELID <> %2$s::oid then
+        raise exception 'vectorizer %3$s: its trigger function only runs on its source table' using errcode = 'insufficient_privilege';
+      end if;
+      if TG_OP = 'INSERT' then
+        insert into ai.vectorizer_queue (vectorizer_id, pk) select %3$s, %4$s from ai_vz_new n;
+        get diagnostics queued = row_count;
+      elsif TG_OP = 'UPDATE' then
+        -- Keys that went away (the key itself was updated): their destination and failed rows.
+        delete from %6$s d using ai_vz_old o where %7$s and not exists (select from ai_vz_new n where %8$s);
+        delete from ai.vectorizer_failed f using ai_vz_old o
+         where f.vectorizer_id = %3$s and f.pk = %5$s and not exists (select from ai_vz_new n where %8$s);
+        -- Keys whose text changed, and new keys. Text forms are compared (any column type works).
+        insert into ai.vectorizer_queue (vectorizer_id, pk) select %3$s, %4$s from ai_vz_new n
+         where not exists (select from ai_vz_old o where %9$s and o.%10$I::text is not distinct from n.%10$I::text);
+        get diagnostics queued = row_count;
+      elsif TG_OP = 'DELETE' then
+        delete from %6$s d using ai_vz_old o where %7$s;
+        delete from ai.vectorizer_failed f using ai_vz_old o where f.vectorizer_id = %3$s and f.pk = %5$s;
+        -- Under REPEATABLE READ a batch that committed after this snapshot was taken may have
+        -- written a row this statement could not see: queue the keys, a worker re-checks them.
+        if current_setting('transaction_isolation') <> 'read committed' then
+          insert into ai.vectorizer_queue (vectorizer_id, pk) select %3$s, %5$s from ai_vz_old o;
+          get diagnostics queued = row_count;
+        end if;
+      elsif TG_OP = 'TRUNCATE' then
+        truncate %6$s;
+        delete from ai.vectorizer_queue q where q.vectorizer_id = %3$s;
+        delete from ai.vectorizer_failed f where f.vectorizer_id = %3$s;
+      end if;
+      if queued > 0 then
+        perform ai._vectorizer_wake(%3$s);
+      end if;
+      return null;
+    end $body$
+    $f$,
+    sync, v.source::oid, v.id, pkj_n, pkj_o, ai._qualified(v.destination),
+    ai._vectorizer_pk_match(v.pk_columns, 'd', 'o'), ai._vectorizer_pk_match(v.pk_columns, 'n', 'o'),
+    ai._vectorizer_pk_match(v.pk_columns, 'o', 'n'), v.source_column);
+  execute format('revoke all on function %s() from public', sync);
+
+  -- Transition tables need one trigger per event.
+  foreach op in array array['insert', 'update', 'delete', 'truncate'] loop
+    execute format('drop trigger if exists %I on %s', format('ai_vectorizer_%s_%s', v.id, op), v.source);
+  end loop;
+  foreach op in array array['insert', 'update', 'delete'] loop
+    execute format('create trigger %I after %s on %s referencing %s table as %I for each statement execute function %s()',
+                   format('ai_vectorizer_%s_%s', v.id, op), op, v.source,
+                   case op when 'insert' then 'new' when 'update' then 'old table as ai_vz_old new' else 'old' end,
+                   case op when 'delete' then 'ai_vz_old' else 'ai_vz_new' end, sync);
+  end loop;
+  execute format('create trigger %I after truncate on %s for each statement execute function %s()',
+                 format('ai_vectorizer_%s_truncate', v.id), v.source, sync);
 end $$;
 
 -- Creates a vectorizer; returns its id.
@@ -251,20 +348,12 @@ begin
   execute format('create index on %s using hnsw (embedding %I.vector_cosine_ops)', dest, vector_schema);
 
   insert into ai.vectorizers (source, source_column, destination, pk_columns, pk_types, model, dimensions,
-                              batch_size, max_attempts, retry_delay)
+                              batch_size, max_attempts, retry_delay, fn_schema)
   values (create_vectorizer.source, column_name, dest, pk_cols, pk_types, model_name, dims,
-          create_vectorizer.batch_size, create_vectorizer.max_attempts, create_vectorizer.retry_delay)
+          create_vectorizer.batch_size, create_vectorizer.max_attempts, create_vectorizer.retry_delay, src_schema)
   returning id into new_id;
 
-  -- Transition tables need one trigger per event.
-  foreach op in array array['insert', 'update', 'delete'] loop
-    execute format('create trigger %I after %s on %s referencing %s table as %I for each statement execute function ai._vectorizer_trigger(%s)',
-                   format('ai_vectorizer_%s_%s', new_id, op), op, create_vectorizer.source,
-                   case op when 'insert' then 'new' when 'update' then 'old table as ai_vz_old new' else 'old' end,
-                   case op when 'delete' then 'ai_vz_old' else 'ai_vz_new' end, new_id);
-  end loop;
-  execute format('create trigger %I after truncate on %s for each statement execute function ai._vectorizer_trigger(%s)',
-                 format('ai_vectorizer_%s_truncate', new_id), create_vectorizer.source, new_id);
+  perform ai._vectorizer_install(new_id);
 
   -- Backfill.
   execute format('insert into ai.vectorizer_queue (vectorizer_id, pk) select $1, %s from %s n',
@@ -276,7 +365,22 @@ begin
   return new_id;
 end $$;
 
--- Drops a vectorizer: its triggers, queue, failed items, jobs, and (by default) its destination.
+-- Removes the jobs of a vectorizer that is gone (run as the schema's owner: the caller of
+-- ai.drop_vectorizer has no rights on graphile_worker). Refuses while it exists: no role can
+-- cancel the jobs of another role's vectorizer.
+create or replace function ai._vectorizer_forget_jobs(p_id integer)
+returns void language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+begin
+  if exists (select from ai.vectorizers x where x.id = p_id) then
+    raise exception 'vectorizer % still exists', p_id using errcode = 'object_in_use';
+  end if;
+  perform graphile_worker.remove_job(ai._vectorizer_job_key(p_id));
+  perform graphile_worker.remove_job(ai._vectorizer_job_key(p_id) || ':retry');
+end $$;
+
+-- Drops a vectorizer: its triggers and trigger function, queue, failed items, jobs, and (by
+-- default) its destination. Runs as the caller, who only sees (and may drop) vectorizers of
+-- roles it belongs to.
 create or replace function ai.drop_vectorizer(id integer, drop_destination boolean default true)
 returns void language plpgsql as $$
 declare
@@ -294,9 +398,11 @@ begin
       execute format('drop trigger if exists %I on %s', format('ai_vectorizer_%s_%s', v.id, op), v.source);
     end loop;
   end if;
-  perform graphile_worker.remove_job(ai._vectorizer_job_key(v.id));
-  perform graphile_worker.remove_job(ai._vectorizer_job_key(v.id) || ':retry');
+  if v.fn_schema is not null then
+    execute format('drop function if exists %I.%I()', v.fn_schema, format('ai_vectorizer_%s_sync', v.id));
+  end if;
   delete from ai.vectorizers x where x.id = v.id;
+  perform ai._vectorizer_forget_jobs(v.id);
   if drop_destination and exists (select from pg_class c where c.oid = v.destination) then
     execute format('drop table %s', v.destination);
   end if;
@@ -429,7 +535,7 @@ end $$;
 -- follow-up job is scheduled), 'continued', or 'idle'. Schedules the retry job for
 -- backed-off items. p_own_key: the job key the calling job was started with.
 create or replace function ai._vectorizer_settle(p_id integer, p_continue boolean, p_own_key text)
-returns text language plpgsql as $$
+returns text language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v ai.vectorizers;
   jkey text := ai._vectorizer_job_key(p_id);
@@ -498,7 +604,36 @@ select v.id,
       union all
       select x.last_error, x.last_attempt_at from ai.vectorizer_queue x
        where x.vectorizer_id = v.id and x.last_error is not null) y
-     order by y.at desc limit 1) e on true;
+     order by y.at desc limit 1) e on true
+ -- The view reads as its owner: show each role the vectorizers of roles it belongs to.
+ where exists (select from pg_roles r where r.rolname = v.owner and pg_has_role(current_user, r.oid, 'USAGE'));
 
--- Called by the triggers (as their owner); nobody else needs to.
-revoke execute on function ai._vectorizer_wake(integer) from public;
+-- Vectorizers made before migration 0010 move to their own trigger functions, owned by their
+-- destination's owner (only a superuser can give a function to another role; otherwise a
+-- vectorizer whose destination belongs to the migrating role moves, and others wait, their
+-- shared trigger refusing to write for them, until a superuser migrates).
+do $$
+declare
+  v record;
+  is_super boolean := (select rolsuper from pg_roles where rolname = current_user);
+begin
+  for v in
+    select x.id, r.rolname as dest_owner, n.nspname as src_schema
+      from ai.vectorizers x
+      join pg_class d on d.oid = x.destination
+      join pg_roles r on r.oid = d.relowner
+      join pg_class s on s.oid = x.source
+      join pg_namespace n on n.oid = s.relnamespace
+     where x.fn_schema is null
+  loop
+    if not is_super and v.dest_owner <> current_user then
+      raise notice 'vectorizer % keeps its shared trigger until a superuser runs switchyard migrate', v.id;
+      continue;
+    end if;
+    update ai.vectorizers x set fn_schema = v.src_schema, owner = v.dest_owner where x.id = v.id;
+    perform ai._vectorizer_install(v.id);
+    if v.dest_owner <> current_user then
+      execute format('alter function %I.%I() owner to %I', v.src_schema, format('ai_vectorizer_%s_sync', v.id), v.dest_owner);
+    end if;
+  end loop;
+end $$;

@@ -35,8 +35,8 @@ begin
     select (graphile_worker.add_job('chat:' || p_model, json_build_object('request_id', p_id),
                                     max_attempts => p_max_attempts)).id as job_id
   )
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, job_id)
-  select p_id, 'chat.completions', p_model, p_requested_model, p_input, p_params, false, job.job_id from job;
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, job_id, db_role)
+  select p_id, 'chat.completions', p_model, p_requested_model, p_input, p_params, false, job.job_id, p_params->>'db_role' from job;
 end $$;
 
 -- Splits generated text into content and tool calls written in the model's format
@@ -91,7 +91,8 @@ begin
 end $$;
 
 create or replace function ai.chat_complete(model text, messages jsonb, options jsonb default '{}')
-returns jsonb language plpgsql volatile parallel unsafe as $$
+returns jsonb language plpgsql volatile parallel unsafe
+security definer set search_path = pg_catalog, public, pg_temp as $$
 declare
   known constant text[] := array['max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'n', 'stop', 'seed',
     'frequency_penalty', 'presence_penalty', 'response_format', 'tools', 'tool_choice', 'parallel_tool_calls',
@@ -252,7 +253,8 @@ begin
     'echo', false,
     'constraint', constraint_spec,
     'chat_template', opts->'chat_template',
-    'source', 'sql');
+    'source', 'sql',
+    'db_role', ai._caller());
   if (params->>'n')::integer not between 1 and 128 then
     raise exception 'ai.chat_complete: n must be between 1 and 128' using errcode = 'invalid_parameter_value';
   end if;

@@ -1,4 +1,4 @@
-import type pg from 'pg';
+import pg from 'pg';
 import type { Task } from 'graphile-worker';
 import type { LogFn } from '../log.js';
 import type { ErrorBody } from '../protocol/errors.js';
@@ -77,10 +77,16 @@ async function abort(client: pg.PoolClient): Promise<void> {
  * text. The transaction stays open until finishBatch commits it, or abort rolls it back (the
  * items are then simply due again).
  */
-async function claimBatch(pool: pg.Pool, id: number): Promise<Batch | 'gone' | 'empty'> {
+async function claimBatch(pool: pg.Pool, id: number, owner: string): Promise<Batch | 'gone' | 'empty'> {
   const client = await pool.connect();
   try {
     await client.query('begin');
+    // The batch runs as the vectorizer's owner (the role that owns its source and destination):
+    // whatever its triggers on the destination do runs with that role's rights, never the
+    // worker's. ai.grant_usage makes the worker's role a member of the application role.
+    await client.query(`set local role ${pg.escapeIdentifier(owner)}`).catch((err: Error) => {
+      throw new Error(`vectorizer ${id}: cannot run as its owner ${owner} (${err.message}); run select ai.grant_usage('${owner}') as the schema's owner`);
+    });
     const state = (await client.query<{ state: 'ok' | 'gone' }>('select ai._vectorizer_begin($1) as state', [id])).rows[0]!.state;
     const items = state === 'ok' ? (await client.query<ClaimedItem>('select pk, ids, attempts, input from ai._vectorizer_claim($1)', [id])).rows : [];
     if (items.length > 0) return { client, items };
@@ -127,7 +133,9 @@ export function vectorizeTask(spec: ModelSpec, deps: VectorizeTaskDeps): Task {
   const sliceMs = deps.sliceMs ?? 60_000;
   return async (payload, helpers) => {
     const id = readVectorizerId(payload);
-    const row = (await deps.pool.query<{ dimensions: number; model: string }>('select dimensions, model from ai.vectorizers where id = $1', [id])).rows[0];
+    const row = (
+      await deps.pool.query<{ dimensions: number; model: string; owner: string }>('select dimensions, model, owner from ai.vectorizers where id = $1', [id])
+    ).rows[0];
     if (!row) return; // dropped
     if (row.model !== spec.name) deps.log.warn(`vectorizer ${id} now uses model ${row.model}, but this job was queued for ${spec.name}`);
     const started = Date.now();
@@ -142,7 +150,7 @@ export function vectorizeTask(spec: ModelSpec, deps: VectorizeTaskDeps): Task {
       let thrown: unknown = null;
       try {
         while (Date.now() - started < sliceMs) {
-          const batch = await claimBatch(deps.pool, id);
+          const batch = await claimBatch(deps.pool, id, row.owner);
           if (batch === 'gone') gone = true;
           if (typeof batch === 'string') break;
           let results: ItemResult[] = [];

@@ -221,16 +221,21 @@ describe('errors', () => {
     }
   });
 
-  it('says what to do when the side connection cannot connect', async () => {
-    await sql.query(`set ai.dblink_connstr = 'host=127.0.0.1 port=1 connect_timeout=2'`);
+  it('says what to do when the side connection cannot connect, without echoing its password', async () => {
+    await sql.query(`insert into ai.settings values ('dblink_connstr', 'host=127.0.0.1 port=1 connect_timeout=2 password=''s3cr3t pw''')`);
     try {
       const err = await failure(`select ai.embed('minilm', 'no side connection')`);
       expect(err.message).toMatch(/^ai\.embed: cannot open its side connection to the database/);
       expect(err.code).toBe('08001');
-      expect(err.hint).toMatch(/ai\.dblink_connstr/);
+      expect(err.hint).toMatch(/ai\.settings/);
+      expect(JSON.stringify(err)).not.toMatch(/s3cr3t/);
     } finally {
-      await sql.query('reset ai.dblink_connstr');
+      await sql.query(`delete from ai.settings where name = 'dblink_connstr'`);
     }
+    // A session's own GUC is not honoured: the owner's side connection never goes where a caller says.
+    await sql.query(`set ai.dblink_connstr = 'host=127.0.0.1 port=1 connect_timeout=2'`);
+    expect((await sql.query(`select vector_dims(ai.embed('minilm', 'guc ignored')) as d`)).rows[0].d).toBe(32);
+    await sql.query('reset ai.dblink_connstr');
     // The default works again (and a cached text never needed the side connection).
     expect((await sql.query(`select vector_dims(ai.embed('minilm', 'side connection back')) as d`)).rows[0].d).toBe(32);
   });

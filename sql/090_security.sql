@@ -1,0 +1,133 @@
+-- Idempotent: re-applied by every `switchyard migrate`, after every other file here.
+--
+-- Least privilege, as pgai does it (SECURITY.md has the threat model):
+-- * Nothing in schema ai is executable by PUBLIC. Application roles get what they need from
+--   ai.grant_usage; the serve and worker roles from ai.grant_service (`switchyard roles setup`
+--   calls both). SECURITY DEFINER functions pin their search_path.
+-- * dblink is not executable by PUBLIC: only the owner's ai.embed and ai.chat_complete use it.
+-- * Grants are re-applied here to the roles recorded in ai.usage_roles and ai.service_roles, so a
+--   function replaced by a new signature keeps its grants.
+
+-- The requests a role made in SQL (ai.embed, ai.chat_complete), and only those.
+create or replace view ai.my_requests with (security_barrier) as
+select id, endpoint, model, requested_model, input, params, status, output, usage, error,
+       queued_at, started_at, first_token_at, finished_at
+  from ai.requests
+ where db_role = current_user;
+
+-- What an application role needs: ai.embed, ai.chat_complete, vectorizers on tables it owns (and
+-- their status), the registered models, its own SQL requests. `admin` adds reading everything in
+-- schema ai (requests of every role and key, usage, workers) and every vectorizer. Also makes
+-- every worker role of ai.service_roles a member of `role`, so that workers run its vectorizers'
+-- batches as `role` (see vectorize-task.ts). Run it as the owner of schema ai or a superuser.
+create or replace function ai.grant_usage(role name, admin boolean default false)
+returns void language plpgsql as $$
+declare
+  r name := grant_usage.role;
+  f text;
+  w name;
+begin
+  if not pg_has_role(current_user, (select n.nspowner from pg_namespace n where n.nspname = 'ai'), 'USAGE') then
+    raise exception 'ai.grant_usage: only the owner of schema ai (or a superuser) may grant usage' using errcode = 'insufficient_privilege';
+  end if;
+  if not exists (select from pg_roles x where x.rolname = r) then
+    raise exception 'ai.grant_usage: role "%" does not exist', r using errcode = 'undefined_object';
+  end if;
+  execute format('grant usage on schema ai to %I', r);
+  execute format('grant select on ai.models, ai.vectorizer_status, ai.my_requests, ai.queue_status to %I', r);
+  -- Vectorizer tables: row-level security shows a role only its own (0010_roles.sql).
+  execute format('grant select, insert, delete on ai.vectorizers to %I', r);
+  execute format('grant select, insert, update, delete on ai.vectorizer_queue, ai.vectorizer_failed to %I', r);
+  execute format('grant usage on all sequences in schema ai to %I', r);
+  foreach f in array array[
+    'ai.embed(text, text)', 'ai.embed(text, text[])', 'ai.chat_complete(text, jsonb, jsonb)',
+    'ai.create_vectorizer(regclass, name, text, name, integer, integer, integer, interval)',
+    'ai.drop_vectorizer(integer, boolean)',
+    -- What those run as the caller: helpers, and a batch's steps (workers run them as the owner).
+    'ai._embedding_model(text, text)', 'ai._vectorizer_install(integer)', 'ai._vectorizer_wake(integer)',
+    'ai._vectorizer_forget_jobs(integer)', 'ai._vectorizer_job_key(integer)', 'ai._qualified(regclass)',
+    'ai._vectorizer_pk_json(name[], text)', 'ai._vectorizer_pk_match(name[], text, text)',
+    'ai._vectorizer_pk_match_json(name[], regtype[], text, text)', 'ai._vectorizer_pk_values(name[], regtype[], text)',
+    'ai._vectorizer_begin(integer)', 'ai._vectorizer_claim(integer)', 'ai._vectorizer_finish(integer, jsonb)',
+    'ai._interval_setting(text, interval)'
+  ] loop
+    execute format('grant execute on function %s to %I', f, r);
+  end loop;
+  if admin then
+    execute format('grant select on all tables in schema ai to %I', r);
+    foreach f in array array['vectorizers', 'vectorizer_queue', 'vectorizer_failed'] loop
+      if not exists (select from pg_policies p where p.schemaname = 'ai' and p.tablename = f and p.policyname = 'admin_' || r) then
+        execute format('create policy %I on ai.%I for select to %I using (true)', 'admin_' || r, f, r);
+      end if;
+    end loop;
+  end if;
+  for w in select s.role from ai.service_roles s join pg_roles x on x.rolname = s.role where s.kind = 'worker' and s.role <> r loop
+    begin
+      execute format('grant %I to %I', r, w);
+    exception when insufficient_privilege then
+      raise notice 'ai.grant_usage: cannot make worker role % a member of %: grant it as a superuser for vectorizers of % to run', w, r, r;
+    end;
+  end loop;
+  insert into ai.usage_roles as u (role, admin) values (r, grant_usage.admin)
+  on conflict (role) do update set admin = u.admin or excluded.admin;
+end $$;
+
+-- What a serve or worker process's role needs: to read and write the request log, the queue
+-- (graphile_worker) and the workers' table, and to call every function of both schemas. No
+-- DDL, no TRIGGER, TRUNCATE or REFERENCES (a trigger on ai.requests would run as whoever writes
+-- it). Row-level security on vectorizer tables is bypassed with BYPASSRLS, which only a
+-- superuser can give (`switchyard roles setup` does).
+create or replace function ai.grant_service(role name, kind text)
+returns void language plpgsql as $$
+declare
+  r name := grant_service.role;
+  s text;
+  owner name;
+begin
+  if kind not in ('serve', 'worker') then
+    raise exception 'ai.grant_service: kind must be serve or worker' using errcode = 'invalid_parameter_value';
+  end if;
+  if not pg_has_role(current_user, (select n.nspowner from pg_namespace n where n.nspname = 'ai'), 'USAGE') then
+    raise exception 'ai.grant_service: only the owner of schema ai (or a superuser) may grant' using errcode = 'insufficient_privilege';
+  end if;
+  foreach s in array array['ai', 'graphile_worker'] loop
+    select n.nspowner::regrole::name into owner from pg_namespace n where n.nspname = s;
+    execute format('grant usage on schema %I to %I', s, r);
+    execute format('grant select, insert, update, delete on all tables in schema %I to %I', s, r);
+    execute format('grant usage, select, update on all sequences in schema %I to %I', s, r);
+    execute format('grant execute on all functions in schema %I to %I', s, r);
+    execute format('alter default privileges for role %I in schema %I grant select, insert, update, delete on tables to %I', owner, s, r);
+    execute format('alter default privileges for role %I in schema %I grant usage, select, update on sequences to %I', owner, s, r);
+    execute format('alter default privileges for role %I in schema %I grant execute on functions to %I', owner, s, r);
+  end loop;
+  insert into ai.service_roles (role, kind) values (r, kind)
+  on conflict on constraint service_roles_pkey do update set kind = excluded.kind;
+end $$;
+
+do $$
+declare
+  owner name := (select n.nspowner::regrole::name from pg_namespace n where n.nspname = 'ai');
+  f regprocedure;
+  x record;
+begin
+  -- Nothing in ai for PUBLIC, now and for functions made later.
+  execute 'revoke execute on all functions in schema ai from public';
+  execute format('alter default privileges for role %I in schema ai revoke execute on functions from public', owner);
+  -- dblink only for those granted it (its functions belong to whoever created the extension).
+  if exists (select from pg_extension e join pg_roles r on r.oid = e.extowner
+              where e.extname = 'dblink' and pg_has_role(current_user, r.oid, 'USAGE')) then
+    for f in select p.oid::regprocedure from pg_proc p join pg_depend d on d.objid = p.oid and d.deptype = 'e'
+              join pg_extension e on e.oid = d.refobjid where e.extname = 'dblink' loop
+      execute format('revoke execute on function %s from public', f);
+    end loop;
+  end if;
+  -- Grants again, for roles that still exist.
+  delete from ai.usage_roles u where not exists (select from pg_roles r where r.rolname = u.role);
+  delete from ai.service_roles s where not exists (select from pg_roles r where r.rolname = s.role);
+  for x in select role, kind from ai.service_roles loop
+    perform ai.grant_service(x.role, x.kind);
+  end loop;
+  for x in select role, admin from ai.usage_roles loop
+    perform ai.grant_usage(x.role, x.admin);
+  end loop;
+end $$;
