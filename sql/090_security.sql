@@ -22,6 +22,7 @@ select id, endpoint, model, requested_model, input, params, status, output, usag
 -- batches as `role` (see vectorize-task.ts). Run it as the owner of schema ai or a superuser.
 create or replace function ai.grant_usage(role name, admin boolean default false)
 returns void language plpgsql as $$
+#variable_conflict use_column
 declare
   r name := grant_usage.role;
   f text;
@@ -79,6 +80,7 @@ end $$;
 -- superuser can give (`switchyard roles setup` does).
 create or replace function ai.grant_service(role name, kind text)
 returns void language plpgsql as $$
+#variable_conflict use_column
 declare
   r name := grant_service.role;
   s text;
