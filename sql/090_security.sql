@@ -76,8 +76,7 @@ end $$;
 -- What a serve or worker process's role needs: to read and write the request log, the queue
 -- (graphile_worker) and the workers' table, and to call every function of both schemas. No
 -- DDL, no TRIGGER, TRUNCATE or REFERENCES (a trigger on ai.requests would run as whoever writes
--- it). Row-level security on vectorizer tables is bypassed with BYPASSRLS, which only a
--- superuser can give (`switchyard roles setup` does).
+-- it). Vectorizer rows it may read through a policy of its own.
 create or replace function ai.grant_service(role name, kind text)
 returns void language plpgsql as $$
 #variable_conflict use_column
@@ -101,6 +100,20 @@ begin
     execute format('alter default privileges for role %I in schema %I grant select, insert, update, delete on tables to %I', owner, s, r);
     execute format('alter default privileges for role %I in schema %I grant usage, select, update on sequences to %I', owner, s, r);
     execute format('alter default privileges for role %I in schema %I grant execute on functions to %I', owner, s, r);
+  end loop;
+  -- Vectorizer rows (row-level security): read, to run their jobs; their batches run as their owner.
+  foreach s in array array['vectorizers', 'vectorizer_queue', 'vectorizer_failed'] loop
+    if not exists (select from pg_policies p where p.schemaname = 'ai' and p.tablename = s and p.policyname = 'service_' || r) then
+      execute format('create policy %I on ai.%I for select to %I using (true)', 'service_' || r, s, r);
+    end if;
+  end loop;
+  -- graphile-worker turns row-level security on for its private tables, with no policy (only
+  -- their owner may use them): every row, for this role.
+  for s in select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            where n.nspname = 'graphile_worker' and c.relkind in ('r', 'p') and c.relrowsecurity loop
+    if not exists (select from pg_policies p where p.schemaname = 'graphile_worker' and p.tablename = s and p.policyname = 'service_' || r) then
+      execute format('create policy %I on graphile_worker.%I to %I using (true) with check (true)', 'service_' || r, s, r);
+    end if;
   end loop;
   insert into ai.service_roles (role, kind) values (r, kind)
   on conflict on constraint service_roles_pkey do update set kind = excluded.kind;

@@ -26,6 +26,9 @@ Usage: switchyard <command> [options]
   serve [--no-auth]                     the HTTP gateway (HOST, PORT)
   worker [--models A,B] [--device cpu|cuda] [--concurrency N] [--embed-concurrency N (vectorizer jobs)]
   up [--no-auth]                        migrate, register default models if none, run serve + worker
+  roles setup [--prefix P]              as a superuser: non-superuser roles P_migrate (owner), P_serve and
+                                        P_worker (default P: switchyard), extensions, migrations, grants;
+                                        passwords from SWITCHYARD_{MIGRATE,SERVE,WORKER}_PASSWORD when set
 
 Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/switchyard), HOST (127.0.0.1),
 PORT (8080), SWITCHYARD_MODELS_DIR (searched first for model sources), HF_TOKEN (gated hub models).`;
@@ -207,6 +210,33 @@ export async function main(argv: string[]): Promise<number> {
           embedConcurrency: positiveInt(values['embed-concurrency'], '--embed-concurrency'),
         });
         await untilSignal(worker.stop);
+        return 0;
+      }
+      case 'roles': {
+        const [sub, ...rest] = args;
+        if (sub !== 'setup') throw new UsageError('roles: expected setup');
+        const { values } = parseArgs({ args: rest, options: { prefix: { type: 'string' } } });
+        const { setupRoles } = await import('../db/roles.js');
+        const env = process.env;
+        const names = await setupRoles(
+          config.databaseUrl,
+          {
+            ...(values.prefix ? { prefix: values.prefix } : {}),
+            passwords: { migrate: env.SWITCHYARD_MIGRATE_PASSWORD, serve: env.SWITCHYARD_SERVE_PASSWORD, worker: env.SWITCHYARD_WORKER_PASSWORD },
+          },
+          log.info,
+        );
+        const as = (role: string) => {
+          const u = new URL(config.databaseUrl);
+          u.username = role;
+          u.password = '';
+          return redact(u.toString());
+        };
+        console.log(`roles ready; run each process as its role (add the password where the server asks for one):`);
+        console.log(`  migrate, models, keys: DATABASE_URL=${as(names.migrate)}`);
+        console.log(`  serve:                 DATABASE_URL=${as(names.serve)}`);
+        console.log(`  worker:                DATABASE_URL=${as(names.worker)}`);
+        console.log(`  application roles:     select ai.grant_usage('app_role');   -- as ${names.migrate} or a superuser`);
         return 0;
       }
       case 'up': {

@@ -63,6 +63,18 @@ function runScript(path: string, args: string[], log: LogFn): Promise<number> {
  * tolerated, migrations hold an advisory lock).
  */
 export async function provision(databaseUrl: string, log: LogFn = () => {}): Promise<void> {
+  await prepareServer(databaseUrl, log);
+  const pool = new pg.Pool({ connectionString: databaseUrl, max: 3 });
+  try {
+    const { applied } = await migrate(pool, log);
+    if (applied.length === 0) log('schema is up to date');
+  } finally {
+    await pool.end();
+  }
+}
+
+/** pgvector available on the server and the database created (provision without migrating). */
+export async function prepareServer(databaseUrl: string, log: LogFn = () => {}): Promise<void> {
   const { url, database } = maintenanceUrl(databaseUrl);
   await withClient(url, async (c) => {
     const has = await c.query(`select 1 from pg_available_extensions where name = 'vector'`);
@@ -90,11 +102,4 @@ export async function provision(databaseUrl: string, log: LogFn = () => {}): Pro
       }
     }
   });
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: 3 });
-  try {
-    const { applied } = await migrate(pool, log);
-    if (applied.length === 0) log('schema is up to date');
-  } finally {
-    await pool.end();
-  }
 }
