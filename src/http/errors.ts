@@ -1,4 +1,4 @@
-import type { FastifyError, FastifyInstance } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ApiError, errors } from '../protocol/errors.js';
 import { isDatabaseUnavailable } from '../db/errors.js';
 
@@ -33,8 +33,10 @@ export function registerErrorHandling(app: FastifyInstance): void {
     if (api.status === 503 || api.status === 429) reply.header('retry-after', String((api as { retryAfter?: number }).retryAfter ?? 1));
     return reply.status(api.status).send(api.toBody());
   });
-  app.setNotFoundHandler((request, reply) => {
-    const api = errors.routeNotFound(request.method, request.url.split('?')[0]!);
-    return reply.status(404).send(api.toBody());
-  });
+  app.setNotFoundHandler(notFound);
+}
+
+export function notFound(request: FastifyRequest, reply: FastifyReply) {
+  const api = errors.routeNotFound(request.method, request.url.split('?')[0]!);
+  return reply.status(404).send(api.toBody());
 }
