@@ -7,10 +7,14 @@ import type { RequestContext } from '../serving/context.js';
 declare module 'fastify' {
   interface FastifyRequest {
     ctx: RequestContext;
+    /** The registered name the request's model resolved to (null: none did); labels metrics. */
+    resolvedModel: string | null;
   }
 }
 
-const OPEN: RequestContext = { keyId: null, allowedModels: null };
+function context(request: FastifyRequest, keyId: string | null, allowedModels: string[] | null): RequestContext {
+  return { keyId, allowedModels, onModel: (name) => void (request.resolvedModel = name) };
+}
 
 /**
  * Bearer-key auth (on by default) as a hook of the encapsulated scope that holds the /v1
@@ -22,7 +26,7 @@ const OPEN: RequestContext = { keyId: null, allowedModels: null };
 export function registerAuth(scope: FastifyInstance, db: Db | null): void {
   scope.addHook('onRequest', async (request: FastifyRequest) => {
     if (!db) {
-      request.ctx = OPEN;
+      request.ctx = context(request, null, null);
       return;
     }
     const header = request.headers.authorization;
@@ -30,11 +34,12 @@ export function registerAuth(scope: FastifyInstance, db: Db | null): void {
     if (!match) throw errors.unauthenticated();
     const key = await findActiveKey(db, match[1]!);
     if (!key) throw errors.invalidKey();
-    request.ctx = { keyId: key.id, allowedModels: key.models };
+    request.ctx = context(request, key.id, key.models);
   });
 }
 
 /** Request fields every route may read; outside /v1 they stay empty. */
 export function decorateRequests(app: FastifyInstance): void {
   app.decorateRequest('ctx', null as unknown as RequestContext);
+  app.decorateRequest('resolvedModel', null);
 }

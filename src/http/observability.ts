@@ -28,7 +28,10 @@ export function registerObservability(app: FastifyInstance, metrics: Metrics, po
     const route = request.routeOptions.url ?? 'unknown';
     if (!ENDPOINTS.has(route)) return;
     const body = request.body as { model?: unknown } | undefined;
-    const model = typeof body?.model === 'string' ? body.model.slice(0, 128) : '';
+    const requested = typeof body?.model === 'string' ? body.model.slice(0, 128) : '';
+    // A label value is only ever a registered model's name: the client's string would let
+    // anyone add series without bound. A name that resolved to nothing counts as 'unknown'.
+    const model = request.resolvedModel ?? (requested ? 'unknown' : '');
     const status = reply.statusCode;
     const seconds = reply.elapsedTime / 1000;
     metrics.requests.inc({ endpoint: route, model, status: String(status) });
@@ -36,7 +39,7 @@ export function registerObservability(app: FastifyInstance, metrics: Metrics, po
     if (!quiet) {
       const requestId = reply.getHeader('x-request-id') ?? null;
       process.stderr.write(
-        `${JSON.stringify({ time: new Date().toISOString(), level: status >= 500 ? 'error' : 'info', msg: 'request', request_id: requestId, method: request.method, route, status, ms: Math.round(seconds * 1000), model })}\n`,
+        `${JSON.stringify({ time: new Date().toISOString(), level: status >= 500 ? 'error' : 'info', msg: 'request', request_id: requestId, method: request.method, route, status, ms: Math.round(seconds * 1000), model: requested })}\n`,
       );
     }
   });
