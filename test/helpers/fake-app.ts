@@ -20,8 +20,12 @@ export class FakeEngine implements Engine {
   readonly generated: GenerateRequest[] = [];
   readonly cancelled: string[] = [];
   hold = false;
-  /** Thrown by generate() and embed() when set (a forced 5xx). */
+  /** Thrown by generate() and embed() when set (a forced 5xx before anything is queued). */
   failWith: Error | null = null;
+  /** When set, a generation's first event after `start` is this 500 from the worker. */
+  failAfterQueue: string | null = null;
+  /** When set, generate() waits for it before queueing (a slow insert). */
+  pause: Promise<void> | null = null;
   private next = 0;
   private readonly waiting = new Map<string, () => void>();
 
@@ -37,14 +41,20 @@ export class FakeEngine implements Engine {
 
   async generate(req: GenerateRequest): Promise<Generation> {
     this.calls.push('generate');
+    if (this.pause) await this.pause;
     if (this.failWith) throw this.failWith;
     const model = MODELS.find((m) => m.name === req.model || m.aliases.includes(req.model));
     if (!model) throw errors.modelNotFound(req.model);
     this.generated.push(req);
     const requestId = `00000000-0000-4000-8000-${String(++this.next).padStart(12, '0')}`;
     const cancelled = this.hold ? new Promise<void>((resolve) => this.waiting.set(requestId, resolve)) : null;
+    const failure = this.failAfterQueue;
     async function* events(): AsyncGenerator<EngineEvent> {
       yield { type: 'start', promptTokens: 2 };
+      if (failure) {
+        yield { type: 'error', status: 500, error: { message: failure, type: 'server_error', param: null, code: 'internal_error' } };
+        return;
+      }
       if (cancelled) {
         await cancelled;
         yield { type: 'error', status: 499, error: { message: 'cancelled', type: 'invalid_request_error', param: null, code: 'cancelled' } };
