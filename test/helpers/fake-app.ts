@@ -18,6 +18,8 @@ const usage = { prompt_tokens: 2, completion_tokens: 1, total_tokens: 3 };
 export class FakeEngine implements Engine {
   readonly calls: string[] = [];
   readonly generated: GenerateRequest[] = [];
+  /** The ids of the generations queued, in order. */
+  readonly queued: string[] = [];
   readonly cancelled: string[] = [];
   hold = false;
   /** Thrown by generate() and embed() when set (a forced 5xx before anything is queued). */
@@ -47,6 +49,7 @@ export class FakeEngine implements Engine {
     if (!model) throw errors.modelNotFound(req.model);
     this.generated.push(req);
     const requestId = `00000000-0000-4000-8000-${String(++this.next).padStart(12, '0')}`;
+    this.queued.push(requestId);
     const cancelled = this.hold ? new Promise<void>((resolve) => this.waiting.set(requestId, resolve)) : null;
     const failure = this.failAfterQueue;
     async function* events(): AsyncGenerator<EngineEvent> {
