@@ -7,8 +7,8 @@ import { EmbeddingsServing } from '../serving/embeddings.js';
 import { embeddingRoutes } from './routes/embeddings.js';
 import { completionRoutes } from './routes/completions.js';
 import { CompletionsServing } from '../serving/completions.js';
-import { registerAuth } from './auth.js';
-import { registerErrorHandling } from './errors.js';
+import { decorateRequests, registerAuth } from './auth.js';
+import { notFound, registerErrorHandling } from './errors.js';
 import { errors } from '../protocol/errors.js';
 import { Metrics } from './metrics.js';
 import { metricsObserver, registerObservability } from './observability.js';
@@ -27,7 +27,10 @@ export interface AppOptions {
   logger?: boolean;
 }
 
-/** The gateway as a Fastify instance; `server.ts` only listens. Order: errors → auth → routes. */
+/**
+ * The gateway as a Fastify instance; `server.ts` only listens. Order: errors → observability →
+ * the /v1 scope (auth, then its routes) → open routes.
+ */
 export function buildApp(opts: AppOptions): FastifyInstance {
   const app = Fastify({
     logger: opts.logger ?? false,
@@ -79,14 +82,24 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       done(errors.invalidJson((err as Error).message));
     }
   });
-  registerAuth(app, opts.auth ? opts.database.db : null);
+  decorateRequests(app);
   const metrics = new Metrics();
   registerObservability(app, metrics, opts.database.pool);
   const observer = metricsObserver(metrics);
-  chatRoutes(app, new ChatServing(opts.engine, observer), opts.engine);
-  embeddingRoutes(app, new EmbeddingsServing(opts.engine, observer), opts.engine);
-  completionRoutes(app, new CompletionsServing(opts.engine, observer), opts.engine);
-  modelRoutes(app, new ModelsServing(opts.engine));
+  // Every /v1 route lives in this one encapsulated scope and the key check is its hook, so
+  // auth follows the route a request reached, never how its URL was spelled. Unknown /v1 paths
+  // get the scope's 404 after the key check, as the routes do.
+  void app.register(
+    async (v1) => {
+      registerAuth(v1, opts.auth ? opts.database.db : null);
+      v1.setNotFoundHandler(notFound);
+      chatRoutes(v1, new ChatServing(opts.engine, observer), opts.engine);
+      embeddingRoutes(v1, new EmbeddingsServing(opts.engine, observer), opts.engine);
+      completionRoutes(v1, new CompletionsServing(opts.engine, observer), opts.engine);
+      modelRoutes(v1, new ModelsServing(opts.engine));
+    },
+    { prefix: '/v1' },
+  );
   healthRoutes(app, { pool: opts.database.pool, listening: opts.listening });
   return app;
 }

@@ -1,6 +1,7 @@
-import type { FastifyError, FastifyInstance } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ApiError, errors } from '../protocol/errors.js';
 import { isDatabaseUnavailable } from '../db/errors.js';
+import { logFailure } from './observability.js';
 
 /** Everything a route can throw, as the ApiError the client will see. */
 export function toApiError(err: unknown): ApiError {
@@ -29,12 +30,14 @@ export function toApiError(err: unknown): ApiError {
 export function registerErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err, request, reply) => {
     const api = toApiError(err);
-    if (api.status >= 500) request.log.error({ err }, 'request failed');
+    if (api.status >= 500) logFailure(request, reply, err, api.status);
     if (api.status === 503 || api.status === 429) reply.header('retry-after', String((api as { retryAfter?: number }).retryAfter ?? 1));
     return reply.status(api.status).send(api.toBody());
   });
-  app.setNotFoundHandler((request, reply) => {
-    const api = errors.routeNotFound(request.method, request.url.split('?')[0]!);
-    return reply.status(404).send(api.toBody());
-  });
+  app.setNotFoundHandler(notFound);
+}
+
+export function notFound(request: FastifyRequest, reply: FastifyReply) {
+  const api = errors.routeNotFound(request.method, request.url.split('?')[0]!);
+  return reply.status(404).send(api.toBody());
 }

@@ -1,5 +1,6 @@
 import type { FastifyReply } from 'fastify';
 import { toApiError } from './errors.js';
+import { logFailure } from './observability.js';
 
 /**
  * Writes an SSE stream in OpenAI's format: `data: <json>` events and a final `data: [DONE]`.
@@ -41,7 +42,7 @@ export async function sendSse(reply: FastifyReply, items: AsyncIterable<unknown>
     }
   } catch (err) {
     const api = toApiError(err);
-    if (api.status >= 500) reply.log.error({ err }, 'stream failed');
+    if (api.status >= 500) logFailure(reply.request, reply, err, api.status, 'stream failed');
     await write(`data: ${JSON.stringify(api.toBody())}\n\n`);
   }
   clearInterval(keepAlive);

@@ -5,6 +5,8 @@ import { errors } from '../protocol/errors.js';
 export interface RequestContext {
   keyId: string | null;
   allowedModels: string[] | null;
+  /** Told the registered name once the request's model resolves (the HTTP layer labels metrics with it). */
+  onModel?(name: string): void;
 }
 
 export function mayUse(ctx: RequestContext, model: ModelInfo): boolean {
@@ -18,6 +20,7 @@ export async function resolveModel(engine: Engine, name: string, ctx: RequestCon
   if (name.includes('\u0000') || !name.isWellFormed()) throw errors.modelNotFound(name.replace(/\u0000/g, '\\0'));
   const model = await engine.getModel(name);
   if (!model) throw errors.modelNotFound(name);
+  ctx.onModel?.(model.name);
   if (!mayUse(ctx, model)) throw errors.forbiddenModel(name);
   return model;
 }

@@ -4,6 +4,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { cli, startServe, startWorker, type Proc } from '../helpers/stack.js';
+import { ORIGIN_FORM, SPELLINGS, V1_ROUTES } from '../helpers/url-spellings.js';
 
 /**
  * Property-based fuzzing of a real gateway (serve + worker as separate processes, tiny-chat and
@@ -11,7 +12,9 @@ import { cli, startServe, startWorker, type Proc } from '../helpers/stack.js';
  * fast-check-generated requests per endpoint, mixing totally random JSON, structurally valid
  * requests with one field replaced, removed or joined by random keys, random messages and
  * `input` shapes, raw bytes (invalid JSON and UTF-8, extreme numbers, deep nesting, other
- * encodings and content types), random model ids in the path, and malformed HTTP. For every
+ * encodings and content types), random model ids in the path, malformed HTTP, and /v1 routes
+ * spelled every way a router may still take them (percent-encoding, dot segments, absolute-form)
+ * sent without a valid key. For every
  * response:
  *
  *  - the status is never >= 500. No 503 is legitimate here: the database and both models are up
@@ -79,7 +82,7 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 type KeyKind = 'full' | 'scoped' | 'none' | { header: string };
 
 interface Req {
-  endpoint: 'chat' | 'embeddings' | 'models' | 'model' | 'raw' | 'auth';
+  endpoint: 'chat' | 'embeddings' | 'models' | 'model' | 'raw' | 'auth' | 'url';
   method: string;
   /** Sent as is (already percent-encoded where it should be). */
   path: string;
@@ -138,7 +141,10 @@ function sendRawSocket(r: Req): Promise<Res> {
       }
       resolve({ status: Number(m[1]), headers, body });
     });
-    socket.end(r.raw ?? Buffer.alloc(0));
+    // A spelled URL is a complete request that may need a key lookup: a half-closed socket
+    // would be dropped before that answer (it says Connection: close instead).
+    if (r.endpoint === 'url') socket.write(r.raw ?? Buffer.alloc(0));
+    else socket.end(r.raw ?? Buffer.alloc(0));
   });
 }
 
@@ -541,9 +547,27 @@ function mustSucceed(req: Req): boolean {
   return false;
 }
 
+/**
+ * A /v1 route spelled oddly, without a valid key: the key check answers (401), or nothing
+ * routes it (404 route_not_found, or a 400 from the parser or the URL decoder). A handler's
+ * answer (a 2xx, a validation 400, a model_not_found 404) means the spelling got past auth.
+ */
+function checkSpelled(req: Req, res: Res): string | null {
+  const head = req.raw!.subarray(0, 5).toString('latin1') === 'HEAD ';
+  if (![400, 401, 404].includes(res.status)) return `status ${res.status} for a /v1 route without a valid key`;
+  if (head) return null;
+  const env = checkEnvelope(res);
+  if (env) return env;
+  const code = (JSON.parse(res.body.toString('utf8')) as { error: { code: string | null } }).error.code;
+  if (res.status === 404 && code !== 'route_not_found') return `404 ${code} without a valid key: a handler answered`;
+  if (res.status === 400 && code !== 'bad_request' && code !== 'invalid_url') return `400 ${code} without a valid key: a handler answered`;
+  return null;
+}
+
 /** The contract, for one request and its response (or the error that stopped it). */
 function check(req: Req, res: Res | Error): string | null {
   if (res instanceof Error) return `request failed: ${res.message}`;
+  if (req.endpoint === 'url') return checkSpelled(req, res);
   if (res.status >= 500) {
     // No 503 is legitimate here: the database and the models are up for the whole run.
     const env = checkEnvelope(res);
@@ -1186,6 +1210,28 @@ const otherMethodReq: fc.Arbitrary<Req> = fc
   })
   .map(({ method, path, key }): Req => ({ endpoint: 'auth', method, path, key, ...(['POST', 'PUT', 'PATCH'].includes(method) ? { json: {} } : {}) }));
 
+// --- URL spellings of every /v1 route, without a valid key (written to a socket as is) ---
+
+const urlReq: fc.Arbitrary<Req> = fc
+  .record({
+    route: fc.constantFrom(...V1_ROUTES),
+    // Weighted towards rewrites that still reach the route, so most requests test the key check.
+    spells: fc.array(fc.tuple(fc.constantFrom(...ORIGIN_FORM, 'percent-encoded character', 'percent-encoded character', 'every character percent-encoded', 'query string'), fc.nat()), { minLength: 1, maxLength: 3 }),
+    absolute: fc.option(fc.nat(), { nil: null }),
+    key: fc.constantFrom<KeyKind>('none', { header: 'Bearer sy-not-a-key' }, { header: 'Basic eDp5' }),
+  })
+  .map(({ route, spells, absolute, key }): Req => {
+    let target = route.path;
+    for (const [name, n] of spells) target = SPELLINGS[name]!(target, n);
+    if (absolute !== null) target = SPELLINGS['absolute-form']!(target, absolute);
+    const payload = route.body === undefined ? '' : JSON.stringify(route.body);
+    const head =
+      `${route.method} ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n` +
+      (typeof key === 'object' ? `Authorization: ${key.header}\r\n` : '') +
+      (payload ? `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n` : '');
+    return { endpoint: 'url', method: 'RAW', path: target, key, raw: Buffer.from(`${head}\r\n${payload}`, 'latin1') };
+  });
+
 // ---------------------------------------------------------------------------------------------
 // The stack
 // ---------------------------------------------------------------------------------------------
@@ -1288,6 +1334,10 @@ describe('fuzz: no 5xx, OpenAI error envelope, well-formed 200s', () => {
 
   it('random Authorization headers, methods and routes', { timeout: 120_000 }, async () => {
     await fuzz('auth', fc.oneof(authReq, otherMethodReq), { count: runs(2000), concurrency: 16, seedOffset: 6 });
+  });
+
+  it('every /v1 route spelled oddly (encoded, dot segments, absolute-form) needs a key', { timeout: 60_000 }, async () => {
+    await fuzz('url', urlReq, { count: runs(1000), concurrency: 16, seedOffset: 8 });
   });
 });
 

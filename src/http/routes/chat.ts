@@ -9,7 +9,7 @@ import { sendSse } from '../sse.js';
  * cancels the generation when the client goes away before it is finished.
  */
 export function chatRoutes(app: FastifyInstance, chat: ChatServing, engine: Engine): void {
-  app.post('/v1/chat/completions', async (request, reply) => {
+  app.post('/chat/completions', async (request, reply) => {
     const lifecycle = cancelOnClose(request, reply, engine);
     const result = await chat.create(request.body, request.ctx, lifecycle.queued);
     if (result.kind === 'json') {

@@ -5,7 +5,7 @@ import { cancelOnClose } from '../cancel-on-close.js';
 import { sendSse } from '../sse.js';
 
 export function completionRoutes(app: FastifyInstance, completions: CompletionsServing, engine: Engine): void {
-  app.post('/v1/completions', async (request, reply) => {
+  app.post('/completions', async (request, reply) => {
     const lifecycle = cancelOnClose(request, reply, engine);
     const result = await completions.create(request.body, request.ctx, lifecycle.queued);
     reply.header('x-request-id', result.requestId);

@@ -4,7 +4,7 @@ import type { EmbeddingsServing } from '../../serving/embeddings.js';
 import { cancelOnClose } from '../cancel-on-close.js';
 
 export function embeddingRoutes(app: FastifyInstance, embeddings: EmbeddingsServing, engine: Engine): void {
-  app.post('/v1/embeddings', async (request, reply) => {
+  app.post('/embeddings', async (request, reply) => {
     const lifecycle = cancelOnClose(request, reply, engine);
     const result = await embeddings.create(request.body, request.ctx, lifecycle.queued);
     lifecycle.finished();
