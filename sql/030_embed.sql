@@ -49,10 +49,10 @@
 --   unix-socket session. Not a GUC: any session may SET one, and the owner would connect there.
 --   A superuser owner connects without a password where the server allows it (trust, peer).
 --   dblink refuses a password-less connection for a non-superuser, so for a non-superuser owner
---   (`switchyard roles setup` makes one) either store a connection string with its password,
---     insert into ai.settings values ('dblink_connstr', 'host=... user=switchyard_migrate password=...');
---   or, on a server that asks no password (trust), grant the owner dblink_connect_u, which
---   `switchyard roles setup` does.
+--   (`switchyard roles setup` makes one) either store its password (the row 'dblink_password',
+--   added to the default string; `roles setup` stores SWITCHYARD_MIGRATE_PASSWORD there) or a
+--   whole connection string ('dblink_connstr'), or, on a server that asks no password (trust),
+--   grant the owner dblink_connect_u, which `switchyard roles setup` does.
 --   On a read replica, point it at the primary: the request is written there.
 -- * The connection is opened on first use and kept for the session, so it costs one extra
 --   server connection per session (and role) that ever missed the cache. A connection that went
@@ -140,7 +140,8 @@ end $$;
 create or replace function ai._embed_connection(p_reconnect boolean default false)
 returns text language plpgsql as $$
 declare
-  connstr text := coalesce((select s.value from ai.settings s where s.name = 'dblink_connstr'), ai.embed_connstr());
+  connstr text := coalesce((select s.value from ai.settings s where s.name = 'dblink_connstr'),
+                           ai.embed_connstr() || coalesce(' password=' || ai._connstr_quote((select s.value from ai.settings s where s.name = 'dblink_password')), ''));
   conn text := 'switchyard_' || left(md5(ai._caller() || ' ' || connstr), 16);
   is_open boolean := conn = any(coalesce(dblink_get_connections(), '{}'));
   unchecked boolean;

@@ -56,6 +56,7 @@ begin
   end loop;
   if admin then
     execute format('grant select on all tables in schema ai to %I', r);
+    execute format('revoke all on ai.settings from %I', r);  -- may hold the owner's password
     foreach f in array array['vectorizers', 'vectorizer_queue', 'vectorizer_failed'] loop
       if not exists (select from pg_policies p where p.schemaname = 'ai' and p.tablename = f and p.policyname = 'admin_' || r) then
         execute format('create policy %I on ai.%I for select to %I using (true)', 'admin_' || r, f, r);
@@ -101,6 +102,7 @@ begin
     execute format('alter default privileges for role %I in schema %I grant usage, select, update on sequences to %I', owner, s, r);
     execute format('alter default privileges for role %I in schema %I grant execute on functions to %I', owner, s, r);
   end loop;
+  execute format('revoke all on ai.settings from %I', r);  -- may hold the owner's password
   -- Vectorizer rows (row-level security): read, to run their jobs; their batches run as their owner.
   foreach s in array array['vectorizers', 'vectorizer_queue', 'vectorizer_failed'] loop
     if not exists (select from pg_policies p where p.schemaname = 'ai' and p.tablename = s and p.policyname = 'service_' || r) then

@@ -85,7 +85,7 @@ export async function prepareServer(databaseUrl: string, log: LogFn = () => {}):
       if (code !== 0) {
         throw new ProvisionError(
           `the pgvector extension is not available on ${redact(url)} and could not be installed here.\n` +
-            `Use a PostgreSQL with pgvector: \`docker compose up -d db\` and DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5433/switchyard, ` +
+            `Use a PostgreSQL with pgvector (the pgvector/pgvector image, as docker-compose.yml runs it), ` +
             `or install pgvector (https://github.com/pgvector/pgvector#installation), or run scripts/ensure-pgvector.sh as root on Debian.`,
         );
       }

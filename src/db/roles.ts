@@ -79,6 +79,12 @@ export async function setupRoles(databaseUrl: string, opts: SetupRolesOptions = 
   const c2 = new pg.Client({ connectionString: databaseUrl });
   await c2.connect();
   try {
+    // Where the server asks for passwords, the owner's side connection for ai.embed needs its own.
+    if (opts.passwords?.migrate) {
+      await c2.query(`insert into ai.settings (name, value) values ('dblink_password', $1) on conflict (name) do update set value = excluded.value`, [
+        opts.passwords.migrate,
+      ]);
+    }
     await c2.query(`select ai.grant_service($1, 'serve'), ai.grant_service($2, 'worker')`, [names.serve, names.worker]);
     // Application roles granted before: their vectorizers need the worker role as a member.
     await c2.query('select ai.grant_usage(role, admin) from ai.usage_roles');
