@@ -3,6 +3,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { adminUrl, createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { cli, startWorker, type Proc } from '../helpers/stack.js';
+import { migrate } from '../../src/db/migrate.js';
 
 /**
  * Database roles as an attacker would try them (SECURITY.md): a role with no grants, an
@@ -200,6 +201,33 @@ describe('a role given ai.grant_usage', () => {
     await s.query('reset role');
     expect((await s.query(`select cardinality(dblink_get_connections()) as n`)).rows[0].n).toBe(2);
     expect(await isSuperuser(APP)).toBe(false);
+  });
+
+  it('a vectorizer made before per-owner trigger functions refuses to run as the owner, and moves to its own on migrate', async () => {
+    await app.query(`create table legacy (id int primary key, body text)`);
+    const id = (await app.query(`select ai.create_vectorizer('legacy', 'body', 'minilm') as id`)).rows[0].id as number;
+    // What an older version left: the shared SECURITY DEFINER trigger, no function of its own.
+    for (const op of ['insert', 'update', 'delete', 'truncate']) await su.query(`drop trigger ai_vectorizer_${id}_${op} on ${APP}.legacy`);
+    await su.query(`drop function ${APP}.ai_vectorizer_${id}_sync()`);
+    await su.query(`update ai.vectorizers set fn_schema = null, owner = 'postgres' where id = $1`, [id]);
+    await su.query(
+      `create trigger ai_vectorizer_${id}_delete after delete on ${APP}.legacy referencing old table as ai_vz_old for each statement execute function ai._vectorizer_trigger('${id}')`,
+    );
+    await app.query(`insert into legacy values (1, 'old')`);
+    // Its destination belongs to the application role: the shared trigger will not write it as the owner.
+    expect((await failure(app, `delete from legacy where id = 1`)).message).toMatch(/predates per-owner functions/);
+    const pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    try {
+      await migrate(pool);
+    } finally {
+      await pool.end();
+    }
+    const moved = (await su.query(`select fn_schema, owner from ai.vectorizers where id = $1`, [id])).rows[0];
+    expect(moved).toEqual({ fn_schema: APP, owner: APP });
+    const fn = await su.query(`select proowner::regrole::text as owner, prosecdef from pg_proc where oid = to_regprocedure($1)`, [`${APP}.ai_vectorizer_${id}_sync()`]);
+    expect(fn.rows).toEqual([{ owner: APP, prosecdef: true }]);
+    await app.query(`delete from legacy where id = 1`);
+    await app.query(`select ai.drop_vectorizer(${id})`);
   });
 
   it('drops its own vectorizer, trigger function included', async () => {
