@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Db } from '../db/pool.js';
-import { findActiveKey } from '../db/keys-repo.js';
+import { findActiveKey, hashKey } from '../db/keys-repo.js';
+import type { ApiKeyRow } from '../db/types.js';
 import { errors } from '../protocol/errors.js';
 import type { RequestContext } from '../serving/context.js';
 
@@ -24,6 +25,7 @@ function context(request: FastifyRequest, keyId: string | null, allowedModels: s
  * only: then every caller may use every model.
  */
 export function registerAuth(scope: FastifyInstance, db: Db | null): void {
+  const keys = db ? new KeyCache(db) : null;
   scope.addHook('onRequest', async (request: FastifyRequest) => {
     if (!db) {
       request.ctx = context(request, null, null);
@@ -32,7 +34,7 @@ export function registerAuth(scope: FastifyInstance, db: Db | null): void {
     const header = request.headers.authorization;
     const match = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
     if (!match) throw errors.unauthenticated();
-    const key = await findActiveKey(db, match[1]!);
+    const key = await keys!.find(match[1]!);
     if (!key) throw errors.invalidKey();
     request.ctx = context(request, key.id, key.models);
   });
@@ -42,4 +44,36 @@ export function registerAuth(scope: FastifyInstance, db: Db | null): void {
 export function decorateRequests(app: FastifyInstance): void {
   app.decorateRequest('ctx', null as unknown as RequestContext);
   app.decorateRequest('resolvedModel', null);
+}
+
+/** How long a key lookup (found or not) is reused: a revocation reaches every serve within it. */
+export const KEY_CACHE_MS = 1000;
+const KEY_CACHE_MAX = 10_000;
+
+/**
+ * Key lookups of the last second, by the key's SHA-256: a busy client costs one query per second
+ * instead of one per request. Unknown keys are remembered too (a flood of bad keys costs the
+ * database no more), bounded in number; concurrent lookups of one key share one query.
+ */
+export class KeyCache {
+  private readonly entries = new Map<string, { at: number; row: Promise<ApiKeyRow | undefined> }>();
+
+  constructor(
+    private readonly db: Db,
+    private readonly ttlMs = KEY_CACHE_MS,
+  ) {}
+
+  find(key: string): Promise<ApiKeyRow | undefined> {
+    const id = hashKey(key).toString('base64');
+    const now = Date.now();
+    const hit = this.entries.get(id);
+    if (hit && now - hit.at < this.ttlMs) return hit.row;
+    if (hit) this.entries.delete(id);
+    const row = findActiveKey(this.db, key);
+    // A failed lookup (database away) is not remembered.
+    row.catch(() => this.entries.get(id)?.row === row && this.entries.delete(id));
+    this.entries.set(id, { at: now, row });
+    if (this.entries.size > KEY_CACHE_MAX) this.entries.delete(this.entries.keys().next().value!);
+    return row;
+  }
 }
