@@ -98,18 +98,28 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   interface Shift {
     id: string;
     abort: AbortController;
-    runners: Runner[];
+    runners: Set<JobRunner>;
     claimers: Map<string, EmbedClaimer>;
-    /** graphile-worker's ids for the job runners: what its job locks name, kept in the heartbeat. */
-    jobWorkerIds: string[];
+  }
+  /** A graphile-worker runner, and its ids: what its job locks name, kept in the heartbeat. */
+  interface JobRunner {
+    runner: Runner | null;
+    ids: string[];
+    /** Set once it is shutting down (asked by us, or by graphile-worker itself). */
+    stopped: Promise<void> | null;
+    asked: boolean;
   }
   const newShift = (): Shift => ({
     id: `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`,
     abort: new AbortController(),
-    runners: [],
+    runners: new Set(),
     claimers: new Map(),
-    jobWorkerIds: [],
   });
+  const jobWorkerIds = (s: Shift) => [...s.runners].flatMap((r) => r.ids);
+  const stopRunner = (r: JobRunner): Promise<void> => {
+    r.asked = true; // before stop(): graphile-worker announces the shutdown from inside it
+    return (r.stopped ??= r.runner?.stop().catch(() => {}) ?? Promise.resolve());
+  };
   let shift = newShift();
   /** Ended shifts winding down (their runners finish the jobs they were stopping). */
   const ending: Promise<unknown>[] = [];
@@ -168,13 +178,18 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   }
 
   async function startRunner(s: Shift, taskList: TaskList, concurrency: number): Promise<void> {
+    const entry: JobRunner = { runner: null, ids: [], stopped: null, asked: false };
+    s.runners.add(entry);
     // Our emitter, listened to before run(): its job runners are created during run().
     const events: WorkerEvents = new EventEmitter();
-    events.on('worker:create', ({ worker }) => s.jobWorkerIds.push(worker.workerId));
+    events.on('worker:create', ({ worker }) => entry.ids.push(worker.workerId));
     // graphile-worker shuts a runner down when its 'worker:migrate' channel announces a breaking
-    // migration, and anyone may NOTIFY that. One that stops without being asked is started
-    // again: run() checks the schema itself and refuses one this version cannot use.
+    // migration, and anyone may NOTIFY that. One that stops without being asked finishes its
+    // jobs and is forgotten, and another starts: run() checks the schema itself and refuses one
+    // this version cannot use.
     events.on('pool:gracefulShutdown', () => {
+      if (entry.asked || !entry.runner) return;
+      entry.stopped = entry.runner.promise.catch(() => {}).then(() => void s.runners.delete(entry));
       if (stopping || s !== shift) return;
       log.warn('a job runner shut down unasked (a NOTIFY on worker:migrate?); starting another');
       setTimeout(() => {
@@ -183,7 +198,12 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
           .catch((err: Error) => log.error(`restarting a job runner failed: ${err.message}`));
       }, 1000).unref();
     });
-    s.runners.push(await run({ pgPool: database.pool, concurrency, taskList, events, noHandleSignals: true, pollInterval: 1000, logger: graphileLogger }));
+    try {
+      entry.runner = await run({ pgPool: database.pool, concurrency, taskList, events, noHandleSignals: true, pollInterval: 1000, logger: graphileLogger });
+    } catch (err) {
+      s.runners.delete(entry);
+      throw err;
+    }
   }
 
   // A worker without --models serves every model, including ones registered after it started
@@ -285,7 +305,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         `and its work given to others: abandoning what it ran, and going on as worker ${next.id}`,
     );
     // No new work under the old id from here; what it runs winds down in the background.
-    ending.push(...[...old.claimers.values()].map((c) => c.stop().catch(() => {})), ...old.runners.map((r) => r.stop().catch(() => {})));
+    ending.push(...[...old.claimers.values()].map((c) => c.stop().catch(() => {})), ...[...old.runners].map(stopRunner));
     await register(database.pool, record(next), []);
     await staff(next, [...served.values()]);
   };
@@ -293,11 +313,11 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const beat = (): Promise<void> =>
     (beating ??= (async () => {
       const s = shift;
-      if (await heartbeat(database.pool, record(s), s.jobWorkerIds, host.batchStats)) return;
+      if (await heartbeat(database.pool, record(s), jobWorkerIds(s), host.batchStats)) return;
       if (stopping || s !== shift) return;
       changing = changing.then(() => (s === shift && !stopping ? endShift(s) : undefined));
       await changing;
-      await heartbeat(database.pool, record(shift), shift.jobWorkerIds, host.batchStats); // with the new runners' ids
+      await heartbeat(database.pool, record(shift), jobWorkerIds(shift), host.batchStats); // with the new runners' ids
     })()
       .catch((err: Error) => log.warn(`heartbeat failed: ${err.message}`))
       .finally(() => (beating = null)));
@@ -319,7 +339,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     await changing;
     const s = shift;
     const drained = Promise.all([...s.claimers.values()].map((c) => c.stop()))
-      .then(() => Promise.all(s.runners.map((r) => r.stop())))
+      .then(() => Promise.all([...s.runners].map(stopRunner)))
       .then(() => Promise.all(ending));
     let timer: NodeJS.Timeout | undefined;
     const late = await Promise.race([
@@ -335,7 +355,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       s.abort.abort();
       await database.pool.query(`update ai.requests set status = 'queued' where worker = $1 and status = 'running'`, [s.id]).catch(() => {});
       const utils = await makeWorkerUtils({ pgPool: database.pool, logger: graphileLogger });
-      await utils.forceUnlockWorkers(s.jobWorkerIds).catch((err: Error) => log.error(`releasing jobs failed: ${err.message}`));
+      await utils.forceUnlockWorkers(jobWorkerIds(s)).catch((err: Error) => log.error(`releasing jobs failed: ${err.message}`));
       await utils.release();
     }
     reportBatches();

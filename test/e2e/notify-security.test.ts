@@ -147,4 +147,7 @@ it('a role with no grants hears no content and cannot steer a stream, cancel it 
     else if (h.channel === 'ai_embed' || h.channel === 'ai_models') expect(['tiny', 'minilm']).toContain(h.payload);
     for (const w of words) expect(h.payload).not.toContain(w);
   }
+  // And it still shuts down cleanly (its restarted runners included).
+  await worker.stop();
+  expect([worker.child.exitCode, worker.child.signalCode]).toEqual([0, null]);
 }, 120_000);

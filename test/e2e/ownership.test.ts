@@ -105,4 +105,6 @@ it('a reaped worker writes nothing more to the request another worker took over,
   expect(next.choices[0]!.finish_reason).toBe('length');
   const [nextRow] = await query<{ worker: string }>(db.url, 'select worker from ai.requests order by queued_at desc limit 1');
   expect(nextRow!.worker).toBe(again!.id);
+  await a.stop();
+  expect([a.child.exitCode, a.child.signalCode]).toEqual([0, null]);
 }, 150_000);
