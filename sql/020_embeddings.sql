@@ -62,9 +62,13 @@ begin
   returning r.id, r.input;
 end $$;
 
--- Publishes a request's last event after whatever an earlier attempt published.
+-- Publishes the last event of a request that has just ended (in the same statement or
+-- transaction), after whatever earlier attempts published. Nothing is written for a request
+-- still queued or running: its events are for the attempt that owns it (ai.publish_event).
 create or replace function ai.publish_final(p_request uuid, p_data jsonb)
 returns void language sql as $$
-  select ai.publish_event(p_request,
-    coalesce((select max(seq) + 1 from ai.request_events where request_id = p_request), 0), p_data)
+  select ai._emit_event(p_request,
+           coalesce((select max(seq) + 1 from ai.request_events where request_id = p_request), 0), p_data)
+    from ai.requests
+   where id = p_request and status in ('completed', 'failed', 'cancelled')
 $$;

@@ -32,23 +32,40 @@ export interface WorkerBatchStats {
   prefilling: number;
 }
 
-/** Registers or refreshes a live worker; one small row per worker, updated every few seconds. */
-export async function heartbeat(pool: pg.Pool, w: WorkerRecord, jobWorkerIds: string[], stats: Record<string, WorkerBatchStats> = {}): Promise<void> {
-  await pool.query(
-    `insert into ai.workers (id, hostname, pid, models, job_worker_ids, stats) values ($1, $2, $3, $4, $5, $6)
-     on conflict (id) do update set heartbeat_at = now(), models = excluded.models, job_worker_ids = excluded.job_worker_ids,
-                                    stats = excluded.stats`,
-    [w.id, w.hostname, w.pid, w.models, jobWorkerIds, JSON.stringify(stats)],
+/** Registers a worker under a new id. */
+export async function register(pool: pg.Pool, w: WorkerRecord, jobWorkerIds: string[]): Promise<void> {
+  await pool.query('insert into ai.workers (id, hostname, pid, models, job_worker_ids) values ($1, $2, $3, $4, $5)', [
+    w.id,
+    w.hostname,
+    w.pid,
+    w.models,
+    jobWorkerIds,
+  ]);
+}
+
+/**
+ * Refreshes a live worker's row; one small row per worker, updated every few seconds. False
+ * when the row is gone: a reaper took the worker for dead and released its work, so the row
+ * is not recreated (the worker must not go on as if nothing happened; see worker/run.ts).
+ */
+export async function heartbeat(pool: pg.Pool, w: WorkerRecord, jobWorkerIds: string[], stats: Record<string, WorkerBatchStats> = {}): Promise<boolean> {
+  const r = await pool.query(
+    'update ai.workers set heartbeat_at = now(), models = $2, job_worker_ids = $3, stats = $4 where id = $1',
+    [w.id, w.models, jobWorkerIds, JSON.stringify(stats)],
   );
+  return r.rowCount === 1;
 }
 
 export async function unregister(pool: pg.Pool, id: string): Promise<void> {
   await pool.query('delete from ai.workers where id = $1', [id]);
 }
 
-/** Removes workers silent for longer than `timeoutMs` and returns them (each reaped once). */
-export async function takeDeadWorkers(pool: pg.Pool, timeoutMs: number): Promise<{ id: string; job_worker_ids: string[] }[]> {
-  const r = await pool.query<{ id: string; job_worker_ids: string[] }>(
+/**
+ * Removes workers silent for longer than `timeoutMs` and returns them (each reaped once: the
+ * reaper's transaction that deletes a row releases that worker's work).
+ */
+export async function takeDeadWorkers(db: Pick<pg.ClientBase, 'query'>, timeoutMs: number): Promise<{ id: string; job_worker_ids: string[] }[]> {
+  const r = await db.query<{ id: string; job_worker_ids: string[] }>(
     `delete from ai.workers where heartbeat_at < now() - make_interval(secs => $1::double precision / 1000)
      returning id, job_worker_ids`,
     [timeoutMs],

@@ -84,15 +84,26 @@ export class Subscription implements AsyncIterable<EngineEvent> {
   }
 }
 
+/** What a notification may say: `<request id>` (read its state) or `<request id>:<seq>` (an event). */
+const NOTIFICATION = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?::(\d{1,9}))?$/;
+
 /**
  * One LISTEN connection per process, fanned out in memory to the requests this process waits
- * on. Rows in ai.request_events back it up: large events, reconnects and lost notifications
- * are all recovered by reading from `nextSeq`.
+ * on. Events are always read from ai.request_events: any role that can connect may NOTIFY
+ * 'ai_events', so a notification only says which request to look at, and one for a request
+ * nobody here waits on, or for an event already read, costs nothing. Notifications that arrive
+ * together share one read, for every request they name; the same read also sees a request that
+ * ended without a final event (cancelled, failed by a reaper). Reconnects and lost
+ * notifications are recovered the same way, by reading from each subscription's `nextSeq`.
  */
 export class EventHub {
   private readonly subs = new Map<string, Subscription>();
   private readonly listener: PgListener;
   private timer: NodeJS.Timeout | null = null;
+  /** Subscriptions to read, with the highest seq announced for each (Infinity: read its state too). */
+  private readonly due = new Map<Subscription, number>();
+  /** The read in progress (one at a time: what is announced meanwhile waits for the next). */
+  private reading: Promise<void> | null = null;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -105,7 +116,8 @@ export class EventHub {
       log,
       onNotification: (_channel, payload) => this.onNotification(payload),
       onConnected: () => {
-        for (const s of this.subs.values()) void this.catchUp(s);
+        for (const s of this.subs.values()) this.due.set(s, Infinity);
+        this.schedule();
       },
     });
   }
@@ -114,7 +126,8 @@ export class EventHub {
     await this.listener.start();
     this.timer = setInterval(() => {
       const now = Date.now();
-      for (const s of this.subs.values()) if (now - s.lastActivity > IDLE_RECHECK_MS) void this.catchUp(s);
+      for (const s of this.subs.values()) if (now - s.lastActivity > IDLE_RECHECK_MS) this.due.set(s, Infinity);
+      this.schedule();
     }, IDLE_RECHECK_MS / 2);
     this.timer.unref();
   }
@@ -133,41 +146,65 @@ export class EventHub {
   }
 
   private onNotification(payload: string): void {
-    let msg: { r: string; s: number; d?: EngineEvent };
-    try {
-      msg = JSON.parse(payload);
-    } catch {
-      return;
-    }
-    const sub = this.subs.get(msg.r);
+    const m = NOTIFICATION.exec(payload);
+    const sub = m && this.subs.get(m[1]!);
     if (!sub) return;
-    if (!msg.d || !sub.offer(msg.s, msg.d)) void this.catchUp(sub);
+    const seq = m[2] === undefined ? Infinity : Number(m[2]);
+    if (seq < sub.nextSeq) return; // its row came with an earlier read
+    this.due.set(sub, Math.max(seq, this.due.get(sub) ?? -1));
+    this.schedule();
   }
 
-  /** Offers the subscription every stored event from its next seq on; returns how many there were. */
-  private async replay(sub: Subscription): Promise<number> {
-    const { rows } = await this.pool.query<{ seq: number; data: EngineEvent }>(
-      'select seq, data from ai.request_events where request_id = $1 and seq >= $2 order by seq',
-      [sub.requestId, sub.nextSeq],
-    );
-    for (const r of rows) sub.offer(r.seq, r.data);
-    return rows.length;
+  private schedule(): void {
+    if (this.reading || this.due.size === 0) return;
+    // Notifications parsed from one socket read are delivered in one turn of the event loop:
+    // setImmediate runs after them, so they share the read.
+    this.reading = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.readDue())
+      .finally(() => {
+        this.reading = null;
+        this.schedule();
+      });
   }
 
-  private async catchUp(sub: Subscription): Promise<void> {
-    if (sub.finished) return;
-    sub.lastActivity = Date.now();
+  private async readDue(): Promise<void> {
+    const subs = [...this.due].filter(([s, seq]) => !s.finished && seq >= s.nextSeq).map(([s]) => s);
+    this.due.clear();
+    if (subs.length === 0) return;
+    const now = Date.now();
+    for (const s of subs) s.lastActivity = now;
     try {
-      if ((await this.replay(sub)) > 0 || sub.finished) return;
-      // No new events: has the request ended without a final event (cancelled while queued,
-      // or its job gave up)? Then say so instead of waiting forever.
-      const { rows } = await this.pool.query<{ status: string }>('select status from ai.requests where id = $1', [sub.requestId]);
-      const status = rows[0]?.status;
-      if (status !== 'failed' && status !== 'cancelled') return;
-      // An event may have landed between the two reads.
-      await this.replay(sub);
-      if (sub.finished) return;
-      const cancelled = status === 'cancelled';
+      await this.read(subs);
+    } catch (err) {
+      // The idle recheck tries again.
+      this.log.warn(`reading events of ${subs.length} request(s) failed: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * Offers each subscription its stored events from its next seq on, and ends one whose request
+   * ended without a final event (cancelled, or failed by a reaper). One statement, so one
+   * snapshot: a final event written with the status is seen with it.
+   */
+  private async read(subs: Subscription[]): Promise<void> {
+    const { rows } = await this.pool.query<{ id: string; status: string | null; seq: number | null; data: EngineEvent | null }>(
+      `select s.id::text as id, r.status, e.seq, e.data
+         from unnest($1::uuid[], $2::int[]) as s(id, next)
+         left join ai.requests r on r.id = s.id
+         left join ai.request_events e on e.request_id = s.id and e.seq >= s.next
+        order by s.id, e.seq`,
+      [subs.map((s) => s.requestId), subs.map((s) => s.nextSeq)],
+    );
+    const byId = new Map(subs.map((s) => [s.requestId, s]));
+    const status = new Map<string, string | null>();
+    for (const r of rows) {
+      status.set(r.id, r.status);
+      if (r.seq !== null) byId.get(r.id)?.offer(r.seq, r.data!);
+    }
+    for (const sub of subs) {
+      const s = status.get(sub.requestId);
+      if (sub.finished || (s !== 'failed' && s !== 'cancelled')) continue;
+      const cancelled = s === 'cancelled';
       sub.fail({
         type: 'error',
         status: cancelled ? 499 : 500,
@@ -178,14 +215,14 @@ export class EventHub {
           code: cancelled ? 'cancelled' : 'internal_error',
         },
       });
-    } catch (err) {
-      this.log.warn(`catching up on request ${sub.requestId} failed: ${(err as Error).message}`);
     }
   }
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     for (const s of [...this.subs.values()]) s.close();
+    this.due.clear();
     await this.listener.stop();
+    await this.reading;
   }
 }

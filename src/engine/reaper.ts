@@ -1,7 +1,6 @@
 import type pg from 'pg';
-import { makeWorkerUtils, type WorkerUtils } from 'graphile-worker';
 import { takeDeadWorkers } from '../db/workers-repo.js';
-import { graphileLogger, type LogFn } from '../log.js';
+import type { LogFn } from '../log.js';
 
 /** How long a worker may stay silent before it is taken for dead (SWITCHYARD_WORKER_TIMEOUT, seconds). */
 export function workerTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
@@ -19,16 +18,20 @@ const WORKER_LOST = {
 /**
  * Releases the work of workers that stopped heartbeating (crashed, killed, partitioned).
  * graphile-worker alone keeps a crashed worker's jobs locked for 4 hours. Runs in every
- * `serve` and `worker`; each dead worker is reaped once (its row is deleted by the reaper that
- * takes it).
+ * `serve` and `worker`; each dead worker is reaped once, in one transaction that deletes its
+ * row and releases its work:
+ * - its running requests go back to 'queued', which also fences it off: a worker that was only
+ *   paused or cut off finds its writes refused (it no longer owns them, sql/010_events.sql),
+ *   and its heartbeat finds its row gone;
  * - chat jobs are unlocked, so another worker runs them again (attempts stay bounded); a
  *   request whose job has no attempts left is failed, with an error its client receives;
- * - embedding requests it had claimed go back to the queue at once.
+ * - embedding requests are claimable again at once.
  */
 export class Reaper {
   private timer: NodeJS.Timeout | null = null;
-  private utils: Promise<WorkerUtils> | null = null;
   private running: Promise<void> | null = null;
+  /** Since when this process has reached the database without a failed reap (null: not yet). */
+  private reachableSince: number | null = null;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -40,48 +43,74 @@ export class Reaper {
     this.timer = setInterval(() => {
       this.running ??= this.reap()
         .then(() => undefined)
-        .catch((err: Error) => this.log.warn(`reaping dead workers failed: ${err.message}`))
+        .catch((err: Error) => {
+          this.reachableSince = null;
+          this.log.warn(`reaping dead workers failed: ${err.message}`);
+        })
         .finally(() => (this.running = null));
     }, Math.max(500, this.timeoutMs / 2));
     this.timer.unref();
   }
 
+  /** Reaps the workers silent for longer than the timeout; returns how many. */
   async reap(): Promise<number> {
-    const dead = await takeDeadWorkers(this.pool, this.timeoutMs);
-    if (dead.length === 0) return 0;
-    this.utils ??= makeWorkerUtils({ pgPool: this.pool, logger: graphileLogger });
-    const utils = await this.utils;
-    const jobWorkers = dead.flatMap((d) => d.job_worker_ids);
-    if (jobWorkers.length) await utils.forceUnlockWorkers(jobWorkers);
-    const ids = dead.map((d) => d.id);
-    // Chat requests whose job has used every attempt: fail them and retire the job.
-    const exhausted = await this.pool.query<{ id: string; job_id: string }>(
-      `select r.id, j.id::text as job_id
-         from ai.requests r
-         join graphile_worker.jobs j on j.id = r.job_id
-        where r.worker = any($1) and r.status = 'running' and r.endpoint = 'chat.completions'
-          and j.attempts >= j.max_attempts`,
-      [ids],
-    );
-    for (const row of exhausted.rows) {
-      await this.pool.query(
-        `with f as (update ai.requests set status = 'failed', error = $2, finished_at = clock_timestamp()
-                     where id = $1 and status = 'running' returning id)
-         select ai.publish_final(id, jsonb_build_object('type', 'error', 'status', 500, 'error', $2::jsonb)) from f`,
-        [row.id, JSON.stringify(WORKER_LOST)],
-      );
+    if (this.reachableSince === null) {
+      await this.pool.query('select 1');
+      this.reachableSince = Date.now();
     }
-    if (exhausted.rowCount) await utils.permanentlyFailJobs(exhausted.rows.map((r) => r.job_id), 'worker lost, attempts exhausted');
-    const requeued = await this.pool.query<{ model: string }>(
-      `update ai.requests set status = 'queued' where worker = any($1) and status = 'running' and endpoint = 'embeddings'
-       returning model`,
-      [ids],
-    );
-    for (const model of new Set(requeued.rows.map((r) => r.model))) await this.pool.query(`select pg_notify('ai_embed', $1)`, [model]);
+    // After a database outage every heartbeat is old, those of healthy workers too: give them
+    // a full timeout to beat again before taking anyone for dead (otherwise one restart of
+    // Postgres would restart every generation).
+    if (Date.now() - this.reachableSince < this.timeoutMs) return 0;
+    const client = await this.pool.connect();
+    let dead: { id: string; job_worker_ids: string[] }[] = [];
+    let failed = 0;
+    let requeued = 0;
+    try {
+      await client.query('begin');
+      dead = await takeDeadWorkers(client, this.timeoutMs);
+      if (dead.length > 0) {
+        const ids = dead.map((d) => d.id);
+        // Chat requests whose job has used every attempt: fail them and retire the job.
+        const exhausted = await client.query<{ job_id: string }>(
+          `with f as (
+             update ai.requests r set status = 'failed', error = $2, finished_at = clock_timestamp()
+               from graphile_worker.jobs j
+              where r.worker = any($1) and r.status = 'running' and j.id = r.job_id and j.attempts >= j.max_attempts
+             returning r.id, r.job_id)
+           select f.job_id::text, ai.publish_final(f.id, jsonb_build_object('type', 'error', 'status', 500, 'error', $2::jsonb)) from f`,
+          [ids, JSON.stringify(WORKER_LOST)],
+        );
+        failed = exhausted.rowCount ?? 0;
+        // The rest back to the queue (notified at commit: embedding claimers wake up).
+        const q = await client.query<{ n: number }>(
+          `with q as (update ai.requests set status = 'queued' where worker = any($1) and status = 'running' returning endpoint, model)
+           select count(*)::int as n, (select count(pg_notify('ai_embed', m)) from (select distinct model from q where endpoint = 'embeddings') e(m)) as notified
+             from q`,
+          [ids],
+        );
+        requeued = q.rows[0]!.n;
+        const jobWorkers = dead.flatMap((d) => d.job_worker_ids);
+        if (jobWorkers.length) await client.query('select graphile_worker.force_unlock_workers($1::text[])', [jobWorkers]);
+        if (failed) {
+          await client.query('select graphile_worker.permanently_fail_jobs($1::bigint[], $2)', [
+            exhausted.rows.map((r) => r.job_id),
+            'worker lost, attempts exhausted',
+          ]);
+        }
+      }
+      await client.query('commit');
+    } catch (err) {
+      await client.query('rollback').catch(() => {});
+      throw err;
+    } finally {
+      client.release();
+    }
+    if (dead.length === 0) return 0;
     this.log.warn(
-      `worker(s) ${ids.join(', ')} silent for over ${this.timeoutMs / 1000} s: released their jobs` +
-        (exhausted.rowCount ? `, failed ${exhausted.rowCount} request(s) out of attempts` : '') +
-        (requeued.rowCount ? `, re-queued ${requeued.rowCount} embedding request(s)` : ''),
+      `worker(s) ${dead.map((d) => d.id).join(', ')} silent for over ${this.timeoutMs / 1000} s: released their work` +
+        (failed ? `, failed ${failed} request(s) out of attempts` : '') +
+        (requeued ? `, re-queued ${requeued} request(s)` : ''),
     );
     return dead.length;
   }
@@ -89,6 +118,5 @@ export class Reaper {
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     await this.running;
-    if (this.utils) await (await this.utils).release();
   }
 }

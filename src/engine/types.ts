@@ -6,7 +6,8 @@ import type { FinishReason, TokenLogprob, Usage } from '../protocol/shared.js';
 /**
  * What a generation reports, in order: `start` once the worker has the prompt tokenized,
  * `delta`s as text appears (several choices may share one event), then exactly one of
- * `done` or `error`. The same objects are stored in ai.request_events and sent with pg_notify.
+ * `done` or `error`. The same objects are stored in ai.request_events (notifications only name
+ * the request and seq; see sql/010_events.sql).
  */
 export type EngineEvent =
   | { type: 'start'; promptTokens: number }

@@ -9,22 +9,27 @@ export interface ClaimedRow {
   params: unknown;
 }
 
-/** Marks the request running; null when it is already finished or cancelled (nothing to do). */
-export async function claim(pool: pg.Pool, requestId: string, workerId: string): Promise<ClaimedRow | null> {
+/**
+ * Marks the request running as this worker's attempt `attempt` (graphile-worker's count): from
+ * here on only this attempt may write its events and outcome. Null when it is already finished
+ * or cancelled (nothing to do).
+ */
+export async function claim(pool: pg.Pool, requestId: string, workerId: string, attempt: number): Promise<ClaimedRow | null> {
   // A job that fails on a database blip would stay locked by graphile-worker (it cannot record
   // the failure either): wait the blip out instead.
   const r = await retryWhileUnavailable(() => pool.query<ClaimedRow>(
-    `update ai.requests set status = 'running', started_at = clock_timestamp(), worker = $2
+    `update ai.requests set status = 'running', started_at = clock_timestamp(), worker = $2, attempts = $3
       where id = $1 and status in ('queued', 'running')
       returning input, params`,
-    [requestId, workerId],
+    [requestId, workerId, attempt],
   ));
   return r.rows[0] ?? null;
 }
 
 /**
  * Writes the outcome and its final event in one statement (so one transaction and one round
- * trip), unless the request was cancelled meanwhile: then neither happens.
+ * trip), unless the request was cancelled meanwhile: then neither happens. False when the
+ * request is no longer this attempt's (nothing written; see ai.finish_request).
  */
 export async function finish(
   pool: pg.Pool,
@@ -32,17 +37,14 @@ export async function finish(
   status: 'completed' | 'failed',
   fields: { output?: unknown; usage?: unknown; error?: unknown },
   event: EngineEvent,
-): Promise<void> {
+): Promise<boolean> {
   const seq = publisher.nextSeq();
-  // Retried through a database restart: the update matches nothing once an earlier try committed.
-  await retryWhileUnavailable(() => pool.query(
-    `with done as (
-       update ai.requests
-          set status = $2, output = $3, usage = $4, error = $5,
-              first_token_at = $6, finished_at = clock_timestamp()
-        where id = $1 and status = 'running'
-       returning id)
-     select ai.publish_event(id, $7, $8) from done`,
-    [publisher.requestId, status, toJsonbOrNull(fields.output), toJsonbOrNull(fields.usage), toJsonbOrNull(fields.error), publisher.firstTokenAt, seq, toJsonb(event)],
+  const { requestId, workerId, attempt } = publisher.owner;
+  // Retried through a database restart: a retry after an earlier try committed finds the
+  // request ended by this attempt, and writes nothing.
+  const r = await retryWhileUnavailable(() => pool.query<{ owned: boolean }>(
+    'select ai.finish_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) as owned',
+    [requestId, workerId, attempt, status, toJsonbOrNull(fields.output), toJsonbOrNull(fields.usage), toJsonbOrNull(fields.error), publisher.firstTokenAt, seq, toJsonb(event)],
   ));
+  return r.rows[0]!.owned;
 }

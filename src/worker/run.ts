@@ -8,7 +8,7 @@ import { listModels } from '../db/models-repo.js';
 import type { ModelRow } from '../db/types.js';
 import { chatTask as chatTaskName } from '../engine/pg-engine.js';
 import { graphileLogger, logger } from '../log.js';
-import { heartbeat, unregister } from '../db/workers-repo.js';
+import { heartbeat, register, unregister } from '../db/workers-repo.js';
 import { Reaper, workerTimeoutMs } from '../engine/reaper.js';
 import { chatTask } from './chat-task.js';
 import { EmbedClaimer } from './embedding/claimer.js';
@@ -32,10 +32,12 @@ export interface WorkerOptions {
 }
 
 export interface RunningWorker {
-  workerId: string;
+  readonly workerId: string;
   models: string[];
   stop(): Promise<void>;
 }
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 function toSpec(row: ModelRow, device: 'cpu' | 'cuda' | undefined): ModelSpec {
   return {
@@ -79,34 +81,60 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     }
   }
   const host = new ModelHost(opts.modelsDir, log);
-  const deps = { pool: database.pool, workerId, log };
   const served = new Map<string, ModelSpec>();
   const batchers = new Map<string, EmbedBatcher>();
-  const claimers = new Map<string, EmbedClaimer>();
-  const runners: Runner[] = [];
-  /** graphile-worker's ids for our job runners: what its job locks name, kept in our heartbeat. */
-  const jobWorkerIds: string[] = [];
   let stopping = false;
 
   /**
-   * Starts serving models: their graphile-worker tasks run in a runner of their own (chat jobs
-   * are few and long; vectorizer jobs are separate so a long backfill never holds up chat), and
-   * embedding requests are claimed in batches by a claimer per model (see claimer.ts). Called
-   * at start and again when models are registered while the worker runs.
+   * Everything this process does under one worker id: its job runners and embedding claimers.
+   * A reaper that took the worker for dead (paused, or cut off from the database, for longer
+   * than SWITCHYARD_WORKER_TIMEOUT) has re-queued its requests and released its jobs to others;
+   * when the heartbeat then finds the row gone, the shift ends: its runners and claimers stop
+   * taking work, its generations stop (their writes would be refused anyway, see
+   * sql/010_events.sql), and a new shift starts under a new id. Re-registering rather than
+   * exiting keeps the loaded models, and keeps a worker that no supervisor restarts serving,
+   * e.g. when a network partition got every worker reaped.
+   */
+  interface Shift {
+    id: string;
+    abort: AbortController;
+    runners: Set<JobRunner>;
+    claimers: Map<string, EmbedClaimer>;
+  }
+  /** A graphile-worker runner, and its ids: what its job locks name, kept in the heartbeat. */
+  interface JobRunner {
+    runner: Runner | null;
+    ids: string[];
+    /** Set once it is shutting down (asked by us, or by graphile-worker itself). */
+    stopped: Promise<void> | null;
+    asked: boolean;
+  }
+  const newShift = (): Shift => ({
+    id: `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`,
+    abort: new AbortController(),
+    runners: new Set(),
+    claimers: new Map(),
+  });
+  const jobWorkerIds = (s: Shift) => [...s.runners].flatMap((r) => r.ids);
+  const stopRunner = (r: JobRunner): Promise<void> => {
+    r.asked = true; // before stop(): graphile-worker announces the shutdown from inside it
+    return (r.stopped ??= r.runner?.stop().catch(() => {}) ?? Promise.resolve());
+  };
+  let shift = newShift();
+  /** Ended shifts winding down (their runners finish the jobs they were stopping). */
+  const ending: Promise<unknown>[] = [];
+  /** Serialises changes to what runs: new models, restarted runners, new shifts. */
+  let changing = Promise.resolve();
+
+  /**
+   * Starts serving models: loads them, and staffs the current shift with their tasks. Called at
+   * start and again when models are registered while the worker runs.
    */
   async function serve(rows: ModelRow[]): Promise<ModelSpec[]> {
     const specs = rows.filter((r) => !served.has(r.name)).map((r) => toSpec(r, opts.device));
-    const chatTasks: TaskList = {};
-    const embedTasks: TaskList = {};
     for (const spec of specs) {
       served.set(spec.name, spec);
-      if (spec.task === 'chat') chatTasks[chatTaskName(spec.name)] = chatTask(spec, { ...deps, host });
-      else {
-        const batcher = new EmbedBatcher(host, spec);
-        batchers.set(spec.name, batcher);
-        claimers.set(spec.name, new EmbedClaimer({ ...deps, model: spec.name, embed: (inputs) => batcher.submit(inputs) }));
-        embedTasks[vectorizeTaskName(spec.name)] = vectorizeTask(spec, { pool: database.pool, embed: (inputs) => batcher.submit(inputs), log });
-      }
+      if (spec.task === 'embedding') batchers.set(spec.name, new EmbedBatcher(host, spec));
       // Load now, so a misconfiguration shows at once, not at the first request. A failure is
       // logged, not fatal: requests for that model then fail with the same message.
       host.load(spec).then(
@@ -118,45 +146,123 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         (err: Error) => log.error(err.message),
       );
     }
-    for (const spec of specs) claimers.get(spec.name)?.start();
+    await staff(shift, specs);
+    return specs;
+  }
+
+  /**
+   * The shift's work for these models: their graphile-worker tasks run in a runner of their own
+   * (chat jobs are few and long; vectorizer jobs are separate so a long backfill never holds up
+   * chat), and embedding requests are claimed in batches by a claimer per model (see claimer.ts).
+   */
+  async function staff(s: Shift, specs: ModelSpec[]): Promise<void> {
+    const deps = { pool: database.pool, workerId: s.id, log };
+    const chatTasks: TaskList = {};
+    const embedTasks: TaskList = {};
+    for (const spec of specs) {
+      if (spec.task === 'chat') chatTasks[chatTaskName(spec.name)] = chatTask(spec, { ...deps, host, signal: s.abort.signal });
+      else {
+        const batcher = batchers.get(spec.name)!;
+        const claimer = new EmbedClaimer({ ...deps, model: spec.name, embed: (inputs) => batcher.submit(inputs) });
+        s.claimers.set(spec.name, claimer);
+        claimer.start();
+        embedTasks[vectorizeTaskName(spec.name)] = vectorizeTask(spec, { pool: database.pool, embed: (inputs) => batcher.submit(inputs), log });
+      }
+    }
     for (const [taskList, concurrency] of [
       [chatTasks, opts.concurrency ?? batchLimitsFromEnv().maxSequences],
       [embedTasks, opts.embedConcurrency ?? 4],
     ] as const) {
-      if (Object.keys(taskList).length === 0) continue;
-      // Our emitter, listened to before run(): its job runners are created during run().
-      const events: WorkerEvents = new EventEmitter();
-      events.on('worker:create', ({ worker }) => jobWorkerIds.push(worker.workerId));
-      runners.push(await run({ pgPool: database.pool, concurrency, taskList, events, noHandleSignals: true, pollInterval: 1000, logger: graphileLogger }));
+      if (Object.keys(taskList).length > 0) await startRunner(s, taskList, concurrency);
     }
-    return specs;
+  }
+
+  async function startRunner(s: Shift, taskList: TaskList, concurrency: number): Promise<void> {
+    const entry: JobRunner = { runner: null, ids: [], stopped: null, asked: false };
+    s.runners.add(entry);
+    // Our emitter, listened to before run(): its job runners are created during run().
+    const events: WorkerEvents = new EventEmitter();
+    events.on('worker:create', ({ worker }) => entry.ids.push(worker.workerId));
+    // graphile-worker shuts a runner down when its 'worker:migrate' channel announces a breaking
+    // migration, and anyone may NOTIFY that. One that stops without being asked finishes its
+    // jobs and is forgotten, and another starts: run() checks the schema itself and refuses one
+    // this version cannot use.
+    events.on('pool:gracefulShutdown', () => {
+      if (entry.asked || !entry.runner) return;
+      entry.stopped = entry.runner.promise.catch(() => {}).then(() => void s.runners.delete(entry));
+      if (stopping || s !== shift) return;
+      log.warn('a job runner shut down unasked (a NOTIFY on worker:migrate?); starting another');
+      setTimeout(() => {
+        changing = changing
+          .then(() => (stopping || s !== shift ? undefined : startRunner(s, taskList, concurrency)))
+          .catch((err: Error) => log.error(`restarting a job runner failed: ${err.message}`));
+      }, 1000).unref();
+    });
+    try {
+      entry.runner = await run({ pgPool: database.pool, concurrency, taskList, events, noHandleSignals: true, pollInterval: 1000, logger: graphileLogger });
+    } catch (err) {
+      s.runners.delete(entry);
+      throw err;
+    }
   }
 
   // A worker without --models serves every model, including ones registered after it started
-  // (an SDK registering a model on the fly, `models add`): ai.models notifies 'ai_models'.
-  let adding = Promise.resolve();
+  // (an SDK registering a model on the fly, `models add`): ai.models notifies 'ai_models'. The
+  // payload is not trusted (anyone may NOTIFY): it only prompts a read of ai.models, and a burst
+  // of notifications queues at most one more read.
+  let pickUpQueued = false;
   const pickUpNewModels = () => {
-    if (wanted || stopping) return;
-    adding = adding
+    if (wanted || stopping || pickUpQueued) return;
+    pickUpQueued = true;
+    changing = changing
       .then(async () => {
+        pickUpQueued = false;
+        if (stopping) return;
         const added = await serve(await listModels(database.db));
         if (added.length) log.info(`now also serving ${added.map((s) => `${s.name} (${s.task})`).join(', ')}`);
       })
       .catch((err: Error) => log.error(`picking up new models failed: ${err.message}`));
   };
 
-  // One LISTEN connection: cancellations, new embedding requests, new models.
+  // 'ai_cancel' names a request to stop, but anyone may NOTIFY it: a generation running here
+  // stops only once its row says 'cancelled'. Names that arrive together share one query.
+  const toCancel = new Set<string>();
+  let checkingCancels: Promise<void> | null = null;
+  const checkCancels = (): void => {
+    if (checkingCancels || toCancel.size === 0) return;
+    checkingCancels = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(async () => {
+        const ids = [...toCancel];
+        toCancel.clear();
+        const r = await database.pool.query<{ id: string }>(`select id::text from ai.requests where id = any($1::uuid[]) and status = 'cancelled'`, [ids]);
+        for (const { id } of r.rows) host.cancel(id);
+      })
+      // A missed cancellation still stops the generation at its next flush: the database refuses
+      // events for a request that is no longer running (see publisher.ts).
+      .catch((err: Error) => log.warn(`checking cancellations failed: ${err.message}`))
+      .finally(() => {
+        checkingCancels = null;
+        checkCancels();
+      });
+  };
+
+  // One LISTEN connection: cancellations, new embedding requests, new models. Payloads are
+  // hints (anyone may NOTIFY): a model name only wakes the claimer of a model served here.
   const listener = new PgListener({
     connectionString: opts.databaseUrl,
     channels: ['ai_cancel', 'ai_embed', 'ai_models'],
     log,
     onNotification: (channel, payload) => {
-      if (channel === 'ai_cancel') host.cancel(payload);
-      else if (channel === 'ai_embed') claimers.get(payload)?.wake();
+      if (channel === 'ai_cancel') {
+        if (UUID.test(payload) && host.isRunning(payload)) {
+          toCancel.add(payload);
+          checkCancels();
+        }
+      } else if (channel === 'ai_embed') shift.claimers.get(payload)?.wake();
       else pickUpNewModels();
     },
     onConnected: () => {
-      for (const c of claimers.values()) c.wake();
+      for (const c of shift.claimers.values()) c.wake();
       pickUpNewModels();
     },
   });
@@ -188,8 +294,33 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   // Heartbeats say this worker is alive; a reaper (here and in every serve) releases the jobs
   // of workers that fell silent. The beat is a third of the threshold, so two can be late.
   const timeoutMs = workerTimeoutMs();
-  const record = () => ({ id: workerId, hostname: hostname(), pid: process.pid, models: [...served.keys()] });
-  const beat = () => heartbeat(database.pool, record(), jobWorkerIds, host.batchStats).catch((err: Error) => log.warn(`heartbeat failed: ${err.message}`));
+  const record = (s: Shift) => ({ id: s.id, hostname: hostname(), pid: process.pid, models: [...served.keys()] });
+  /** Ends a shift whose row a reaper deleted, and starts the next (see Shift). */
+  const endShift = async (old: Shift) => {
+    const next = newShift();
+    shift = next;
+    old.abort.abort(); // chat tasks stop their generations, and throw
+    log.warn(
+      `worker ${old.id} was taken for dead (silent for over ${timeoutMs / 1000} s: paused, or cut off from the database) ` +
+        `and its work given to others: abandoning what it ran, and going on as worker ${next.id}`,
+    );
+    // No new work under the old id from here; what it runs winds down in the background.
+    ending.push(...[...old.claimers.values()].map((c) => c.stop().catch(() => {})), ...[...old.runners].map(stopRunner));
+    await register(database.pool, record(next), []);
+    await staff(next, [...served.values()]);
+  };
+  let beating: Promise<void> | null = null;
+  const beat = (): Promise<void> =>
+    (beating ??= (async () => {
+      const s = shift;
+      if (await heartbeat(database.pool, record(s), jobWorkerIds(s), host.batchStats)) return;
+      if (stopping || s !== shift) return;
+      changing = changing.then(() => (s === shift && !stopping ? endShift(s) : undefined));
+      await changing;
+      await heartbeat(database.pool, record(shift), jobWorkerIds(shift), host.batchStats); // with the new runners' ids
+    })()
+      .catch((err: Error) => log.warn(`heartbeat failed: ${err.message}`))
+      .finally(() => (beating = null)));
   const beatTimer = setInterval(beat, Math.max(250, timeoutMs / 3));
   beatTimer.unref();
   const reaper = new Reaper(database.pool, log, timeoutMs);
@@ -204,8 +335,12 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     stopping = true;
     clearInterval(statsTimer);
     await reaper.stop();
-    await adding;
-    const drained = Promise.all([...claimers.values()].map((c) => c.stop())).then(() => Promise.all(runners.map((r) => r.stop())));
+    await beating;
+    await changing;
+    const s = shift;
+    const drained = Promise.all([...s.claimers.values()].map((c) => c.stop()))
+      .then(() => Promise.all([...s.runners].map(stopRunner)))
+      .then(() => Promise.all(ending));
     let timer: NodeJS.Timeout | undefined;
     const late = await Promise.race([
       drained.then(() => false),
@@ -215,15 +350,16 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     clearInterval(beatTimer);
     if (late) {
       log.warn(`shutdown grace of ${graceMs / 1000} s is over: releasing unfinished jobs to other workers`);
+      // As a reaper would: the requests back to the queue first, so that what still runs here
+      // can no longer write to them, then the jobs to other workers.
+      s.abort.abort();
+      await database.pool.query(`update ai.requests set status = 'queued' where worker = $1 and status = 'running'`, [s.id]).catch(() => {});
       const utils = await makeWorkerUtils({ pgPool: database.pool, logger: graphileLogger });
-      await utils.forceUnlockWorkers(jobWorkerIds).catch((err: Error) => log.error(`releasing jobs failed: ${err.message}`));
+      await utils.forceUnlockWorkers(jobWorkerIds(s)).catch((err: Error) => log.error(`releasing jobs failed: ${err.message}`));
       await utils.release();
-      await database.pool
-        .query(`update ai.requests set status = 'queued' where worker = $1 and status = 'running' and endpoint = 'embeddings'`, [workerId])
-        .catch(() => {});
     }
     reportBatches();
-    await unregister(database.pool, workerId).catch(() => {});
+    await unregister(database.pool, s.id).catch(() => {});
     await listener.stop();
     await host.close();
     await database.close();
@@ -231,7 +367,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
 
   let specs: ModelSpec[];
   try {
-    await beat();
+    await register(database.pool, record(shift), []);
     specs = await serve(chosen);
     await beat(); // now with the job runners' ids
     await listener.start();
@@ -240,6 +376,13 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     await stop();
     throw err;
   }
-  log.info(`worker ${workerId} serving ${specs.map((s) => `${s.name} (${s.task}, ${s.device})`).join(', ')}`);
-  return { workerId, models: specs.map((s) => s.name), stop };
+  log.info(`worker ${shift.id} serving ${specs.map((s) => `${s.name} (${s.task}, ${s.device})`).join(', ')}`);
+  return {
+    /** The current worker id (a new one after a reaper took this worker for dead). */
+    get workerId() {
+      return shift.id;
+    },
+    models: specs.map((s) => s.name),
+    stop,
+  };
 }

@@ -3,7 +3,9 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { JobHelpers } from 'graphile-worker';
 import { chatTask } from '../../src/worker/chat-task.js';
-import type { GenerationResult, ModelHost } from '../../src/worker/model-host.js';
+import type { GenerationHandlers, GenerationResult, ModelHost } from '../../src/worker/model-host.js';
+import { EventPublisher, OwnershipLost } from '../../src/worker/publisher.js';
+import { finish } from '../../src/worker/request-row.js';
 import type { ModelSpec } from '../../src/worker/models-source.js';
 import { toJsonb } from '../../src/db/jsonb.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
@@ -42,7 +44,7 @@ async function newRequest(): Promise<string> {
 }
 
 function run(id: string, generate: () => Promise<GenerationResult>, attempt: number, maxAttempts = 3) {
-  const host = { generate } as unknown as ModelHost;
+  const host = { generate, isRunning: () => false, cancel: () => {} } as unknown as ModelHost;
   const helpers = { job: { attempts: attempt, max_attempts: maxAttempts } } as unknown as JobHelpers;
   return chatTask(spec, { pool, host, workerId: 'w1', log: silent })({ request_id: id }, helpers);
 }
@@ -73,6 +75,48 @@ describe('what the chat task stores', () => {
     expect(r.error!.code).toBe('attempts_exhausted');
     expect(r.error!.message).toMatch(/failed on all 3 attempts/);
     expect((await events(id)).at(-1)).toMatchObject({ type: 'error', status: 500, error: { code: 'attempts_exhausted' } });
+  });
+});
+
+describe('ownership', () => {
+  it('an attempt that lost the request (re-queued by a reaper, then claimed by another worker) writes nothing more, and throws', async () => {
+    const id = await newRequest();
+    const takenOver = async () => {
+      // What a reaper and the next attempt do while this one still runs.
+      await pool.query(`update ai.requests set status = 'queued' where id = $1`, [id]);
+      await pool.query(`update ai.requests set status = 'running', worker = 'w2', attempts = 2 where id = $1`, [id]);
+    };
+    const generate = async (_id: string, _spec: unknown, _prompt: unknown, _params: unknown, h: GenerationHandlers) => {
+      h.onStarted(3);
+      h.onDelta(0, 'before', null);
+      await new Promise((r) => setTimeout(r, 100));
+      await takenOver();
+      h.onDelta(0, ' after', null);
+      await new Promise((r) => setTimeout(r, 100));
+      h.onDelta(0, ' more', 'length');
+      return { promptTokens: 3, choices: [{ index: 0, text: 'before after more', tokenIds: [1, 2, 3], finishReason: 'length' as const }] };
+    };
+    const cancelled: string[] = [];
+    const host = { generate, isRunning: () => false, cancel: (rid: string) => cancelled.push(rid) } as unknown as ModelHost;
+    const helpers = { job: { attempts: 1, max_attempts: 3 } } as unknown as JobHelpers;
+    const task = chatTask(spec, { pool, host, workerId: 'w1', log: silent })({ request_id: id }, helpers);
+    await expect(task).rejects.toThrow(OwnershipLost);
+    // The first refusal stopped the generation.
+    expect(cancelled).toEqual([id]);
+    const r = (await pool.query('select status, worker, attempts, output from ai.requests where id = $1', [id])).rows[0];
+    expect(r).toEqual({ status: 'running', worker: 'w2', attempts: 2, output: null });
+    const texts = (await events(id)).map((e) => (e as { choices?: { text: string }[] }).choices?.[0]?.text ?? e.type);
+    expect(texts).toEqual(['start', 'before']);
+  });
+
+  it('refuses events and an outcome from a writer that does not own the request', async () => {
+    const id = await newRequest();
+    await pool.query(`update ai.requests set status = 'running', worker = 'w2', attempts = 3 where id = $1`, [id]);
+    const publisher = new EventPublisher(pool, { requestId: id, workerId: 'w1', attempt: 3 }, 0);
+    await expect(publisher.publish({ type: 'start', promptTokens: 1 })).rejects.toThrow(OwnershipLost);
+    expect(await finish(pool, publisher, 'failed', { error: { code: 'x' } }, { type: 'error', status: 500, error: { message: 'x', type: 'server_error', param: null, code: 'x' } })).toBe(false);
+    expect((await row(id)).status).toBe('running');
+    expect(await events(id)).toEqual([]);
   });
 });
 
