@@ -1,6 +1,6 @@
 -- Least privilege (SECURITY.md): who asked for a request, who owns a vectorizer, and the rows
 -- each application role may see. Functions and grants are in sql/040_vectorizers.sql and
--- sql/090_security.sql.
+-- sql/099_security.sql.
 
 -- The database role that asked, for requests made in SQL (ai.embed, ai.chat_complete): they
 -- are written by the owner's side connection, so the row names the caller. Null for HTTP

@@ -107,7 +107,7 @@ end $$;
 -- id), until the block at the end of this file moves them to their own functions. It runs as
 -- the schema's owner, so it refuses to write a destination that another role owns (that role's
 -- triggers on it would run as the owner) and to fire on any table but the vectorizer's source.
--- Nobody may attach it to a table (no EXECUTE for PUBLIC; see 090_security.sql).
+-- Nobody may attach it to a table (no EXECUTE for PUBLIC; see 099_security.sql).
 create or replace function ai._vectorizer_trigger()
 returns trigger language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare

@@ -26,6 +26,7 @@ Usage: switchyard <command> [options]
   serve [--no-auth]                     the HTTP gateway (HOST, PORT)
   worker [--models A,B] [--device cpu|cuda] [--concurrency N] [--embed-concurrency N (vectorizer jobs)]
   up [--no-auth]                        migrate, register default models if none, run serve + worker
+  prune                                 delete what the retention settings expire (ai.settings retention_*)
   roles setup [--prefix P]              as a superuser: non-superuser roles P_migrate (owner), P_serve and
                                         P_worker (default P: switchyard), extensions, migrations, grants;
                                         passwords from SWITCHYARD_{MIGRATE,SERVE,WORKER}_PASSWORD when set
@@ -210,6 +211,24 @@ export async function main(argv: string[]): Promise<number> {
           embedConcurrency: positiveInt(values['embed-concurrency'], '--embed-concurrency'),
         });
         await untilSignal(worker.stop);
+        return 0;
+      }
+      case 'prune': {
+        const database = openDatabase(config.databaseUrl, { max: 1, applicationName: 'switchyard-prune' });
+        const total = { events: 0, requests: 0, cache: 0 };
+        try {
+          for (;;) {
+            const r = (await database.pool.query<{ events: string; requests: string; cache: string; skipped: boolean }>('select * from ai.prune()')).rows[0]!;
+            if (r.skipped) throw new Error('another process is pruning right now; try again in a minute');
+            total.events += Number(r.events);
+            total.requests += Number(r.requests);
+            total.cache += Number(r.cache);
+            if (Number(r.events) + Number(r.requests) + Number(r.cache) === 0) break;
+          }
+        } finally {
+          await database.close();
+        }
+        console.log(`pruned ${total.events} events, ${total.requests} requests, ${total.cache} cache entries`);
         return 0;
       }
       case 'roles': {

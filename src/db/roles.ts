@@ -56,7 +56,7 @@ export async function setupRoles(databaseUrl: string, opts: SetupRolesOptions = 
     }
     // The owner's side connection for ai.embed (sql/030_embed.sql): a non-superuser may only
     // connect password-less (trust, peer) through dblink_connect_u, included here.
-    // The owner uses dblink (nobody else may: sql/090_security.sql revokes it from PUBLIC).
+    // The owner uses dblink (nobody else may: sql/099_security.sql revokes it from PUBLIC).
     const dblink = await c.query<{ f: string }>(
       `select p.oid::regprocedure::text as f from pg_proc p join pg_depend d on d.objid = p.oid and d.deptype = 'e'
          join pg_extension e on e.oid = d.refobjid where e.extname = 'dblink'`,

@@ -1,4 +1,4 @@
--- Idempotent: re-applied by every `switchyard migrate`, after every other file here.
+-- Idempotent: re-applied by every `switchyard migrate`, after every other file here (keep it last).
 --
 -- Least privilege, as pgai does it (SECURITY.md has the threat model):
 -- * Nothing in schema ai is executable by PUBLIC. Application roles get what they need from
