@@ -9,6 +9,15 @@ export function workerTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
   return Number.isFinite(s) && s > 0 ? s * 1000 : 30_000;
 }
 
+/**
+ * How long an ended `store: false` request may keep its text before the sweep removes it
+ * (SWITCHYARD_UNSTORED_GRACE, seconds): time for a slow serve to read its last events.
+ */
+export function unstoredGraceS(env: NodeJS.ProcessEnv = process.env): number {
+  const s = Number(env.SWITCHYARD_UNSTORED_GRACE ?? 30);
+  return Number.isFinite(s) && s >= 0 ? s : 30;
+}
+
 const WORKER_LOST = {
   message: 'The worker running this request stopped responding, and the request has no attempts left.',
   type: 'server_error',
@@ -24,6 +33,7 @@ const WORKER_LOST = {
  * - chat jobs are unlocked, so another worker runs them again (attempts stay bounded); a
  *   request whose job has no attempts left is failed, with an error its client receives;
  * - embedding requests it had claimed go back to the queue at once.
+ * On the same tick it sweeps the text out of ended `store: false` requests (sweepUnstored).
  */
 export class Reaper {
   private timer: NodeJS.Timeout | null = null;
@@ -34,6 +44,7 @@ export class Reaper {
     private readonly pool: pg.Pool,
     private readonly log: { info: LogFn; warn: LogFn },
     private readonly timeoutMs = workerTimeoutMs(),
+    private readonly graceS = unstoredGraceS(),
   ) {}
 
   start(): void {
@@ -41,6 +52,9 @@ export class Reaper {
       this.running ??= this.reap()
         .then(() => undefined)
         .catch((err: Error) => this.log.warn(`reaping dead workers failed: ${err.message}`))
+        .then(() => this.sweepUnstored())
+        .then(() => undefined)
+        .catch((err: Error) => this.log.warn(`redacting store:false requests failed: ${err.message}`))
         .finally(() => (this.running = null));
     }, Math.max(500, this.timeoutMs / 2));
     this.timer.unref();
@@ -84,6 +98,18 @@ export class Reaper {
         (requeued.rowCount ? `, re-queued ${requeued.rowCount} embedding request(s)` : ''),
     );
     return dead.length;
+  }
+
+  /**
+   * Removes the text of `store: false` requests that ended over the grace ago and still have
+   * it: their serve died before it could, or their client left (sql/075_store.sql). Cheap to
+   * run this often: it reads a partial index of those rows only.
+   */
+  async sweepUnstored(): Promise<number> {
+    const r = await this.pool.query<{ n: number }>('select ai.redact_unstored(make_interval(secs => $1)) as n', [this.graceS]);
+    const n = r.rows[0]?.n ?? 0;
+    if (n) this.log.info(`removed the text of ${n} store:false request(s) after they ended`);
+    return n;
   }
 
   async stop(): Promise<void> {
