@@ -36,3 +36,9 @@ export async function cancelRequest(db: Db, id: string): Promise<boolean> {
   const r = await sql<{ cancelled: boolean }>`select ai.cancel_request(${id}::uuid) as cancelled`.execute(db);
   return r.rows[0]?.cancelled ?? false;
 }
+
+/** `store: false`: drops the request's text once it has completed or failed (sql/075_store.sql). */
+export async function redactRequest(db: Db, id: string): Promise<boolean> {
+  const r = await sql<{ redacted: boolean }>`select ai.redact_request(${id}::uuid) as redacted`.execute(db);
+  return r.rows[0]?.redacted ?? false;
+}

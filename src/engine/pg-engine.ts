@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type { Database } from '../db/pool.js';
 import { findModel, listModels } from '../db/models-repo.js';
-import { cancelRequest, enqueueRequest } from '../db/requests-repo.js';
+import { cancelRequest, enqueueRequest, redactRequest } from '../db/requests-repo.js';
 import type { ModelRow } from '../db/types.js';
 import { readToolFormat } from '../protocol/tools.js';
 import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
 import { sql } from 'kysely';
 import { ApiError } from '../protocol/errors.js';
-import type { EmbedRequest, EmbedResult, Engine, GenerateRequest, Generation, ModelInfo } from './types.js';
+import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo } from './types.js';
 
 /**
  * A crashed worker's generation is retried a few times, not forever: each try costs a full
@@ -112,7 +112,44 @@ export class PgEngine implements Engine {
       events.close();
       throw err;
     }
-    return { requestId, model: row.name, created: Math.floor(Date.now() / 1000), events };
+    // meta.store === false (the client's `store: false`, recorded in params like the rest of meta).
+    const unstored = req.meta.store === false;
+    return { requestId, model: row.name, created: Math.floor(Date.now() / 1000), events: unstored ? this.redactAfter(requestId, events) : events };
+  }
+
+  /**
+   * `store: false`: once the consumer holds the final event, everything it answers with is in
+   * its memory and nothing reads the request's rows again, so their text goes before the final
+   * event is handed over (one round trip; the answer itself is unchanged). A consumer that
+   * leaves early leaves a cancelled request, whose worker may still write: the sweep
+   * (ai.redact_unstored, run by the Reaper) takes it, and anything this misses.
+   */
+  private redactAfter(requestId: string, events: AsyncIterable<EngineEvent>): AsyncIterable<EngineEvent> {
+    const redact = () => redactRequest(this.database.db, requestId).catch(() => false);
+    return {
+      [Symbol.asyncIterator]: () => {
+        const inner = events[Symbol.asyncIterator]();
+        let redacted = false;
+        return {
+          next: async () => {
+            const r = await inner.next();
+            if (!redacted && (r.done || r.value.type === 'done' || r.value.type === 'error')) {
+              redacted = true;
+              await redact();
+            }
+            return r;
+          },
+          return: async (value?: unknown) => {
+            const r = (await inner.return?.(value)) ?? { done: true as const, value: undefined };
+            if (!redacted) {
+              redacted = true;
+              await redact();
+            }
+            return r;
+          },
+        };
+      },
+    };
   }
 
   async embed(req: EmbedRequest, onQueued?: (requestId: string) => void): Promise<EmbedResult> {

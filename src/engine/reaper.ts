@@ -8,6 +8,21 @@ export function workerTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
   return Number.isFinite(s) && s > 0 ? s * 1000 : 30_000;
 }
 
+/** How often each process runs ai.prune (SWITCHYARD_PRUNE_INTERVAL, seconds; 0 turns it off). */
+export function pruneIntervalMs(env: NodeJS.ProcessEnv = process.env): number {
+  const s = Number(env.SWITCHYARD_PRUNE_INTERVAL ?? 300);
+  return Number.isFinite(s) && s >= 0 ? s * 1000 : 300_000;
+}
+
+/**
+ * How long an ended `store: false` request may keep its text before the sweep removes it
+ * (SWITCHYARD_UNSTORED_GRACE, seconds): time for a slow serve to read its last events.
+ */
+export function unstoredGraceS(env: NodeJS.ProcessEnv = process.env): number {
+  const s = Number(env.SWITCHYARD_UNSTORED_GRACE ?? 30);
+  return Number.isFinite(s) && s >= 0 ? s : 30;
+}
+
 const WORKER_LOST = {
   message: 'The worker running this request stopped responding, and the request has no attempts left.',
   type: 'server_error',
@@ -26,18 +41,36 @@ const WORKER_LOST = {
  * - chat jobs are unlocked, so another worker runs them again (attempts stay bounded); a
  *   request whose job has no attempts left is failed, with an error its client receives;
  * - embedding requests are claimable again at once.
+ * On the same tick it sweeps the text out of ended `store: false` requests (sweepUnstored),
+ * and every SWITCHYARD_PRUNE_INTERVAL it deletes what the retention settings expire (prune).
  */
 export class Reaper {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   /** Since when this process has reached the database without a failed reap (null: not yet). */
   private reachableSince: number | null = null;
+  /** When this process last pruned (a fresh process waits one interval). */
+  private lastPrune = Date.now();
 
   constructor(
     private readonly pool: pg.Pool,
     private readonly log: { info: LogFn; warn: LogFn },
     private readonly timeoutMs = workerTimeoutMs(),
+    private readonly graceS = unstoredGraceS(),
+    private readonly pruneEveryMs = pruneIntervalMs(),
   ) {}
+
+  /**
+   * Deletes expired events, requests and cache entries (sql/095_retention.sql), a batch per
+   * table, once per interval. Processes take turns (an advisory lock: one prunes, the others skip).
+   */
+  async pruneIfDue(): Promise<void> {
+    if (this.pruneEveryMs === 0 || Date.now() - this.lastPrune < this.pruneEveryMs) return;
+    this.lastPrune = Date.now();
+    const r = (await this.pool.query<{ events: string; requests: string; cache: string }>('select * from ai.prune()')).rows[0];
+    const n = r ? Number(r.events) + Number(r.requests) + Number(r.cache) : 0;
+    if (n > 0) this.log.info(`pruned ${r!.events} events, ${r!.requests} requests, ${r!.cache} cache entries`);
+  }
 
   start(): void {
     this.timer = setInterval(() => {
@@ -47,6 +80,11 @@ export class Reaper {
           this.reachableSince = null;
           this.log.warn(`reaping dead workers failed: ${err.message}`);
         })
+        .then(() => this.sweepUnstored())
+        .then(() => undefined)
+        .catch((err: Error) => this.log.warn(`redacting store:false requests failed: ${err.message}`))
+        .then(() => this.pruneIfDue())
+        .catch((err: Error) => this.log.warn(`pruning expired rows failed: ${err.message}`))
         .finally(() => (this.running = null));
     }, Math.max(500, this.timeoutMs / 2));
     this.timer.unref();
@@ -113,6 +151,18 @@ export class Reaper {
         (requeued ? `, re-queued ${requeued} request(s)` : ''),
     );
     return dead.length;
+  }
+
+  /**
+   * Removes the text of `store: false` requests that ended over the grace ago and still have
+   * it: their serve died before it could, or their client left (sql/075_store.sql). Cheap to
+   * run this often: it reads a partial index of those rows only.
+   */
+  async sweepUnstored(): Promise<number> {
+    const r = await this.pool.query<{ n: number }>('select ai.redact_unstored(make_interval(secs => $1)) as n', [this.graceS]);
+    const n = r.rows[0]?.n ?? 0;
+    if (n) this.log.info(`removed the text of ${n} store:false request(s) after they ended`);
+    return n;
   }
 
   async stop(): Promise<void> {

@@ -71,7 +71,12 @@ export class ChatServing {
       params: toSamplingParams(req, model.defaults, format),
       stream: req.stream === true,
       keyId: ctx.keyId,
-      meta: { ...(req.user ? { user: req.user } : {}), ...(req.metadata ? { metadata: req.metadata } : {}) },
+      meta: {
+        ...(req.user ? { user: req.user } : {}),
+        ...(req.metadata ? { metadata: req.metadata } : {}),
+        // The engine keeps no text of such a request once it has ended (sql/075_store.sql).
+        ...(req.store === false ? { store: false } : {}),
+      },
     });
     onQueued?.(gen.requestId);
     const deadline = Date.now() + requestTimeoutMs();

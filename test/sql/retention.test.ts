@@ -2,6 +2,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { cli } from '../helpers/stack.js';
+import { Reaper } from '../../src/engine/reaper.js';
 
 /** ai.prune and `switchyard prune`: what expires goes, nothing in flight does. */
 let db: TestDatabase;
@@ -76,4 +77,25 @@ it('works in batches, and `switchyard prune` runs it until nothing is left', asy
   expect(out.code, out.stderr).toBe(0);
   expect(out.stdout).toMatch(/pruned \d+ events, \d+ requests, 0 cache entries/);
   expect(await count(`select count(*) as n from ai.requests where finished_at < now() - interval '30 days'`)).toBe(0);
+});
+
+it('every serve and worker prunes on its own, once per SWITCHYARD_PRUNE_INTERVAL', async () => {
+  const id = await request('completed', '60 days', 1);
+  const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+  const lines: string[] = [];
+  const log = { info: (m: string) => void lines.push(m), warn: (m: string) => void lines.push(m) };
+  try {
+    const never = new Reaper(pool, log, 30_000, 30, 0);
+    await never.pruneIfDue();
+    expect(await count(`select count(*) as n from ai.requests where id = '${id}'`)).toBe(1);
+    const reaper = new Reaper(pool, log, 30_000, 30, 20);
+    await reaper.pruneIfDue(); // a fresh process waits one interval
+    expect(await count(`select count(*) as n from ai.requests where id = '${id}'`)).toBe(1);
+    await new Promise((r) => setTimeout(r, 30));
+    await reaper.pruneIfDue();
+    expect(await count(`select count(*) as n from ai.requests where id = '${id}'`)).toBe(0);
+    expect(lines.join('\n')).toMatch(/pruned 1 events, 1 requests/);
+  } finally {
+    await pool.end();
+  }
 });
