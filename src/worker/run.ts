@@ -14,6 +14,7 @@ import { chatTask } from './chat-task.js';
 import { EmbedClaimer } from './embedding/claimer.js';
 import { vectorizeTask, vectorizeTaskName } from './vectorize-task.js';
 import { EmbedBatcher } from './embedding/batcher.js';
+import { modelFingerprint } from './embedding/cache-key.js';
 import { ModelHost } from './model-host.js';
 import { batchLimitsFromEnv } from './generation/limits.js';
 import type { ModelSpec } from './models-source.js';
@@ -104,7 +105,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       else {
         const batcher = new EmbedBatcher(host, spec);
         batchers.set(spec.name, batcher);
-        claimers.set(spec.name, new EmbedClaimer({ ...deps, model: spec.name, embed: (inputs) => batcher.submit(inputs) }));
+        claimers.set(spec.name, new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs) }));
         embedTasks[vectorizeTaskName(spec.name)] = vectorizeTask(spec, { pool: database.pool, embed: (inputs) => batcher.submit(inputs), log });
       }
       // Load now, so a misconfiguration shows at once, not at the first request. A failure is
