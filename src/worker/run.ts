@@ -112,9 +112,12 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       // logged, not fatal: requests for that model then fail with the same message.
       host.load(spec).then(
         async (info) => {
-          if (spec.task === 'embedding' && info.dimensions) {
-            await database.pool.query('update ai.models set dimensions = $2 where name = $1 and dimensions is distinct from $2', [spec.name, info.dimensions]);
-          }
+          // What the gateway needs to refuse what the model cannot take before queueing it.
+          await database.pool.query(
+            `update ai.models set dimensions = coalesce($2, dimensions), input_bound = $3::jsonb
+              where name = $1 and (dimensions is distinct from coalesce($2, dimensions) or input_bound is distinct from $3::jsonb)`,
+            [spec.name, spec.task === 'embedding' ? info.dimensions || null : null, info.inputBound && JSON.stringify(info.inputBound)],
+          );
         },
         (err: Error) => log.error(err.message),
       );
