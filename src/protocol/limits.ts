@@ -167,7 +167,7 @@ export function checkEmbeddingInputs(inputs: readonly (string | number[])[], bou
     const over = typeof x === 'string' ? needsMoreThan([x], bound, bound.contextLength) : x.length > bound.contextLength;
     if (over) {
       throw errors.contextLength(
-        `Invalid input[${i}]: it is longer than this model's ${bound.contextLength} tokens. Shorten it, or register the model with --truncate.`,
+        `Invalid input[${i}]: it is more than ${bound.contextLength} tokens long; this model takes at most ${bound.contextLength}. Shorten it, or register the model with --truncate.`,
         'input',
       );
     }

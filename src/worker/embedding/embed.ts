@@ -45,7 +45,7 @@ function tokenize(m: EmbedModel, input: EmbedInput): { ids: number[] } | { error
     // word takes a byte-level BPE tokenizer about 40 s) only to be refused or cut.
     const over = m.inputBound ? overflowAt([input], m.inputBound, m.maxTokens) : null;
     if (over && !m.truncate) {
-      return { error: reject(`it is longer than this model's ${m.maxTokens} tokens. Shorten it, or register the model with --truncate.`, 'context_length_exceeded') };
+      return { error: reject(`it is more than ${m.maxTokens} tokens long; this model takes at most ${m.maxTokens}. Shorten it, or register the model with --truncate.`, 'context_length_exceeded') };
     }
     // To be cut anyway: a prefix already too long for the model is cut the same way.
     ids = m.tokenizer.encode(over ? input.slice(0, over[1]) : input);
