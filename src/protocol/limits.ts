@@ -13,10 +13,12 @@ import { errors } from './errors.js';
  * - `chars`: every character of a text ends up in some token (byte-level BPE, or BPE with byte
  *   fallback) and no token stands for more than `tokenChars` characters, so a text needs at
  *   least (its characters) / tokenChars tokens. Only characters no normalizer can remove or
- *   fuse are counted (not whitespace, combining marks, controls or Hangul jamo).
+ *   fuse are counted (not combining marks, controls or Hangul jamo; blanks only with `blanks`,
+ *   when the tokenizer's normalizer cannot remove them).
  * - `words`: WordPiece gives every word at least one token (a word it cannot spell, however
  *   long, is one [UNK]), so a text needs at least one token per run of non-blank characters
- *   that holds a letter or digit (runs are split only at ' ', \t, \n, \r: fewer than BERT splits).
+ *   that holds a letter or digit (runs are split only at ' ', \t, \n, \r: fewer than BERT splits),
+ *   and, with `punctuation` (BERT's pre-tokenizer), one per punctuation character besides.
  *
  * A tokenizer that fits neither (SentencePiece Unigram merges unknown characters into one
  * <unk>) gets no bound: its texts are tokenized, with the model thread's other safeguards.
@@ -27,6 +29,10 @@ export interface InputBound {
   contextLength: number;
   /** The longest token's text, in characters (a byte-level token's length in bytes). */
   tokenChars: number;
+  /** `words`: every punctuation character is a token of its own (BertPreTokenizer). */
+  punctuation?: boolean;
+  /** `chars`: blanks count too (no normalizer that could strip them). */
+  blanks?: boolean;
 }
 
 /** A stored bound can outlive the code that wrote it: anything unexpected means "no bound". */
@@ -34,15 +40,24 @@ export function readInputBound(value: unknown): InputBound | null {
   const v = value as Partial<InputBound> | null;
   if (!v || typeof v !== 'object' || (v.kind !== 'chars' && v.kind !== 'words')) return null;
   const positive = (x: unknown): x is number => Number.isInteger(x) && (x as number) > 0;
-  return positive(v.contextLength) && positive(v.tokenChars) ? { kind: v.kind, contextLength: v.contextLength, tokenChars: v.tokenChars } : null;
+  if (!positive(v.contextLength) || !positive(v.tokenChars)) return null;
+  return {
+    kind: v.kind, contextLength: v.contextLength, tokenChars: v.tokenChars,
+    ...(v.punctuation === true ? { punctuation: true } : {}), ...(v.blanks === true ? { blanks: true } : {}),
+  };
 }
 
 const SIGNIFICANT = 1;
 const WORDY = 2;
+/** BERT's punctuation: Unicode P*, and every ASCII symbol. */
+const PUNCT = 4;
+const BLANK = 8;
 /** Per UTF-16 code unit: SIGNIFICANT (counted by `chars`), WORDY (a letter or digit). Built once, ~10 ms. */
 let table: Uint8Array | null = null;
 const insignificant = /[\s\p{M}\p{C}\u1100-\u11ff\uff9e\uff9f]/u;
+const blank = /^\s$/u;
 const wordy = /[\p{L}\p{N}]/u;
+const punct = /[\p{P}!-\/:-@[-`{-~]/u;
 
 function classes(): Uint8Array {
   if (table) return table;
@@ -50,7 +65,7 @@ function classes(): Uint8Array {
   for (let c = 0; c < 0x10000; c++) {
     if (c >= 0xd800 && c <= 0xdfff) continue; // surrogates: classified as pairs below
     const ch = String.fromCharCode(c);
-    table[c] = (insignificant.test(ch) ? 0 : SIGNIFICANT) | (wordy.test(ch) ? WORDY : 0);
+    table[c] = (insignificant.test(ch) ? 0 : SIGNIFICANT) | (wordy.test(ch) ? WORDY : 0) | (punct.test(ch) ? PUNCT : 0) | (blank.test(ch) ? BLANK : 0);
   }
   return table;
 }
@@ -80,11 +95,17 @@ export function overflowAt(texts: readonly string[], bound: InputBound, budget: 
       let cls: number;
       if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length) {
         const ch = String.fromCodePoint(text.codePointAt(i)!);
-        cls = (insignificant.test(ch) ? 0 : SIGNIFICANT) | (wordy.test(ch) ? WORDY : 0);
+        cls = (insignificant.test(ch) ? 0 : SIGNIFICANT) | (wordy.test(ch) ? WORDY : 0) | (punct.test(ch) ? PUNCT : 0);
         i++;
       } else cls = t[c]!;
       if (bound.kind === 'chars') {
-        if (cls & SIGNIFICANT && ++counted > most) return [k, at];
+        if (cls & (bound.blanks ? SIGNIFICANT | BLANK : SIGNIFICANT) && ++counted > most) return [k, at];
+        continue;
+      }
+      if (cls & PUNCT && bound.punctuation) {
+        // A token of its own, and it ends the word before it.
+        inWord = false;
+        if (++counted > most) return [k, at];
         continue;
       }
       if (!inWord) {

@@ -2,7 +2,7 @@ import { AutoModel, AutoModelForCausalLM, AutoTokenizer, env, type PreTrainedMod
 import type { EmbedModel } from './embedding/embed.js';
 import type { ChatModel } from './generation/generate.js';
 import { ThreadError } from './generation/thread-error.js';
-import { inputBoundOf } from './input-bound.js';
+import { inputBoundOf, wordPieceShortener } from './input-bound.js';
 import type { InputBound } from '../protocol/limits.js';
 import { modelCacheDir, onnxFileFor, resolveSource, type ModelSpec } from './models-source.js';
 
@@ -112,5 +112,6 @@ export async function loadEmbedModel(spec: ModelSpec, modelsDir: string | undefi
     truncate: spec.truncate,
     typeIds: inputNames.includes('token_type_ids'),
     inputBound: inputBoundOf(tokenizer, maxTokens),
+    shorten: wordPieceShortener(tokenizer),
   };
 }

@@ -1,7 +1,7 @@
 import type { PreTrainedTokenizer } from '@huggingface/transformers';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { checkEmbeddingInputs, checkGeneration, needsMoreThan, overflowAt } from '../../src/protocol/limits.js';
-import { inputBoundOf } from '../../src/worker/input-bound.js';
+import { inputBoundOf, wordPieceShortener } from '../../src/worker/input-bound.js';
 import { loadTokenizer } from './constrain/helpers.js';
 
 /**
@@ -21,14 +21,14 @@ beforeAll(async () => {
 function adversarial(seed: number): string[] {
   let s = seed;
   const rand = (n: number) => ((s = (s * 1103515245 + 12345) % 2 ** 31), s % n);
-  const pieces = [' ', '    ', '\n\n', 'the', ' the', 'ing', '=', '================', '----', 'e\u0301', '\u0301', '\u200b', '\u1100\u1161', '名前', '𝄞', '12345', 'abc', '\t', 'ﬁ', '<|im_start|>', '[CLS]', 'x'.repeat(150)];
+  const pieces = [' ', '    ', '\n\n', '\u3000', '\ufeff', 'İ', '中文', '=', '!?', '©', 'the', ' the', 'ing', '=', '================', '----', 'e\u0301', '\u0301', '\u200b', '\u1100\u1161', '名前', '𝄞', '12345', 'abc', '\t', 'ﬁ', '<|im_start|>', '[CLS]', 'x'.repeat(150)];
   return Array.from({ length: 40 }, () => Array.from({ length: 1 + rand(400) }, () => pieces[rand(pieces.length)]).join(''));
 }
 
 describe('input bounds', () => {
   it('knows a rule for byte-level BPE (chars) and WordPiece (words)', () => {
-    expect(inputBoundOf(bpe, 2048)).toMatchObject({ kind: 'chars', contextLength: 2048 });
-    expect(inputBoundOf(wordpiece, 512)).toMatchObject({ kind: 'words', contextLength: 512 });
+    expect(inputBoundOf(bpe, 2048)).toMatchObject({ kind: 'chars', contextLength: 2048, blanks: true });
+    expect(inputBoundOf(wordpiece, 512)).toMatchObject({ kind: 'words', contextLength: 512, punctuation: true });
   });
 
   it('never refuses a text that would fit (checked against the tokenizers)', () => {
@@ -50,10 +50,27 @@ describe('input bounds', () => {
     const bound = inputBoundOf(bpe, 2048)!;
     const t0 = performance.now();
     expect(needsMoreThan([word], bound, 2047)).toBe(true);
+    // Blanks count for a tokenizer without a normalizer: 6 MiB of spaces takes it minutes, too.
+    expect(needsMoreThan([' '.repeat(6 * 1024 * 1024)], bound, 2047)).toBe(true);
     expect(performance.now() - t0).toBeLessThan(500);
     // WordPiece makes one [UNK] of it: that fits, and the rule says so.
     expect(needsMoreThan([word], inputBoundOf(wordpiece, 512)!, 511)).toBe(false);
     expect(needsMoreThan(['hello world '.repeat(600)], inputBoundOf(wordpiece, 512)!, 511)).toBe(true);
+  });
+
+  it('WordPiece: each punctuation mark is a token (6 MiB of "=" is refused), and a huge text that fits is shortened to one that tokenizes the same', () => {
+    const bound = inputBoundOf(wordpiece, 512)!;
+    expect(needsMoreThan(['='.repeat(6 * 1024 * 1024)], bound, 511)).toBe(true);
+    const shorten = wordPieceShortener(wordpiece)!;
+    for (const text of [...adversarial(3), 'a'.repeat(6 * 1024 * 1024), ' '.repeat(1 << 20), `go ${'é'.repeat(5000)}x ${'𝔘'.repeat(3000)} ok`, `${'ab'.repeat(300)}中${'cd'.repeat(300)}`]) {
+      const t0 = performance.now();
+      const short = shorten(text);
+      expect(performance.now() - t0).toBeLessThan(1000);
+      expect(short.length).toBeLessThanOrEqual(text.length);
+      expect(wordpiece.encode(short), JSON.stringify(text.slice(0, 80))).toEqual(wordpiece.encode(text));
+    }
+    expect(shorten('a'.repeat(6 * 1024 * 1024)).length).toBeLessThan(300);
+    expect(wordPieceShortener(bpe)).toBeNull();
   });
 
   it('texts are counted together, and overflowAt says where the budget ran out', () => {
@@ -62,6 +79,7 @@ describe('input bounds', () => {
     expect(overflowAt(['abcdefghij', 'abcdefghij', 'k'], bound, 10)).toEqual([2, 0]);
     // Blanks and combining marks are not counted (a normalizer may drop or fuse them).
     expect(needsMoreThan([' \u0301'.repeat(1000)], bound, 0)).toBe(false);
+    expect(needsMoreThan([' \u0301'.repeat(1000)], { ...bound, blanks: true }, 10)).toBe(true);
     // An astral character is one character, and the prefix never ends inside it.
     expect(overflowAt(['𝄞𝄞𝄞'], bound, 1)).toEqual([0, 4]);
   });

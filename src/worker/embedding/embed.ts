@@ -15,6 +15,8 @@ export interface EmbedModel {
   typeIds: boolean;
   /** Tells a text that cannot fit without tokenizing it (see protocol/limits.ts); null: unknown. */
   inputBound?: InputBound | null;
+  /** A shorter text that tokenizes the same (input-bound.ts wordPieceShortener). */
+  shorten?: ((text: string) => string) | null;
 }
 
 /** A text, or token ids used as the complete model input. */
@@ -48,7 +50,8 @@ function tokenize(m: EmbedModel, input: EmbedInput): { ids: number[] } | { error
       return { error: reject(`it is more than ${m.maxTokens} tokens long; this model takes at most ${m.maxTokens}. Shorten it, or register the model with --truncate.`, 'context_length_exceeded') };
     }
     // To be cut anyway: a prefix already too long for the model is cut the same way.
-    ids = m.tokenizer.encode(over ? input.slice(0, over[1]) : input);
+    const text = over ? input.slice(0, over[1]) : input;
+    ids = m.tokenizer.encode(m.shorten ? m.shorten(text) : text);
   } else {
     if (input.length === 0) return { error: reject('it is an empty token list.', 'empty_input') };
     const bad = input.find((id) => id >= m.vocabSize);
