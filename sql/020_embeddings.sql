@@ -1,13 +1,34 @@
 -- Idempotent: re-applied by every `switchyard migrate`.
 
--- The cache key of one embedding input: SHA-256 of the text (UTF-8), or of 'ids:' || the JSON
--- list for token-id inputs. The worker (TypeScript) computes the same digest.
-create or replace function ai.embedding_input_hash(p_input jsonb)
+-- What a cached vector was computed under: SHA-256 over the model's source, revision, dtype,
+-- pooling, normalize, truncate and context_length, each written as its UTF-8 length, ':' and
+-- itself (so no two configurations read alike). Null for an unknown model. `dimensions` is left
+-- out: the cache holds full vectors, and the column is filled in by the first worker to load
+-- the model. The worker computes the same digest (src/worker/embedding/cache-key.ts).
+create or replace function ai.embedding_model_fingerprint(p_model text)
+returns bytea language sql stable strict as $$
+  select digest(convert_to(string_agg(octet_length(f)::text || ':' || f, '' order by i), 'UTF8'), 'sha256')
+    from ai.models m,
+         unnest(array[m.source, m.revision, m.dtype, m.pooling, m.normalize::text, m.truncate::text,
+                      coalesce(m.context_length::text, '-')]) with ordinality u(f, i)
+   where m.name = p_model
+$$;
+
+-- The cache key of one embedding input under a model's fingerprint: SHA-256 of the fingerprint,
+-- a kind byte (1: a text, 2: token ids) and the input (a text as UTF-8; ids as Postgres prints
+-- the jsonb list, "[1, 2, 3]"). The kind byte keeps the text '[1, 2]' apart from the ids [1, 2].
+create or replace function ai.embedding_cache_key(p_fingerprint bytea, p_input jsonb)
 returns bytea language sql immutable strict as $$
-  select case jsonb_typeof(p_input)
-    when 'string' then digest(convert_to(p_input #>> '{}', 'UTF8'), 'sha256')
-    else digest(convert_to('ids:' || p_input::text, 'UTF8'), 'sha256')
-  end
+  select digest(p_fingerprint || case jsonb_typeof(p_input)
+    when 'string' then '\x01'::bytea || convert_to(p_input #>> '{}', 'UTF8')
+    else '\x02'::bytea || convert_to(p_input::text, 'UTF8')
+  end, 'sha256')
+$$;
+
+-- The cache key of an input for a registered model (by its name).
+create or replace function ai.embedding_input_hash(p_model text, p_input jsonb)
+returns bytea language sql stable strict as $$
+  select ai.embedding_cache_key(ai.embedding_model_fingerprint(p_model), p_input)
 $$;
 
 -- Records an embedding request and wakes the workers that serve its model, in the caller's

@@ -220,8 +220,8 @@ declare
   enqueue text := format('select ai.enqueue_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb)::text',
                          request, p_model, p_requested, p_inputs, jsonb_build_object('source', 'sql', 'db_role', ai._caller()));
   lookup text := format(
-    'select u.i, c.embedding::text from jsonb_array_elements(%L::jsonb) with ordinality u(x, i)
-       left join ai.embedding_cache c on c.model = %L and c.input_hash = ai.embedding_input_hash(u.x)',
+    'select u.i, c.embedding::text from jsonb_array_elements(%1$L::jsonb) with ordinality u(x, i)
+       left join ai.embedding_cache c on c.model = %2$L and c.input_hash = ai.embedding_input_hash(%2$L, u.x)',
     p_inputs, p_model);
   -- Read first: a malformed setting must fail before anything is enqueued.
   timeout interval := ai._interval_setting('ai.embed_timeout', interval '30 seconds');
@@ -271,6 +271,7 @@ returns vector[] language plpgsql immutable strict parallel unsafe cost 10000
 security definer set search_path = pg_catalog, public, pg_temp as $$
 declare
   m text := ai._embedding_model(model);
+  fingerprint bytea := ai.embedding_model_fingerprint(m);
   cached vector[];
   misses integer;
   computed vector[];
@@ -284,7 +285,7 @@ begin
     into cached, misses
     from unnest(inputs) with ordinality u(x, ord)
     left join ai.embedding_cache c
-      on c.model = m and c.input_hash = ai.embedding_input_hash(to_jsonb(u.x));
+      on c.model = m and c.input_hash = ai.embedding_cache_key(fingerprint, to_jsonb(u.x));
   if misses = 0 then
     return cached;
   end if;
@@ -306,7 +307,7 @@ declare
   v vector;
 begin
   select c.embedding into v from ai.embedding_cache c
-   where c.model = m and c.input_hash = ai.embedding_input_hash(to_jsonb(input));
+   where c.model = m and c.input_hash = ai.embedding_input_hash(m, to_jsonb(input));
   if found then
     return v;
   end if;

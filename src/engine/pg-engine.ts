@@ -4,6 +4,7 @@ import { findModel, listModels } from '../db/models-repo.js';
 import { cancelRequest, enqueueRequest, redactRequest } from '../db/requests-repo.js';
 import type { ModelRow } from '../db/types.js';
 import { readToolFormat } from '../protocol/tools.js';
+import { readInputBound } from '../protocol/limits.js';
 import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
 import { sql } from 'kysely';
@@ -29,6 +30,8 @@ function toInfo(row: ModelRow): ModelInfo {
     defaults: row.defaults as Record<string, unknown>,
     dimensions: row.dimensions,
     toolCallFormat: readToolFormat(row.tool_call_format),
+    inputBound: readInputBound(row.input_bound),
+    truncate: row.truncate,
   };
 }
 

@@ -1,3 +1,4 @@
+import type { InputBound } from '../protocol/limits.js';
 import type { ToolCallFormat } from '../protocol/tools.js';
 import type { ErrorBody } from '../protocol/errors.js';
 import type { Prompt, SamplingParams } from '../protocol/chat.js';
@@ -65,6 +66,10 @@ export interface ModelInfo {
   dimensions: number | null;
   /** Chat models: how the model writes tool calls (parsed into tool_calls, enforced for forced calls). */
   toolCallFormat?: ToolCallFormat;
+  /** Tells a text that cannot fit without tokenizing it, once a worker has loaded the model (protocol/limits.ts). */
+  inputBound?: InputBound | null;
+  /** Embedding models: inputs longer than the context are cut to fit rather than refused. */
+  truncate?: boolean;
 }
 
 export interface EmbedRequest {

@@ -3,7 +3,7 @@ import { errors } from './errors.js';
 import { nullable, type FinishReason, type TokenLogprob, type Usage } from './shared.js';
 import { HERMES_TOOL_FORMAT, type ToolCall, type ToolCallFormat } from './tools.js';
 // Pure (no tokenizer, no model): the same checker the worker compiles schemas with.
-import { checkSchema, SchemaError } from '../worker/generation/constrain/schema.js';
+import { checkSchema, schemaBudget, SchemaError } from '../worker/generation/constrain/schema.js';
 
 // ---------------------------------------------------------------------------------------------
 // Request (fields in the order of OpenAI's reference)
@@ -273,10 +273,12 @@ export function forcedTools(req: ChatCompletionRequest): ToolDefinition[] {
 
 /** response_format and tools: everything the constraint will enforce must be enforceable. */
 function checkStructured(req: ChatCompletionRequest): void {
+  // One size budget for every schema the constraint will compile (SCHEMA_LIMITS).
+  const budget = schemaBudget();
   const rf = req.response_format;
   if (rf?.type === 'json_schema') {
     try {
-      checkSchema(rf.json_schema.schema ?? {});
+      checkSchema(rf.json_schema.schema ?? {}, budget);
     } catch (err) {
       schemaError(err, 'response_format', `response_format '${rf.json_schema.name}'`);
     }
@@ -301,7 +303,7 @@ function checkStructured(req: ChatCompletionRequest): void {
   for (const t of forcedTools(req)) {
     const i = tools.indexOf(t);
     try {
-      checkSchema(t.function.parameters ?? { type: 'object', properties: {} });
+      checkSchema(t.function.parameters ?? { type: 'object', properties: {} }, budget);
     } catch (err) {
       schemaError(err, `tools[${i}].function.parameters`, `function '${t.function.name}'`);
     }

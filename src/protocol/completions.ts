@@ -1,5 +1,6 @@
 import { compileValidator, type Schema } from './validate.js';
 import { errors } from './errors.js';
+import { MAX_CHOICES } from './limits.js';
 import type { SamplingParams, TextPrompt } from './chat.js';
 import { nullable, type FinishReason, type TokenLogprob, type Usage } from './shared.js';
 
@@ -74,6 +75,11 @@ export function parseCompletionRequest(body: unknown): CompletionRequest {
   if (req.suffix) throw errors.unsupported('suffix');
   if (req.best_of && req.best_of !== (req.n ?? 1)) throw errors.unsupported('best_of');
   if (req.stream_options && !req.stream) throw errors.invalid("'stream_options' is only allowed when 'stream' is true.", 'stream_options');
+  // Each prompt is its own generation of n choices: bound them all together, not each alone.
+  const choices = toTextPrompts(req).length * (req.n ?? 1);
+  if (choices > MAX_CHOICES) {
+    throw errors.invalid(`This request asks for ${choices} choices in all (prompts × n); the most is ${MAX_CHOICES}. Lower 'n' or send fewer prompts.`, 'n', 'invalid_value');
+  }
   return req;
 }
 

@@ -12,6 +12,7 @@ import {
 } from '../protocol/chat.js';
 import { HERMES_TOOL_FORMAT, parseToolCalls, ToolCallParser, type ToolCall, type ToolCallFormat } from '../protocol/tools.js';
 import { ApiError, errors } from '../protocol/errors.js';
+import { checkGeneration, maxBatchTokens, promptTexts } from '../protocol/limits.js';
 import { wireId, type FinishReason, type TokenLogprob, type Usage } from '../protocol/shared.js';
 import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
 import { noObserver, type Observer } from './observer.js';
@@ -64,11 +65,14 @@ export class ChatServing {
     const req = parseChatCompletionRequest(body);
     const model = await resolveModel(this.engine, req.model, ctx);
     const format = model.toolCallFormat ?? HERMES_TOOL_FORMAT;
+    const prompt = toChatPrompt(req);
+    const params = toSamplingParams(req, model.defaults, format);
+    checkGeneration({ texts: promptTexts(prompt) }, params, model.inputBound, maxBatchTokens(), 'messages');
     const gen = await this.engine.generate({
       endpoint: 'chat.completions',
       model: req.model,
-      prompt: toChatPrompt(req),
-      params: toSamplingParams(req, model.defaults, format),
+      prompt,
+      params,
       stream: req.stream === true,
       keyId: ctx.keyId,
       meta: {

@@ -9,6 +9,7 @@ import {
 } from '../protocol/completions.js';
 import type { TextPrompt } from '../protocol/chat.js';
 import { ApiError, errors } from '../protocol/errors.js';
+import { checkGeneration, maxBatchTokens } from '../protocol/limits.js';
 import { wireId, type FinishReason, type TokenLogprob, type Usage } from '../protocol/shared.js';
 import { SYSTEM_FINGERPRINT } from './chat.js';
 import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
@@ -44,6 +45,9 @@ export class CompletionsServing {
     const internal = req.echo ? { ...params, logprobs: params.logprobs ?? 0 } : params;
     const deadline = Date.now() + requestTimeoutMs();
     const parts: Part[] = [];
+    for (const p of toTextPrompts(req)) {
+      checkGeneration('ids' in p ? { tokens: p.ids.length } : { texts: [p.text] }, params, model.inputBound, maxBatchTokens(), 'prompt');
+    }
     try {
       for (const prompt of toTextPrompts(req)) {
         const gen = await this.engine.generate({

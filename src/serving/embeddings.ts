@@ -1,6 +1,7 @@
 import type { Engine } from '../engine/types.js';
 import { encodeBase64, parseEmbeddingRequest, toInputs, truncateVector, type EmbeddingList } from '../protocol/embeddings.js';
 import { errors } from '../protocol/errors.js';
+import { checkEmbeddingInputs } from '../protocol/limits.js';
 import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
 import { noObserver, type Observer } from './observer.js';
 
@@ -17,6 +18,7 @@ export class EmbeddingsServing {
     const tooLarge = (dims: number) =>
       errors.invalid(`'dimensions' is ${req.dimensions}, larger than the model's ${dims}.`, 'dimensions');
     if (req.dimensions && model.dimensions && req.dimensions > model.dimensions) throw tooLarge(model.dimensions);
+    checkEmbeddingInputs(toInputs(req), model.inputBound, model.truncate ?? false);
     let requestId: string | null = null;
     const result = await beforeDeadline(
       this.engine.embed(

@@ -2,10 +2,14 @@ import { AutoModel, AutoModelForCausalLM, AutoTokenizer, env, type PreTrainedMod
 import type { EmbedModel } from './embedding/embed.js';
 import type { ChatModel } from './generation/generate.js';
 import { ThreadError } from './generation/thread-error.js';
+import { inputBoundOf, wordPieceShortener } from './input-bound.js';
+import type { InputBound } from '../protocol/limits.js';
 import { modelCacheDir, onnxFileFor, resolveSource, type ModelSpec } from './models-source.js';
 
 export interface LoadedChatModel extends ChatModel {
   spec: ModelSpec;
+  /** When a text certainly cannot fit, known without tokenizing it (null: no sound rule for this tokenizer). */
+  inputBound: InputBound | null;
 }
 
 export type ProgressFn = (file: string, percent: number) => void;
@@ -80,11 +84,12 @@ export async function loadChatModel(spec: ModelSpec, modelsDir: string | undefin
   if (eosIds.size === 0) throw explain(spec, where, new Error('no end-of-sequence token in config.json or generation_config.json'));
   const contextLength =
     spec.contextLength ?? (config.max_position_embeddings as number | undefined) ?? (tokenizer.model_max_length as number | undefined) ?? 2048;
-  return { spec, model, tokenizer, eosIds, contextLength };
+  return { spec, model, tokenizer, eosIds, contextLength, inputBound: inputBoundOf(tokenizer, contextLength) };
 }
 
 export interface LoadedEmbedModel extends EmbedModel {
   spec: ModelSpec;
+  inputBound: InputBound | null;
 }
 
 /** Loads an encoder (BERT-like) and its tokenizer for embeddings. */
@@ -106,5 +111,7 @@ export async function loadEmbedModel(spec: ModelSpec, modelsDir: string | undefi
     normalize: spec.normalize,
     truncate: spec.truncate,
     typeIds: inputNames.includes('token_type_ids'),
+    inputBound: inputBoundOf(tokenizer, maxTokens),
+    shorten: wordPieceShortener(tokenizer),
   };
 }

@@ -10,6 +10,7 @@ import type { LogFn } from '../log.js';
 import type { ErrorBody } from '../protocol/errors.js';
 import type { EmbedInput } from './embedding/embed.js';
 import type { TokenLogprob } from './generation/logprobs.js';
+import type { InputBound } from '../protocol/limits.js';
 
 export interface GenerationHandlers {
   onStarted(promptTokens: number): void;
@@ -34,6 +35,8 @@ export interface LoadInfo {
   ms: number;
   contextLength: number;
   dimensions: number | null;
+  /** For ai.models.input_bound: what the gateway needs to refuse a text too long for the model. */
+  inputBound: InputBound | null;
 }
 
 interface Pending extends Partial<GenerationHandlers> {
@@ -92,7 +95,7 @@ export class ModelHost {
         return;
       case 'loaded':
         this.log.info(`model ${msg.model} ready in ${msg.ms} ms (context ${msg.contextLength} tokens)`);
-        for (const w of this.loads.get(msg.model) ?? []) w.resolve({ ms: msg.ms, contextLength: msg.contextLength, dimensions: msg.dimensions });
+        for (const w of this.loads.get(msg.model) ?? []) w.resolve({ ms: msg.ms, contextLength: msg.contextLength, dimensions: msg.dimensions, inputBound: msg.inputBound });
         this.loads.delete(msg.model);
         return;
       case 'load-failed':

@@ -4,7 +4,6 @@
  * here, away from the loop that keeps the job queue, LISTEN and event publishing responsive.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { checkContext } from './generation/generate.js';
 import { BatchScheduler } from './generation/scheduler.js';
 import { createConstraint, SchemaError, vocabularyOf, type ConstraintSpec, type TokenConstraint } from './generation/constrain/index.js';
 import { ThreadError } from './generation/thread-error.js';
@@ -14,7 +13,8 @@ import { TemplateSandbox } from './generation/template-sandbox.js';
 import type { ModelSpec } from './models-source.js';
 import type { FromThread, ToThread } from './thread-protocol.js';
 import type { WorkerBatchStats } from '../db/workers-repo.js';
-import type { Prompt } from '../protocol/chat.js';
+import type { Prompt, SamplingParams } from '../protocol/chat.js';
+import { needsMoreThan, promptTexts } from '../protocol/limits.js';
 
 const port = parentPort!;
 const modelsDir = (workerData as { modelsDir?: string } | undefined)?.modelsDir;
@@ -87,7 +87,23 @@ function specialTokens(m: LoadedChatModel): Record<string, unknown> {
   return out;
 }
 
-async function renderPrompt(m: LoadedChatModel, prompt: Prompt): Promise<number[]> {
+/**
+ * Refuses, before tokenizing, a text that certainly cannot fit with the completion asked for
+ * (protocol/limits.ts): tokenizing a 6 MiB word takes a byte-level BPE tokenizer about 40 s, on
+ * this thread, during which no other request to any model here advances.
+ */
+function checkFits(m: LoadedChatModel, texts: string[], params: Pick<SamplingParams, 'maxTokens'>): void {
+  if (!m.inputBound || !needsMoreThan(texts, m.inputBound, m.contextLength - (params.maxTokens ?? 1))) return;
+  throw ThreadError.user(
+    400,
+    `This model's maximum context length is ${m.contextLength} tokens. However, your messages are longer than that ` +
+      `with ${params.maxTokens ?? 1} tokens for the completion (their length alone shows it). Please reduce the length of the messages or completion.`,
+    'context_length_exceeded',
+    'messages',
+  );
+}
+
+async function renderPrompt(m: LoadedChatModel, prompt: Prompt, params: Pick<SamplingParams, 'maxTokens'>): Promise<number[]> {
   if ('ids' in prompt) {
     const vocab = (m.model.config as unknown as { vocab_size?: number }).vocab_size ?? Infinity;
     const bad = prompt.ids.find((id) => id >= vocab);
@@ -95,7 +111,13 @@ async function renderPrompt(m: LoadedChatModel, prompt: Prompt): Promise<number[
     return prompt.ids;
   }
   // A raw prompt is encoded as the tokenizer would for the model (with its BOS, if it adds one).
-  if ('text' in prompt) return m.tokenizer.encode(prompt.text);
+  if ('text' in prompt) {
+    checkFits(m, [prompt.text], params);
+    return m.tokenizer.encode(prompt.text);
+  }
+  // Before rendering too. Assistant turns are left out: some templates drop parts of them
+  // (Qwen3's drop earlier reasoning); the other messages every template renders in full.
+  checkFits(m, promptTexts(prompt), params);
   let text: string;
   if (prompt.chatTemplate) {
     // The request's own template: untrusted code, rendered on the sandbox thread with a time limit.
@@ -118,6 +140,7 @@ async function renderPrompt(m: LoadedChatModel, prompt: Prompt): Promise<number[
       throw ThreadError.user(400, `The chat template could not be applied: ${(err as Error).message}`, 'invalid_chat_template', 'messages');
     }
   }
+  checkFits(m, [text], params);
   // The template already wrote the special tokens (e.g. <|im_start|>), so none are added here.
   return m.tokenizer.encode(text, { add_special_tokens: false });
 }
@@ -146,10 +169,11 @@ async function runGenerate(msg: Extract<ToThread, { type: 'generate' }>): Promis
   try {
     const m = await getModel({ ...msg.spec, task: 'chat' });
     if (abort.signal.aborted) throw ThreadError.cancelled();
-    const promptIds = await renderPrompt(m, msg.prompt);
+    const promptIds = await renderPrompt(m, msg.prompt, msg.params);
     // Checked before `started`: the first event decides the HTTP status, so a prompt that does
-    // not fit is a 400 for streams too, not a 200 stream carrying an error.
-    const maxNew = checkContext(m, promptIds.length, msg.params.maxTokens);
+    // not fit (the context, or the worker's memory budget) is a 400 for streams too, not a 200
+    // stream carrying an error.
+    const maxNew = schedulerFor(m).check(promptIds.length, msg.params);
     const constraints = constraintsFor(m, msg.params.constraint, maxNew);
     post({ type: 'started', id: msg.id, promptTokens: promptIds.length });
     const choices = await schedulerFor(m).submit(promptIds, msg.params, {
@@ -187,6 +211,7 @@ port.on('message', (msg: ToThread) => {
             model: msg.spec.name,
             contextLength: 'contextLength' in m ? m.contextLength : m.maxTokens,
             dimensions: 'dimensions' in m ? m.dimensions : null,
+            inputBound: m.inputBound,
             ms: Math.round(performance.now() - started),
           }),
         (err) => post({ type: 'load-failed', model: msg.spec.name, error: ThreadError.from(err).toJSON() }),

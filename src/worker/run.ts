@@ -14,6 +14,7 @@ import { chatTask } from './chat-task.js';
 import { EmbedClaimer } from './embedding/claimer.js';
 import { vectorizeTask, vectorizeTaskName } from './vectorize-task.js';
 import { EmbedBatcher } from './embedding/batcher.js';
+import { modelFingerprint } from './embedding/cache-key.js';
 import { ModelHost } from './model-host.js';
 import { batchLimitsFromEnv } from './generation/limits.js';
 import type { ModelSpec } from './models-source.js';
@@ -139,9 +140,12 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       // logged, not fatal: requests for that model then fail with the same message.
       host.load(spec).then(
         async (info) => {
-          if (spec.task === 'embedding' && info.dimensions) {
-            await database.pool.query('update ai.models set dimensions = $2 where name = $1 and dimensions is distinct from $2', [spec.name, info.dimensions]);
-          }
+          // What the gateway needs to refuse what the model cannot take before queueing it.
+          await database.pool.query(
+            `update ai.models set dimensions = coalesce($2, dimensions), input_bound = $3::jsonb
+              where name = $1 and (dimensions is distinct from coalesce($2, dimensions) or input_bound is distinct from $3::jsonb)`,
+            [spec.name, spec.task === 'embedding' ? info.dimensions || null : null, info.inputBound && JSON.stringify(info.inputBound)],
+          );
         },
         (err: Error) => log.error(err.message),
       );
@@ -163,7 +167,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       if (spec.task === 'chat') chatTasks[chatTaskName(spec.name)] = chatTask(spec, { ...deps, host, signal: s.abort.signal });
       else {
         const batcher = batchers.get(spec.name)!;
-        const claimer = new EmbedClaimer({ ...deps, model: spec.name, embed: (inputs) => batcher.submit(inputs) });
+        const claimer = new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs) });
         s.claimers.set(spec.name, claimer);
         claimer.start();
         embedTasks[vectorizeTaskName(spec.name)] = vectorizeTask(spec, { pool: database.pool, embed: (inputs) => batcher.submit(inputs), log });

@@ -6,6 +6,7 @@ import type { ChoiceResult } from './generation/generate.js';
 import type { ModelSpec } from './models-source.js';
 import type { EmbedInput } from './embedding/embed.js';
 import type { WorkerBatchStats } from '../db/workers-repo.js';
+import type { InputBound } from '../protocol/limits.js';
 
 /** Messages between a worker process and its model thread (structured-clone safe). */
 export type ToThread =
@@ -23,7 +24,7 @@ export interface ThreadErrorData {
 
 export type FromThread =
   | { type: 'progress'; model: string; file: string; percent: number }
-  | { type: 'loaded'; model: string; contextLength: number; dimensions: number | null; ms: number }
+  | { type: 'loaded'; model: string; contextLength: number; dimensions: number | null; inputBound: InputBound | null; ms: number }
   | { type: 'load-failed'; model: string; error: ThreadErrorData }
   | { type: 'started'; id: string; promptTokens: number }
   | { type: 'delta'; id: string; index: number; text: string; finishReason: FinishReason | null; logprobs?: TokenLogprob[] }

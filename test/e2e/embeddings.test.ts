@@ -92,7 +92,7 @@ describe('embeddings', () => {
       [first.response.headers.get('x-request-id'), again.response.headers.get('x-request-id')],
     ]);
     expect(rows.map((r) => r.cached)).toEqual([0, 1]);
-    const [n] = await query<{ n: number }>(db.url, `select count(*)::int as n from ai.embedding_cache where model = 'minilm' and input_hash = ai.embedding_input_hash(to_jsonb($1::text))`, [text]);
+    const [n] = await query<{ n: number }>(db.url, `select count(*)::int as n from ai.embedding_cache where model = 'minilm' and input_hash = ai.embedding_input_hash('minilm', to_jsonb($1::text))`, [text]);
     expect(n!.n).toBe(1);
   });
 

@@ -1232,6 +1232,62 @@ const urlReq: fc.Arbitrary<Req> = fc
     return { endpoint: 'url', method: 'RAW', path: target, key, raw: Buffer.from(`${head}\r\n${payload}`, 'latin1') };
   });
 
+// --- bounded work: requests that ask for far more work than one request may ---
+
+/** Long texts of one repeated unit: one huge word, many words, blanks, marks, emoji, long tokens. */
+const hugeText = fc
+  .record({
+    unit: fc.constantFrom('a', 'hello ', 'é', ' ', '\u0301', '😀', '================', '1', '<|im_start|>'),
+    length: fc.oneof({ weight: 3, arbitrary: fc.integer({ min: 2_000, max: 300_000 }) }, { weight: 1, arbitrary: fc.constant(6 * 1024 * 1024) }),
+  })
+  .map(({ unit, length }) => unit.repeat(Math.ceil(length / unit.length)).slice(0, length));
+
+/** Templates that are programs: endless, memory-hungry, recursive, or writing megabytes. */
+const hostileTemplate = fc.constantFrom(
+  '{% for i in range(1000000000) %}{% endfor %}',
+  "{% set ns = namespace(s='x') %}{% for i in range(27) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | upper | length }}",
+  '{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l | length }}',
+  '{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}',
+  "{% set ns = namespace(s='yyyyyyyy') %}{% for i in range(20) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+);
+
+const wideSchema = (n: number, optional: boolean) => {
+  const keys = Array.from({ length: n }, (_, i) => `p${i}`);
+  return { type: 'object', properties: Object.fromEntries(keys.map((k) => [k, { type: 'string' }])), required: optional ? [] : keys };
+};
+const deepSchema = (levels: number): Record<string, unknown> => (levels === 0 ? { type: 'string' } : { type: 'object', properties: { a: deepSchema(levels - 1) }, required: ['a'] });
+const bigSchema = fc.oneof(
+  fc.record({ n: fc.integer({ min: 100, max: 30_000 }), optional: fc.boolean() }).map(({ n, optional }) => wideSchema(n, optional)),
+  fc.integer({ min: 10, max: 60 }).map(deepSchema),
+);
+
+const hi = [{ role: 'user', content: 'hi' }];
+const boundedWorkReq: fc.Arbitrary<Req> = fc
+  .oneof(
+    fc.record({ content: hugeText, max_tokens: fc.integer({ min: 1, max: 4 }), stream: fc.boolean() }).map(({ content, ...rest }) => ({ path: 'chat', json: { model: CHAT, messages: [{ role: 'user', content }], ...rest } })),
+    // Completions only where they must be refused (the oracle has no check for their 200s):
+    // texts of at least a token every four characters, far over the 128-token context...
+    fc
+      .record({ unit: fc.constantFrom('a', 'hello ', 'é', '😀', '1'), length: fc.integer({ min: 2_000, max: 6 * 1024 * 1024 }), n: fc.integer({ min: 1, max: 4 }) })
+      .map(({ unit, length, n }) => ({ path: 'completions', json: { model: CHAT, prompt: [unit.repeat(Math.ceil(length / unit.length)), 'ok'], n, max_tokens: 2 } })),
+    hostileTemplate.map((chat_template) => ({ path: 'chat', json: { model: CHAT, messages: hi, chat_template, max_tokens: 2 } })),
+    fc.record({ n: fc.integer({ min: 1, max: 128 }), max_tokens: fc.constantFrom(1, 2, 129, 1000, 100_000) }).map((p) => ({ path: 'chat', json: { model: CHAT, messages: hi, ...p } })),
+    // ...and more than 128 choices in all.
+    fc
+      .record({ prompts: fc.integer({ min: 2, max: 32 }), n: fc.integer({ min: 65, max: 128 }) })
+      .map(({ prompts, n }) => ({ path: 'completions', json: { model: CHAT, prompt: Array.from({ length: prompts }, (_, i) => `p${i}`), n, max_tokens: 1 } })),
+    bigSchema.map((schema) => ({ path: 'chat', json: { model: CHAT, messages: hi, max_tokens: 8, response_format: { type: 'json_schema', json_schema: { name: 'big', schema } } } })),
+    bigSchema.map((parameters) => ({ path: 'chat', json: { model: CHAT, messages: hi, max_tokens: 8, tools: [0, 1, 2].map((i) => ({ type: 'function', function: { name: `f${i}`, parameters } })), tool_choice: 'required' } })),
+    fc.record({ text: hugeText, many: fc.boolean() }).map(({ text, many }) => ({ path: 'embeddings', json: { model: EMBED, input: many ? ['ok', text] : text } })),
+  )
+  .map(({ path, json }): Req => ({
+    endpoint: path === 'embeddings' ? 'embeddings' : path === 'chat' ? 'chat' : 'raw',
+    method: 'POST',
+    path: path === 'chat' ? '/v1/chat/completions' : `/v1/${path}`,
+    key: 'full',
+    json,
+  }));
+
 // ---------------------------------------------------------------------------------------------
 // The stack
 // ---------------------------------------------------------------------------------------------
@@ -1332,12 +1388,35 @@ describe('fuzz: no 5xx, OpenAI error envelope, well-formed 200s', () => {
     }
   });
 
+  it('bounded work: huge prompts, hostile templates, n × max_tokens, huge schemas; the model stays responsive', { timeout: 300_000 }, async () => {
+    // A small request now and then, alongside: none may wait behind another request's work.
+    let probing = true;
+    const waits: number[] = [];
+    const probe = (async () => {
+      while (probing) {
+        const started = Date.now();
+        const res = await send({ endpoint: 'chat', method: 'POST', path: '/v1/chat/completions', key: 'full', json: { model: CHAT, messages: hi, max_tokens: 1 } });
+        if (res.status === 200) waits.push(Date.now() - started);
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    })();
+    try {
+      await fuzz('bounded', boundedWorkReq, { count: runs(60), concurrency: 4, seedOffset: 8 });
+    } finally {
+      probing = false;
+      await probe;
+    }
+    console.log(`[fuzz] bounded: ${waits.length} probes, slowest ${Math.max(...waits)} ms`);
+    // Before the bounds a 6 MiB word held the model about 40 s; generous for a loaded machine.
+    expect(Math.max(...waits)).toBeLessThan(10_000);
+  });
+
   it('random Authorization headers, methods and routes', { timeout: 120_000 }, async () => {
     await fuzz('auth', fc.oneof(authReq, otherMethodReq), { count: runs(2000), concurrency: 16, seedOffset: 6 });
   });
 
   it('every /v1 route spelled oddly (encoded, dot segments, absolute-form) needs a key', { timeout: 60_000 }, async () => {
-    await fuzz('url', urlReq, { count: runs(1000), concurrency: 16, seedOffset: 8 });
+    await fuzz('url', urlReq, { count: runs(1000), concurrency: 16, seedOffset: 9 });
   });
 });
 

@@ -11,10 +11,10 @@ let key: string;
 
 const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 
-const post = (url: string, body: unknown) =>
-  fetch(`${url}/v1/chat/completions`, {
+const post = (url: string, body: unknown, path = '/v1/chat/completions', auth = key) =>
+  fetch(`${url}${path}`, {
     method: 'POST',
-    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    headers: { authorization: `Bearer ${auth}`, 'content-type': 'application/json' },
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
 
@@ -91,4 +91,97 @@ describe('other bounds', () => {
     const [row] = await query<{ status: string }>(db.url, `select status from ai.requests where model = 'nobody'`);
     expect(row!.status).toBe('cancelled');
   });
+});
+
+describe('bounded work per request', () => {
+  type ErrorBody = { error: { type: string; code: string; param: string } };
+  // A stack of its own: the worker above serves every model, and would share these requests.
+  let db: TestDatabase;
+  let serve: Proc & { url: string };
+  const procs: Proc[] = [];
+  let bkey: string;
+  const send = (body: unknown, path?: string) => post(serve.url, body, path, bkey);
+  const word = 'a'.repeat(6 * 1024 * 1024);
+  const bound = async (model: string) =>
+    (await query<{ b: unknown }>(db.url, 'select input_bound as b from ai.models where name = $1', [model]))[0]?.b ?? null;
+
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop()));
+    await db?.drop();
+  });
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const env = { DATABASE_URL: db.url };
+    bkey = (await cli(['keys', 'create', '--name', 'bounded'], env)).stdout.trim();
+    serve = await startServe(db.url);
+    procs.push(serve);
+    expect((await cli(['models', 'add', 'bounded', '--task', 'chat', '--source', 'tiny-chat'], env)).code).toBe(0);
+    expect((await cli(['models', 'add', 'bounded-embed', '--task', 'embedding', '--source', 'tiny-embed'], env)).code).toBe(0);
+    procs.push(await startWorker(db.url, ['--models', 'bounded,bounded-embed']));
+    // The worker records what the gateway needs when it loads the models.
+    for (let i = 0; i < 200 && (!(await bound('bounded')) || !(await bound('bounded-embed'))); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await bound('bounded')).toMatchObject({ kind: 'chars', contextLength: 2048 });
+    expect(await bound('bounded-embed')).toMatchObject({ kind: 'words' });
+  }, 60_000);
+
+  it('a 6 MiB one-word prompt does not stall the model: a small request answers within 3 s, the big one gets a 400', async () => {
+    // The gateway does not know the bound (as for a request from SQL or the SDK): the worker refuses it.
+    const saved = await bound('bounded');
+    await query(db.url, `update ai.models set input_bound = null where name = 'bounded'`);
+    await new Promise((r) => setTimeout(r, 1200)); // the gateway's model cache
+    try {
+      const big = send({ model: 'bounded', messages: [{ role: 'user', content: word }], max_tokens: 4 });
+      for (let i = 0; i < 100; i++) {
+        const [r] = await query<{ n: number }>(db.url, `select count(*)::int as n from ai.requests where model = 'bounded' and status <> 'queued'`);
+        if (r!.n > 0) break;
+        await new Promise((res) => setTimeout(res, 20));
+      }
+      const started = Date.now();
+      const small = await send({ model: 'bounded', messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 });
+      expect(small.status).toBe(200);
+      expect(Date.now() - started).toBeLessThan(3000);
+      const res = await big;
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as ErrorBody).error).toMatchObject({ type: 'invalid_request_error', code: 'context_length_exceeded', param: 'messages' });
+    } finally {
+      await query(db.url, `update ai.models set input_bound = $1 where name = 'bounded'`, [JSON.stringify(saved)]);
+      await new Promise((r) => setTimeout(r, 1200));
+    }
+  }, 60_000);
+
+  it('the gateway refuses before queueing when it knows the bound: chat, completions, embeddings', async () => {
+    const [before] = await query<{ n: number }>(db.url, 'select count(*)::int as n from ai.requests');
+    const cases: [string, unknown, string][] = [
+      ['/v1/chat/completions', { model: 'bounded', messages: [{ role: 'user', content: word }] }, 'messages'],
+      ['/v1/completions', { model: 'bounded', prompt: ['ok', word] }, 'prompt'],
+      ['/v1/embeddings', { model: 'bounded-embed', input: ['ok', 'hello world '.repeat(1000)] }, 'input'],
+    ];
+    for (const [path, body, param] of cases) {
+      const started = Date.now();
+      const res = await send(body, path);
+      expect(res.status, path).toBe(400);
+      expect(((await res.json()) as ErrorBody).error, path).toMatchObject({ code: 'context_length_exceeded', param });
+      expect(Date.now() - started).toBeLessThan(2000);
+    }
+    const [after] = await query<{ n: number }>(db.url, 'select count(*)::int as n from ai.requests');
+    expect(after!.n).toBe(before!.n);
+  });
+
+  it('n × (prompt + max_tokens) beyond the budget is a 400 naming n, from the gateway or the worker', async () => {
+    // 32 prompts × n = 128: 4096 sequences from one request.
+    let res = await send({ model: 'bounded', prompt: Array.from({ length: 32 }, (_, i) => `p${i}`), n: 128, max_tokens: 1 }, '/v1/completions');
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as ErrorBody).error).toMatchObject({ code: 'invalid_value', param: 'n' });
+    // n × max_tokens alone is over the budget (65536): the gateway knows without the prompt.
+    res = await send({ model: 'bounded', messages: [{ role: 'user', content: 'hi' }], n: 128, max_tokens: 1000 });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as ErrorBody).error).toMatchObject({ code: 'invalid_value', param: 'n' });
+    // Only the prompt's tokens tip it over: 34 × (~60 + 1900) > 65536. The worker refuses it, before any output.
+    res = await send({ model: 'bounded', messages: [{ role: 'user', content: 'hello '.repeat(50) }], n: 34, max_tokens: 1900, stream: true });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as ErrorBody).error).toMatchObject({ code: 'invalid_value', param: 'n' });
+    const [row] = await query<{ status: string }>(db.url, `select status from ai.requests where params->>'n' = '34'`);
+    expect(row!.status).toBe('failed');
+  }, 120_000);
 });

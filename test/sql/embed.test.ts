@@ -107,7 +107,7 @@ describe('ai.embed(model, text)', () => {
     expect((await sql.query(`select count(*) from texts where embedding is null`)).rows[0].count).toBe('0');
 
     for (const q of [bodies[17]!, bodies[42]!]) {
-      await sql.query(`delete from ai.embedding_cache where input_hash = ai.embedding_input_hash(to_jsonb($1::text))`, [q]);
+      await sql.query(`delete from ai.embedding_cache where input_hash = ai.embedding_input_hash(model, to_jsonb($1::text))`, [q]);
       const before = await requests();
       // A literal, as a user types it in psql: planned with ai.embed folded to a constant.
       const literal = (await sql.query(`select body from texts order by embedding <=> ai.embed('minilm', ${pg.escapeLiteral(q)}) limit 5`)).rows;

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import type { LogFn } from '../../log.js';
 import type { ErrorBody } from '../../protocol/errors.js';
@@ -7,10 +6,13 @@ import type { EmbedInput } from './embed.js';
 import { MAX_CALL_INPUTS } from './batcher.js';
 import { retryWhileUnavailable } from '../../db/errors.js';
 import { toJsonb } from '../../db/jsonb.js';
+import { cacheKey } from './cache-key.js';
 
 export interface ClaimerDeps {
   pool: pg.Pool;
   model: string;
+  /** The model's configuration fingerprint, part of every cache key (cache-key.ts). */
+  fingerprint: Buffer;
   workerId: string;
   embed(inputs: EmbedInput[]): Promise<EmbeddingResult>;
   log: { info: LogFn; warn: LogFn; error: LogFn };
@@ -35,15 +37,6 @@ const MAX_IN_FLIGHT = 1;
  */
 const QUIET_MS = 4;
 const LINGER_MS = 25;
-
-/**
- * The cache key, identical to SQL's ai.embedding_input_hash(jsonb): SHA-256 of the text, or of
- * 'ids:' plus the list as Postgres prints a jsonb array ("[1, 2, 3]").
- */
-export function inputHash(input: EmbedInput): Buffer {
-  const text = typeof input === 'string' ? input : `ids:[${input.join(', ')}]`;
-  return createHash('sha256').update(text, 'utf8').digest();
-}
 
 /** A stored request can outlive the code that stored it: check its shape at run time. */
 function readInputs(input: unknown): EmbedInput[] | null {
@@ -158,7 +151,7 @@ export class EmbedClaimer {
     const unique = new Map<string, { input: EmbedInput; hash: Buffer; vector?: number[]; tokens?: number; error?: ErrorBody }>();
     for (const r of requests) {
       for (const input of r.inputs ?? []) {
-        const hash = inputHash(input);
+        const hash = cacheKey(this.deps.fingerprint, input);
         const key = hash.toString('hex');
         if (!unique.has(key)) unique.set(key, { input, hash });
       }
@@ -197,7 +190,7 @@ export class EmbedClaimer {
         const error: ErrorBody = { message: 'Stored request is invalid: input.input is not a list of texts or token-id lists.', type: 'server_error', param: null, code: 'invalid_stored_request' };
         return { id: r.id, status: 'failed', output: null, usage: null, error, event: { type: 'error', status: 500, error } };
       }
-      const found = r.inputs.map((input) => unique.get(inputHash(input).toString('hex'))!);
+      const found = r.inputs.map((input) => unique.get(cacheKey(this.deps.fingerprint, input).toString('hex'))!);
       const bad = found.findIndex((e) => e.error);
       if (bad !== -1) {
         const e = found[bad]!.error!;

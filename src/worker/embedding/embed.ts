@@ -1,5 +1,6 @@
 import { Tensor, type PreTrainedModel, type PreTrainedTokenizer } from '@huggingface/transformers';
 import type { ErrorBody } from '../../protocol/errors.js';
+import { overflowAt, type InputBound } from '../../protocol/limits.js';
 
 export interface EmbedModel {
   model: PreTrainedModel;
@@ -12,6 +13,10 @@ export interface EmbedModel {
   truncate: boolean;
   /** Whether the graph takes token_type_ids (BERT does). */
   typeIds: boolean;
+  /** Tells a text that cannot fit without tokenizing it (see protocol/limits.ts); null: unknown. */
+  inputBound?: InputBound | null;
+  /** A shorter text that tokenizes the same (input-bound.ts wordPieceShortener). */
+  shorten?: ((text: string) => string) | null;
 }
 
 /** A text, or token ids used as the complete model input. */
@@ -38,7 +43,15 @@ function tokenize(m: EmbedModel, input: EmbedInput): { ids: number[] } | { error
   let ids: number[];
   if (typeof input === 'string') {
     if (input.length === 0) return { error: reject('it is an empty string.', 'empty_input') };
-    ids = m.tokenizer.encode(input);
+    // Before tokenizing: a text far too long would hold the model thread for seconds (a 6 MiB
+    // word takes a byte-level BPE tokenizer about 40 s) only to be refused or cut.
+    const over = m.inputBound ? overflowAt([input], m.inputBound, m.maxTokens) : null;
+    if (over && !m.truncate) {
+      return { error: reject(`it is more than ${m.maxTokens} tokens long; this model takes at most ${m.maxTokens}. Shorten it, or register the model with --truncate.`, 'context_length_exceeded') };
+    }
+    // To be cut anyway: a prefix already too long for the model is cut the same way.
+    const text = over ? input.slice(0, over[1]) : input;
+    ids = m.tokenizer.encode(m.shorten ? m.shorten(text) : text);
   } else {
     if (input.length === 0) return { error: reject('it is an empty token list.', 'empty_input') };
     const bad = input.find((id) => id >= m.vocabSize);

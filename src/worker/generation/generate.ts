@@ -2,6 +2,7 @@ import { Tensor, type PreTrainedModel, type PreTrainedTokenizer } from '@hugging
 import type { FinishReason } from '../../protocol/shared.js';
 import { ThreadError } from './thread-error.js';
 import type { TokenLogprob } from './logprobs.js';
+import { budgetMessage } from '../../protocol/limits.js';
 
 /** What a loaded chat model gives the decode loop (scheduler.ts), and the loop's shared pieces. */
 
@@ -54,4 +55,24 @@ export function checkContext(m: ChatModel, promptTokens: number, maxTokens: numb
     );
   }
   return maxTokens ?? room;
+}
+
+/**
+ * The context check, then the memory one: a request reserves n × (prompt + max new tokens) KV
+ * tokens while it runs, and may reserve at most the whole budget (SWITCHYARD_MAX_BATCH_TOKENS).
+ * Without max_tokens a choice may run to the context's end, or to its share of the budget when
+ * that comes first. Returns the new tokens each choice may have.
+ */
+export function checkBudget(m: ChatModel, promptTokens: number, params: { maxTokens: number | null; n: number }, budget: number): number {
+  const maxNew = checkContext(m, promptTokens, params.maxTokens);
+  const share = Math.floor(budget / params.n) - promptTokens;
+  if (params.maxTokens === null && share >= 1) return Math.min(maxNew, share);
+  if (params.n * (promptTokens + maxNew) <= budget) return maxNew;
+  const param = params.n > 1 ? 'n' : share < 1 ? 'messages' : 'max_tokens';
+  throw ThreadError.user(
+    400,
+    budgetMessage(params.n, promptTokens, params.maxTokens ?? 1, budget, param),
+    'invalid_value',
+    param,
+  );
 }

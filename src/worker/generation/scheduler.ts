@@ -1,7 +1,7 @@
 import { Tensor } from '@huggingface/transformers';
 import type { SamplingParams } from '../../protocol/chat.js';
 import type { FinishReason } from '../../protocol/shared.js';
-import { checkContext, int64, toPast, type ChatModel, type ChoiceResult, type Feeds, type GenerateOptions } from './generate.js';
+import { checkBudget, int64, toPast, type ChatModel, type ChoiceResult, type Feeds, type GenerateOptions } from './generate.js';
 import { logprobsOf, type TokenLogprob } from './logprobs.js';
 import { applyPenalties, drawToken, makeRng } from './sampler.js';
 import { TextStream } from './text-stream.js';
@@ -101,9 +101,14 @@ export class BatchScheduler {
     return { decoding: this.rows.length, waiting: this.waiting.length, prefilling: this.prefilling.length };
   }
 
+  /** The new tokens each choice may have; throws a 400 ThreadError for a request that does not fit (see checkBudget). */
+  check(promptTokens: number, params: Pick<SamplingParams, 'maxTokens' | 'n'>): number {
+    return checkBudget(this.m, promptTokens, params, this.limits.maxTokens);
+  }
+
   /** Generates `params.n` choices for one prompt; resolves when every choice has finished. */
   submit(promptIds: number[], params: SamplingParams, opts: SubmitOptions): Promise<ChoiceResult[]> {
-    const maxNew = checkContext(this.m, promptIds.length, params.maxTokens);
+    const maxNew = this.check(promptIds.length, params);
     return new Promise((resolve, reject) => {
       const req: Request = {
         promptIds, params, opts, maxNew,
@@ -149,7 +154,7 @@ export class BatchScheduler {
     return this.rows.length + this.prefilling.reduce((s, r) => s + r.params.n, 0);
   }
 
-  /** FIFO: the oldest waiting request goes first; one too big for any batch runs alone. */
+  /** FIFO: the oldest waiting request goes first (none reserves more than the whole budget: check()). */
   private admit(): void {
     while (this.waiting.length > 0) {
       const req = this.waiting[0]!;

@@ -1,12 +1,19 @@
-// A thread that renders untrusted (per-request) chat templates, so that a template that loops
-// for minutes can be stopped by terminating this thread instead of stalling the model thread.
-import { parentPort } from 'node:worker_threads';
+// A process that renders untrusted (per-request) chat templates, so that a template that loops
+// for minutes or fills memory can be stopped (or die) alone, instead of stalling or crashing the
+// model thread. A process, not a worker thread: a thread that reaches its heap limit can still
+// abort the whole process (nodejs/node#47224).
 import { Template } from '@huggingface/jinja';
 
-parentPort.on('message', ({ id, template, context }) => {
+const maxChars = Number(process.argv[2]) || Infinity;
+
+process.on('message', ({ id, template, context }) => {
   try {
-    parentPort.postMessage({ id, text: new Template(template).render(context) });
+    const text = new Template(template).render(context);
+    // The limit is checked by the parent too; this only avoids sending a huge text across.
+    process.send(text.length > maxChars ? { id, text: '', tooLong: text.length } : { id, text });
   } catch (err) {
-    parentPort.postMessage({ id, error: err instanceof Error ? err.message : String(err) });
+    process.send({ id, error: err instanceof Error ? err.message : String(err) });
   }
 });
+// The worker went away: so does its sandbox.
+process.on('disconnect', () => process.exit(0));

@@ -134,7 +134,7 @@ describe('BatchScheduler', () => {
     expect(beforeLong).toBeGreaterThanOrEqual(Math.ceil(long.length / 8) - 1);
   });
 
-  it('keeps within its bounds: at most maxSequences rows and maxTokens reserved; a request too big for any batch runs alone', async () => {
+  it('keeps within its bounds: at most maxSequences rows and maxTokens reserved; a request over the whole budget is refused', async () => {
     const ps = prompts(6, 21);
     const s = new BatchScheduler(m, { maxSequences: 3, maxTokens: 10_000, prefillChunk: 128 });
     const all = await Promise.all(ps.map((prompt) => s.submit(prompt, params({ maxTokens: 6 }), { signal: never, onDelta: noop })));
@@ -142,14 +142,21 @@ describe('BatchScheduler', () => {
     expect(s.stats.maxBatch).toBe(3);
 
     const tight = new BatchScheduler(m, { maxSequences: 16, maxTokens: 40, prefillChunk: 128 });
-    // Each reserves prompt + 6 tokens: two at most fit in 40; the 5-choice request (5 × 24 = 120) only alone.
+    // Each reserves n × (prompt + 6) tokens: two single choices fit in 40 together, a 2-choice
+    // request only alone, and a 5-choice one (5 × 19) never: it is refused, naming n (it used to
+    // run alone, so one request's memory had no bound).
+    const over = await Promise.resolve()
+      .then(() => tight.submit(ps[2]!, params({ maxTokens: 6, n: 5 }), { signal: never, onDelta: noop }))
+      .catch((e: unknown) => e);
+    expect(over).toBeInstanceOf(ThreadError);
+    expect((over as ThreadError).body).toMatchObject({ code: 'invalid_value', param: 'n' });
     const fits = await Promise.all([
       tight.submit(ps[1]!, params({ maxTokens: 6 }), { signal: never, onDelta: noop }),
       tight.submit(ps[1]!, params({ maxTokens: 6 }), { signal: never, onDelta: noop }),
-      tight.submit(ps[2]!, params({ maxTokens: 6, n: 5 }), { signal: never, onDelta: noop }),
+      tight.submit(ps[2]!, params({ maxTokens: 6, n: 2 }), { signal: never, onDelta: noop }),
     ]);
-    expect(fits[2]!.length).toBe(5);
-    expect(tight.stats.maxBatch).toBe(5);
+    expect(fits[2]!.length).toBe(2);
+    expect(tight.stats.maxBatch).toBe(2);
     expect(tight.load).toEqual({ decoding: 0, waiting: 0, prefilling: 0 });
   });
 

@@ -12,10 +12,11 @@
 import type { PreTrainedTokenizer } from '@huggingface/transformers';
 import type { ConstraintSpec } from '../../../protocol/chat.js';
 import { advance, advanceText, initialState, isComplete, isDone, minClose, type Node, type State } from './grammar.js';
-import { ANY_OBJECT, compileSchema, finish, jsonLiteral, lit, objectNode } from './schema.js';
+import { createHash } from 'node:crypto';
+import { ANY_OBJECT, compileSchema, finish, jsonLiteral, lit, objectNode, schemaBudget } from './schema.js';
 import { ThreadError } from '../thread-error.js';
 
-export { SchemaError, checkSchema } from './schema.js';
+export { SchemaError, checkSchema, SCHEMA_LIMITS } from './schema.js';
 
 export type { ConstraintSpec };
 
@@ -95,15 +96,20 @@ export function vocabularyOf(tokenizer: PreTrainedTokenizer, eosIds?: Iterable<n
   return vocab;
 }
 
-/** Compiled grammars by spec (without the per-request fields): schemas repeat across requests. */
+/**
+ * Compiled grammars by a digest of the spec (without the per-request fields): schemas repeat
+ * across requests, and a key of 32 bytes instead of the schema's text keeps the cache small.
+ */
 const grammars = new Map<string, Node>();
 const MAX_GRAMMARS = 256;
 
 function toolCallsGrammar(spec: Extract<ConstraintSpec, { kind: 'tool_calls' }>): Node {
   const f = spec.format;
+  // One size budget for all the tools' parameters together (SCHEMA_LIMITS).
+  const budget = schemaBudget();
   const calls: Node[] = spec.tools.map((t) => {
     // The parameters compile on their own: their $refs are relative to their root.
-    const params = compileSchema(t.parameters ?? { type: 'object', properties: {} });
+    const params = compileSchema(t.parameters ?? { type: 'object', properties: {} }, budget);
     return objectNode([
       { key: f.name_key, lit: jsonLiteral(f.name_key), node: lit([jsonLiteral(t.name)]), required: true },
       { key: f.arguments_key, lit: jsonLiteral(f.arguments_key), node: params, required: true },
@@ -117,7 +123,9 @@ function toolCallsGrammar(spec: Extract<ConstraintSpec, { kind: 'tool_calls' }>)
 
 function grammarOf(spec: ConstraintSpec): Node {
   if (spec.kind === 'json_object') return ANY_OBJECT;
-  const key = JSON.stringify(spec.kind === 'json_schema' ? [spec.kind, spec.schema] : [spec.kind, spec.format, spec.tools, spec.parallel]);
+  const key = createHash('sha256')
+    .update(JSON.stringify(spec.kind === 'json_schema' ? [spec.kind, spec.schema] : [spec.kind, spec.format, spec.tools, spec.parallel]))
+    .digest('base64');
   let g = grammars.get(key);
   if (!g) {
     g = spec.kind === 'json_schema' ? compileSchema(spec.schema) : toolCallsGrammar(spec);

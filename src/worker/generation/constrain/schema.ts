@@ -198,6 +198,12 @@ class Compiler {
         for (const key of required as string[]) {
           if (!keys.includes(key)) list.push({ key, lit: jsonLiteral(key), node: ANY, required: true });
         }
+        // Where a key may start, every optional property up to the next required one is a
+        // candidate: compiling costs (optional)² and decoding follows each candidate at once.
+        const optional = list.filter((p) => !p.required).length;
+        if (optional > MAX_OPTIONAL) {
+          throw new SchemaError(`The object at ${path} has ${optional} optional properties; at most ${MAX_OPTIONAL} are supported (required ones are not limited).`, 'properties', path);
+        }
         return objectNode(list);
       }
       default:
@@ -303,12 +309,51 @@ export function finish(root: Node, where: string): Node {
   return root;
 }
 
-/** A JSON schema's grammar (throws SchemaError for what is not supported). */
-export function compileSchema(schema: unknown): Node {
+/**
+ * How big the schemas of one request may be, in all (response_format, or the parameters of the
+ * tools a call is forced to): JSON values (objects, arrays, strings, numbers...), nesting, and
+ * characters of keys and strings. Compiling is then bounded in time (a few ms at the limit),
+ * since it runs on the model thread between decode steps. OpenAI's strict mode allows 5000
+ * properties and 10 levels of nesting.
+ */
+export const SCHEMA_LIMITS = { values: 20_000, depth: 32, chars: 200_000 };
+/** Optional properties per object (see Compiler.typed). */
+export const MAX_OPTIONAL = 128;
+
+/** What is left of SCHEMA_LIMITS for a request's further schemas. */
+export interface SchemaBudget {
+  values: number;
+  chars: number;
+}
+
+export const schemaBudget = (): SchemaBudget => ({ values: SCHEMA_LIMITS.values, chars: SCHEMA_LIMITS.chars });
+
+/** Walks the schema (without recursion: its depth is not known yet) and charges it to `budget`. */
+export function chargeSchema(schema: unknown, budget: SchemaBudget): void {
+  const stack: [unknown, number][] = [[schema, 1]];
+  while (stack.length) {
+    const [v, depth] = stack.pop()!;
+    if (depth > SCHEMA_LIMITS.depth) throw new SchemaError(`The schema nests deeper than ${SCHEMA_LIMITS.depth} levels.`, null, '#');
+    if (--budget.values < 0) throw new SchemaError(`The schema is too large: more than ${SCHEMA_LIMITS.values} JSON values in all.`, null, '#');
+    if (typeof v === 'string') budget.chars -= v.length;
+    else if (Array.isArray(v)) for (const x of v) stack.push([x, depth + 1]);
+    else if (v && typeof v === 'object') {
+      for (const [k, x] of Object.entries(v)) {
+        budget.chars -= k.length;
+        stack.push([x, depth + 1]);
+      }
+    }
+    if (budget.chars < 0) throw new SchemaError(`The schema is too large: more than ${SCHEMA_LIMITS.chars} characters of keys and strings in all.`, null, '#');
+  }
+}
+
+/** A JSON schema's grammar (throws SchemaError for what is not supported, or too large). */
+export function compileSchema(schema: unknown, budget: SchemaBudget = schemaBudget()): Node {
+  chargeSchema(schema, budget);
   return finish(new Compiler(schema).compile(schema, '#'), '');
 }
 
-/** Throws SchemaError when the schema cannot be enforced. */
-export function checkSchema(schema: unknown): void {
-  compileSchema(schema);
+/** Throws SchemaError when the schema cannot be enforced; `budget` carries over to the request's next schema. */
+export function checkSchema(schema: unknown, budget: SchemaBudget = schemaBudget()): void {
+  compileSchema(schema, budget);
 }
