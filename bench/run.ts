@@ -2,8 +2,8 @@
  * The benchmark suite: the gateway (real `serve` + `worker` processes on a throwaway database)
  * against the same models called in-process, side by side in one run.
  *
- *   npm run bench                      full run (about 10 minutes on 2 cores); updates BENCHMARKS.md
- *   npm run bench -- --quick           fewer rounds, shorter generations (about three minutes on 2 cores)
+ *   npm run bench                      full run (about 15 minutes on 2 cores); updates BENCHMARKS.md
+ *   npm run bench -- --quick           fewer rounds, shorter generations (about five minutes on 2 cores)
  *   npm run bench -- --only streaming,embeddings    some sections (names: see --help)
  *
  * Writes bench/results/<time>-<mode>.json (every figure, raw numbers, machine, versions, commit)
