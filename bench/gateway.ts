@@ -79,14 +79,28 @@ export interface ChatBody {
   [k: string]: unknown;
 }
 
-/** One non-streaming chat completion; ms from sending to the parsed body. */
-export async function chatOnce(s: Stack, body: ChatBody): Promise<{ ms: number; status: number; completionTokens: number; requestId: string | null }> {
+/**
+ * One non-streaming chat completion; ms from sending to the parsed body. Never throws: a non-200,
+ * a network error or no answer within `timeoutMs` is `error` (callers count it, never drop it).
+ */
+export async function chatOnce(
+  s: Stack,
+  body: ChatBody,
+  timeoutMs = 60_000,
+): Promise<{ ms: number; status: number; completionTokens: number; requestId: string | null; error: string | null }> {
   const t0 = performance.now();
-  const res = await fetch(`${s.base}/v1/chat/completions`, { method: 'POST', headers: headers(s.key), body: JSON.stringify(body) });
-  const json = (await res.json()) as { usage?: { completion_tokens: number }; error?: { message: string } };
-  const ms = performance.now() - t0;
-  if (res.status !== 200) throw new Error(`chat ${res.status}: ${JSON.stringify(json)}`);
-  return { ms, status: res.status, completionTokens: json.usage?.completion_tokens ?? 0, requestId: res.headers.get('x-request-id') };
+  try {
+    const res = await fetch(`${s.base}/v1/chat/completions`, {
+      method: 'POST', headers: headers(s.key), body: JSON.stringify(body), signal: AbortSignal.timeout(timeoutMs),
+    });
+    const json = (await res.json()) as { usage?: { completion_tokens: number }; error?: { message: string } };
+    const ms = performance.now() - t0;
+    const error = res.status === 200 ? null : `status ${res.status}: ${JSON.stringify(json).slice(0, 200)}`;
+    return { ms, status: res.status, completionTokens: json.usage?.completion_tokens ?? 0, requestId: res.headers.get('x-request-id'), error };
+  } catch (err) {
+    const timedOut = (err as Error).name === 'TimeoutError';
+    return { ms: performance.now() - t0, status: 0, completionTokens: 0, requestId: null, error: timedOut ? `no answer within ${timeoutMs / 1000} s` : `network: ${(err as Error).message}` };
+  }
 }
 
 export interface StreamResult {
@@ -102,6 +116,9 @@ export interface StreamResult {
   /** Chunks that carried text (a chunk may hold several tokens). */
   textChunks: number;
   done: boolean;
+  /** Cancelled by the caller's `signal` (on purpose, e.g. after the first token): not an error. */
+  cancelled: boolean;
+  /** Anything else that kept the stream from [DONE]: a non-200, an error event, a network error, a stall, the deadline. */
   error: string | null;
   body: string | null;
   requestId: string | null;
@@ -109,24 +126,44 @@ export interface StreamResult {
 
 /**
  * A streaming chat completion with usage; never throws (errors are in the result). `onFirstToken`
- * runs when the first text arrives; `signal` aborts (the result then has error 'aborted').
+ * runs when the first text arrives; `signal` cancels on purpose (`cancelled`, not an error). A
+ * stream that hangs is an error, never dropped: no byte for `stallMs` (default 30 s), or still
+ * open at `deadlineAt` (a performance.now() time; default 10 minutes after sending).
  */
 export async function chatStream(
   s: Stack,
   body: ChatBody,
-  opts: { signal?: AbortSignal; onFirstToken?: () => void; onHeaders?: () => void } = {},
+  opts: { signal?: AbortSignal; onFirstToken?: () => void; onHeaders?: () => void; stallMs?: number; deadlineAt?: number } = {},
 ): Promise<StreamResult> {
   const r: StreamResult = {
     status: 0, sentAt: performance.now(), headersAt: null, firstTokenAt: null, lastTokenAt: null, endAt: null,
-    completionTokens: 0, promptTokens: 0, textChunks: 0, done: false, error: null, body: null, requestId: null,
+    completionTokens: 0, promptTokens: 0, textChunks: 0, done: false, cancelled: false, error: null, body: null, requestId: null,
+  };
+  const stallMs = opts.stallMs ?? 30_000;
+  const deadlineAt = opts.deadlineAt ?? r.sentAt + 600_000;
+  const abort = new AbortController();
+  let why: 'cancelled' | 'stalled' | 'deadline' | null = null;
+  const stop = (reason: typeof why) => {
+    why ??= reason;
+    abort.abort();
+  };
+  const onCancel = () => stop('cancelled');
+  if (opts.signal?.aborted) onCancel();
+  opts.signal?.addEventListener('abort', onCancel);
+  let stall = setTimeout(() => stop('stalled'), stallMs);
+  const deadline = setTimeout(() => stop('deadline'), Math.max(0, deadlineAt - r.sentAt));
+  const alive = () => {
+    clearTimeout(stall);
+    stall = setTimeout(() => stop('stalled'), stallMs);
   };
   try {
     const res = await fetch(`${s.base}/v1/chat/completions`, {
       method: 'POST',
       headers: headers(s.key),
       body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
-      signal: opts.signal,
+      signal: abort.signal,
     });
+    alive();
     r.status = res.status;
     r.headersAt = performance.now();
     r.requestId = res.headers.get('x-request-id');
@@ -140,6 +177,7 @@ export async function chatStream(
     let buf = '';
     for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
       const now = performance.now();
+      alive();
       buf += decoder.decode(part, { stream: true });
       let i;
       while ((i = buf.indexOf('\n\n')) !== -1) {
@@ -174,7 +212,14 @@ export async function chatStream(
     }
     if (!r.done && !r.error) r.error = 'stream ended without [DONE]';
   } catch (err) {
-    r.error = opts.signal?.aborted ? 'aborted' : `network: ${(err as Error).message}`;
+    if (why === 'cancelled') r.cancelled = true;
+    else if (why === 'stalled') r.error = `stalled: no byte for ${stallMs / 1000} s`;
+    else if (why === 'deadline') r.error = `deadline: still open ${((deadlineAt - r.sentAt) / 1000).toFixed(0)} s after sending`;
+    else r.error = `network: ${(err as Error).message}`;
+  } finally {
+    clearTimeout(stall);
+    clearTimeout(deadline);
+    opts.signal?.removeEventListener('abort', onCancel);
   }
   return r;
 }

@@ -52,6 +52,18 @@ export class InProcessChat {
   }
 
   /**
+   * `generate` timed from the messages: the chat template and tokenization are inside
+   * `firstTokenMs` and `totalMs`, as they are inside the gateway's time to first token.
+   */
+  async generateChat(messages: Message[], maxNew: number, batch = 1): Promise<GenerationTiming & { templateMs: number; promptTokens: number }> {
+    const t0 = performance.now();
+    const ids = this.promptIds(messages);
+    const templateMs = performance.now() - t0;
+    const t = await this.generate(ids, maxNew, batch);
+    return { ...t, templateMs, promptTokens: ids.length, firstTokenMs: t.firstTokenMs + templateMs, totalMs: t.totalMs + templateMs };
+  }
+
+  /**
    * Greedy decoding of `maxNew` tokens for `batch` copies of one prompt in one forward pass per
    * step (batch 1: the single-stream limit; batch 8: what batching concurrent requests could give).
    */

@@ -2,8 +2,8 @@
  * The benchmark suite: the gateway (real `serve` + `worker` processes on a throwaway database)
  * against the same models called in-process, side by side in one run.
  *
- *   npm run bench                      full run (about 10 minutes on 2 cores); updates BENCHMARKS.md
- *   npm run bench -- --quick           fewer rounds, shorter generations (about three minutes on 2 cores)
+ *   npm run bench                      full run (about 15 minutes on 2 cores); updates BENCHMARKS.md
+ *   npm run bench -- --quick           fewer rounds, shorter generations (about five minutes on 2 cores)
  *   npm run bench -- --only streaming,embeddings    some sections (names: see --help)
  *
  * Writes bench/results/<time>-<mode>.json (every figure, raw numbers, machine, versions, commit)
@@ -12,7 +12,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startStack } from './gateway.js';
@@ -111,13 +111,15 @@ const t0 = performance.now();
 const models = await ensureBenchModels(progress);
 progress('loading the in-process models');
 const chat = await InProcessChat.load(models.dir, models.chat);
+const tiny = await InProcessChat.load(dirname(models.tiny), basename(models.tiny));
 const embed = await loadInProcessEmbed(models.dir, models.embed);
 // Warm up: the first forward passes of a session (and of each batch size) are slow.
 for (const b of [1, 8]) await chat.generate(chat.promptIds([{ role: 'user', content: 'warm up' }]), 4, b);
+for (let i = 0; i < 3; i++) await tiny.generate(tiny.promptIds([{ role: 'user', content: 'warm up' }]), 4);
 progress('starting serve + worker on a fresh database');
 const stack = await startStack(models);
 progress(`gateway at ${stack.base}`);
-const ctx: Ctx = { stack, chat, embed, quick };
+const ctx: Ctx = { stack, chat, tiny, embed, quick };
 const sections: Record<string, { rows: Row[]; raw: Record<string, unknown>; seconds: number; error?: string }> = {};
 let interrupted = false;
 const onSignal = () => {
@@ -146,6 +148,7 @@ try {
   const batching = stack.workers[0]?.output().match(/embeddings minilm: .*/g) ?? [];
   await stack.stop();
   await chat.dispose();
+  await tiny.dispose();
   (ctx as { batching?: string[] }).batching = batching;
 }
 
