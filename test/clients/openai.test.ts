@@ -1,6 +1,6 @@
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, startServe, type Proc } from '../helpers/stack.js';
+import { cli, query, startServe, type Proc } from '../helpers/stack.js';
 import { attempts, expectSameVectors, PgProxy, Recorder, startGateway, type Gateway } from './harness.js';
 
 /**
@@ -133,11 +133,19 @@ describe('openai-node', () => {
     expect(denied).toBeInstanceOf(OpenAI.PermissionDeniedError);
     expect(denied).toMatchObject({ status: 403 });
 
+    // More than the context: refused by serve before it is queued (no row, no id).
     const tooLong = await client.chat.completions.create({ model: 'tiny', messages, max_tokens: 100_000, stream: true }).catch((e: unknown) => e);
     expect(tooLong).toBeInstanceOf(OpenAI.BadRequestError);
-    expect(tooLong).toMatchObject({ code: 'context_length_exceeded' });
-    // An error that comes after the request was queued carries its id, and its row says why.
-    const failed = await gw.row((tooLong as InstanceType<typeof OpenAI.APIError>).requestID ?? null);
+    expect(tooLong).toMatchObject({ status: 400, code: 'context_length_exceeded' });
+    expect((tooLong as InstanceType<typeof OpenAI.APIError>).requestID).toBeNull();
+    // An error that comes after the request was queued (the worker renders the template)
+    // carries its id, and its row says why.
+    const broken = await client.chat.completions
+      .create({ model: 'tiny', messages, max_tokens: 4, stream: true, chat_template: "{{ raise_exception('no template') }}" } as never)
+      .catch((e: unknown) => e);
+    expect(broken).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(broken).toMatchObject({ code: 'invalid_chat_template' });
+    const failed = await gw.row((broken as InstanceType<typeof OpenAI.APIError>).requestID ?? null);
     expect(failed.status).toBe('failed');
 
     const nowhere = new OpenAI({ baseURL: 'http://127.0.0.1:9/v1', apiKey: 'x', maxRetries: 0 });
@@ -201,7 +209,10 @@ describe('openai-node', () => {
         const err = await retrying.chat.completions.create({ model: 'tiny', messages, max_tokens: 4 }).catch((e: unknown) => e);
         expect(err).toBeInstanceOf(OpenAI.InternalServerError);
         expect(err).toMatchObject({ status: 503, code: 'service_unavailable' });
-        expect((err as InstanceType<typeof OpenAI.APIError>).requestID).toBeNull(); // never queued: no row, no id
+        // Never queued: its id (for the logs) names no row.
+        const id = (err as InstanceType<typeof OpenAI.APIError>).requestID;
+        expect(id).toMatch(/^[0-9a-f-]{36}$/);
+        expect(await query(gw.db.url, 'select 1 from ai.requests where id = $1', [id])).toEqual([]);
         const a = attempts(local.exchanges, 'tiny');
         expect(a.statuses).toEqual([503, 503, 503]);
         for (const p of a.pausesMs) expect(p).toBeGreaterThanOrEqual(990);
