@@ -6,7 +6,7 @@
  * background work (job polling, heartbeats, reapers) is measured over a quiet window first and
  * subtracted. Then the latency of 1-token non-streaming requests, one after another.
  *
- *   npx tsx scripts/dataplane-cost.ts [--root DIR] [--streams 16] [--tokens 128] [--flush-ms N]
+ *   npx tsx scripts/dataplane-cost.ts [--root DIR] [--streams 16] [--tokens 128] [--flush-ms N] [--unlogged]
  *
  * --root runs another checkout's serve and worker (e.g. main, for a before/after figure).
  * Needs PostgreSQL as for the tests (SWITCHYARD_TEST_DATABASE_URL, superuser: pg_walinspect)
@@ -26,6 +26,8 @@ const { values: args } = parseArgs({
     tokens: { type: 'string', default: '128' },
     'flush-ms': { type: 'string' },
     'latency-runs': { type: 'string', default: '30' },
+    /** Makes ai.request_events UNLOGGED after migrating (to measure what that would save). */
+    unlogged: { type: 'boolean', default: false },
   },
 });
 const STREAMS = Number(args.streams);
@@ -61,6 +63,12 @@ const probe = new pg.Client({ connectionString: url });
 try {
   const modelsDir = process.env.SWITCHYARD_MODELS_DIR ?? (await ensureFixtureModels()).dir;
   await run(['migrate'], {});
+  if (args.unlogged) {
+    const c = new pg.Client({ connectionString: url });
+    await c.connect();
+    await c.query('alter table ai.request_events set unlogged');
+    await c.end();
+  }
   await run(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'], {});
   const key = String(await run(['keys', 'create', '--name', 'cost'], {})).trim().split('\n').pop()!;
   const flushEnv: Record<string, string> = args['flush-ms'] ? { SWITCHYARD_FLUSH_MS: args['flush-ms'] } : {};
@@ -98,7 +106,16 @@ try {
          from w where block_ref ~ ('rel \\d+/' || $3 || '/') or xid in (select xid from ours)`,
       [from, to, oid],
     );
-    return { bytes: Number(r.rows[0]!.bytes), fpi: Number(r.rows[0]!.fpi), records: Number(r.rows[0]!.records) };
+    const kinds = await probe.query<{ kind: string; bytes: string; n: string }>(
+      `with w as (select * from pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn)),
+            ours as (select distinct xid from w where xid <> 0 and block_ref ~ ('rel \\d+/' || $3 || '/'))
+       select resource_manager || '/' || split_part(record_type, ' ', 1) as kind, sum(record_length)::text as bytes, count(*)::text as n
+         from w where block_ref ~ ('rel \\d+/' || $3 || '/') or xid in (select xid from ours)
+        group by 1 order by sum(record_length) desc limit 8`,
+      [from, to, oid],
+    );
+    const top = kinds.rows.map((k) => `${k.kind} ${k.bytes} B/${k.n}`).join(', ');
+    return { bytes: Number(r.rows[0]!.bytes), fpi: Number(r.rows[0]!.fpi), records: Number(r.rows[0]!.records), top };
   };
 
   // Warm-up: the model loaded, the pools and caches filled.
@@ -132,11 +149,12 @@ try {
   latencies.sort((x, y) => x - y);
 
   const f = (n: number, d = 2) => n.toFixed(d);
-  console.log(`root ${args.root}${args['flush-ms'] ? `, SWITCHYARD_FLUSH_MS=${args['flush-ms']}` : ''}`);
+  console.log(`root ${args.root}${args['flush-ms'] ? `, SWITCHYARD_FLUSH_MS=${args['flush-ms']}` : ''}${args.unlogged ? ', ai.request_events unlogged' : ''}`);
   console.log(`${STREAMS} streams × ${TOKENS} tokens: ${tokens} tokens in ${loadMs} ms, ${events} delta event rows in the database (all runs)`);
   console.log(`idle background: ${f(idle.commits)} commits/s, ${f(idle.bytes, 0)} WAL bytes/s (subtracted over the ${f(sec, 1)} s window)`);
   console.log(`commits per token: ${f(commits / tokens, 3)} (${f(commits, 0)} commits; raw ${c.commits - b.commits})`);
   console.log(`WAL bytes per token: ${f(bytes / tokens, 1)} (of which full-page images ${f(fpi / tokens, 1)}; ${f((bytes - fpi) / tokens, 1)} without them; raw ${loadWal.bytes} bytes in ${loadWal.records} records)`);
+  console.log(`WAL by record kind (load window, raw): ${loadWal.top}`);
   console.log(`1-token non-streaming latency: p50 ${f(latencies[Math.floor(latencies.length / 2)]!, 1)} ms, min ${f(latencies[0]!, 1)} ms (n=${latencies.length})`);
 } finally {
   for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');

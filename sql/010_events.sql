@@ -47,7 +47,8 @@ $$;
 -- p_events is an array of {request, attempt, seq, data}. Only the events of requests this
 -- worker's attempt still owns are written; returns the requests refused (cancelled, re-queued by
 -- a reaper, or claimed by another attempt), whose generation should stop. A retry of a call that
--- committed writes nothing twice.
+-- committed fails with unique_violation, and writes nothing twice (callers take it for done: no
+-- ON CONFLICT clause, whose speculative insertion costs a second WAL record per row).
 create or replace function ai.publish_events(p_worker text, p_events jsonb)
 returns uuid[] language plpgsql as $$
 declare
@@ -71,7 +72,6 @@ begin
     select (e->>'request')::uuid, (e->>'seq')::int, e->'data'
       from jsonb_array_elements(p_events) e
      where (e->>'request')::uuid = any(owned)
-    on conflict (request_id, seq) do nothing
     returning request_id, seq)
   select array_agg(g.request_id), array_agg(g.seq) into ids, seqs
     from (select request_id, max(seq) as seq from w group by request_id) g;
