@@ -1,9 +1,16 @@
 -- Idempotent: re-applied by every `switchyard migrate`. Functions and views only, no data.
 
 -- Stream events: a row per event (for replay and for reading) and a notification saying that
--- one exists. Any role that can connect may LISTEN to and NOTIFY any channel, whatever it was
--- granted, so a notification carries only `<request id>:<seq>`, never content, and listeners
--- treat it as a hint to read the rows (which only granted roles can).
+-- some exist. Any role that can connect may LISTEN to and NOTIFY any channel, whatever it was
+-- granted, so a notification carries only `<request id>:<seq>` items, never content, and
+-- listeners treat it as a hint to read the rows (which only granted roles can).
+--
+-- Postgres pays per flush, not per token: a worker writes the events of all its requests that
+-- advanced since its last flush in one call of ai.publish_events (one transaction), and each
+-- request's notification goes only to the channel of the process that waits on it
+-- (ai.requests.listener, written at enqueue): one notification per listening process per flush,
+-- and no process parses another's traffic. Requests without a listener (ai.embed,
+-- ai.chat_complete poll their row) notify nobody.
 --
 -- Ownership: a worker writes a request's events and outcome only while the row names it and
 -- the attempt it runs (worker, attempts) and is 'running'. A worker taken for dead (paused,
@@ -14,45 +21,96 @@
 -- does not own.
 drop function if exists ai.publish_event(uuid, integer, jsonb);
 
+-- Announces events to the listener of each request: `items` are (request, highest seq) pairs.
+-- One notification per channel, items separated by spaces; a payload must stay under 8000 bytes,
+-- so past 150 items (47 bytes each at most) a channel gets a second one.
+create or replace function ai._notify_events(p_requests uuid[], p_seqs integer[])
+returns void language sql as $$
+  select count(pg_notify(t.listener, t.payload)) from (
+    select i.listener, string_agg(i.item, ' ') as payload
+      from (select r.listener, x.id::text || ':' || x.seq as item,
+                   (row_number() over (partition by r.listener order by x.id) - 1) / 150 as chunk
+              from unnest(p_requests, p_seqs) as x(id, seq)
+              join ai.requests r on r.id = x.id
+             where r.listener is not null) i
+     group by i.listener, i.chunk) t;
+$$;
+
 -- Stores one event and announces it. Internal: callers establish ownership first.
 create or replace function ai._emit_event(p_request uuid, p_seq integer, p_data jsonb)
 returns void language sql as $$
   insert into ai.request_events (request_id, seq, data) values (p_request, p_seq, p_data);
-  select pg_notify('ai_events', p_request::text || ':' || p_seq);
+  select ai._notify_events(array[p_request], array[p_seq]);
 $$;
 
--- Publishes one stream event of a running attempt; false (nothing written) when the request is
--- no longer this attempt's: cancelled, re-queued by a reaper, or claimed by another attempt.
-create or replace function ai.publish_event(p_request uuid, p_worker text, p_attempt integer, p_seq integer, p_data jsonb)
-returns boolean language plpgsql as $$
+-- Publishes stream events of running attempts, for any number of requests at once:
+-- p_events is an array of {request, attempt, seq, data}. Only the events of requests this
+-- worker's attempt still owns are written; returns the requests refused (cancelled, re-queued by
+-- a reaper, or claimed by another attempt), whose generation should stop. A retry of a call that
+-- committed fails with unique_violation, and writes nothing twice (callers take it for done: no
+-- ON CONFLICT clause, whose speculative insertion costs a second WAL record per row).
+create or replace function ai.publish_events(p_worker text, p_events jsonb)
+returns uuid[] language plpgsql as $$
+declare
+  owned uuid[];
+  refused uuid[];
+  ids uuid[];
+  seqs integer[];
 begin
-  -- FOR SHARE: whoever takes the request over (a reaper, a new attempt's claim) waits for this
-  -- event to commit, so the new attempt numbers its events after it; one that committed first
-  -- leaves no matching row here.
-  perform 1 from ai.requests
-   where id = p_request and worker = p_worker and attempts = p_attempt and status = 'running'
-     for share;
-  if not found then
-    return false;
+  -- FOR SHARE: whoever takes a request over (a reaper, a new attempt's claim) waits for these
+  -- events to commit, so the new attempt numbers its events after them; one that committed
+  -- first leaves no matching row here. Locked in id order, as any other caller locking several.
+  select coalesce(array_agg(o.id), '{}') into owned from (
+    select r.id from ai.requests r
+     where r.id in (select (e->>'request')::uuid from jsonb_array_elements(p_events) e)
+       and r.worker = p_worker and r.status = 'running'
+       and r.attempts = (select max((e->>'attempt')::int) from jsonb_array_elements(p_events) e where (e->>'request')::uuid = r.id)
+     order by r.id
+       for share) o;
+  with w as (
+    insert into ai.request_events (request_id, seq, data)
+    select (e->>'request')::uuid, (e->>'seq')::int, e->'data'
+      from jsonb_array_elements(p_events) e
+     where (e->>'request')::uuid = any(owned)
+    returning request_id, seq)
+  select array_agg(g.request_id), array_agg(g.seq) into ids, seqs
+    from (select request_id, max(seq) as seq from w group by request_id) g;
+  if ids is not null then
+    perform ai._notify_events(ids, seqs);
   end if;
-  perform ai._emit_event(p_request, p_seq, p_data);
-  return true;
+  select coalesce(array_agg(distinct (e->>'request')::uuid), '{}') into refused
+    from jsonb_array_elements(p_events) e
+   where not ((e->>'request')::uuid = any(owned));
+  return refused;
 end $$;
 
--- Writes a running attempt's outcome and its final event in one transaction. Returns false when
--- the request is no longer this attempt's (nothing written); true when it is ended, by this
--- call, an earlier try of it, or a cancellation that stands.
+-- One event: ai.publish_events for a single request (kept for callers of the first API).
+create or replace function ai.publish_event(p_request uuid, p_worker text, p_attempt integer, p_seq integer, p_data jsonb)
+returns boolean language sql as $$
+  select cardinality(ai.publish_events(p_worker, jsonb_build_array(
+           jsonb_build_object('request', p_request, 'attempt', p_attempt, 'seq', p_seq, 'data', p_data)))) = 0;
+$$;
+
+-- Writes a running attempt's outcome and its last events in one transaction: p_event is the
+-- final event, or an array of events written at p_seq, p_seq + 1, ... (what the attempt had not
+-- flushed yet, e.g. the whole text of a request that does not stream, then the final event).
+-- Returns false when the request is no longer this attempt's (nothing written); true when it is
+-- ended, by this call, an earlier try of it, or a cancellation that stands.
 create or replace function ai.finish_request(
   p_request uuid, p_worker text, p_attempt integer, p_status text,
   p_output jsonb, p_usage jsonb, p_error jsonb, p_first_token_at timestamptz, p_seq integer, p_event jsonb
 ) returns boolean language plpgsql as $$
+declare
+  events jsonb := case when jsonb_typeof(p_event) = 'array' then p_event else jsonb_build_array(p_event) end;
 begin
   update ai.requests
      set status = p_status, output = p_output, usage = p_usage, error = p_error,
          first_token_at = p_first_token_at, finished_at = clock_timestamp()
    where id = p_request and worker = p_worker and attempts = p_attempt and status = 'running';
   if found then
-    perform ai._emit_event(p_request, p_seq, p_event);
+    insert into ai.request_events (request_id, seq, data)
+    select p_request, p_seq + e.n - 1, e.data from jsonb_array_elements(events) with ordinality as e(data, n);
+    perform ai._notify_events(array[p_request], array[p_seq + jsonb_array_length(events) - 1]);
     return true;
   end if;
   return exists (select 1 from ai.requests
@@ -61,19 +119,24 @@ begin
 end $$;
 
 -- Marks a request cancelled (if it has not finished) and tells the workers, which stop its
--- generation (after reading this row: the notification alone proves nothing), and its waiter,
--- which reads the row and ends the stream; a queued job of a cancelled request is skipped when
--- a worker picks it up.
+-- generation (after reading this row: the notification alone proves nothing), and its waiter
+-- (on its own channel), which reads the row and ends the stream; a queued job of a cancelled
+-- request is skipped when a worker picks it up.
 create or replace function ai.cancel_request(p_request uuid)
 returns boolean language plpgsql as $$
+declare
+  channel text;
 begin
   update ai.requests set status = 'cancelled', finished_at = clock_timestamp()
-   where id = p_request and status in ('queued', 'running');
+   where id = p_request and status in ('queued', 'running')
+  returning listener into channel;
   if not found then
     return false;
   end if;
   perform pg_notify('ai_cancel', p_request::text);
-  perform pg_notify('ai_events', p_request::text);
+  if channel is not null then
+    perform pg_notify(channel, p_request::text);
+  end if;
   return true;
 end $$;
 

@@ -37,15 +37,17 @@ $$;
 -- Embedding requests are not graphile-worker jobs: workers claim them in batches with
 -- ai.claim_embeddings (one statement for up to hundreds of requests), because per-request job
 -- bookkeeping cost more than the model itself for short inputs.
--- (p_max_attempts: how many claims a request gets before it is failed.)
+-- (p_max_attempts: how many claims a request gets before it is failed; p_listener: the LISTEN
+-- channel of the process waiting on it, see sql/010_events.sql.)
+drop function if exists ai.enqueue_embedding(uuid, text, text, jsonb, jsonb, uuid, integer);
 create or replace function ai.enqueue_embedding(
   p_id uuid, p_model text, p_requested_model text, p_inputs jsonb, p_params jsonb default '{}',
-  p_key uuid default null, p_max_attempts integer default 5
+  p_key uuid default null, p_max_attempts integer default 5, p_listener text default null
 ) returns void language plpgsql as $$
 begin
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role)
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener)
   values (p_id, 'embeddings', p_model, p_requested_model, jsonb_build_object('input', p_inputs),
-          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role');
+          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role', p_listener);
   perform pg_notify('ai_embed', p_model);
 end $$;
 

@@ -55,12 +55,14 @@ begin
     get diagnostics events = row_count;
   end if;
   if rq is not null then
+    -- With their events, if any are left (no foreign key cascades: see 0014_dataplane.sql).
     with doomed as (
       select r.id from ai.requests r
        where r.status in ('completed', 'failed', 'cancelled') and r.finished_at < now() - rq
-       limit p_batch)
-    delete from ai.requests r using doomed d where r.id = d.id;
-    get diagnostics requests = row_count;
+       limit p_batch),
+    gone as (delete from ai.requests r using doomed d where r.id = d.id returning r.id),
+    their_events as (delete from ai.request_events e using gone g where e.request_id = g.id)
+    select count(*) into requests from gone;
   end if;
   if ca is not null then
     with doomed as (

@@ -13,6 +13,8 @@ export interface NewRequest {
   /** graphile-worker task identifier, e.g. `chat:smollm2`. */
   task: string;
   maxAttempts: number;
+  /** The LISTEN channel of the process waiting on the request (its EventHub's); null: none. */
+  listener: string | null;
 }
 
 /**
@@ -25,9 +27,9 @@ export async function enqueueRequest(db: Db, r: NewRequest): Promise<void> {
       select (graphile_worker.add_job(${r.task}, json_build_object('request_id', ${r.id}::uuid),
                                       max_attempts => ${r.maxAttempts})).id as job_id
     )
-    insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, job_id)
+    insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, job_id, listener)
     select ${r.id}, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
-           ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}, job.job_id
+           ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}, job.job_id, ${r.listener}
       from job
   `.execute(db);
 }

@@ -1,9 +1,15 @@
+import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
 import { PgListener } from '../db/listener.js';
 import type { LogFn } from '../log.js';
 import type { EngineEvent } from './types.js';
 
-export const EVENTS_CHANNEL = 'ai_events';
+/**
+ * Each hub listens on a channel of its own, named on the requests it waits on (ai.requests.listener):
+ * workers notify only the process that holds the client, so no process parses another's traffic.
+ * Random, so a restarted process never receives what was meant for its predecessor.
+ */
+export const newEventsChannel = (): string => `ai_events_${randomBytes(8).toString('hex')}`;
 /** A subscription that heard nothing for this long re-reads its rows (a notification may be lost). */
 const IDLE_RECHECK_MS = 2000;
 
@@ -84,13 +90,18 @@ export class Subscription implements AsyncIterable<EngineEvent> {
   }
 }
 
-/** What a notification may say: `<request id>` (read its state) or `<request id>:<seq>` (an event). */
-const NOTIFICATION = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?::(\d{1,9}))?$/;
+/**
+ * What a notification may say, in items separated by spaces (one notification per flush names
+ * every request it advanced): `<request id>` (read its state) or `<request id>:<seq>` (events up to seq).
+ */
+const NOTIFICATION_ITEM = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?::(\d{1,9}))?$/;
+/** A payload is at most 8000 bytes: a longer one is not ours. */
+const MAX_ITEMS = 200;
 
 /**
  * One LISTEN connection per process, fanned out in memory to the requests this process waits
  * on. Events are always read from ai.request_events: any role that can connect may NOTIFY
- * 'ai_events', so a notification only says which request to look at, and one for a request
+ * any channel, ours too, so a notification only says which request to look at, and one for a request
  * nobody here waits on, or for an event already read, costs nothing. Notifications that arrive
  * together share one read, for every request they name; the same read also sees a request that
  * ended without a final event (cancelled, failed by a reaper). Reconnects and lost
@@ -104,6 +115,10 @@ export class EventHub {
   private readonly due = new Map<Subscription, number>();
   /** The read in progress (one at a time: what is announced meanwhile waits for the next). */
   private reading: Promise<void> | null = null;
+  /** This hub's LISTEN channel: enqueue writes it on each request (ai.requests.listener). */
+  readonly channel = newEventsChannel();
+  /** Notifications received (for tests and metrics). */
+  notifications = 0;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -112,7 +127,7 @@ export class EventHub {
   ) {
     this.listener = new PgListener({
       connectionString,
-      channels: [EVENTS_CHANNEL],
+      channels: [this.channel],
       log,
       onNotification: (_channel, payload) => this.onNotification(payload),
       onConnected: () => {
@@ -146,12 +161,17 @@ export class EventHub {
   }
 
   private onNotification(payload: string): void {
-    const m = NOTIFICATION.exec(payload);
-    const sub = m && this.subs.get(m[1]!);
-    if (!sub) return;
-    const seq = m[2] === undefined ? Infinity : Number(m[2]);
-    if (seq < sub.nextSeq) return; // its row came with an earlier read
-    this.due.set(sub, Math.max(seq, this.due.get(sub) ?? -1));
+    this.notifications++;
+    const items = payload.split(' ', MAX_ITEMS + 1);
+    if (items.length > MAX_ITEMS) return;
+    for (const item of items) {
+      const m = NOTIFICATION_ITEM.exec(item);
+      const sub = m && this.subs.get(m[1]!);
+      if (!sub) continue;
+      const seq = m[2] === undefined ? Infinity : Number(m[2]);
+      if (seq < sub.nextSeq) continue; // its row came with an earlier read
+      this.due.set(sub, Math.max(seq, this.due.get(sub) ?? -1));
+    }
     this.schedule();
   }
 

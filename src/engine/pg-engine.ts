@@ -110,6 +110,7 @@ export class PgEngine implements Engine {
         keyId: req.keyId,
         task: chatTask(row.name),
         maxAttempts: CHAT_MAX_ATTEMPTS,
+        listener: this.hub.channel,
       });
     } catch (err) {
       events.close();
@@ -166,7 +167,7 @@ export class PgEngine implements Engine {
     const events = this.hub.subscribe(requestId);
     try {
       await sql`select ai.enqueue_embedding(${requestId}::uuid, ${row.name}, ${req.model}, ${JSON.stringify(req.inputs)}::jsonb,
-                                            ${JSON.stringify(req.meta)}::jsonb, ${req.keyId}::uuid, ${EMBED_MAX_ATTEMPTS})`.execute(this.database.db);
+                                            ${JSON.stringify(req.meta)}::jsonb, ${req.keyId}::uuid, ${EMBED_MAX_ATTEMPTS}, ${this.hub.channel})`.execute(this.database.db);
     } catch (err) {
       events.close();
       throw err;

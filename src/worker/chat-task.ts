@@ -5,6 +5,7 @@ import type { LogFn } from '../log.js';
 import { ThreadError } from './generation/thread-error.js';
 import type { ModelHost } from './model-host.js';
 import type { ModelSpec } from './models-source.js';
+import { EventFlusher } from './flusher.js';
 import { EventPublisher, OwnershipLost } from './publisher.js';
 import { claim, finish, type ClaimedRow } from './request-row.js';
 import { readChatRequest, readJobPayload, StoredRequestError } from './stored-request.js';
@@ -19,6 +20,8 @@ export interface ChatTaskDeps {
    * so the attempts it runs under this id are abandoned.
    */
   signal?: AbortSignal;
+  /** Writes the events of this worker's requests, many per statement (default: one for this task). */
+  flusher?: EventFlusher;
 }
 
 const reaped = () =>
@@ -33,6 +36,7 @@ const reaped = () =>
  * only releases it if this worker still holds its lock.
  */
 export function chatTask(spec: ModelSpec, deps: ChatTaskDeps): Task {
+  const flusher = deps.flusher ?? new EventFlusher(deps.pool);
   return async (payload, helpers) => {
     const { requestId } = readJobPayload(payload);
     const attempt = helpers.job.attempts;
@@ -42,7 +46,7 @@ export function chatTask(spec: ModelSpec, deps: ChatTaskDeps): Task {
     if (deps.host.isRunning(requestId)) throw new Error(`an abandoned attempt of request ${requestId} is still stopping in this worker`);
     const row = await claim(deps.pool, requestId, deps.workerId, attempt);
     if (!row) return; // cancelled while queued, or already finished by an earlier attempt
-    const publisher = await EventPublisher.open(deps.pool, { requestId, workerId: deps.workerId, attempt });
+    const publisher = await EventPublisher.open(deps.pool, flusher, { requestId, workerId: deps.workerId, attempt }, row.stream);
     // Whatever the model does from here on would be refused: stop it.
     const abandon = () => deps.host.cancel(requestId);
     publisher.onRefused = abandon;
@@ -75,7 +79,7 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
     if (!(await finish(deps.pool, publisher, status, fields, event))) throw new OwnershipLost(requestId);
   };
   // An earlier attempt died part-way: whoever is waiting must drop what it received.
-  if (attempt > 1) await publisher.publish({ type: 'restart', attempt });
+  if (attempt > 1) publisher.publish({ type: 'restart', attempt });
   let request;
   try {
     request = readChatRequest(row.input, row.params);
@@ -88,7 +92,7 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
   let result;
   try {
     result = await deps.host.generate(requestId, spec, request.prompt, request.params, {
-      onStarted: (promptTokens) => void publisher.publish({ type: 'start', promptTokens }).catch(() => {}),
+      onStarted: (promptTokens) => publisher.publish({ type: 'start', promptTokens }),
       onDelta: (index, text, finishReason, logprobs) => publisher.delta(index, text, finishReason, logprobs),
     });
   } catch (err) {
@@ -106,11 +110,13 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
       throw deps.signal?.aborted ? reaped() : new OwnershipLost(requestId);
     }
     if (e.kind === 'server') deps.log.error(`request ${requestId} failed: ${e.message}`);
-    await publisher.flush().catch(() => {});
     await end('failed', { error: e.body }, { type: 'error', status: e.status, error: e.body });
     return;
   }
-  await publisher.flush();
+  // What is still queued goes out with the outcome; a flush that failed or was refused left a
+  // gap (or a request taken over): no outcome then, graphile-worker retries the job.
+  await publisher.settled();
+  publisher.check();
   const completionTokens = result.choices.reduce((sum, c) => sum + c.tokenIds.length, 0);
   const usage = { prompt_tokens: result.promptTokens, completion_tokens: completionTokens, total_tokens: result.promptTokens + completionTokens };
   await end(

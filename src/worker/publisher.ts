@@ -3,7 +3,7 @@ import type { ChoiceDelta, EngineEvent } from '../engine/types.js';
 import type { TokenLogprob } from './generation/logprobs.js';
 import type { FinishReason } from '../protocol/shared.js';
 import { retryWhileUnavailable } from '../db/errors.js';
-import { toJsonb } from '../db/jsonb.js';
+import type { EventFlusher } from './flusher.js';
 
 /** Who writes a request's events: one attempt of its job, in one worker. */
 export interface Owner {
@@ -19,17 +19,53 @@ export class OwnershipLost extends Error {
   }
 }
 
+/** An event and its place in the request's stream. */
+export interface Numbered {
+  seq: number;
+  data: EngineEvent;
+}
+
+/** Text not yet handed to a flush: one delta event, whatever the number of tokens behind it. */
+interface OpenDelta {
+  choices: Map<number, ChoiceDelta>;
+  /** When its oldest text was produced. */
+  at: number;
+}
+
+function merge(into: OpenDelta, index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[]): void {
+  const prev = into.choices.get(index);
+  const merged = prev?.logprobs || logprobs ? [...(prev?.logprobs ?? []), ...(logprobs ?? [])] : undefined;
+  into.choices.set(index, {
+    index,
+    text: (prev?.text ?? '') + text,
+    finishReason: finishReason ?? prev?.finishReason ?? null,
+    ...(merged ? { logprobs: merged } : {}),
+  });
+}
+
+const toEvent = (d: OpenDelta): EngineEvent => ({ type: 'delta', choices: [...d.choices.values()].sort((a, b) => a.index - b.index), at: d.at });
+
 /**
- * Publishes one request's events. Deltas are coalesced: while one publish is in flight, new
- * text accumulates and goes out in the next, so a fast model costs one round trip per flush,
- * not per token, and a slow one still sends every token at once. The database refuses the
- * events of an attempt that no longer owns the request; the first refusal silences the
- * publisher (no retry loop) and calls `onRefused`, which stops the generation.
+ * One request's events, on their way to the database. Nothing is written from here: events
+ * queue, and the worker's EventFlusher writes those of every request that advanced in one
+ * statement per flush (see flusher.ts). Text coalesces while it waits: a flush carries one delta
+ * per request, however many tokens it holds. A request that does not stream sends no deltas at
+ * all: its text is kept and written with the outcome (finish() in request-row.ts), so its
+ * waiter reads one delta and the final event.
+ *
+ * The database refuses the events of an attempt that no longer owns the request; the first
+ * refusal silences the publisher and calls `onRefused`, which stops the generation.
  */
 export class EventPublisher {
-  private pending = new Map<number, ChoiceDelta>();
-  private pendingSince = 0;
-  private inFlight: Promise<void> | null = null;
+  /** Events not yet handed to a flush, in order; text goes to `open` (after them). */
+  private queued: EngineEvent[] = [];
+  private open: OpenDelta | null = null;
+  /** The whole text so far, for a request that does not stream. */
+  private readonly held: OpenDelta | null;
+  private sentText = false;
+  /** Flushes under way that carry events of this request. */
+  private inFlight = 0;
+  private waiters: (() => void)[] = [];
   private failure: Error | null = null;
   firstTokenAt: Date | null = null;
   /** Set once the database refused an event: nothing more is sent. */
@@ -37,10 +73,14 @@ export class EventPublisher {
   onRefused: (() => void) | null = null;
 
   constructor(
-    private readonly pool: pg.Pool,
+    private readonly flusher: EventFlusher,
     readonly owner: Owner,
     private seq: number,
-  ) {}
+    /** False: deltas are held until the end (see above). */
+    readonly stream = true,
+  ) {
+    this.held = stream ? null : { choices: new Map(), at: 0 };
+  }
 
   get requestId(): string {
     return this.owner.requestId;
@@ -49,82 +89,114 @@ export class EventPublisher {
   /**
    * Next seq to use: continues after events of an earlier attempt, if any. A first attempt
    * starts at 0 without asking (one round trip less per request). Read after the claim, which
-   * waited for any earlier owner's event in flight (ai.publish_event locks the row).
+   * waited for any earlier owner's events in flight (ai.publish_events locks the row).
    */
-  static async open(pool: pg.Pool, owner: Owner): Promise<EventPublisher> {
-    if (owner.attempt <= 1) return new EventPublisher(pool, owner, 0);
+  static async open(pool: pg.Pool, flusher: EventFlusher, owner: Owner, stream: boolean): Promise<EventPublisher> {
+    if (owner.attempt <= 1) return new EventPublisher(flusher, owner, 0, stream);
     const r = await retryWhileUnavailable(() =>
       pool.query<{ next: number }>('select coalesce(max(seq) + 1, 0)::int as next from ai.request_events where request_id = $1', [owner.requestId]),
     );
-    return new EventPublisher(pool, owner, r.rows[0]!.next);
+    return new EventPublisher(flusher, owner, r.rows[0]!.next, stream);
   }
 
-  /** Retried through a database restart; a retry of an insert that did commit is a no-op. */
-  async publish(event: EngineEvent): Promise<void> {
-    if (this.refused) throw new OwnershipLost(this.requestId);
-    const seq = this.nextSeq();
-    const { requestId, workerId, attempt } = this.owner;
-    const written = await retryWhileUnavailable(() =>
-      this.pool
-        .query<{ ok: boolean }>('select ai.publish_event($1, $2, $3, $4, $5) as ok', [requestId, workerId, attempt, seq, toJsonb(event)])
-        .then((r) => r.rows[0]!.ok)
-        .catch((err: { code?: string }) => {
-          if (err.code !== '23505') throw err; // that seq is already stored: an earlier try committed
-          return true;
-        }),
-    );
-    if (!written) {
-      if (!this.refused) {
-        this.refused = true;
-        this.pending.clear();
-        this.onRefused?.();
-      }
-      throw new OwnershipLost(requestId);
-    }
+  private get silenced(): boolean {
+    return this.refused || this.failure !== null;
   }
 
-  /** Reserves the next sequence number (for an event published by someone else, e.g. finish()). */
-  nextSeq(): number {
-    return this.seq++;
+  /** Queues an event (start, restart): it goes out with the next flush, at once. */
+  publish(event: EngineEvent): void {
+    if (this.silenced) return;
+    if (this.open) this.queued.push(toEvent(this.open));
+    this.open = null;
+    this.queued.push(event);
+    this.flusher.mark(this, true);
   }
 
   delta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[]): void {
-    if (this.refused) return;
-    if (text && !this.firstTokenAt) this.firstTokenAt = new Date();
-    if (this.pending.size === 0) this.pendingSince = Date.now();
-    const prev = this.pending.get(index);
-    const merged = prev?.logprobs || logprobs ? [...(prev?.logprobs ?? []), ...(logprobs ?? [])] : undefined;
-    this.pending.set(index, {
-      index,
-      text: (prev?.text ?? '') + text,
-      finishReason: finishReason ?? prev?.finishReason ?? null,
-      ...(merged ? { logprobs: merged } : {}),
-    });
-    if (!this.inFlight) this.inFlight = this.drain();
+    if (this.silenced) return;
+    const now = Date.now();
+    if (text && !this.firstTokenAt) this.firstTokenAt = new Date(now);
+    if (this.held) {
+      if (this.held.choices.size === 0) this.held.at = now;
+      merge(this.held, index, text, finishReason, logprobs);
+      return;
+    }
+    this.open ??= { choices: new Map(), at: now };
+    merge(this.open, index, text, finishReason, logprobs);
+    // The first text goes out at once; later text with the next flush (SWITCHYARD_FLUSH_MS).
+    const first = !!text && !this.sentText;
+    if (first) this.sentText = true;
+    this.flusher.mark(this, first);
   }
 
-  private async drain(): Promise<void> {
-    try {
-      while (this.pending.size > 0) {
-        const choices = [...this.pending.values()].sort((a, b) => a.index - b.index);
-        const at = this.pendingSince;
-        this.pending = new Map();
-        await this.publish({ type: 'delta', choices, at });
-      }
-    } catch (err) {
-      this.failure = err as Error;
-    } finally {
-      this.inFlight = null;
+  /** For the flusher: what to write now, numbered. */
+  take(): Numbered[] {
+    if (this.silenced) {
+      this.queued = [];
+      this.open = null;
+      this.wakeIfIdle();
+      return [];
     }
+    if (this.open) this.queued.push(toEvent(this.open));
+    this.open = null;
+    const out = this.queued.map((data) => ({ seq: this.seq++, data }));
+    this.queued = [];
+    if (out.length) this.inFlight++;
+    return out;
   }
 
-  /** Waits until every delta so far is published; rethrows a publish failure. */
-  async flush(): Promise<void> {
-    while (this.inFlight) await this.inFlight;
-    if (this.pending.size > 0) {
-      this.inFlight = this.drain();
-      await this.inFlight;
+  /** For the flusher: a flush that carried events taken from here is over. */
+  landed(error: Error | null, refused: boolean): void {
+    this.inFlight--;
+    if (refused && !this.refused) {
+      this.refused = true;
+      this.queued = [];
+      this.open = null;
+      this.onRefused?.();
+    } else if (error && !this.failure) {
+      // Later events would leave a gap in the stream: send nothing more. The attempt fails
+      // when it flushes (graphile-worker retries it).
+      this.failure = error;
     }
+    this.wakeIfIdle();
+  }
+
+  private wakeIfIdle(): void {
+    if (this.inFlight === 0) for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** Waits until no flush carries events of this request (those not yet taken stay queued). */
+  async settled(): Promise<void> {
+    if (this.inFlight > 0) await new Promise<void>((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Throws if the database refused an event (OwnershipLost) or a flush failed. */
+  check(): void {
+    if (this.refused) throw new OwnershipLost(this.requestId);
     if (this.failure) throw this.failure;
+  }
+
+  /** Writes every event so far (at once), and waits for it; throws as check(). */
+  async flush(): Promise<void> {
+    while (this.queued.length > 0 || this.open || this.inFlight > 0) {
+      if (this.queued.length > 0 || this.open) this.flusher.mark(this, true);
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+    this.check();
+  }
+
+  /**
+   * The events that end the stream, numbered, for finish() to write with the outcome: whatever
+   * no flush took yet, the held text of a request that does not stream, then `final`. Call it
+   * once no flush carries events of this request (settled()).
+   */
+  closing(final: EngineEvent): Numbered[] {
+    if (this.open) this.queued.push(toEvent(this.open));
+    this.open = null;
+    if (this.held?.choices.size) this.queued.push(toEvent(this.held));
+    this.held?.choices.clear();
+    const out = [...this.queued, final].map((data) => ({ seq: this.seq++, data }));
+    this.queued = [];
+    return out;
   }
 }

@@ -7,6 +7,8 @@ import { toJsonb, toJsonbOrNull } from '../db/jsonb.js';
 export interface ClaimedRow {
   input: unknown;
   params: unknown;
+  /** False: the waiter wants the whole answer at once, and no deltas are published (publisher.ts). */
+  stream: boolean;
 }
 
 /**
@@ -20,16 +22,17 @@ export async function claim(pool: pg.Pool, requestId: string, workerId: string, 
   const r = await retryWhileUnavailable(() => pool.query<ClaimedRow>(
     `update ai.requests set status = 'running', started_at = clock_timestamp(), worker = $2, attempts = $3
       where id = $1 and status in ('queued', 'running')
-      returning input, params`,
+      returning input, params, stream`,
     [requestId, workerId, attempt],
   ));
   return r.rows[0] ?? null;
 }
 
 /**
- * Writes the outcome and its final event in one statement (so one transaction and one round
- * trip), unless the request was cancelled meanwhile: then neither happens. False when the
- * request is no longer this attempt's (nothing written; see ai.finish_request).
+ * Writes the outcome and the last events in one statement (so one transaction and one round
+ * trip): what no flush took yet (the whole text, for a request that does not stream) and the
+ * final event. Unless the request was cancelled meanwhile: then nothing is written. False when
+ * the request is no longer this attempt's (nothing written; see ai.finish_request).
  */
 export async function finish(
   pool: pg.Pool,
@@ -38,13 +41,16 @@ export async function finish(
   fields: { output?: unknown; usage?: unknown; error?: unknown },
   event: EngineEvent,
 ): Promise<boolean> {
-  const seq = publisher.nextSeq();
+  // After any flush carrying earlier events: they must be written first (they need the row
+  // 'running' to be accepted), and numbered before these.
+  await publisher.settled();
+  const events = publisher.closing(event);
   const { requestId, workerId, attempt } = publisher.owner;
   // Retried through a database restart: a retry after an earlier try committed finds the
   // request ended by this attempt, and writes nothing.
   const r = await retryWhileUnavailable(() => pool.query<{ owned: boolean }>(
     'select ai.finish_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) as owned',
-    [requestId, workerId, attempt, status, toJsonbOrNull(fields.output), toJsonbOrNull(fields.usage), toJsonbOrNull(fields.error), publisher.firstTokenAt, seq, toJsonb(event)],
+    [requestId, workerId, attempt, status, toJsonbOrNull(fields.output), toJsonbOrNull(fields.usage), toJsonbOrNull(fields.error), publisher.firstTokenAt, events[0]!.seq, toJsonb(events.map((e) => e.data))],
   ));
   return r.rows[0]!.owned;
 }

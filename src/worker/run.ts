@@ -16,6 +16,7 @@ import { vectorizeTask, vectorizeTaskName } from './vectorize-task.js';
 import { EmbedBatcher } from './embedding/batcher.js';
 import { modelFingerprint } from './embedding/cache-key.js';
 import { ModelHost } from './model-host.js';
+import { EventFlusher } from './flusher.js';
 import { batchLimitsFromEnv } from './generation/limits.js';
 import type { ModelSpec } from './models-source.js';
 
@@ -101,6 +102,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     abort: AbortController;
     runners: Set<JobRunner>;
     claimers: Map<string, EmbedClaimer>;
+    /** Writes the stream events of all its chat requests, many per statement. */
+    flusher: EventFlusher;
   }
   /** A graphile-worker runner, and its ids: what its job locks name, kept in the heartbeat. */
   interface JobRunner {
@@ -115,6 +118,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     abort: new AbortController(),
     runners: new Set(),
     claimers: new Map(),
+    flusher: new EventFlusher(database.pool),
   });
   const jobWorkerIds = (s: Shift) => [...s.runners].flatMap((r) => r.ids);
   const stopRunner = (r: JobRunner): Promise<void> => {
@@ -164,7 +168,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     const chatTasks: TaskList = {};
     const embedTasks: TaskList = {};
     for (const spec of specs) {
-      if (spec.task === 'chat') chatTasks[chatTaskName(spec.name)] = chatTask(spec, { ...deps, host, signal: s.abort.signal });
+      if (spec.task === 'chat') chatTasks[chatTaskName(spec.name)] = chatTask(spec, { ...deps, host, signal: s.abort.signal, flusher: s.flusher });
       else {
         const batcher = batchers.get(spec.name)!;
         const claimer = new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs) });

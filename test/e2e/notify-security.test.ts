@@ -66,6 +66,10 @@ it('a role with no grants hears no content and cannot steer a stream, cancel it 
     .create({ model: 'tiny', messages: [{ role: 'user', content: prompt }], max_tokens: 500, temperature: 0, stream: true })
     .withResponse();
   const id = stream.response.headers.get('x-request-id')!;
+  // The serve's own events channel (named on its requests): the role can listen and send there
+  // too, if it learns or guesses the name.
+  const [{ listener }] = (await query<{ listener: string }>(db.url, 'select listener from ai.requests where id = $1', [id])) as [{ listener: string }];
+  await ear.query(`listen ${pg.escapeIdentifier(listener)}`);
 
   // While it streams: forged events, cancellations, wake-ups and shutdown orders, on every channel.
   const sent = new Set<string>();
@@ -75,15 +79,19 @@ it('a role with no grants hears no content and cannot steer a stream, cancel it 
   };
   const injected = 'INJECTED TEXT';
   const forged = (seq: number) => [
-    ['ai_events', id],
-    ['ai_events', `${id}:${seq}`],
-    ['ai_events', `${id}:999999999`],
-    ['ai_events', `${randomUUID()}:0`],
-    ['ai_events', 'junk'],
-    ['ai_events', 'x'.repeat(7000)],
-    ['ai_events', JSON.stringify({ r: id, s: seq, d: { type: 'delta', choices: [{ index: 0, text: injected, finishReason: null }], at: 0 } })],
-    ['ai_events', JSON.stringify({ r: id, s: seq + 1, d: { type: 'done', choices: [{ index: 0, finishReason: 'stop' }], usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } } })],
-    ['ai_events', JSON.stringify({ r: id, s: seq, d: { type: 'error', status: 500, error: { message: 'forged', type: 'server_error', param: null, code: 'forged' } } })],
+    ...['ai_events', listener].flatMap((channel) => [
+      [channel, id],
+      [channel, `${id}:${seq}`],
+      [channel, `${id}:999999999`],
+      [channel, `${randomUUID()}:0 ${id}:${seq} ${id}`],
+      [channel, `${randomUUID()}:0`],
+      [channel, 'junk'],
+      [channel, 'x'.repeat(7000)],
+      [channel, `${id}:1 `.repeat(180)],
+      [channel, JSON.stringify({ r: id, s: seq, d: { type: 'delta', choices: [{ index: 0, text: injected, finishReason: null }], at: 0 } })],
+      [channel, JSON.stringify({ r: id, s: seq + 1, d: { type: 'done', choices: [{ index: 0, finishReason: 'stop' }], usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } } })],
+      [channel, JSON.stringify({ r: id, s: seq, d: { type: 'error', status: 500, error: { message: 'forged', type: 'server_error', param: null, code: 'forged' } } })],
+    ]),
     ['ai_cancel', id],
     ['ai_cancel', randomUUID()],
     ['ai_cancel', 'junk'],
@@ -139,10 +147,12 @@ it('a role with no grants hears no content and cannot steer a stream, cancel it 
   // What the role heard: ids (and sequence numbers) or model names, never text.
   await new Promise((r) => setTimeout(r, 200));
   const genuine = heard.filter((h) => !sent.has(h.payload));
-  expect(genuine.some((h) => h.channel === 'ai_events')).toBe(true);
+  // Events are announced on the serve's channel only.
+  expect(genuine.some((h) => h.channel === listener)).toBe(true);
+  expect(genuine.some((h) => h.channel === 'ai_events')).toBe(false);
   const words = [prompt, ...row!.output.choices[0]!.text.split(/\s+/).filter((w) => w.length >= 4 && !/^[0-9a-f-]+$/.test(w))];
   for (const h of genuine) {
-    if (h.channel === 'ai_events') expect(h.payload).toMatch(/^[0-9a-f-]{36}(:\d+)?$/);
+    if (h.channel === listener) expect(h.payload).toMatch(/^[0-9a-f-]{36}(:\d+)?( [0-9a-f-]{36}(:\d+)?)*$/);
     else if (h.channel === 'ai_cancel') expect(h.payload).toMatch(/^[0-9a-f-]{36}$/);
     else if (h.channel === 'ai_embed' || h.channel === 'ai_models') expect(['tiny', 'minilm']).toContain(h.payload);
     for (const w of words) expect(h.payload).not.toContain(w);

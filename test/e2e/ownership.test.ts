@@ -49,10 +49,12 @@ it('a reaped worker writes nothing more to the request another worker took over,
   const client = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: key, maxRetries: 0 });
   const pending = client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'a long story please' }], max_tokens: 1500, temperature: 0 });
 
-  // A is generating: pause it mid-stream.
-  const { id } = await until('a delta from worker A', async () =>
-    (await query<{ id: string }>(db.url, `select r.id from ai.requests r join ai.request_events e on e.request_id = r.id and e.data->>'type' = 'delta' where r.worker = $1 limit 1`, [a.workerId]))[0],
+  // A is generating: pause it mid-generation. (The request does not stream: its text is written
+  // with its outcome, so the log shows A's start, then B's restart, start, text and done.)
+  const { id } = await until('worker A to start', async () =>
+    (await query<{ id: string }>(db.url, `select r.id from ai.requests r join ai.request_events e on e.request_id = r.id and e.data->>'type' = 'start' where r.worker = $1 limit 1`, [a.workerId]))[0],
   );
+  await new Promise((r) => setTimeout(r, 300));
   a.child.kill('SIGSTOP');
   paused.add(a);
   const b = await startWorker(db.url);
@@ -60,8 +62,9 @@ it('a reaped worker writes nothing more to the request another worker took over,
   // Reaped (its row gone), and B runs the request again.
   await until('worker B to take the request over', async () => {
     const [r] = await query<{ worker: string; attempts: number }>(db.url, 'select worker, attempts from ai.requests where id = $1', [id]);
-    return r?.worker === b.workerId && (await query(db.url, `select 1 from ai.request_events where request_id = $1 and data->>'type' = 'delta' and seq > (select seq from ai.request_events where request_id = $1 and data->>'type' = 'restart')`, [id])).length > 0;
+    return r?.worker === b.workerId && (await query(db.url, `select 1 from ai.request_events where request_id = $1 and data->>'type' = 'start' and seq > (select seq from ai.request_events where request_id = $1 and data->>'type' = 'restart')`, [id])).length > 0;
   });
+  await new Promise((r) => setTimeout(r, 300));
   expect(await query(db.url, 'select 1 from ai.workers where id = $1', [a.workerId])).toEqual([]);
   // A wakes up while B is still generating, with its own generation of the request in flight.
   a.child.kill('SIGCONT');

@@ -57,6 +57,19 @@ it('deletes expired events, requests and cache entries by the defaults, and noth
   expect(oldDone).toBeTruthy();
 });
 
+it('deletes the events left of a request it deletes (events have no foreign key to cascade)', async () => {
+  await sql.query(`insert into ai.settings values ('retention_events', 'never') on conflict (name) do update set value = excluded.value`);
+  try {
+    const old = await request('completed', '40 days');
+    expect(await count(`select count(*) as n from ai.request_events where request_id = '${old}'`)).toBe(2);
+    await sql.query('select * from ai.prune()');
+    expect(await count(`select count(*) as n from ai.requests where id = '${old}'`)).toBe(0);
+    expect(await count(`select count(*) as n from ai.request_events where request_id = '${old}'`)).toBe(0);
+  } finally {
+    await sql.query(`delete from ai.settings where name = 'retention_events'`);
+  }
+});
+
 it('follows ai.settings: shorter periods, never, and rejects a bad value', async () => {
   await sql.query(`insert into ai.settings values ('retention_requests', 'never'), ('retention_events', '30 seconds')`);
   await request('completed', '400 days', 1);

@@ -5,6 +5,7 @@ import type { JobHelpers } from 'graphile-worker';
 import { chatTask } from '../../src/worker/chat-task.js';
 import type { GenerationHandlers, GenerationResult, ModelHost } from '../../src/worker/model-host.js';
 import { EventPublisher, OwnershipLost } from '../../src/worker/publisher.js';
+import { EventFlusher } from '../../src/worker/flusher.js';
 import { finish } from '../../src/worker/request-row.js';
 import type { ModelSpec } from '../../src/worker/models-source.js';
 import { toJsonb } from '../../src/db/jsonb.js';
@@ -33,12 +34,12 @@ afterAll(async () => {
   await db?.drop();
 });
 
-async function newRequest(): Promise<string> {
+async function newRequest(stream = false): Promise<string> {
   const id = randomUUID();
   await pool.query(
     `insert into ai.requests (id, endpoint, model, requested_model, input, params, stream)
-     values ($1, 'chat.completions', 'm', 'm', $2, $3, false)`,
-    [id, JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] }), JSON.stringify(params)],
+     values ($1, 'chat.completions', 'm', 'm', $2, $3, $4)`,
+    [id, JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] }), JSON.stringify(params), stream],
   );
   return id;
 }
@@ -78,9 +79,74 @@ describe('what the chat task stores', () => {
   });
 });
 
+describe('what the chat task publishes', () => {
+  const textOf = (evs: { type: string; choices?: { text: string }[] }[]) => evs.filter((e) => e.type === 'delta').map((e) => e.choices![0]!.text);
+
+  it('a request that does not stream: no deltas while it runs, its whole text in one delta written with the outcome', async () => {
+    const id = await newRequest(false);
+    let during: string[] = [];
+    const generate = async (_id: string, _spec: unknown, _prompt: unknown, _params: unknown, h: GenerationHandlers) => {
+      h.onStarted(3);
+      for (const t of ['a', 'b', 'c']) {
+        h.onDelta(0, t, t === 'c' ? 'length' : null);
+        await new Promise((r) => setTimeout(r, 30));
+      }
+      during = (await events(id)).map((e) => e.type);
+      return { promptTokens: 3, choices: [{ index: 0, text: 'abc', tokenIds: [1, 2, 3], finishReason: 'length' as const }] };
+    };
+    const host = { generate, isRunning: () => false, cancel: () => {} } as unknown as ModelHost;
+    await chatTask(spec, { pool, host, workerId: 'w1', log: silent })({ request_id: id }, { job: { attempts: 1, max_attempts: 3 } } as unknown as JobHelpers);
+    expect(during).toEqual(['start']);
+    const evs = await events(id);
+    expect(evs.map((e) => e.type)).toEqual(['start', 'delta', 'done']);
+    expect(textOf(evs)).toEqual(['abc']);
+  });
+
+  it('streaming requests: the first text at once, later text coalesced, and one flush carries several requests', async () => {
+    const flusher = new EventFlusher(pool, 40);
+    const ids = [await newRequest(true), await newRequest(true)];
+    const firstSeen: number[] = [];
+    const generate = async (id: string, _spec: unknown, _prompt: unknown, _params: unknown, h: GenerationHandlers) => {
+      h.onStarted(3);
+      const t0 = Date.now();
+      h.onDelta(0, 't0', null);
+      // The first text is written at once, not after the flush interval.
+      for (;;) {
+        if (textOf(await events(id)).length > 0) break;
+        await new Promise((r) => setTimeout(r, 2));
+      }
+      firstSeen.push(Date.now() - t0);
+      for (let i = 1; i < 20; i++) {
+        await new Promise((r) => setTimeout(r, 5));
+        h.onDelta(0, ` t${i}`, i === 19 ? 'length' : null);
+      }
+      const text = Array.from({ length: 20 }, (_, i) => `t${i}`).join(' ');
+      return { promptTokens: 3, choices: [{ index: 0, text, tokenIds: Array.from({ length: 20 }, (_, i) => i), finishReason: 'length' as const }] };
+    };
+    const host = { generate, isRunning: () => false, cancel: () => {} } as unknown as ModelHost;
+    const task = chatTask(spec, { pool, host, workerId: 'w1', log: silent, flusher });
+    await Promise.all(ids.map((id) => task({ request_id: id }, { job: { attempts: 1, max_attempts: 3 } } as unknown as JobHelpers)));
+    for (const ms of firstSeen) expect(ms).toBeLessThan(40);
+    for (const id of ids) {
+      const evs = await events(id);
+      expect(textOf(evs).join('')).toBe(Array.from({ length: 20 }, (_, i) => `t${i}`).join(' '));
+      expect(evs.at(-1)!.type).toBe('done');
+      // 20 tokens over ~100 ms at most every 40 ms: a handful of deltas, not 20.
+      expect(textOf(evs).length).toBeLessThan(8);
+    }
+    // Rows written by one statement share a transaction timestamp: some flushes carried both.
+    const shared = await pool.query(
+      `select count(*)::int as n from (select created_at from ai.request_events where request_id = any($1) group by created_at having count(distinct request_id) = 2) s`,
+      [ids],
+    );
+    expect(shared.rows[0].n).toBeGreaterThan(0);
+    expect(flusher.stats.events).toBeGreaterThan(flusher.stats.flushes);
+  });
+});
+
 describe('ownership', () => {
   it('an attempt that lost the request (re-queued by a reaper, then claimed by another worker) writes nothing more, and throws', async () => {
-    const id = await newRequest();
+    const id = await newRequest(true);
     const takenOver = async () => {
       // What a reaper and the next attempt do while this one still runs.
       await pool.query(`update ai.requests set status = 'queued' where id = $1`, [id]);
@@ -112,8 +178,9 @@ describe('ownership', () => {
   it('refuses events and an outcome from a writer that does not own the request', async () => {
     const id = await newRequest();
     await pool.query(`update ai.requests set status = 'running', worker = 'w2', attempts = 3 where id = $1`, [id]);
-    const publisher = new EventPublisher(pool, { requestId: id, workerId: 'w1', attempt: 3 }, 0);
-    await expect(publisher.publish({ type: 'start', promptTokens: 1 })).rejects.toThrow(OwnershipLost);
+    const publisher = new EventPublisher(new EventFlusher(pool), { requestId: id, workerId: 'w1', attempt: 3 }, 0);
+    publisher.publish({ type: 'start', promptTokens: 1 });
+    await expect(publisher.flush()).rejects.toThrow(OwnershipLost);
     expect(await finish(pool, publisher, 'failed', { error: { code: 'x' } }, { type: 'error', status: 500, error: { message: 'x', type: 'server_error', param: null, code: 'x' } })).toBe(false);
     expect((await row(id)).status).toBe('running');
     expect(await events(id)).toEqual([]);
