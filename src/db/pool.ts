@@ -34,6 +34,10 @@ export function openDatabase(
   // An idle client losing its connection emits 'error' on the pool; without a listener that
   // would crash the process. The next checkout reconnects.
   pool.on('error', (err) => console.error(`[db] idle connection error: ${err.message}`));
+  // A checked-out client (pg-pool drops its idle listener then) whose connection dies between
+  // or during queries emits 'error' too: its query already fails with it, so the event itself
+  // only needs a listener, or it would crash the process in a database restart.
+  pool.on('connect', (client) => client.on('error', () => {}));
   const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
   let closed = false;
   return {

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { makeWorkerUtils, run, type Runner, type TaskList, type WorkerEvents } from 'graphile-worker';
 import { openDatabase } from '../db/pool.js';
+import { retryWhileUnavailable } from '../db/errors.js';
 import { PgListener } from '../db/listener.js';
 import { listModels } from '../db/models-repo.js';
 import type { ModelRow } from '../db/types.js';
@@ -144,12 +145,15 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       // logged, not fatal: requests for that model then fail with the same message.
       host.load(spec).then(
         async (info) => {
-          // What the gateway needs to refuse what the model cannot take before queueing it.
-          await database.pool.query(
-            `update ai.models set dimensions = coalesce($2, dimensions), input_bound = $3::jsonb
-              where name = $1 and (dimensions is distinct from coalesce($2, dimensions) or input_bound is distinct from $3::jsonb)`,
-            [spec.name, spec.task === 'embedding' ? info.dimensions || null : null, info.inputBound && JSON.stringify(info.inputBound)],
-          );
+          // What the gateway needs to refuse what the model cannot take before queueing it
+          // (waits a database restart out; a failure only costs serve's early refusals).
+          await retryWhileUnavailable(() =>
+            database.pool.query(
+              `update ai.models set dimensions = coalesce($2, dimensions), input_bound = $3::jsonb
+                where name = $1 and (dimensions is distinct from coalesce($2, dimensions) or input_bound is distinct from $3::jsonb)`,
+              [spec.name, spec.task === 'embedding' ? info.dimensions || null : null, info.inputBound && JSON.stringify(info.inputBound)],
+            ),
+          ).catch((err: Error) => log.warn(`recording what model ${spec.name} takes failed: ${err.message}`));
         },
         (err: Error) => log.error(err.message),
       );
