@@ -3,6 +3,7 @@
  * bodies), and small helpers for figures.
  */
 import type { LoadedEmbedModel } from '../src/worker/loader.js';
+import { makeRng } from '../src/worker/generation/sampler.js';
 import { CHAT, type Stack, type StreamResult } from './gateway.js';
 import type { InProcessChat, Message } from './inproc.js';
 import { median, sleep, type Stat } from './lib.js';
@@ -80,17 +81,8 @@ export function assertOk(rs: StreamResult[], what: string) {
 /** Pause between the two sides of a round and between rounds, so one side's tail (GC, flushes, the worker's bookkeeping) does not land on the other's clock. */
 export const SETTLE_GAP_MS = 500;
 
-/** A fixed-seed generator (mulberry32): the order of sides is random, and the same in every run. */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A fixed-seed generator (the sampler's): the order of sides is random, and the same in every run. */
+export const seeded = (seed: number): (() => number) => makeRng(seed);
 
 /** Runs the gateway side and the in-process side in a random order, with `gapMs` between them. */
 export async function bothSides<G, P>(rand: () => number, gateway: () => Promise<G>, inproc: () => Promise<P>, gapMs = SETTLE_GAP_MS): Promise<{ g: G; p: P; gatewayFirst: boolean }> {

@@ -15,6 +15,19 @@ select id, endpoint, model, requested_model, input, params, status, output, usag
   from ai.requests
  where db_role = current_user;
 
+-- Lets `role` read every row of the vectorizer tables (past their row-level security), once.
+create or replace function ai._vectorizer_read_policies(p_policy name, p_role name)
+returns void language plpgsql as $$
+declare
+  t text;
+begin
+  foreach t in array array['vectorizers', 'vectorizer_queue', 'vectorizer_failed'] loop
+    if not exists (select from pg_policies p where p.schemaname = 'ai' and p.tablename = t and p.policyname = p_policy) then
+      execute format('create policy %I on ai.%I for select to %I using (true)', p_policy, t, p_role);
+    end if;
+  end loop;
+end $$;
+
 -- What an application role needs: ai.embed, ai.chat_complete, vectorizers on tables it owns (and
 -- their status), the registered models, its own SQL requests. `admin` adds reading everything in
 -- schema ai (requests of every role and key, usage, workers) and every vectorizer. Also makes
@@ -57,11 +70,7 @@ begin
   if admin then
     execute format('grant select on all tables in schema ai to %I', r);
     execute format('revoke all on ai.settings from %I', r);  -- may hold the owner's password
-    foreach f in array array['vectorizers', 'vectorizer_queue', 'vectorizer_failed'] loop
-      if not exists (select from pg_policies p where p.schemaname = 'ai' and p.tablename = f and p.policyname = 'admin_' || r) then
-        execute format('create policy %I on ai.%I for select to %I using (true)', 'admin_' || r, f, r);
-      end if;
-    end loop;
+    perform ai._vectorizer_read_policies('admin_' || r, r);
   end if;
   for w in select s.role from ai.service_roles s join pg_roles x on x.rolname = s.role where s.kind = 'worker' and s.role <> r loop
     begin
@@ -104,11 +113,7 @@ begin
   end loop;
   execute format('revoke all on ai.settings from %I', r);  -- may hold the owner's password
   -- Vectorizer rows (row-level security): read, to run their jobs; their batches run as their owner.
-  foreach s in array array['vectorizers', 'vectorizer_queue', 'vectorizer_failed'] loop
-    if not exists (select from pg_policies p where p.schemaname = 'ai' and p.tablename = s and p.policyname = 'service_' || r) then
-      execute format('create policy %I on ai.%I for select to %I using (true)', 'service_' || r, s, r);
-    end if;
-  end loop;
+  perform ai._vectorizer_read_policies('service_' || r, r);
   -- graphile-worker turns row-level security on for its private tables, with no policy (only
   -- their owner may use them): every row, for this role.
   for s in select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
