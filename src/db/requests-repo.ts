@@ -15,23 +15,56 @@ export interface NewRequest {
   maxAttempts: number;
   /** The LISTEN channel of the process waiting on the request (its EventHub's); null: none. */
   listener: string | null;
+  /** Refuse (return false, write nothing) when this many requests of the model are queued. */
+  queueBound: number;
 }
 
 /**
- * Records the request and queues its job in one statement, hence one transaction: there is
- * never a job without its row, nor a row without its job.
+ * The queue-bound test of an enqueue statement: fewer than `bound` queued requests of `model`.
+ * It reads at most `bound` index entries, so it stays cheap however deep the bound is.
  */
-export async function enqueueRequest(db: Db, r: NewRequest): Promise<void> {
-  await sql`
+const roomFor = (model: string, bound: number) =>
+  sql`(select count(*) from (select 1 from ai.requests where model = ${model} and status = 'queued' limit ${bound}) q) < ${bound}`;
+
+/**
+ * Checks the queue bound, records the request and queues its job in one statement, hence one
+ * round trip and one transaction: there is never a job without its row, nor a row without its
+ * job. False (nothing written) when the model's queue is full.
+ */
+export async function enqueueRequest(db: Db, r: NewRequest): Promise<boolean> {
+  const res = await sql`
     with job as (
       select (graphile_worker.add_job(${r.task}, json_build_object('request_id', ${r.id}::uuid),
                                       max_attempts => ${r.maxAttempts})).id as job_id
+       where ${roomFor(r.model, r.queueBound)}
     )
     insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, job_id, listener)
     select ${r.id}, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
            ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}, job.job_id, ${r.listener}
       from job
   `.execute(db);
+  return Number(res.numAffectedRows ?? 0) > 0;
+}
+
+export interface NewEmbedding {
+  id: string;
+  model: string;
+  requestedModel: string;
+  inputs: unknown[];
+  meta: Record<string, unknown>;
+  keyId: string | null;
+  maxAttempts: number;
+  listener: string | null;
+  queueBound: number;
+}
+
+/** An embedding request (ai.enqueue_embedding) behind the same queue-bound test; false when full. */
+export async function enqueueEmbedding(db: Db, r: NewEmbedding): Promise<boolean> {
+  const res = await sql`
+    select ai.enqueue_embedding(${r.id}::uuid, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.inputs)}::jsonb,
+                                ${JSON.stringify(r.meta)}::jsonb, ${r.keyId}::uuid, ${r.maxAttempts}, ${r.listener})
+     where ${roomFor(r.model, r.queueBound)}`.execute(db);
+  return res.rows.length > 0;
 }
 
 export async function cancelRequest(db: Db, id: string): Promise<boolean> {

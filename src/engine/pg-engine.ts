@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Database } from '../db/pool.js';
 import { findModel, listModels } from '../db/models-repo.js';
-import { cancelRequest, enqueueRequest, redactRequest } from '../db/requests-repo.js';
+import { cancelRequest, enqueueEmbedding, enqueueRequest, redactRequest } from '../db/requests-repo.js';
 import type { ModelRow } from '../db/types.js';
 import { readToolFormat } from '../protocol/tools.js';
 import { readInputBound } from '../protocol/limits.js';
@@ -57,16 +57,9 @@ export class PgEngine implements Engine {
     private readonly hub: EventHub,
   ) {}
 
-  /**
-   * Backpressure: 429 when the model's queue is at its bound. The count reads at most `bound`
-   * index entries, so it stays cheap however deep the bound is.
-   */
-  private async admit(row: ModelRow): Promise<void> {
-    const bound = row.max_queue ?? MAX_QUEUE;
-    const r = await sql<{ n: number }>`
-      select count(*)::int as n from (
-        select 1 from ai.requests where model = ${row.name} and status = 'queued' limit ${bound}) q`.execute(this.database.db);
-    if ((r.rows[0]?.n ?? 0) >= bound) throw errors.queueFull(row.name, 1);
+  /** Backpressure: how many queued requests of a model make a new one a 429. */
+  private queueBound(row: ModelRow): number {
+    return row.max_queue ?? MAX_QUEUE;
   }
 
   private async lookup(name: string): Promise<ModelRow | undefined> {
@@ -93,12 +86,12 @@ export class PgEngine implements Engine {
     if (row.task !== 'chat') {
       throw errors.invalid(`The model '${req.model}' is an ${row.task} model and cannot be used for ${req.endpoint === 'completions' ? 'completions' : 'chat completions'}.`, 'model', 'model_not_supported');
     }
-    await this.admit(row);
     const requestId = randomUUID();
     // Subscribe first: the worker may publish before enqueue() even returns.
     const events = this.hub.subscribe(requestId);
+    let queued: boolean;
     try {
-      await enqueueRequest(this.database.db, {
+      queued = await enqueueRequest(this.database.db, {
         id: requestId,
         endpoint: req.endpoint,
         model: row.name,
@@ -111,10 +104,15 @@ export class PgEngine implements Engine {
         task: chatTask(row.name),
         maxAttempts: CHAT_MAX_ATTEMPTS,
         listener: this.hub.channel,
+        queueBound: this.queueBound(row),
       });
     } catch (err) {
       events.close();
       throw err;
+    }
+    if (!queued) {
+      events.close();
+      throw errors.queueFull(row.name, 1);
     }
     // meta.store === false (the client's `store: false`, recorded in params like the rest of meta).
     const unstored = req.meta.store === false;
@@ -162,15 +160,28 @@ export class PgEngine implements Engine {
     if (row.task !== 'embedding') {
       throw errors.invalid(`The model '${req.model}' is a ${row.task} model and cannot be used for embeddings.`, 'model', 'model_not_supported');
     }
-    await this.admit(row);
     const requestId = randomUUID();
     const events = this.hub.subscribe(requestId);
+    let queued: boolean;
     try {
-      await sql`select ai.enqueue_embedding(${requestId}::uuid, ${row.name}, ${req.model}, ${JSON.stringify(req.inputs)}::jsonb,
-                                            ${JSON.stringify(req.meta)}::jsonb, ${req.keyId}::uuid, ${EMBED_MAX_ATTEMPTS}, ${this.hub.channel})`.execute(this.database.db);
+      queued = await enqueueEmbedding(this.database.db, {
+        id: requestId,
+        model: row.name,
+        requestedModel: req.model,
+        inputs: req.inputs,
+        meta: req.meta,
+        keyId: req.keyId,
+        maxAttempts: EMBED_MAX_ATTEMPTS,
+        listener: this.hub.channel,
+        queueBound: this.queueBound(row),
+      });
     } catch (err) {
       events.close();
       throw err;
+    }
+    if (!queued) {
+      events.close();
+      throw errors.queueFull(row.name, 1);
     }
     onQueued?.(requestId);
     for await (const e of events) {

@@ -60,7 +60,8 @@ describe.each([
     const parts: string[] = [];
     for await (const part of r.textStream) parts.push(part);
     expect(errors).toEqual([]);
-    expect(parts.length).toBeGreaterThan(2);
+    // More than one piece: the first token goes out at once, later ones coalesce per flush (SWITCHYARD_FLUSH_MS).
+    expect(parts.length).toBeGreaterThanOrEqual(2);
     expect(parts.join('')).toBe(whole.text);
     expect(await r.finishReason).toBe('length');
     const [ex] = seen();
