@@ -2,26 +2,23 @@ import type pg from 'pg';
 import { takeDeadWorkers } from '../db/workers-repo.js';
 import type { LogFn } from '../log.js';
 
-/** How long a worker may stay silent before it is taken for dead (SWITCHYARD_WORKER_TIMEOUT, seconds). */
-export function workerTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
-  const s = Number(env.SWITCHYARD_WORKER_TIMEOUT ?? 30);
-  return Number.isFinite(s) && s > 0 ? s * 1000 : 30_000;
+/** A setting in seconds: a finite number at least `min`, else `fallback`. */
+function seconds(env: NodeJS.ProcessEnv, name: string, fallback: number, min: 'positive' | 'zero'): number {
+  const s = Number(env[name] ?? fallback);
+  return Number.isFinite(s) && (min === 'zero' ? s >= 0 : s > 0) ? s : fallback;
 }
 
+/** How long a worker may stay silent before it is taken for dead (SWITCHYARD_WORKER_TIMEOUT, seconds). */
+export const workerTimeoutMs = (env: NodeJS.ProcessEnv = process.env): number => seconds(env, 'SWITCHYARD_WORKER_TIMEOUT', 30, 'positive') * 1000;
+
 /** How often each process runs ai.prune (SWITCHYARD_PRUNE_INTERVAL, seconds; 0 turns it off). */
-export function pruneIntervalMs(env: NodeJS.ProcessEnv = process.env): number {
-  const s = Number(env.SWITCHYARD_PRUNE_INTERVAL ?? 300);
-  return Number.isFinite(s) && s >= 0 ? s * 1000 : 300_000;
-}
+export const pruneIntervalMs = (env: NodeJS.ProcessEnv = process.env): number => seconds(env, 'SWITCHYARD_PRUNE_INTERVAL', 300, 'zero') * 1000;
 
 /**
  * How long an ended `store: false` request may keep its text before the sweep removes it
  * (SWITCHYARD_UNSTORED_GRACE, seconds): time for a slow serve to read its last events.
  */
-export function unstoredGraceS(env: NodeJS.ProcessEnv = process.env): number {
-  const s = Number(env.SWITCHYARD_UNSTORED_GRACE ?? 30);
-  return Number.isFinite(s) && s >= 0 ? s : 30;
-}
+export const unstoredGraceS = (env: NodeJS.ProcessEnv = process.env): number => seconds(env, 'SWITCHYARD_UNSTORED_GRACE', 30, 'zero');
 
 const WORKER_LOST = {
   message: 'The worker running this request stopped responding, and the request has no attempts left.',

@@ -59,13 +59,17 @@ const blank = /^\s$/u;
 const wordy = /[\p{L}\p{N}]/u;
 const punct = /[\p{P}!-\/:-@[-`{-~]/u;
 
+/** A character's class bits (a code point outside the BMP is classified whole). */
+const classOf = (ch: string): number =>
+  (insignificant.test(ch) ? 0 : SIGNIFICANT) | (wordy.test(ch) ? WORDY : 0) | (punct.test(ch) ? PUNCT : 0) | (blank.test(ch) ? BLANK : 0);
+
 function classes(): Uint8Array {
   if (table) return table;
   table = new Uint8Array(0x10000);
   for (let c = 0; c < 0x10000; c++) {
     if (c >= 0xd800 && c <= 0xdfff) continue; // surrogates: classified as pairs below
     const ch = String.fromCharCode(c);
-    table[c] = (insignificant.test(ch) ? 0 : SIGNIFICANT) | (wordy.test(ch) ? WORDY : 0) | (punct.test(ch) ? PUNCT : 0) | (blank.test(ch) ? BLANK : 0);
+    table[c] = classOf(ch);
   }
   return table;
 }
@@ -95,7 +99,7 @@ export function overflowAt(texts: readonly string[], bound: InputBound, budget: 
       let cls: number;
       if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length) {
         const ch = String.fromCodePoint(text.codePointAt(i)!);
-        cls = (insignificant.test(ch) ? 0 : SIGNIFICANT) | (wordy.test(ch) ? WORDY : 0) | (punct.test(ch) ? PUNCT : 0);
+        cls = classOf(ch);
         i++;
       } else cls = t[c]!;
       if (bound.kind === 'chars') {
@@ -130,7 +134,8 @@ export function needsMoreThan(texts: readonly string[], bound: InputBound, token
 // The batch budget
 // ---------------------------------------------------------------------------------------------
 
-const positive = (env: NodeJS.ProcessEnv, name: string, fallback: number): number => {
+/** A setting that must be a positive integer, else `fallback`. */
+export const positiveSetting = (env: NodeJS.ProcessEnv, name: string, fallback: number): number => {
   const v = Number(env[name]);
   return Number.isInteger(v) && v > 0 ? v : fallback;
 };
@@ -139,9 +144,9 @@ const positive = (env: NodeJS.ProcessEnv, name: string, fallback: number): numbe
  * SWITCHYARD_MAX_BATCH_TOKENS (default 65536): KV-cache tokens a worker reserves at once per
  * chat model, Σ n × (prompt + max new tokens). One request may reserve at most all of it.
  */
-export const maxBatchTokens = (env: NodeJS.ProcessEnv = process.env): number => positive(env, 'SWITCHYARD_MAX_BATCH_TOKENS', 65_536);
+export const maxBatchTokens = (env: NodeJS.ProcessEnv = process.env): number => positiveSetting(env, 'SWITCHYARD_MAX_BATCH_TOKENS', 65_536);
 /** SWITCHYARD_MAX_BATCH (default 16): sequences a worker decodes together per chat model. */
-export const maxBatchSequences = (env: NodeJS.ProcessEnv = process.env): number => positive(env, 'SWITCHYARD_MAX_BATCH', 16);
+export const maxBatchSequences = (env: NodeJS.ProcessEnv = process.env): number => positiveSetting(env, 'SWITCHYARD_MAX_BATCH', 16);
 
 /** Why a request over the budget is refused; `prompt` is its length in tokens, or what is known of it. */
 export function budgetMessage(n: number, prompt: number | string, maxTokens: number, budget: number, param: string): string {

@@ -99,6 +99,12 @@ export class EventPublisher {
     return new EventPublisher(flusher, owner, r.rows[0]!.next, stream);
   }
 
+  /** The text gathered so far becomes a queued delta event (after the events queued before it). */
+  private closeOpen(): void {
+    if (this.open) this.queued.push(toEvent(this.open));
+    this.open = null;
+  }
+
   private get silenced(): boolean {
     return this.refused || this.failure !== null;
   }
@@ -106,8 +112,7 @@ export class EventPublisher {
   /** Queues an event (start, restart): it goes out with the next flush, at once. */
   publish(event: EngineEvent): void {
     if (this.silenced) return;
-    if (this.open) this.queued.push(toEvent(this.open));
-    this.open = null;
+    this.closeOpen();
     this.queued.push(event);
     this.flusher.mark(this, true);
   }
@@ -137,8 +142,7 @@ export class EventPublisher {
       this.wakeIfIdle();
       return [];
     }
-    if (this.open) this.queued.push(toEvent(this.open));
-    this.open = null;
+    this.closeOpen();
     const out = this.queued.map((data) => ({ seq: this.seq++, data }));
     this.queued = [];
     if (out.length) this.inFlight++;
@@ -191,8 +195,7 @@ export class EventPublisher {
    * once no flush carries events of this request (settled()).
    */
   closing(final: EngineEvent): Numbered[] {
-    if (this.open) this.queued.push(toEvent(this.open));
-    this.open = null;
+    this.closeOpen();
     if (this.held?.choices.size) this.queued.push(toEvent(this.held));
     this.held?.choices.clear();
     const out = [...this.queued, final].map((data) => ({ seq: this.seq++, data }));

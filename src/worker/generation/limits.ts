@@ -1,4 +1,4 @@
-import { maxBatchSequences, maxBatchTokens } from '../../protocol/limits.js';
+import { maxBatchSequences, maxBatchTokens, positiveSetting } from '../../protocol/limits.js';
 
 /** Bounds of a model's decode batch (see scheduler.ts); read by the worker process too. */
 export interface BatchLimits {
@@ -12,10 +12,9 @@ export interface BatchLimits {
 
 /** SWITCHYARD_MAX_BATCH, SWITCHYARD_MAX_BATCH_TOKENS and SWITCHYARD_PREFILL_CHUNK. */
 export function batchLimitsFromEnv(): BatchLimits {
-  const chunk = Number(process.env.SWITCHYARD_PREFILL_CHUNK);
   return {
     maxSequences: maxBatchSequences(),
     maxTokens: maxBatchTokens(),
-    prefillChunk: Number.isInteger(chunk) && chunk > 0 ? chunk : 128,
+    prefillChunk: positiveSetting(process.env, 'SWITCHYARD_PREFILL_CHUNK', 128),
   };
 }
