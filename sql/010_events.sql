@@ -17,9 +17,11 @@
 -- partitioned) finds the row re-queued or claimed by another attempt, and its writes are
 -- refused, so a request never holds two attempts' output.
 
--- The unchecked form shipped before ownership checks: nothing may publish into a request it
--- does not own.
+-- Events go through ai.publish_events (below): the unchecked one-event form shipped before
+-- ownership checks, and nothing may publish into a request it does not own. (The checked
+-- one-event form that briefly followed it had no caller.)
 drop function if exists ai.publish_event(uuid, integer, jsonb);
+drop function if exists ai.publish_event(uuid, text, integer, integer, jsonb);
 
 -- Announces events to the listener of each request: `items` are (request, highest seq) pairs.
 -- One notification per channel, items separated by spaces; a payload must stay under 8000 bytes,
@@ -83,13 +85,6 @@ begin
    where not ((e->>'request')::uuid = any(owned));
   return refused;
 end $$;
-
--- One event: ai.publish_events for a single request (kept for callers of the first API).
-create or replace function ai.publish_event(p_request uuid, p_worker text, p_attempt integer, p_seq integer, p_data jsonb)
-returns boolean language sql as $$
-  select cardinality(ai.publish_events(p_worker, jsonb_build_array(
-           jsonb_build_object('request', p_request, 'attempt', p_attempt, 'seq', p_seq, 'data', p_data)))) = 0;
-$$;
 
 -- Writes a running attempt's outcome and its last events in one transaction: p_event is the
 -- final event, or an array of events written at p_seq, p_seq + 1, ... (what the attempt had not

@@ -579,7 +579,10 @@ end $$;
 -- One row per vectorizer. pending: queued items (a row changed twice before a worker came by
 -- counts twice), of which retrying: failed at least once and waiting for their next attempt;
 -- failed: parked items; last_error: the newest error message among both.
-create or replace view ai.vectorizer_status as
+-- Read with the caller's rights (security_invoker), so the vectorizer tables' row-level
+-- security decides what each role sees: its own vectorizers, or all of them for the owner,
+-- service roles and admins.
+create or replace view ai.vectorizer_status with (security_invoker = true) as
 select v.id,
        v.source,
        v.source_column,
@@ -604,9 +607,7 @@ select v.id,
       union all
       select x.last_error, x.last_attempt_at from ai.vectorizer_queue x
        where x.vectorizer_id = v.id and x.last_error is not null) y
-     order by y.at desc limit 1) e on true
- -- The view reads as its owner: show each role the vectorizers of roles it belongs to.
- where exists (select from pg_roles r where r.rolname = v.owner and pg_has_role(current_user, r.oid, 'USAGE'));
+     order by y.at desc limit 1) e on true;
 
 -- Vectorizers made before migration 0010 move to their own trigger functions, owned by their
 -- destination's owner (only a superuser can give a function to another role; otherwise a
