@@ -14,7 +14,8 @@ import { errors } from './errors.js';
  *   fallback) and no token stands for more than `tokenChars` characters, so a text needs at
  *   least (its characters) / tokenChars tokens. Only characters no normalizer can remove or
  *   fuse are counted (not combining marks, controls or Hangul jamo; blanks only with `blanks`,
- *   when the tokenizer's normalizer cannot remove them).
+ *   when the tokenizer's normalizer cannot remove them), or, with `raw` (no normalizer at all),
+ *   every character.
  * - `words`: WordPiece gives every word at least one token (a word it cannot spell, however
  *   long, is one [UNK]), so a text needs at least one token per run of non-blank characters
  *   that holds a letter or digit (runs are split only at ' ', \t, \n, \r: fewer than BERT splits),
@@ -33,6 +34,8 @@ export interface InputBound {
   punctuation?: boolean;
   /** `chars`: blanks count too (no normalizer that could strip them). */
   blanks?: boolean;
+  /** `chars`: every character counts (the tokenizer has no normalizer: marks, controls and jamo stay bytes of some token). */
+  raw?: boolean;
 }
 
 /** A stored bound can outlive the code that wrote it: anything unexpected means "no bound". */
@@ -44,6 +47,7 @@ export function readInputBound(value: unknown): InputBound | null {
   return {
     kind: v.kind, contextLength: v.contextLength, tokenChars: v.tokenChars,
     ...(v.punctuation === true ? { punctuation: true } : {}), ...(v.blanks === true ? { blanks: true } : {}),
+    ...(v.raw === true && v.kind === 'chars' ? { raw: true } : {}),
   };
 }
 
@@ -84,6 +88,19 @@ export function overflowAt(texts: readonly string[], bound: InputBound, budget: 
   const t = classes();
   // `chars`: more than budget × tokenChars counted characters cannot fit in budget tokens.
   const most = bound.kind === 'chars' ? budget * bound.tokenChars : budget;
+  if (bound.kind === 'chars' && bound.raw) {
+    // Every code unit is at least one byte of some token: counting code units undercounts a pair's four bytes, safely.
+    for (let k = 0, counted = 0; k < texts.length; k++) {
+      const text = texts[k]!;
+      if (counted + text.length > most) {
+        const at = most - counted;
+        // Never inside a surrogate pair.
+        return [k, at > 0 && (text.charCodeAt(at - 1) & 0xfc00) === 0xd800 ? at - 1 : at];
+      }
+      counted += text.length;
+    }
+    return null;
+  }
   let counted = 0;
   let inWord = false;
   let wordCounted = false;

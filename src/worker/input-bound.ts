@@ -30,6 +30,7 @@ export function inputBoundOf(tokenizer: PreTrainedTokenizer, contextLength: numb
     kind, contextLength, tokenChars,
     ...(kind === 'words' && isBertPreTokenizer(json!) ? { punctuation: true } : {}),
     ...(kind === 'chars' && keepsBlanks(json!.normalizer) ? { blanks: true } : {}),
+    ...(kind === 'chars' && (json!.normalizer === null || json!.normalizer === undefined) ? { raw: true } : {}),
   };
 }
 

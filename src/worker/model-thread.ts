@@ -113,7 +113,7 @@ async function renderPrompt(m: LoadedChatModel, prompt: Prompt, params: Pick<Sam
   // A raw prompt is encoded as the tokenizer would for the model (with its BOS, if it adds one).
   if ('text' in prompt) {
     checkFits(m, [prompt.text], params);
-    return m.tokenizer.encode(prompt.text);
+    return encodeBounded(() => m.tokenizer.encode(prompt.text), 'prompt');
   }
   // Before rendering too. Assistant turns are left out: some templates drop parts of them
   // (Qwen3's drop earlier reasoning); the other messages every template renders in full.
@@ -142,7 +142,21 @@ async function renderPrompt(m: LoadedChatModel, prompt: Prompt, params: Pick<Sam
   }
   checkFits(m, [text], params);
   // The template already wrote the special tokens (e.g. <|im_start|>), so none are added here.
-  return m.tokenizer.encode(text, { add_special_tokens: false });
+  return encodeBounded(() => m.tokenizer.encode(text, { add_special_tokens: false }), 'messages');
+}
+
+/**
+ * The tokenizers' regular expressions recurse: a long enough run of some characters overflows
+ * the stack (a text the input bound could not refuse, for a tokenizer it has no rule for). That
+ * is the request's doing, so it is the request's error, not the server's.
+ */
+function encodeBounded(encode: () => number[], param: string): number[] {
+  try {
+    return encode();
+  } catch (err) {
+    if (err instanceof RangeError) throw ThreadError.user(400, 'The input is too long to tokenize. Please reduce its length.', 'context_length_exceeded', param);
+    throw err;
+  }
 }
 
 /**

@@ -52,6 +52,9 @@ describe('input bounds', () => {
     expect(needsMoreThan([word], bound, 2047)).toBe(true);
     // Blanks count for a tokenizer without a normalizer: 6 MiB of spaces takes it minutes, too.
     expect(needsMoreThan([' '.repeat(6 * 1024 * 1024)], bound, 2047)).toBe(true);
+    // So do combining marks: 6 MiB of U+0301 overflows the tokenizer's stack (a 500, once).
+    expect(bound.raw).toBe(true);
+    expect(needsMoreThan(['\u0301'.repeat(6 * 1024 * 1024)], bound, 2047)).toBe(true);
     expect(performance.now() - t0).toBeLessThan(500);
     // WordPiece makes one [UNK] of it: that fits, and the rule says so.
     expect(needsMoreThan([word], inputBoundOf(wordpiece, 512)!, 511)).toBe(false);
@@ -82,6 +85,13 @@ describe('input bounds', () => {
     expect(needsMoreThan([' \u0301'.repeat(1000)], { ...bound, blanks: true }, 10)).toBe(true);
     // An astral character is one character, and the prefix never ends inside it.
     expect(overflowAt(['𝄞𝄞𝄞'], bound, 1)).toEqual([0, 4]);
+    // Without a normalizer every character counts, marks and controls too.
+    const raw = { ...bound, raw: true };
+    expect(needsMoreThan([' \u0301'.repeat(1000)], raw, 999)).toBe(true);
+    expect(needsMoreThan(['\u0301'.repeat(20)], raw, 10)).toBe(false);
+    expect(overflowAt(['abc', '\u0301\u0301\u0301'], raw, 2)).toEqual([1, 1]);
+    expect(overflowAt(['𝄞𝄞𝄞'], raw, 1)).toEqual([0, 2]);
+    expect(overflowAt(['a𝄞𝄞'], raw, 1)).toEqual([0, 1]);
   });
 
   it('the gateway refuses what does not fit, naming the param', () => {
