@@ -24,19 +24,51 @@
 -- ai.chat_timeout (default 5 minutes; seconds or an interval) the request is cancelled and a
 -- 57014 error is raised. Volatile: every call generates.
 
--- Writes a chat request row and its graphile-worker job in one statement (the same row and job
--- the HTTP gateway writes; src/db/requests-repo.ts).
+-- Queues a chat request: its row, and a notification that wakes the workers serving the model
+-- (ai.claim_chat). The same row the HTTP gateway writes (src/db/requests-repo.ts).
 create or replace function ai.enqueue_chat(
   p_id uuid, p_model text, p_requested_model text, p_input jsonb, p_params jsonb, p_max_attempts integer default 3
 ) returns void language plpgsql as $$
--- plpgsql, not sql: its body is checked when it runs, after graphile-worker has made its schema.
 begin
-  with job as (
-    select (graphile_worker.add_job('chat:' || p_model, json_build_object('request_id', p_id),
-                                    max_attempts => p_max_attempts)).id as job_id
-  )
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, job_id, db_role)
-  select p_id, 'chat.completions', p_model, p_requested_model, p_input, p_params, false, job.job_id, p_params->>'db_role' from job;
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, max_attempts, db_role)
+  values (p_id, 'chat.completions', p_model, p_requested_model, p_input, p_params, false, p_max_attempts, p_params->>'db_role');
+  perform pg_notify('ai_chat', p_model);
+end $$;
+
+-- Claims up to p_limit queued chat and completions requests of the given models for a worker,
+-- oldest first, in one statement: each becomes 'running' as the worker's next attempt. Workers
+-- share the queue (SKIP LOCKED). p_skip: requests this worker is still stopping (an abandoned
+-- attempt of one of them must end before it runs again here).
+create or replace function ai.claim_chat(p_worker text, p_models text[], p_limit integer, p_skip uuid[] default '{}')
+returns table (id uuid, model text, input jsonb, params jsonb, stream boolean, attempts integer, max_attempts integer)
+language sql as $$
+  update ai.requests r
+     set status = 'running', started_at = clock_timestamp(), worker = p_worker, attempts = r.attempts + 1
+   where r.id in (
+     select q.id from ai.requests q
+      where q.model = any(p_models) and q.endpoint <> 'embeddings' and q.status = 'queued'
+        and q.id <> all(p_skip)
+      order by q.queued_at
+      limit p_limit
+        for update skip locked)
+  returning r.id, r.model, r.input, r.params, r.stream, r.attempts, coalesce(r.max_attempts, 3);
+$$;
+
+-- An attempt that failed for a reason of its own (the database went away mid-request, a bug)
+-- gives the request back to the queue for another attempt, if it still owns it.
+create or replace function ai.release_chat(p_request uuid, p_worker text, p_attempt integer)
+returns boolean language plpgsql as $$
+declare
+  m text;
+begin
+  update ai.requests set status = 'queued', worker = null
+   where id = p_request and worker = p_worker and attempts = p_attempt and status = 'running'
+  returning model into m;
+  if m is null then
+    return false;
+  end if;
+  perform pg_notify('ai_chat', m);
+  return true;
 end $$;
 
 -- Splits generated text into content and tool calls written in the model's format

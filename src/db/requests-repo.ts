@@ -10,8 +10,6 @@ export interface NewRequest {
   params: Record<string, unknown>;
   stream: boolean;
   keyId: string | null;
-  /** graphile-worker task identifier, e.g. `chat:smollm2`. */
-  task: string;
   maxAttempts: number;
   /** The LISTEN channel of the process waiting on the request (its EventHub's); null: none. */
   listener: string | null;
@@ -27,23 +25,22 @@ const roomFor = (model: string, bound: number) =>
   sql`(select count(*) from (select 1 from ai.requests where model = ${model} and status = 'queued' limit ${bound}) q) < ${bound}`;
 
 /**
- * Checks the queue bound, records the request and queues its job in one statement, hence one
- * round trip and one transaction: there is never a job without its row, nor a row without its
- * job. False (nothing written) when the model's queue is full.
+ * Checks the queue bound and records the request in one statement, hence one round trip and
+ * one transaction; the notification (sent at commit) wakes the workers serving the model, which
+ * claim it from the row (ai.claim_chat). False (nothing written) when the model's queue is full.
  */
 export async function enqueueRequest(db: Db, r: NewRequest): Promise<boolean> {
-  const res = await sql`
-    with job as (
-      select (graphile_worker.add_job(${r.task}, json_build_object('request_id', ${r.id}::uuid),
-                                      max_attempts => ${r.maxAttempts})).id as job_id
+  const res = await sql<{ notified: unknown }>`
+    with ins as (
+      insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, max_attempts, listener)
+      select ${r.id}, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
+             ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}, ${r.maxAttempts}, ${r.listener}
        where ${roomFor(r.model, r.queueBound)}
+      returning model
     )
-    insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, job_id, listener)
-    select ${r.id}, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
-           ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}, job.job_id, ${r.listener}
-      from job
+    select pg_notify('ai_chat', model) as notified from ins
   `.execute(db);
-  return Number(res.numAffectedRows ?? 0) > 0;
+  return res.rows.length > 0;
 }
 
 export interface NewEmbedding {

@@ -19,7 +19,6 @@ const CHAT_MAX_ATTEMPTS = Math.max(1, Number(process.env.SWITCHYARD_CHAT_ATTEMPT
 /** Embedding jobs are short and idempotent: more retries are cheap. */
 const EMBED_MAX_ATTEMPTS = 5;
 
-export const chatTask = (model: string) => `chat:${model}`;
 
 function toInfo(row: ModelRow): ModelInfo {
   return {
@@ -101,7 +100,6 @@ export class PgEngine implements Engine {
         params: { ...req.params, ...('messages' in req.prompt ? { chat_template: req.prompt.chatTemplate } : {}), ...req.meta },
         stream: req.stream,
         keyId: req.keyId,
-        task: chatTask(row.name),
         maxAttempts: CHAT_MAX_ATTEMPTS,
         listener: this.hub.channel,
         queueBound: this.queueBound(row),

@@ -29,15 +29,15 @@ const WORKER_LOST = {
 
 /**
  * Releases the work of workers that stopped heartbeating (crashed, killed, partitioned).
- * graphile-worker alone keeps a crashed worker's jobs locked for 4 hours. Runs in every
+ * graphile-worker alone keeps a crashed worker's (vectorizer) jobs locked for 4 hours. Runs in every
  * `serve` and `worker`; each dead worker is reaped once, in one transaction that deletes its
  * row and releases its work:
  * - its running requests go back to 'queued', which also fences it off: a worker that was only
  *   paused or cut off finds its writes refused (it no longer owns them, sql/010_events.sql),
  *   and its heartbeat finds its row gone;
- * - chat jobs are unlocked, so another worker runs them again (attempts stay bounded); a
- *   request whose job has no attempts left is failed, with an error its client receives;
- * - embedding requests are claimable again at once.
+ * - chat requests are claimed again by another worker (woken by a notification; attempts stay
+ *   bounded); one with no attempts left is failed, with an error its client receives;
+ * - embedding requests are claimable again at once, and its vectorizer jobs are unlocked.
  * On the same tick it sweeps the text out of ended `store: false` requests (sweepUnstored),
  * and every SWITCHYARD_PRUNE_INTERVAL it deletes what the retention settings expire (prune).
  */
@@ -106,33 +106,30 @@ export class Reaper {
       dead = await takeDeadWorkers(client, this.timeoutMs);
       if (dead.length > 0) {
         const ids = dead.map((d) => d.id);
-        // Chat requests whose job has used every attempt: fail them and retire the job.
-        const exhausted = await client.query<{ job_id: string }>(
+        // Chat requests that have used every attempt: fail them, with an error their waiter receives.
+        const exhausted = await client.query(
           `with f as (
              update ai.requests r set status = 'failed', error = $2, finished_at = clock_timestamp()
-               from graphile_worker.jobs j
-              where r.worker = any($1) and r.status = 'running' and j.id = r.job_id and j.attempts >= j.max_attempts
-             returning r.id, r.job_id)
-           select f.job_id::text, ai.publish_final(f.id, jsonb_build_object('type', 'error', 'status', 500, 'error', $2::jsonb)) from f`,
+              where r.worker = any($1) and r.status = 'running' and r.endpoint <> 'embeddings'
+                and r.attempts >= coalesce(r.max_attempts, 3)
+             returning r.id)
+           select ai.publish_final(f.id, jsonb_build_object('type', 'error', 'status', 500, 'error', $2::jsonb)) from f`,
           [ids, JSON.stringify(WORKER_LOST)],
         );
         failed = exhausted.rowCount ?? 0;
-        // The rest back to the queue (notified at commit: embedding claimers wake up).
+        // The rest back to the queue; the notifications (sent at commit) wake the claimers.
         const q = await client.query<{ n: number }>(
           `with q as (update ai.requests set status = 'queued' where worker = any($1) and status = 'running' returning endpoint, model)
-           select count(*)::int as n, (select count(pg_notify('ai_embed', m)) from (select distinct model from q where endpoint = 'embeddings') e(m)) as notified
+           select count(*)::int as n,
+                  (select count(pg_notify(case when e = 'embeddings' then 'ai_embed' else 'ai_chat' end, m))
+                     from (select distinct endpoint, model from q) d(e, m)) as notified
              from q`,
           [ids],
         );
         requeued = q.rows[0]!.n;
+        // Their vectorizer jobs to other workers.
         const jobWorkers = dead.flatMap((d) => d.job_worker_ids);
         if (jobWorkers.length) await client.query('select graphile_worker.force_unlock_workers($1::text[])', [jobWorkers]);
-        if (failed) {
-          await client.query('select graphile_worker.permanently_fail_jobs($1::bigint[], $2)', [
-            exhausted.rows.map((r) => r.job_id),
-            'worker lost, attempts exhausted',
-          ]);
-        }
       }
       await client.query('commit');
     } catch (err) {

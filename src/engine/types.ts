@@ -11,7 +11,8 @@ import type { FinishReason, TokenLogprob, Usage } from '../protocol/shared.js';
  * the request and seq; see sql/010_events.sql).
  */
 export type EngineEvent =
-  | { type: 'start'; promptTokens: number }
+  /** `at`: when the worker started it (ms since the epoch); absent in events stored by older workers. */
+  | { type: 'start'; promptTokens: number; at?: number }
   /** The worker running it died and another attempt starts over: earlier deltas are void. */
   | { type: 'restart'; attempt: number }
   /** `at`: when the oldest text in this event was produced (ms since the epoch), for latency figures. */

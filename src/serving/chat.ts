@@ -47,7 +47,8 @@ export class ChatServing {
         const r = await events.next();
         if (!r.done) {
           const e = r.value;
-          if (e.type === 'start') this.observer.started(model, Date.now() - since);
+          // A request that does not stream receives its start with the outcome: its time says when it started.
+          if (e.type === 'start') this.observer.started(model, Math.max(0, (e.at ?? Date.now()) - since));
           else if (e.type === 'delta' && !sawText && e.choices.some((c) => c.text)) {
             sawText = true;
             this.observer.firstToken(model, Date.now() - since);

@@ -1,5 +1,4 @@
 import type pg from 'pg';
-import type { Task } from 'graphile-worker';
 import type { EngineEvent } from '../engine/types.js';
 import type { LogFn } from '../log.js';
 import { ThreadError } from './generation/thread-error.js';
@@ -7,8 +6,9 @@ import type { ModelHost } from './model-host.js';
 import type { ModelSpec } from './models-source.js';
 import { EventFlusher } from './flusher.js';
 import { EventPublisher, OwnershipLost } from './publisher.js';
-import { claim, finish, type ClaimedRow } from './request-row.js';
-import { readChatRequest, readJobPayload, StoredRequestError } from './stored-request.js';
+import { finish, type ClaimedRow } from './request-row.js';
+import { readChatRequest, StoredRequestError } from './stored-request.js';
+import { retryWhileUnavailable } from '../db/errors.js';
 
 export interface ChatTaskDeps {
   pool: pg.Pool;
@@ -16,62 +16,64 @@ export interface ChatTaskDeps {
   workerId: string;
   log: { info: LogFn; warn: LogFn; error: LogFn };
   /**
-   * Aborted when a reaper took this worker for dead: its jobs were released to other workers,
-   * so the attempts it runs under this id are abandoned.
+   * Aborted when a reaper took this worker for dead: its requests were re-queued for other
+   * workers, so the attempts it runs under this id are abandoned.
    */
   signal?: AbortSignal;
-  /** Writes the events of this worker's requests, many per statement (default: one for this task). */
+  /** Writes the events of this worker's requests, many per statement (default: one for this request). */
   flusher?: EventFlusher;
+}
+
+/** A chat or completions request as ai.claim_chat hands it to this worker: its attempt `attempts`. */
+export interface ClaimedChat extends ClaimedRow {
+  id: string;
+  model: string;
+  attempts: number;
+  max_attempts: number;
 }
 
 const reaped = () =>
   new Error('this worker was taken for dead (silent for longer than SWITCHYARD_WORKER_TIMEOUT) and abandoned the attempt');
 
 /**
- * The graphile-worker task for one chat model. Client errors (bad template, prompt too long)
- * and load failures end the request with an error event and are not retried; an exception
- * thrown from here (e.g. the database went away) lets graphile-worker retry the job.
- * An attempt that lost the request (OwnershipLost) throws too, never returns: graphile-worker
- * deletes the job of a task that returns, and that job may now be another worker's; a throw
- * only releases it if this worker still holds its lock.
+ * Runs one claimed attempt of a chat request to its end. Client errors (bad template, prompt
+ * too long) and load failures end the request with an error event. Any other failure (e.g.
+ * the database went away mid-request) gives the request back to the queue for another attempt,
+ * or, on its last attempt, fails it with the reason. An attempt that lost the request (a reaper
+ * re-queued it, another attempt took it: OwnershipLost) leaves it alone. Never throws.
  */
-export function chatTask(spec: ModelSpec, deps: ChatTaskDeps): Task {
+export async function runChatRequest(spec: ModelSpec, deps: ChatTaskDeps, row: ClaimedChat): Promise<void> {
+  const { id: requestId, attempts: attempt, max_attempts: maxAttempts } = row;
   const flusher = deps.flusher ?? new EventFlusher(deps.pool);
-  return async (payload, helpers) => {
-    const { requestId } = readJobPayload(payload);
-    const attempt = helpers.job.attempts;
-    // Taken after the reaping, before the heartbeat noticed: graphile-worker retries it.
+  const owner = { requestId, workerId: deps.workerId, attempt };
+  let publisher: EventPublisher | null = null;
+  const abandon = () => deps.host.cancel(requestId);
+  deps.signal?.addEventListener('abort', abandon);
+  try {
     if (deps.signal?.aborted) throw reaped();
-    // An abandoned attempt still stopping would share its id in the model thread.
-    if (deps.host.isRunning(requestId)) throw new Error(`an abandoned attempt of request ${requestId} is still stopping in this worker`);
-    const row = await claim(deps.pool, requestId, deps.workerId, attempt);
-    if (!row) return; // cancelled while queued, or already finished by an earlier attempt
-    const publisher = await EventPublisher.open(deps.pool, flusher, { requestId, workerId: deps.workerId, attempt }, row.stream);
+    publisher = await EventPublisher.open(deps.pool, flusher, owner, row.stream);
     // Whatever the model does from here on would be refused: stop it.
-    const abandon = () => deps.host.cancel(requestId);
     publisher.onRefused = abandon;
-    deps.signal?.addEventListener('abort', abandon);
-    try {
-      await runChat(spec, deps, requestId, row, publisher, attempt);
-    } catch (err) {
-      // graphile-worker retries the job; after the last attempt nobody would, and a client
-      // would wait for an answer that never comes. Say why instead (if the database lets us:
-      // refused unless this attempt still owns the request).
-      if (attempt >= helpers.job.max_attempts) {
-        const body = {
-          message: `The request failed on all ${helpers.job.max_attempts} attempts: ${err instanceof Error ? err.message : String(err)}`,
-          type: 'server_error' as const,
-          param: null,
-          code: 'attempts_exhausted',
-        };
-        deps.log.error(`request ${requestId}: ${body.message}`);
-        await finish(deps.pool, publisher, 'failed', { error: body }, { type: 'error', status: 500, error: body }).catch(() => {});
+    await runChat(spec, deps, requestId, row, publisher, attempt);
+  } catch (err) {
+    if (err instanceof OwnershipLost || deps.signal?.aborted) return; // someone else's now
+    const reason = err instanceof Error ? err.message : String(err);
+    await retryWhileUnavailable(async () => {
+      if (attempt < maxAttempts) {
+        deps.log.warn(`request ${requestId} attempt ${attempt} failed (${reason}); re-queued`);
+        await deps.pool.query('select ai.release_chat($1, $2, $3)', [requestId, deps.workerId, attempt]);
+        return;
       }
-      throw err;
-    } finally {
-      deps.signal?.removeEventListener('abort', abandon);
-    }
-  };
+      // Nobody would try again, and a client would wait for an answer that never comes: say why
+      // (refused unless this attempt still owns the request).
+      const body = { message: `The request failed on all ${maxAttempts} attempts: ${reason}`, type: 'server_error' as const, param: null, code: 'attempts_exhausted' };
+      deps.log.error(`request ${requestId}: ${body.message}`);
+      const p = publisher ?? new EventPublisher(flusher, owner, 0, row.stream);
+      await finish(deps.pool, p, 'failed', { error: body }, { type: 'error', status: 500, error: body });
+    }).catch((e: Error) => deps.log.error(`request ${requestId}: recording the failed attempt failed: ${e.message}`));
+  } finally {
+    deps.signal?.removeEventListener('abort', abandon);
+  }
 }
 
 async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, row: ClaimedRow, publisher: EventPublisher, attempt: number): Promise<void> {
@@ -92,7 +94,9 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
   let result;
   try {
     result = await deps.host.generate(requestId, spec, request.prompt, request.params, {
-      onStarted: (promptTokens) => publisher.publish({ type: 'start', promptTokens }),
+      // Not urgent: it goes out with the first text when that follows within a flush interval
+      // (one statement, not two, and none competing with the prefill for the cores).
+      onStarted: (promptTokens) => publisher.publish({ type: 'start', promptTokens, at: Date.now() }, false),
       onDelta: (index, text, finishReason, logprobs) => publisher.delta(index, text, finishReason, logprobs),
     });
   } catch (err) {

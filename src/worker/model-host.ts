@@ -163,6 +163,11 @@ export class ModelHost {
     return this.pending.has(id);
   }
 
+  /** Generations under way (or stopping) here. */
+  runningIds(): string[] {
+    return [...this.pending.keys()].filter((id) => !id.startsWith('embed-'));
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     await this.thread.terminate();

@@ -109,12 +109,16 @@ export class EventPublisher {
     return this.refused || this.failure !== null;
   }
 
-  /** Queues an event (start, restart): it goes out with the next flush, at once. */
-  publish(event: EngineEvent): void {
+  /**
+   * Queues an event (start, restart): it goes out with the next flush, at once if `urgent`. A
+   * request that does not stream writes it with the outcome instead (its waiter reads nothing
+   * before that).
+   */
+  publish(event: EngineEvent, urgent = true): void {
     if (this.silenced) return;
     this.closeOpen();
     this.queued.push(event);
-    this.flusher.mark(this, true);
+    if (!this.held) this.flusher.mark(this, urgent);
   }
 
   delta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[]): void {

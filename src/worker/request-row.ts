@@ -4,28 +4,12 @@ import type { EventPublisher } from './publisher.js';
 import { retryWhileUnavailable } from '../db/errors.js';
 import { toJsonb, toJsonbOrNull } from '../db/jsonb.js';
 
+/** What a worker reads of a request it claimed (ai.claim_chat). */
 export interface ClaimedRow {
   input: unknown;
   params: unknown;
   /** False: the waiter wants the whole answer at once, and no deltas are published (publisher.ts). */
   stream: boolean;
-}
-
-/**
- * Marks the request running as this worker's attempt `attempt` (graphile-worker's count): from
- * here on only this attempt may write its events and outcome. Null when it is already finished
- * or cancelled (nothing to do).
- */
-export async function claim(pool: pg.Pool, requestId: string, workerId: string, attempt: number): Promise<ClaimedRow | null> {
-  // A job that fails on a database blip would stay locked by graphile-worker (it cannot record
-  // the failure either): wait the blip out instead.
-  const r = await retryWhileUnavailable(() => pool.query<ClaimedRow>(
-    `update ai.requests set status = 'running', started_at = clock_timestamp(), worker = $2, attempts = $3
-      where id = $1 and status in ('queued', 'running')
-      returning input, params, stream`,
-    [requestId, workerId, attempt],
-  ));
-  return r.rows[0] ?? null;
 }
 
 /**

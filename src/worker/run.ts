@@ -7,11 +7,11 @@ import { retryWhileUnavailable } from '../db/errors.js';
 import { PgListener } from '../db/listener.js';
 import { listModels } from '../db/models-repo.js';
 import type { ModelRow } from '../db/types.js';
-import { chatTask as chatTaskName } from '../engine/pg-engine.js';
 import { graphileLogger, logger } from '../log.js';
 import { heartbeat, register, unregister } from '../db/workers-repo.js';
 import { Reaper, workerTimeoutMs } from '../engine/reaper.js';
-import { chatTask } from './chat-task.js';
+import { runChatRequest } from './chat-task.js';
+import { ChatClaimer } from './chat-claimer.js';
 import { EmbedClaimer } from './embedding/claimer.js';
 import { vectorizeTask, vectorizeTaskName } from './vectorize-task.js';
 import { EmbedBatcher } from './embedding/batcher.js';
@@ -28,7 +28,7 @@ export interface WorkerOptions {
   models?: string[];
   /** Overrides each model's registered device. */
   device?: 'cpu' | 'cuda';
-  /** Chat jobs in flight at once (default SWITCHYARD_MAX_BATCH, 16): they share each decode step. */
+  /** Chat requests in flight at once (default SWITCHYARD_MAX_BATCH, 16): they share each decode step. */
   concurrency?: number;
   /** Vectorizer jobs in flight at once (default 4); they share each model's batcher. */
   embedConcurrency?: number;
@@ -89,7 +89,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   let stopping = false;
 
   /**
-   * Everything this process does under one worker id: its job runners and embedding claimers.
+   * Everything this process does under one worker id: its chat claimer, its embedding claimers
+   * and its job runner (vectorizers).
    * A reaper that took the worker for dead (paused, or cut off from the database, for longer
    * than SWITCHYARD_WORKER_TIMEOUT) has re-queued its requests and released its jobs to others;
    * when the heartbeat then finds the row gone, the shift ends: its runners and claimers stop
@@ -103,6 +104,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     abort: AbortController;
     runners: Set<JobRunner>;
     claimers: Map<string, EmbedClaimer>;
+    /** Claims and runs the chat and completions requests of every chat model served here. */
+    chat: ChatClaimer;
     /** Writes the stream events of all its chat requests, many per statement. */
     flusher: EventFlusher;
   }
@@ -114,13 +117,20 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     stopped: Promise<void> | null;
     asked: boolean;
   }
-  const newShift = (): Shift => ({
-    id: `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`,
-    abort: new AbortController(),
-    runners: new Set(),
-    claimers: new Map(),
-    flusher: new EventFlusher(database.pool),
-  });
+  const newShift = (): Shift => {
+    const id = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+    const abort = new AbortController();
+    const flusher = new EventFlusher(database.pool);
+    const chat = new ChatClaimer({
+      pool: database.pool,
+      workerId: id,
+      log,
+      capacity: opts.concurrency ?? batchLimitsFromEnv().maxSequences,
+      stopping: () => host.runningIds(),
+      run: (row) => runChatRequest(served.get(row.model)!, { pool: database.pool, host, workerId: id, log, signal: abort.signal, flusher }, row),
+    });
+    return { id, abort, runners: new Set(), claimers: new Map(), chat, flusher };
+  };
   const jobWorkerIds = (s: Shift) => [...s.runners].flatMap((r) => r.ids);
   const stopRunner = (r: JobRunner): Promise<void> => {
     r.asked = true; // before stop(): graphile-worker announces the shutdown from inside it
@@ -163,17 +173,17 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   }
 
   /**
-   * The shift's work for these models: their graphile-worker tasks run in a runner of their own
-   * (chat jobs are few and long; vectorizer jobs are separate so a long backfill never holds up
-   * chat), and embedding requests are claimed in batches by a claimer per model (see claimer.ts).
+   * The shift's work for these models: chat requests are claimed by the shift's chat claimer
+   * (chat-claimer.ts), embedding requests in batches by a claimer per model (see claimer.ts),
+   * and vectorizer jobs run in a graphile-worker runner.
    */
   async function staff(s: Shift, specs: ModelSpec[]): Promise<void> {
     const deps = { pool: database.pool, workerId: s.id, log };
-    const chatTasks: TaskList = {};
     const embedTasks: TaskList = {};
+    const chatModels = specs.filter((spec) => spec.task === 'chat').map((spec) => spec.name);
+    if (chatModels.length) s.chat.serve(chatModels);
     for (const spec of specs) {
-      if (spec.task === 'chat') chatTasks[chatTaskName(spec.name)] = chatTask(spec, { ...deps, host, signal: s.abort.signal, flusher: s.flusher });
-      else {
+      if (spec.task !== 'chat') {
         const batcher = batchers.get(spec.name)!;
         const claimer = new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs) });
         s.claimers.set(spec.name, claimer);
@@ -181,12 +191,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         embedTasks[vectorizeTaskName(spec.name)] = vectorizeTask(spec, { pool: database.pool, embed: (inputs) => batcher.submit(inputs), log });
       }
     }
-    for (const [taskList, concurrency] of [
-      [chatTasks, opts.concurrency ?? batchLimitsFromEnv().maxSequences],
-      [embedTasks, opts.embedConcurrency ?? 4],
-    ] as const) {
-      if (Object.keys(taskList).length > 0) await startRunner(s, taskList, concurrency);
-    }
+    if (Object.keys(embedTasks).length > 0) await startRunner(s, embedTasks, opts.embedConcurrency ?? 4);
   }
 
   async function startRunner(s: Shift, taskList: TaskList, concurrency: number): Promise<void> {
@@ -262,7 +267,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   // hints (anyone may NOTIFY): a model name only wakes the claimer of a model served here.
   const listener = new PgListener({
     connectionString: opts.databaseUrl,
-    channels: ['ai_cancel', 'ai_embed', 'ai_models'],
+    channels: ['ai_cancel', 'ai_chat', 'ai_embed', 'ai_models'],
     log,
     onNotification: (channel, payload) => {
       if (channel === 'ai_cancel') {
@@ -270,10 +275,12 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
           toCancel.add(payload);
           checkCancels();
         }
-      } else if (channel === 'ai_embed') shift.claimers.get(payload)?.wake();
+      } else if (channel === 'ai_chat') shift.chat.wake(payload);
+      else if (channel === 'ai_embed') shift.claimers.get(payload)?.wake();
       else pickUpNewModels();
     },
     onConnected: () => {
+      shift.chat.wake();
       for (const c of shift.claimers.values()) c.wake();
       pickUpNewModels();
     },
@@ -317,7 +324,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         `and its work given to others: abandoning what it ran, and going on as worker ${next.id}`,
     );
     // No new work under the old id from here; what it runs winds down in the background.
-    ending.push(...[...old.claimers.values()].map((c) => c.stop().catch(() => {})), ...[...old.runners].map(stopRunner));
+    ending.push(old.chat.stop(), ...[...old.claimers.values()].map((c) => c.stop().catch(() => {})), ...[...old.runners].map(stopRunner));
     await register(database.pool, record(next), []);
     await staff(next, [...served.values()]);
   };
@@ -350,7 +357,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     await beating;
     await changing;
     const s = shift;
-    const drained = Promise.all([...s.claimers.values()].map((c) => c.stop()))
+    const drained = Promise.all([s.chat.stop(), ...[...s.claimers.values()].map((c) => c.stop())])
       .then(() => Promise.all([...s.runners].map(stopRunner)))
       .then(() => Promise.all(ending));
     let timer: NodeJS.Timeout | undefined;
@@ -365,7 +372,13 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       // As a reaper would: the requests back to the queue first, so that what still runs here
       // can no longer write to them, then the jobs to other workers.
       s.abort.abort();
-      await database.pool.query(`update ai.requests set status = 'queued' where worker = $1 and status = 'running'`, [s.id]).catch(() => {});
+      await database.pool
+        .query(
+          `with q as (update ai.requests set status = 'queued' where worker = $1 and status = 'running' returning endpoint, model)
+           select count(pg_notify(case when endpoint = 'embeddings' then 'ai_embed' else 'ai_chat' end, model)) from (select distinct endpoint, model from q) d`,
+          [s.id],
+        )
+        .catch(() => {});
       const utils = await makeWorkerUtils({ pgPool: database.pool, logger: graphileLogger });
       await utils.forceUnlockWorkers(jobWorkerIds(s)).catch((err: Error) => log.error(`releasing jobs failed: ${err.message}`));
       await utils.release();

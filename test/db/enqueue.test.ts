@@ -20,18 +20,27 @@ afterAll(async () => {
 
 const count = async (text: string) => Number((await database.pool.query(text)).rows[0].n);
 
-it('queues chat requests up to the bound, then refuses without a row or a job', async () => {
+it('queues chat requests up to the bound, announcing each to the workers, then refuses without a row or a notification', async () => {
+  const listener = await database.pool.connect();
+  const heard: string[] = [];
+  listener.on('notification', (n) => heard.push(`${n.channel}:${n.payload}`));
+  await listener.query('listen ai_chat');
   const chat = (id: string) =>
     enqueueRequest(database.db, {
       id, endpoint: 'chat.completions', model: 'm', requestedModel: 'm', input: { messages: [] }, params: {},
-      stream: false, keyId: null, task: 'chat:m', maxAttempts: 3, listener: null, queueBound: 2,
+      stream: false, keyId: null, maxAttempts: 3, listener: null, queueBound: 2,
     });
   expect(await chat(randomUUID())).toBe(true);
   expect(await chat(randomUUID())).toBe(true);
   const refused = randomUUID();
   expect(await chat(refused)).toBe(false);
   expect(await count(`select count(*) as n from ai.requests where id = '${refused}'`)).toBe(0);
-  expect(await count(`select count(*) as n from graphile_worker.jobs`)).toBe(2);
+  expect(await count(`select count(*) as n from ai.requests where max_attempts = 3 and status = 'queued'`)).toBe(2);
+  // No graphile-worker job: workers claim the rows themselves (ai.claim_chat).
+  expect(await count(`select count(*) as n from graphile_worker.jobs`)).toBe(0);
+  await new Promise((r) => setTimeout(r, 100));
+  listener.release(true);
+  expect(heard).toEqual(['ai_chat:m', 'ai_chat:m']);
 });
 
 it('queues embedding requests up to the bound, per model', async () => {

@@ -49,10 +49,10 @@ it('a reaped worker writes nothing more to the request another worker took over,
   const client = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: key, maxRetries: 0 });
   const pending = client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'a long story please' }], max_tokens: 1500, temperature: 0 });
 
-  // A is generating: pause it mid-generation. (The request does not stream: its text is written
-  // with its outcome, so the log shows A's start, then B's restart, start, text and done.)
+  // A is generating: pause it mid-generation. (The request does not stream: its events are
+  // written with its outcome, so the log shows only B's restart, start, text and done.)
   const { id } = await until('worker A to start', async () =>
-    (await query<{ id: string }>(db.url, `select r.id from ai.requests r join ai.request_events e on e.request_id = r.id and e.data->>'type' = 'start' where r.worker = $1 limit 1`, [a.workerId]))[0],
+    (await query<{ id: string }>(db.url, `select id from ai.requests where worker = $1 and status = 'running' limit 1`, [a.workerId]))[0],
   );
   await new Promise((r) => setTimeout(r, 300));
   a.child.kill('SIGSTOP');
@@ -62,7 +62,7 @@ it('a reaped worker writes nothing more to the request another worker took over,
   // Reaped (its row gone), and B runs the request again.
   await until('worker B to take the request over', async () => {
     const [r] = await query<{ worker: string; attempts: number }>(db.url, 'select worker, attempts from ai.requests where id = $1', [id]);
-    return r?.worker === b.workerId && (await query(db.url, `select 1 from ai.request_events where request_id = $1 and data->>'type' = 'start' and seq > (select seq from ai.request_events where request_id = $1 and data->>'type' = 'restart')`, [id])).length > 0;
+    return r?.worker === b.workerId && r.attempts === 2;
   });
   await new Promise((r) => setTimeout(r, 300));
   expect(await query(db.url, 'select 1 from ai.workers where id = $1', [a.workerId])).toEqual([]);
@@ -88,7 +88,7 @@ it('a reaped worker writes nothing more to the request another worker took over,
   await new Promise((r) => setTimeout(r, 1500));
   const events = (await query<{ seq: number; data: Event }>(db.url, 'select seq, data from ai.request_events where request_id = $1 order by seq', [id])).map((e) => e.data);
   const restart = events.findIndex((e) => e.type === 'restart');
-  expect(restart).toBeGreaterThan(0);
+  expect(restart).toBeGreaterThanOrEqual(0);
   expect(events.filter((e) => e.type === 'restart')).toEqual([{ type: 'restart', attempt: 2 }]);
   const after = events.slice(restart + 1);
   expect(after.filter((e) => e.type === 'done')).toHaveLength(1);

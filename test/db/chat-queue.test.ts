@@ -1,0 +1,101 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
+
+/**
+ * Workers claim chat requests straight from ai.requests (ai.claim_chat): one statement per
+ * pickup, oldest first, never one request twice, each claim one attempt.
+ */
+let tdb: TestDatabase;
+let pool: pg.Pool;
+
+beforeAll(async () => {
+  tdb = await createTestDatabase();
+  pool = new pg.Pool({ connectionString: tdb.url, max: 4 });
+});
+
+afterAll(async () => {
+  await pool?.end();
+  await tdb?.drop();
+});
+
+async function queue(model: string, n: number, endpoint = 'chat.completions'): Promise<string[]> {
+  const ids: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const id = randomUUID();
+    await pool.query(
+      `insert into ai.requests (id, endpoint, model, requested_model, input, params, max_attempts, queued_at)
+       values ($1, $2, $3, $3, '{}', '{}', 2, now() + make_interval(secs => $4))`,
+      [id, endpoint, model, i],
+    );
+    ids.push(id);
+  }
+  return ids;
+}
+
+const claim = async (worker: string, models: string[], limit: number, skip: string[] = []) =>
+  (await pool.query(`select id::text, model, attempts, max_attempts from ai.claim_chat($1, $2, $3, $4::uuid[])`, [worker, models, limit, skip])).rows as {
+    id: string; model: string; attempts: number; max_attempts: number;
+  }[];
+
+it('claims the oldest queued requests of the models asked for, up to the limit, as running attempts', async () => {
+  const a = await queue('a', 3);
+  const b = await queue('b', 1);
+  await queue('e', 1, 'embeddings');
+  const got = await claim('w1', ['a'], 2);
+  expect(got.map((r) => r.id).sort()).toEqual(a.slice(0, 2).sort());
+  expect(got.every((r) => r.attempts === 1 && r.max_attempts === 2)).toBe(true);
+  const rows = (await pool.query(`select id::text, status, worker from ai.requests where id = any($1) order by array_position($1::uuid[], id)`, [[...a, ...b]])).rows;
+  expect(rows.map((r) => [r.status, r.worker])).toEqual([['running', 'w1'], ['running', 'w1'], ['queued', null], ['queued', null]]);
+  // Skipped: a request this worker is still stopping. Never an embedding request.
+  expect(await claim('w1', ['a', 'b', 'e'], 10, [a[2]!])).toEqual([expect.objectContaining({ id: b[0] })]);
+  expect((await claim('w1', ['a'], 10)).map((r) => r.id)).toEqual([a[2]]);
+});
+
+it('concurrent claims never take one request twice', async () => {
+  const ids = await queue('c', 40);
+  const got = await Promise.all(Array.from({ length: 8 }, (_, w) => claim(`w${w}`, ['c'], 7)));
+  const all = got.flat().map((r) => r.id);
+  expect(new Set(all).size).toBe(all.length);
+  expect(all.length).toBe(40);
+  expect(all.sort()).toEqual([...ids].sort());
+});
+
+it('a released attempt goes back to the queue, announced; only its owner may release it', async () => {
+  const [id] = await queue('d', 1);
+  await claim('w1', ['d'], 1);
+  const listener = await pool.connect();
+  const heard: string[] = [];
+  listener.on('notification', (n) => heard.push(`${n.channel}:${n.payload}`));
+  await listener.query('listen ai_chat');
+  try {
+    expect((await pool.query(`select ai.release_chat($1, 'w2', 1) as ok`, [id])).rows[0].ok).toBe(false);
+    expect((await pool.query(`select ai.release_chat($1, 'w1', 2) as ok`, [id])).rows[0].ok).toBe(false);
+    expect((await pool.query(`select ai.release_chat($1, 'w1', 1) as ok`, [id])).rows[0].ok).toBe(true);
+    const again = await claim('w2', ['d'], 1);
+    expect(again).toEqual([expect.objectContaining({ id, attempts: 2 })]);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(heard).toEqual(['ai_chat:d']);
+  } finally {
+    listener.release(true);
+  }
+});
+
+it('a role with no grants can neither claim nor release', async () => {
+  const role = `nogrants_${randomUUID().slice(0, 8)}`;
+  await pool.query(`create role ${role} login`);
+  const [id] = await queue('f', 1);
+  const url = new URL(tdb.url);
+  url.username = role;
+  const c = new pg.Client({ connectionString: url.toString() });
+  await c.connect();
+  try {
+    await expect(c.query(`select * from ai.claim_chat('x', array['f'], 1)`)).rejects.toThrow(/permission denied/);
+    await expect(c.query(`select ai.release_chat($1, 'x', 1)`, [id])).rejects.toThrow(/permission denied/);
+    expect((await pool.query(`select status from ai.requests where id = $1`, [id])).rows[0].status).toBe('queued');
+  } finally {
+    await c.end();
+    await pool.query(`drop owned by ${role}; drop role ${role}`);
+  }
+});
