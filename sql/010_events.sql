@@ -38,6 +38,22 @@ returns void language sql as $$
      group by i.listener, i.chunk) t;
 $$;
 
+-- Who may write a request's events is settled under an advisory lock per request, which costs
+-- no WAL (a FOR SHARE row lock wrote a record per request per flush): a writer holds it shared
+-- while it checks ownership and inserts; whoever takes a request from its attempt (a reaper
+-- re-queueing it, a cancellation) holds it exclusively until it commits, so it waits for the
+-- writes in flight, and a writer that comes later finds the new owner and is refused.
+create or replace function ai._request_lock(p_request uuid)
+returns bigint language sql immutable as $$ select hashtextextended(p_request::text, 7001) $$;
+
+-- Fences requests off from their current attempt's writes until the caller's transaction ends.
+-- Locks are taken in id order, as ai.publish_events takes them (no deadlock between the two).
+create or replace function ai._fence_requests(p_requests uuid[])
+returns void language sql as $$
+  select count(pg_advisory_xact_lock(ai._request_lock(s.id)))
+    from (select distinct x.id from unnest(p_requests) as x(id) order by x.id) s;
+$$;
+
 -- Stores one event and announces it. Internal: callers establish ownership first.
 create or replace function ai._emit_event(p_request uuid, p_seq integer, p_data jsonb)
 returns void language sql as $$
@@ -59,16 +75,16 @@ declare
   ids uuid[];
   seqs integer[];
 begin
-  -- FOR SHARE: whoever takes a request over (a reaper, a new attempt's claim) waits for these
-  -- events to commit, so the new attempt numbers its events after them; one that committed
-  -- first leaves no matching row here. Locked in id order, as any other caller locking several.
-  select coalesce(array_agg(o.id), '{}') into owned from (
-    select r.id from ai.requests r
-     where r.id in (select (e->>'request')::uuid from jsonb_array_elements(p_events) e)
-       and r.worker = p_worker and r.status = 'running'
-       and r.attempts = (select max((e->>'attempt')::int) from jsonb_array_elements(p_events) e where (e->>'request')::uuid = r.id)
-     order by r.id
-       for share) o;
+  -- Shared, in id order (see ai._request_lock): whoever takes a request over waits for these
+  -- events to commit, so a new attempt numbers its events after them; one that committed first
+  -- is seen by the check below (a statement of its own: its snapshot is taken after the locks).
+  perform pg_advisory_xact_lock_shared(ai._request_lock(x.id))
+     from (select distinct (e->>'request')::uuid as id from jsonb_array_elements(p_events) e order by 1) x;
+  select coalesce(array_agg(r.id), '{}') into owned
+    from ai.requests r
+   where r.id in (select (e->>'request')::uuid from jsonb_array_elements(p_events) e)
+     and r.worker = p_worker and r.status = 'running'
+     and r.attempts = (select max((e->>'attempt')::int) from jsonb_array_elements(p_events) e where (e->>'request')::uuid = r.id);
   with w as (
     insert into ai.request_events (request_id, seq, data)
     select (e->>'request')::uuid, (e->>'seq')::int, e->'data'
@@ -128,6 +144,7 @@ begin
   if not found then
     return false;
   end if;
+  perform ai._fence_requests(array[p_request]);
   perform pg_notify('ai_cancel', p_request::text);
   if channel is not null then
     perform pg_notify(channel, p_request::text);

@@ -106,6 +106,8 @@ export class Reaper {
       dead = await takeDeadWorkers(client, this.timeoutMs);
       if (dead.length > 0) {
         const ids = dead.map((d) => d.id);
+        // Their event writes in flight land first; later ones find the requests taken (sql/010_events.sql).
+        await client.query(`select ai._fence_requests(array(select id from ai.requests where worker = any($1) and status = 'running'))`, [ids]);
         // Chat requests that have used every attempt: fail them, with an error their waiter receives.
         const exhausted = await client.query(
           `with f as (

@@ -374,8 +374,9 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       s.abort.abort();
       await database.pool
         .query(
-          `with q as (update ai.requests set status = 'queued' where worker = $1 and status = 'running' returning endpoint, model)
-           select count(pg_notify(case when endpoint = 'embeddings' then 'ai_embed' else 'ai_chat' end, model)) from (select distinct endpoint, model from q) d`,
+          `with q as (update ai.requests set status = 'queued' where worker = $1 and status = 'running' returning id, endpoint, model)
+           select ai._fence_requests(array(select id from q)),
+                  (select count(pg_notify(case when endpoint = 'embeddings' then 'ai_embed' else 'ai_chat' end, model)) from (select distinct endpoint, model from q) d)`,
           [s.id],
         )
         .catch(() => {});

@@ -99,3 +99,33 @@ it('a role with no grants can neither claim nor release', async () => {
     await pool.query(`drop owned by ${role}; drop role ${role}`);
   }
 });
+
+it('taking a request from its attempt waits for that attempt\'s event write in flight; a later write is refused', async () => {
+  const [id] = await queue('g', 1);
+  await claim('w1', ['g'], 1);
+  const event = (seq: number) => JSON.stringify([{ request: id, attempt: 1, seq, data: { type: 'start', promptTokens: 1 } }]);
+  const writer = await pool.connect();
+  const taker = await pool.connect();
+  try {
+    await writer.query('begin');
+    expect((await writer.query(`select ai.publish_events('w1', $1::jsonb)::text[] as refused`, [event(0)])).rows[0].refused).toEqual([]);
+    // A reaper's takeover: fence, re-queue. It must wait for the write in flight.
+    await taker.query('begin');
+    let fenced = false;
+    const takeover = taker.query('select ai._fence_requests(array[$1::uuid])', [id]).then(() => (fenced = true));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(fenced).toBe(false);
+    await writer.query('commit');
+    await takeover;
+    await taker.query(`update ai.requests set status = 'queued' where id = $1`, [id]);
+    // A write that starts now waits for the takeover, then sees it and is refused.
+    const late = pool.query(`select ai.publish_events('w1', $1::jsonb)::text[] as refused`, [event(1)]);
+    await new Promise((r) => setTimeout(r, 100));
+    await taker.query('commit');
+    expect((await late).rows[0].refused).toEqual([id]);
+    expect((await pool.query('select seq from ai.request_events where request_id = $1', [id])).rows).toEqual([{ seq: 0 }]);
+  } finally {
+    writer.release(true);
+    taker.release(true);
+  }
+});
