@@ -18,6 +18,8 @@ let other: OpenAI;
 let keyA: string;
 
 beforeAll(async () => {
+  // A crashed worker is taken for dead after 3 s (the background test below kills one).
+  process.env.SWITCHYARD_WORKER_TIMEOUT = '3';
   db = await createTestDatabase();
   const env = { DATABASE_URL: db.url };
   const r = await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat', '--alias', 'gpt-4o-mini'], env);
@@ -34,6 +36,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all([serve?.stop(), serve2?.stop(), worker?.stop()]);
   await db?.drop();
+  delete process.env.SWITCHYARD_WORKER_TIMEOUT;
 });
 
 const requestRow = async (responseId: string) =>
@@ -307,4 +310,31 @@ describe('responses: background', () => {
     expect(text).toBe((await client.responses.retrieve(id)).output_text);
     expect((await requestRow(id)).status).toBe('completed');
   });
+
+  it('survives a restart of the gateway that took it and a crash of the worker running it', async () => {
+    const input = 'A long story about the sea.';
+    const r = await client.responses.create({ model: 'tiny', input, max_output_tokens: 1000, background: true, temperature: 0 });
+    const elsewhere = new OpenAI({ baseURL: `${serve2.url}/v1`, apiKey: keyA, maxRetries: 0 });
+    await until('text to appear', async () => (await elsewhere.responses.retrieve(r.id)).output_text?.length);
+    // The gateway that took it goes away, and the worker dies mid-generation.
+    await serve.stop();
+    worker.child.kill('SIGKILL');
+    await worker.stop();
+    const partial = await elsewhere.responses.retrieve(r.id);
+    expect(partial.status).toBe('in_progress');
+    [serve, worker] = await Promise.all([startServe(db.url), startWorker(db.url)]);
+    client = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: keyA, maxRetries: 0 });
+    const done = await until('the response to end', async () => {
+      const got = await client.responses.retrieve(r.id);
+      return got.status === 'queued' || got.status === 'in_progress' ? null : got;
+    }, 90_000);
+    expect(done.status).toBe('incomplete');
+    expect(done.usage!.output_tokens).toBe(1000);
+    const attempts = (await query<{ attempts: number }>(db.url, 'select attempts from ai.requests where id = $1', [hexToUuid(r.id.slice(5))]))[0]!.attempts;
+    expect(attempts).toBeGreaterThanOrEqual(2);
+    // The output is the second run's whole answer (the same as a foreground run, at temperature 0).
+    const fg = await client.responses.create({ model: 'tiny', input, max_output_tokens: 1000, temperature: 0 });
+    expect(done.output_text).toBe(fg.output_text);
+    expect(done.output).toHaveLength(1);
+  }, 150_000);
 });
