@@ -202,6 +202,15 @@ describe('responses: create, retrieve, delete', () => {
       max_output_tokens: 8,
     });
     expect((await requestRow(explicit.id)).input.messages).toEqual(msgs);
+    // And by reference: stored items named by their ids (another key cannot name them).
+    const byRef = await client.responses.create({
+      model: 'tiny',
+      input: [{ type: 'item_reference', id: (await client.responses.inputItems.list(r.id)).data[0]!.id }, { type: 'item_reference', id: call.id! }, { type: 'function_call_output', call_id: call.call_id, output: '{"temperature": 21}' }],
+      tools,
+      max_output_tokens: 8,
+    });
+    expect((await requestRow(byRef.id)).input.messages).toEqual(msgs);
+    await expect(other.responses.create({ model: 'tiny', input: [{ type: 'item_reference', id: call.id! }], max_output_tokens: 2 })).rejects.toMatchObject({ status: 404, code: 'item_not_found', param: 'input[0].id' });
   });
 
   it('text.format json_schema: output valid for the schema (checked with ajv)', async () => {
