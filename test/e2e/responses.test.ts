@@ -267,6 +267,22 @@ describe('responses: errors in OpenAI’s envelope', () => {
   });
 });
 
+describe('responses: truncation', () => {
+  it("'disabled' (the default) refuses a conversation that cannot fit; 'auto' drops its oldest items", async () => {
+    // The worker records the model's input bound when it loads it (the requests above loaded it).
+    await until('the input bound', async () => (await query<{ b: unknown }>(db.url, `select input_bound as b from ai.models where name = 'tiny'`))[0]!.b);
+    const input = [
+      { role: 'user' as const, content: 'x'.repeat(200_000) },
+      { role: 'assistant' as const, content: 'ok' },
+      { role: 'user' as const, content: 'A short question.' },
+    ];
+    await expect(client.responses.create({ model: 'tiny', input, max_output_tokens: 4 })).rejects.toMatchObject({ status: 400, code: 'context_length_exceeded', param: 'input' });
+    const r = await client.responses.create({ model: 'tiny', input, max_output_tokens: 4, truncation: 'auto' });
+    expect(r.truncation).toBe('auto');
+    expect((await requestRow(r.id)).input.messages).toEqual([{ role: 'assistant', content: 'ok' }, { role: 'user', content: 'A short question.' }]);
+  });
+});
+
 describe('responses: background', () => {
   it('answers at once with status queued, then is polled to completion', async () => {
     const r = await client.responses.create({ model: 'tiny', input: 'Tell me a story.', max_output_tokens: 40, background: true, temperature: 0 });
