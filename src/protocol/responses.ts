@@ -54,7 +54,7 @@ export interface ResponseCreateRequest {
 }
 
 /** Known Responses parameters this server does not implement: a 400 naming them. */
-const UNSUPPORTED = ['conversation', 'max_tool_calls', 'prompt', 'prompt_cache_key', 'prompt_cache_retention', 'reasoning', 'service_tier', 'top_logprobs'];
+const UNSUPPORTED = ['conversation', 'max_tool_calls', 'prompt', 'prompt_cache_key', 'prompt_cache_retention', 'reasoning', 'service_tier', 'text.verbosity', 'top_logprobs'];
 
 /** Tool types OpenAI hosts (search, computers, interpreters...): not something this server runs. */
 const BUILT_IN_TOOLS = new Set([
@@ -108,7 +108,7 @@ export const responseCreateRequestSchema: Schema = {
     // Items are checked one by one below (their many shapes name their own params better).
     input: { anyOf: [{ type: 'string' }, { type: 'array', maxItems: 10_000 }], 'x-expect': 'a string or a list of input items' },
     background: nullable({ type: 'boolean' }),
-    include: nullable({ type: 'array', maxItems: 0, 'x-expect': 'an empty list (nothing extra can be included yet)' }),
+    include: nullable({ type: 'array', maxItems: 0 }),
     instructions: nullable({ type: 'string' }),
     max_output_tokens: nullable({ type: 'integer', minimum: 1 }),
     metadata: nullable({ type: 'object', maxProperties: 16, additionalProperties: { type: 'string', maxLength: 512 } }),
@@ -119,7 +119,7 @@ export const responseCreateRequestSchema: Schema = {
     stream: nullable({ type: 'boolean' }),
     stream_options: nullable({ type: 'object', additionalProperties: false, properties: { include_obfuscation: { type: 'boolean' } } }),
     temperature: nullable({ type: 'number', minimum: 0, maximum: 2 }),
-    text: nullable({ type: 'object', additionalProperties: false, 'x-unsupported': ['verbosity'], properties: { format: textFormat } }),
+    text: nullable({ type: 'object', additionalProperties: false, properties: { format: textFormat } }),
     tool_choice: {
       anyOf: [
         { enum: ['none', 'auto', 'required'] },
@@ -163,6 +163,10 @@ export function parseResponseCreateRequest(body: unknown): ResponseCreateRequest
         throw errors.invalid(`${what}: only function tools are.`, `tools[${i}].type`, 'unsupported_parameter');
       }
     });
+  }
+  const include = (body as { include?: unknown } | null)?.include;
+  if (Array.isArray(include) && include.length) {
+    throw errors.invalid(`Invalid value for 'include': ${JSON.stringify(include[0])} cannot be included by this server (nothing can yet).`, 'include[0]', 'unsupported_parameter');
   }
   const req = checkShape(body);
   req.tools?.forEach((t, i) => nested(() => checkTool(t), `tools[${i}]`));

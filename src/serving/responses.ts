@@ -306,7 +306,7 @@ export class ResponsesServing {
         await events.return?.();
         return { kind: 'json', requestId: id, body: b.snapshot() };
       }
-      return { kind: 'stream', requestId: id, background, events: this.live(b, undefined, events, finalize) };
+      return { kind: 'stream', requestId: id, background, events: this.live(b, undefined, events, finalize, gen.model) };
     }
     const deadline = Date.now() + requestTimeoutMs();
     const cancel = () => this.engine.cancel(id);
@@ -320,7 +320,7 @@ export class ResponsesServing {
       await finalize();
       throw ApiError.fromBody(first.value.status, first.value.error);
     }
-    if (stream) return { kind: 'stream', requestId: id, background, events: this.live(b, first.value, events, finalize) };
+    if (stream) return { kind: 'stream', requestId: id, background, events: this.live(b, first.value, events, finalize, gen.model) };
     const response = await beforeDeadline(
       (async () => {
         b.begin();
@@ -337,7 +337,7 @@ export class ResponsesServing {
     return { kind: 'json', requestId: id, body: response };
   }
 
-  private async *live(b: ResponseEventBuilder, first: EngineEvent | undefined, events: AsyncIterator<EngineEvent>, finalize: () => Promise<void>): AsyncGenerator<ResponseStreamEvent> {
+  private async *live(b: ResponseEventBuilder, first: EngineEvent | undefined, events: AsyncIterator<EngineEvent>, finalize: () => Promise<void>, model: string): AsyncGenerator<ResponseStreamEvent> {
     try {
       yield* b.begin();
       for (let e: EngineEvent | undefined = first ?? ((await events.next()).value as EngineEvent | undefined); e; e = (await events.next()).value as EngineEvent | undefined) {
@@ -346,6 +346,7 @@ export class ResponsesServing {
       }
     } finally {
       await events.return?.();
+      if (b.usage) this.observer.usage(model, { prompt_tokens: b.usage.input_tokens, completion_tokens: b.usage.output_tokens, total_tokens: b.usage.total_tokens });
       await finalize();
     }
   }

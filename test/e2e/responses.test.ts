@@ -248,6 +248,17 @@ describe('responses: errors in OpenAI’s envelope', () => {
       expect(r.body.error).toMatchObject({ type: 'invalid_request_error', param: 'tools[0].type', code: 'unsupported_parameter' });
       expect(r.body.error.message).toContain(type);
     }
+    const include = await post({ model: 'tiny', input: 'x', include: ['message.output_text.logprobs'] });
+    expect(include).toMatchObject({ status: 400, body: { error: { param: 'include[0]', code: 'unsupported_parameter' } } });
+    const verbosity = await post({ model: 'tiny', input: 'x', text: { verbosity: 'low' } });
+    expect(verbosity).toMatchObject({ status: 400, body: { error: { param: 'text.verbosity', code: 'unsupported_parameter' } } });
+    const badItem = await post({ model: 'tiny', input: [{ type: 'function_call_output', call_id: 'c', output: 5 }] });
+    expect(badItem).toMatchObject({ status: 400, body: { error: { param: 'input[0].output' } } });
+    const notAnItem = await post({ model: 'tiny', input: [null] });
+    expect(notAnItem).toMatchObject({ status: 400, body: { error: { param: 'input[0]' } } });
+    const badQuery = await fetch(`${serve.url}/v1/responses/${mine.id}?stream=true&starting_after=x`, { headers: { authorization: `Bearer ${keyA}` } });
+    expect(badQuery.status).toBe(400);
+    expect(((await badQuery.json()) as { error: { param: string } }).error.param).toBe('starting_after');
     const reasoning = await post({ model: 'tiny', input: 'x', reasoning: { effort: 'low' } });
     expect(reasoning).toMatchObject({ status: 400, body: { error: { param: 'reasoning', code: 'unsupported_parameter' } } });
     const image = await post({ model: 'tiny', input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'http://x/y.png' }] }] });

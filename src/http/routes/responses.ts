@@ -44,7 +44,8 @@ export function responseRoutes(app: FastifyInstance, responses: ResponsesServing
   app.get('/responses/:id', async (request, reply) => {
     const { id } = request.params as { id: string };
     const q = request.query as Query;
-    if (!flag(q, 'stream')) return responses.retrieve(id, request.ctx);
+    // HEAD gets the headers of the JSON answer: a stream would run on with nobody to read it.
+    if (!flag(q, 'stream') || request.method === 'HEAD') return responses.retrieve(id, request.ctx);
     const startingAfter = integer(q, 'starting_after', 0, Number.MAX_SAFE_INTEGER) ?? null;
     await sendSse(reply, await responses.stream(id, request.ctx, startingAfter), { named: true });
   });
