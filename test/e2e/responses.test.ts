@@ -1,5 +1,7 @@
 import { Ajv } from 'ajv';
 import OpenAI from 'openai';
+import { zodTextFormat } from 'openai/helpers/zod';
+import { z } from 'zod';
 import type { ResponseStreamEvent } from 'openai/resources/responses/responses';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
@@ -222,6 +224,23 @@ describe('responses: create, retrieve, delete', () => {
     expect(validate(value), JSON.stringify(validate.errors)).toBe(true);
     const obj = await client.responses.create({ model: 'tiny', input: 'Any object', text: { format: { type: 'json_object' } }, max_output_tokens: 40 });
     expect(typeof JSON.parse(obj.output_text)).toBe('object');
+  });
+});
+
+describe('responses: openai-node helpers', () => {
+  it('responses.stream accumulates the events into the final response; responses.parse with zodTextFormat', async () => {
+    const runner = client.responses.stream({ model: 'tiny', input: 'Count to five.', max_output_tokens: 10, temperature: 0 });
+    let deltas = '';
+    runner.on('response.output_text.delta', (e) => (deltas += e.delta));
+    const final = await runner.finalResponse();
+    expect(final.output_text).toBe(deltas);
+    // (The helper adds `parsed: null` to each text part; otherwise the same as the stored object.)
+    const stored = await client.responses.retrieve(final.id);
+    expect(stored).toMatchObject({ id: final.id, status: final.status, output_text: final.output_text, usage: final.usage });
+    expect(stored.output.map((o) => o.id)).toEqual(final.output.map((o) => o.id));
+    const City = z.object({ name: z.string(), colours: z.array(z.string()).max(3) });
+    const parsed = await client.responses.parse({ model: 'tiny', input: 'A city', text: { format: zodTextFormat(City, 'city') }, max_output_tokens: 80 });
+    expect(City.parse(parsed.output_parsed)).toEqual(parsed.output_parsed);
   });
 });
 
