@@ -1,4 +1,5 @@
 import { Ajv } from 'ajv';
+import fc from 'fast-check';
 import OpenAI from 'openai';
 import { zodTextFormat } from 'openai/helpers/zod';
 import { z } from 'zod';
@@ -295,6 +296,42 @@ describe('responses: errors in OpenAI’s envelope', () => {
     const cancelForeground = await client.responses.create({ model: 'tiny', input: 'x', max_output_tokens: 2 });
     await expect(client.responses.cancel(cancelForeground.id)).rejects.toMatchObject({ status: 400 });
   });
+});
+
+describe('responses: fuzzed bodies', () => {
+  it('any body gets a 200 or an error in OpenAI’s envelope, never a 5xx', async () => {
+    const value = fc.oneof(
+      fc.string({ maxLength: 8 }), fc.integer(), fc.double(), fc.boolean(), fc.constant(null), fc.constant('tiny'), fc.constant('auto'), fc.constant('required'),
+      fc.constant('resp_0123456789abcdef0123456789abcdef'), fc.array(fc.anything({ maxDepth: 2 }), { maxLength: 3 }), fc.object({ maxDepth: 2 }),
+      fc.constantFrom({ type: 'json_schema', name: 'x', schema: { type: 'object' } }, { format: { type: 'json_object' } }, { type: 'function', name: 'f' }),
+    );
+    const item = fc.oneof(
+      value,
+      fc.record({ role: fc.constantFrom('user', 'assistant', 'system', 'developer', 'tool', 'x'), content: fc.oneof(value, fc.array(fc.record({ type: fc.constantFrom('input_text', 'output_text', 'input_image', 'refusal', 'x'), text: value }, { requiredKeys: [] }), { maxLength: 2 })) }, { requiredKeys: [] }),
+      fc.record({ type: fc.constantFrom('function_call', 'function_call_output', 'item_reference', 'message', 'reasoning'), call_id: value, name: value, arguments: value, output: value, id: value }, { requiredKeys: ['type'] }),
+    );
+    const keys = ['model', 'input', 'instructions', 'tools', 'tool_choice', 'parallel_tool_calls', 'text', 'metadata', 'user', 'store', 'truncation', 'stream', 'background', 'previous_response_id', 'temperature', 'top_p', 'include', 'reasoning', 'nonsense'];
+    // A valid request with up to three fields replaced by anything: deep enough to reach generation.
+    const body = fc.dictionary(fc.constantFrom(...keys), fc.oneof(value, fc.array(item, { maxLength: 3 })), { maxKeys: 3 }).map((d) => ({ model: 'tiny', input: 'hi', ...d }));
+    const statuses = new Map<number, number>();
+    await fc.assert(
+      fc.asyncProperty(body, async (b) => {
+        const res = await fetch(`${serve.url}/v1/responses`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${keyA}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ ...b, max_output_tokens: 1 }),
+        });
+        const text = await res.text();
+        statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+        expect(res.status, text).toBeLessThan(500);
+        if (res.status !== 200) expect(Object.keys(JSON.parse(text).error).sort()).toEqual(['code', 'message', 'param', 'type']);
+      }),
+      { numRuns: 150 },
+    );
+    // Not vacuous: some are served, many refused.
+    expect(statuses.get(200) ?? 0, JSON.stringify([...statuses])).toBeGreaterThanOrEqual(10);
+    expect(statuses.get(400) ?? 0, JSON.stringify([...statuses])).toBeGreaterThanOrEqual(10);
+  }, 120_000);
 });
 
 describe('responses: truncation', () => {
