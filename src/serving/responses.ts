@@ -155,7 +155,7 @@ export class ResponsesServing {
    * from the database, not from this process's LISTEN fan-out: the request names the process
    * that created it as the one to notify, so a stream resumed elsewhere polls.
    */
-  async stream(wire: string, ctx: RequestContext, startingAfter: number | null): Promise<AsyncIterable<ResponseStreamEvent>> {
+  async stream(wire: string, ctx: RequestContext, startingAfter: number | null, signal?: AbortSignal): Promise<AsyncIterable<ResponseStreamEvent>> {
     const s = await this.visible(wire, ctx);
     if (!s.background) throw errors.invalid('Only responses created with background: true can be streamed again.', 'stream', 'not_background');
     const b = this.builder(s, await this.toolFormat(s.model), 'stream');
@@ -169,7 +169,8 @@ export class ResponsesServing {
       yield* emit(b.begin());
       let next = 0;
       let wait = RESUME_POLL_MS / 4;
-      while (!b.ended) {
+      // `signal`: the reader left; a response that waits long in the queue must not be polled for nobody.
+      while (!b.ended && !signal?.aborted) {
         const { events: rows, status } = await store.events(s.id, next);
         for (const r of rows) {
           if (r.seq !== next) break; // a gap: the missing event is still being written

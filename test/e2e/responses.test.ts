@@ -134,6 +134,12 @@ describe('responses: create, retrieve, delete', () => {
   });
 
   it('store: false keeps nothing: no response to retrieve, no text in the log', async () => {
+    const { data: s, response } = await client.responses.create({ model: 'tiny', input: 'secret-5521 hi', max_output_tokens: 4, store: false, stream: true }).withResponse();
+    let streamed = '';
+    for await (const e of s) if (e.type === 'response.output_text.delta') streamed += e.delta;
+    expect(streamed.length).toBeGreaterThan(0);
+    const streamedRow = (await query<{ input: unknown; events: number }>(db.url, 'select input, (select count(*)::int from ai.request_events e where e.request_id = r.id) as events from ai.requests r where id = $1', [response.headers.get('x-request-id')]))[0]!;
+    expect(streamedRow).toEqual({ input: {}, events: 0 });
     const r = await client.responses.create({ model: 'tiny', input: 'secret-9913 hi', max_output_tokens: 4, store: false });
     expect((r as { store?: boolean }).store).toBe(false);
     expect(r.output_text.length).toBeGreaterThan(0);
@@ -293,6 +299,9 @@ describe('responses: errors in OpenAI’s envelope', () => {
     expect(noInput).toMatchObject({ status: 400, body: { error: { param: 'input' } } });
     const bgUnstored = await post({ model: 'tiny', input: 'x', background: true, store: false });
     expect(bgUnstored).toMatchObject({ status: 400, body: { error: { param: 'background' } } });
+    const running = await client.responses.create({ model: 'tiny', input: 'A long story', max_output_tokens: 1500, background: true });
+    await expect(client.responses.create({ model: 'tiny', input: 'x', previous_response_id: running.id })).rejects.toMatchObject({ status: 400, code: 'previous_response_in_progress', param: 'previous_response_id' });
+    await client.responses.cancel(running.id);
     const cancelForeground = await client.responses.create({ model: 'tiny', input: 'x', max_output_tokens: 2 });
     await expect(client.responses.cancel(cancelForeground.id)).rejects.toMatchObject({ status: 400 });
   });

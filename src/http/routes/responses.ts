@@ -47,7 +47,9 @@ export function responseRoutes(app: FastifyInstance, responses: ResponsesServing
     // HEAD gets the headers of the JSON answer: a stream would run on with nobody to read it.
     if (!flag(q, 'stream') || request.method === 'HEAD') return responses.retrieve(id, request.ctx);
     const startingAfter = integer(q, 'starting_after', 0, Number.MAX_SAFE_INTEGER) ?? null;
-    await sendSse(reply, await responses.stream(id, request.ctx, startingAfter), { named: true });
+    const left = new AbortController();
+    reply.raw.on('close', () => left.abort());
+    await sendSse(reply, await responses.stream(id, request.ctx, startingAfter, left.signal), { named: true });
   });
 
   app.delete('/responses/:id', async (request) => responses.delete((request.params as { id: string }).id, request.ctx));
