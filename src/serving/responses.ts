@@ -3,17 +3,14 @@ import type { Engine, EngineEvent } from '../engine/types.js';
 import { parseChatCompletionRequest, toChatPrompt, toSamplingParams, type ChatMessage } from '../protocol/chat.js';
 import { ApiError, errors } from '../protocol/errors.js';
 import { checkGeneration, maxBatchTokens, promptTexts } from '../protocol/limits.js';
+import { asResponsesError, itemsToMessages, toChatRequest, toInputItems } from '../protocol/responses-to-chat.js';
 import {
-  asResponsesError,
-  itemsToMessages,
   parseItemId,
   parseResponseCreateRequest,
   parseResponseId,
   requestFields,
   responseHex,
   responseWireId,
-  toChatRequest,
-  toInputItems,
   type InputItemList,
   type Item,
   type ResponseObject,
