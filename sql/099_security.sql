@@ -29,7 +29,7 @@ begin
 end $$;
 
 -- What an application role needs: ai.embed, ai.chat_complete, vectorizers on tables it owns (and
--- their status), the registered models, its own SQL requests. `admin` adds reading everything in
+-- their status), the registered models, its own SQL requests and SDK responses. `admin` adds reading everything in
 -- schema ai (requests of every role and key, usage, workers) and every vectorizer. Also makes
 -- every worker role of ai.service_roles a member of `role`, so that workers run its vectorizers'
 -- batches as `role` (see vectorize-task.ts). Run it as the owner of schema ai or a superuser.
@@ -48,7 +48,7 @@ begin
     raise exception 'ai.grant_usage: role "%" does not exist', r using errcode = 'undefined_object';
   end if;
   execute format('grant usage on schema ai to %I', r);
-  execute format('grant select on ai.models, ai.vectorizer_status, ai.my_requests, ai.queue_status to %I', r);
+  execute format('grant select on ai.models, ai.vectorizer_status, ai.my_requests, ai.my_responses, ai.queue_status to %I', r);
   -- Vectorizer tables: row-level security shows a role only its own (0010_roles.sql).
   execute format('grant select, insert, delete on ai.vectorizers to %I', r);
   execute format('grant select, insert, update, delete on ai.vectorizer_queue, ai.vectorizer_failed to %I', r);

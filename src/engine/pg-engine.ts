@@ -83,9 +83,9 @@ export class PgEngine implements Engine {
     const row = await this.lookup(req.model);
     if (!row) throw errors.modelNotFound(req.model);
     if (row.task !== 'chat') {
-      throw errors.invalid(`The model '${req.model}' is an ${row.task} model and cannot be used for ${req.endpoint === 'completions' ? 'completions' : 'chat completions'}.`, 'model', 'model_not_supported');
+      throw errors.invalid(`The model '${req.model}' is an ${row.task} model and cannot be used for ${req.endpoint === 'chat.completions' ? 'chat completions' : req.endpoint}.`, 'model', 'model_not_supported');
     }
-    const requestId = randomUUID();
+    const requestId = req.id ?? randomUUID();
     // Subscribe first: the worker may publish before enqueue() even returns.
     const events = this.hub.subscribe(requestId);
     let queued: boolean;

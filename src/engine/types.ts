@@ -36,8 +36,10 @@ export interface ChoiceSummary {
 }
 
 export interface GenerateRequest {
-  /** Which endpoint asked: chat messages or a raw prompt (legacy completions). */
-  endpoint: 'chat.completions' | 'completions';
+  /** Which endpoint asked: chat messages (chat completions, responses) or a raw prompt (legacy completions). */
+  endpoint: 'chat.completions' | 'completions' | 'responses';
+  /** The request's id, when the caller needs it before queueing (a response's id is its request's); default: a new uuid. */
+  id?: string;
   /** Name or alias, as the client sent it. */
   model: string;
   prompt: Prompt;

@@ -15,6 +15,10 @@ import { metricsObserver, registerObservability } from './observability.js';
 import { chatRoutes } from './routes/chat.js';
 import { healthRoutes } from './routes/health.js';
 import { modelRoutes } from './routes/models.js';
+import { responseRoutes } from './routes/responses.js';
+import { ResponsesServing } from '../serving/responses.js';
+import { PgResponseStore } from '../db/responses-repo.js';
+import type { ResponseStore } from '../serving/response-store.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -25,6 +29,8 @@ export interface AppOptions {
   /** Request body limit in bytes (default 16 MiB: long chat histories are large). */
   bodyLimit?: number;
   logger?: boolean;
+  /** Where responses are kept (default: ai.responses in `database`). */
+  responseStore?: ResponseStore;
 }
 
 /**
@@ -97,6 +103,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       embeddingRoutes(v1, new EmbeddingsServing(opts.engine, observer), opts.engine);
       completionRoutes(v1, new CompletionsServing(opts.engine, observer), opts.engine);
       modelRoutes(v1, new ModelsServing(opts.engine));
+      responseRoutes(v1, new ResponsesServing(opts.engine, opts.responseStore ?? new PgResponseStore(opts.database.db), observer), opts.engine);
     },
     { prefix: '/v1' },
   );

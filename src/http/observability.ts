@@ -16,7 +16,8 @@ export function metricsObserver(m: Metrics): Observer {
   };
 }
 
-const ENDPOINTS = new Set(['/v1/chat/completions', '/v1/completions', '/v1/embeddings', '/v1/models', '/v1/models/*']);
+const ENDPOINTS = new Set(['/v1/chat/completions', '/v1/completions', '/v1/embeddings', '/v1/models', '/v1/models/*',
+  '/v1/responses', '/v1/responses/:id', '/v1/responses/:id/cancel', '/v1/responses/:id/input_items']);
 
 const line = (level: 'info' | 'error', msg: string, fields: Record<string, unknown>) =>
   process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields })}\n`);

@@ -5,9 +5,10 @@ import { logFailure } from './observability.js';
 /**
  * Writes an SSE stream in OpenAI's format: `data: <json>` events and a final `data: [DONE]`.
  * An error after the 200 went out cannot change the status, so it becomes a
- * `data: {"error": ...}` event (as vLLM does) before [DONE].
+ * `data: {"error": ...}` event (as vLLM does) before [DONE]. `named` (the Responses API): each
+ * event also carries `event: <its type>`, and the stream ends without [DONE], as OpenAI's does.
  */
-export async function sendSse(reply: FastifyReply, items: AsyncIterable<unknown>): Promise<void> {
+export async function sendSse(reply: FastifyReply, items: AsyncIterable<unknown>, opts: { named?: boolean } = {}): Promise<void> {
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, {
@@ -37,15 +38,16 @@ export async function sendSse(reply: FastifyReply, items: AsyncIterable<unknown>
   try {
     for await (const item of items) {
       if (res.destroyed) break;
-      await write(`data: ${JSON.stringify(item)}\n\n`);
+      const name = opts.named ? (item as { type?: unknown }).type : undefined;
+      await write(`${typeof name === 'string' ? `event: ${name}\n` : ''}data: ${JSON.stringify(item)}\n\n`);
       lastWrite = Date.now();
     }
   } catch (err) {
     const api = toApiError(err);
     if (api.status >= 500) logFailure(reply.request, reply, err, api.status, 'stream failed');
-    await write(`data: ${JSON.stringify(api.toBody())}\n\n`);
+    await write(opts.named ? `event: error\ndata: ${JSON.stringify({ type: 'error', ...api.toBody() })}\n\n` : `data: ${JSON.stringify(api.toBody())}\n\n`);
   }
   clearInterval(keepAlive);
-  await write('data: [DONE]\n\n');
+  if (!opts.named) await write('data: [DONE]\n\n');
   res.end();
 }

@@ -13,6 +13,10 @@ import type { RequestContext } from '../serving/context.js';
 import { EmbeddingsServing } from '../serving/embeddings.js';
 import { ModelsServing } from '../serving/models.js';
 import { toSdkError } from './errors.js';
+import { PgResponseStore } from '../db/responses-repo.js';
+import type { InputItemList, ResponseCreateRequest } from '../protocol/responses.js';
+import { ResponsesServing } from '../serving/responses.js';
+import { ResponseStream, withOutputText, type SdkResponse } from './responses.js';
 
 /** PostgresML's model object: a hub id or local path plus how to load it. */
 export interface ModelObject {
@@ -136,6 +140,48 @@ export class OpenSourceAI {
     list: (): Promise<ModelList> => this.run((engine) => new ModelsServing(engine).list(SDK_CONTEXT)),
     retrieve: (id: string): Promise<Model> => this.run((engine) => new ModelsServing(engine).retrieve(id, SDK_CONTEXT)),
   };
+
+  /**
+   * The Responses API, stored in the same tables as the gateway's (ai.responses). Responses made
+   * here have no API key: the SDK sees those, and ai.my_responses shows them to the role that
+   * made them.
+   */
+  readonly responses = {
+    create: ((body: ResponseCreateRequest) => this.createResponse(body)) as {
+      (body: ResponseCreateRequest & { stream: true }): Promise<ResponseStream>;
+      (body: ResponseCreateRequest & { stream?: false | null }): Promise<SdkResponse>;
+      (body: ResponseCreateRequest): Promise<SdkResponse | ResponseStream>;
+    },
+    retrieve: ((id: string, query?: { stream?: boolean; starting_after?: number }) =>
+      this.run(async () => {
+        const serving = await this.responsesServing();
+        if (query?.stream) return new ResponseStream(id, await serving.stream(id, SDK_CONTEXT, query.starting_after ?? null), null);
+        return withOutputText(await serving.retrieve(id, SDK_CONTEXT));
+      })) as {
+      (id: string, query: { stream: true; starting_after?: number }): Promise<ResponseStream>;
+      (id: string, query?: { stream?: false; starting_after?: number }): Promise<SdkResponse>;
+    },
+    cancel: (id: string): Promise<SdkResponse> => this.run(async () => withOutputText(await (await this.responsesServing()).cancel(id, SDK_CONTEXT))),
+    delete: (id: string): Promise<{ id: string; object: 'response'; deleted: true }> => this.run(async () => (await this.responsesServing()).delete(id, SDK_CONTEXT)),
+    inputItems: {
+      list: (id: string, query: { after?: string; limit?: number; order?: 'asc' | 'desc' } = {}): Promise<InputItemList> =>
+        this.run(async () => (await this.responsesServing()).inputItems(id, SDK_CONTEXT, query)),
+    },
+  };
+
+  private async responsesServing(): Promise<ResponsesServing> {
+    const { database, engine } = await this.connection();
+    return new ResponsesServing(engine, new PgResponseStore(database.db));
+  }
+
+  private createResponse(body: unknown): Promise<SdkResponse | ResponseStream> {
+    return this.run(async (engine, onQueued) => {
+      const result = await (await this.responsesServing()).create(body, SDK_CONTEXT, onQueued);
+      if (result.kind === 'json') return withOutputText(result.body);
+      const id = result.requestId;
+      return new ResponseStream(`resp_${id.replaceAll('-', '')}`, result.events, result.background ? null : () => engine.cancel(id));
+    });
+  }
 
   private createChat(body: unknown): Promise<ChatCompletion | ChatStream> {
     return this.run(async (engine, onQueued) => {

@@ -15,3 +15,5 @@ export {
 export type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatMessage } from '../protocol/chat.js';
 export type { EmbeddingList, EmbeddingRequest } from '../protocol/embeddings.js';
 export type { Model, ModelList } from '../protocol/models.js';
+export { ResponseStream, type SdkResponse } from './responses.js';
+export type { ResponseCreateRequest, ResponseObject, ResponseStreamEvent, InputItemList } from '../protocol/responses.js';

@@ -1,6 +1,6 @@
 import { createOpenAI } from '@ai-sdk/openai';
 import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
-import { APICallError, embed, embedMany, generateText, jsonSchema, Output, RetryError, streamText, tool } from 'ai';
+import { APICallError, embed, embedMany, generateText, jsonSchema, Output, RetryError, stepCountIs, streamText, tool } from 'ai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { attempts, expectSameVectors, Recorder, startGateway, type Gateway } from './harness.js';
 
@@ -97,13 +97,52 @@ describe.each([
 });
 
 describe('@ai-sdk/openai default model: the Responses API', () => {
-  it('is not served: `openai(id)` posts to /v1/responses, a 404 (use `openai.chat(id)`)', async () => {
+  it('generateText and streamText with `openai(id)` post to /v1/responses and agree, usage equal to the logged row', async () => {
     const seen = rec.mark();
-    const err = await generateText({ model: openai('gpt-4o-mini'), prompt, maxRetries: 0 }).catch((e: unknown) => e);
-    expect(APICallError.isInstance(err)).toBe(true);
-    expect(err).toMatchObject({ statusCode: 404, isRetryable: false });
-    expect(seen().map((e) => `${e.method} ${e.path} ${e.status}`)).toEqual(['POST /v1/responses 404']);
-    expect(JSON.parse((err as APICallError).responseBody!).error).toMatchObject({ code: 'route_not_found' });
+    const r = await generateText({ model: openai('gpt-4o-mini'), system, prompt, temperature: 0, maxOutputTokens: 12, maxRetries: 0 });
+    expect(r.text.length).toBeGreaterThan(0);
+    expect(r.finishReason).toBe('length');
+    const errors: unknown[] = [];
+    const s = streamText({ model: openai('gpt-4o-mini'), system, prompt, temperature: 0, maxOutputTokens: 12, maxRetries: 0, onError: ({ error }) => void errors.push(error) });
+    const parts: string[] = [];
+    for await (const part of s.textStream) parts.push(part);
+    expect(errors).toEqual([]);
+    expect(parts.length).toBeGreaterThanOrEqual(2);
+    expect(parts.join('')).toBe(r.text);
+    expect(await s.finishReason).toBe('length');
+    const [a, b] = seen();
+    expect(`${a!.method} ${a!.path} ${a!.status}`).toBe('POST /v1/responses 200');
+    expect(a!.body).toMatchObject({ model: 'gpt-4o-mini', temperature: 0, max_output_tokens: 12 });
+    expect(b!.body).toMatchObject({ stream: true });
+    const row = await gw.row(a!.requestId);
+    expect(row).toMatchObject({ endpoint: 'responses', model: 'tiny', status: 'completed' });
+    expect(row.output!.choices[0].text).toBe(r.text);
+    expect(row.input.messages).toEqual([{ role: 'system', content: system }, { role: 'user', content: prompt }]);
+    expect(r.usage).toMatchObject(usageOf(row));
+    expect(await s.usage).toMatchObject(usageOf(await gw.row(b!.requestId)));
+  });
+
+  it('a tool call: a forced call with parsed input, then a second step with its result', async () => {
+    const seen = rec.mark();
+    const weather = tool({
+      description: 'The weather in a city',
+      inputSchema: jsonSchema<{ city: string }>({ type: 'object', properties: { city: { type: 'string' } }, required: ['city'], additionalProperties: false }),
+    });
+    const called = await generateText({ model: openai('gpt-4o-mini'), prompt, tools: { weather }, toolChoice: 'required', maxOutputTokens: 60, maxRetries: 0 });
+    expect(called.finishReason).toBe('tool-calls');
+    expect(called.toolCalls).toHaveLength(1);
+    expect(called.toolCalls[0]).toMatchObject({ toolName: 'weather', input: { city: expect.any(String) } });
+    // With an execute function and two steps: the result goes back as a function_call_output.
+    const executed = tool({ ...weather, execute: async ({ city }: { city: string }) => ({ city, celsius: 21 }) });
+    const twoSteps = await generateText({ model: openai('gpt-4o-mini'), prompt, tools: { weather: executed }, toolChoice: 'required', stopWhen: stepCountIs(2), maxOutputTokens: 100, temperature: 0, maxRetries: 0 });
+    expect(twoSteps.steps).toHaveLength(2);
+    expect(twoSteps.steps[0]!.toolResults[0]).toMatchObject({ toolName: 'weather', output: { celsius: 21 } });
+    const exchanges = seen();
+    expect(exchanges.map((e) => `${e.path} ${e.status}`)).toEqual(['/v1/responses 200', '/v1/responses 200', '/v1/responses 200']);
+    const second = await gw.row(exchanges[2]!.requestId);
+    const messages = second.input.messages as { role: string; content: string; tool_calls?: unknown[] }[];
+    expect(messages.at(-1)).toMatchObject({ role: 'tool', content: JSON.stringify({ city: (twoSteps.steps[0]!.toolResults[0]!.input as { city: string }).city, celsius: 21 }) });
+    expect(messages.at(-2)).toMatchObject({ role: 'assistant', tool_calls: [{ type: 'function', function: { name: 'weather' } }] });
   });
 });
 

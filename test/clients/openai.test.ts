@@ -92,6 +92,29 @@ describe('openai-node', () => {
     expect(usage).toEqual((await gw.row(seen()[0]!.requestId)).usage);
   });
 
+  it('responses: create, stream, retrieve, input items, delete; usage equals the row; an unknown id is NotFoundError', async () => {
+    const seen = rec.mark();
+    const { data: r, response } = await client.responses.create({ model: 'gpt-4o-mini', instructions: 'Be brief.', input: 'Name three colours of the rainbow.', max_output_tokens: 12, temperature: 0 }).withResponse();
+    expect(r).toMatchObject({ object: 'response', model: 'gpt-4o-mini', status: 'incomplete', incomplete_details: { reason: 'max_output_tokens' } });
+    const row = await gw.row(response.headers.get('x-request-id'));
+    expect(row).toMatchObject({ endpoint: 'responses', model: 'tiny', status: 'completed' });
+    expect(r.id).toBe(`resp_${row.id.replaceAll('-', '')}`);
+    expect(row.output!.choices[0].text).toBe(r.output_text);
+    expect(r.usage).toMatchObject({ input_tokens: row.usage!.prompt_tokens, output_tokens: row.usage!.completion_tokens, total_tokens: row.usage!.total_tokens });
+    let streamed = '';
+    for await (const e of await client.responses.create({ model: 'gpt-4o-mini', instructions: 'Be brief.', input: 'Name three colours of the rainbow.', max_output_tokens: 12, temperature: 0, stream: true })) {
+      if (e.type === 'response.output_text.delta') streamed += e.delta;
+    }
+    expect(streamed).toBe(r.output_text);
+    expect(await client.responses.retrieve(r.id)).toEqual(r);
+    expect((await client.responses.inputItems.list(r.id)).data).toMatchObject([{ type: 'message', role: 'user' }]);
+    await client.responses.delete(r.id);
+    await expect(client.responses.retrieve(r.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    expect(seen().map((e) => `${e.method} ${e.path.replace(/resp_[0-9a-f]{32}/, 'ID')} ${e.status}`)).toEqual([
+      'POST /v1/responses 200', 'POST /v1/responses 200', 'GET /v1/responses/ID 200', 'GET /v1/responses/ID/input_items 200', 'DELETE /v1/responses/ID 200', 'GET /v1/responses/ID 404',
+    ]);
+  });
+
   it('embeddings: the SDK default (base64) decodes to the gateway’s own vectors; usage equals the row', async () => {
     const input = ['The quick brown fox', 'jumps over the lazy dog'];
     const seen = rec.mark();

@@ -3,6 +3,7 @@ import { buildApp } from '../../src/http/app.js';
 import type { Database } from '../../src/db/pool.js';
 import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo } from '../../src/engine/types.js';
 import { errors } from '../../src/protocol/errors.js';
+import type { ResponseStore } from '../../src/serving/response-store.js';
 
 export const MODELS: ModelInfo[] = [
   { name: 'tiny-chat', task: 'chat', aliases: ['gpt-4o-mini'], created: 1, defaults: {}, dimensions: null },
@@ -89,8 +90,18 @@ export class FakeEngine implements Engine {
  * pool, and nothing else may touch the database (with auth on, only requests without a
  * credential can be served: looking a key up throws).
  */
-export function fakeApp(engine: Engine, opts: { auth: boolean }): FastifyInstance {
+export function fakeApp(engine: Engine & { calls?: string[] }, opts: { auth: boolean }): FastifyInstance {
   const pool = { query: async () => ({ rows: [] }) };
+  // Responses: an empty store that records being asked (in the engine's calls), so a test sees a request reach it.
+  const asked = (what: string) => engine.calls?.push(`responses.${what}`);
+  const responseStore: ResponseStore = {
+    insert: async () => void asked('insert'),
+    find: async () => (asked('find'), null),
+    chain: async () => (asked('chain'), []),
+    events: async () => (asked('events'), { events: [], status: null }),
+    finalize: async () => void asked('finalize'),
+    delete: async () => (asked('delete'), false),
+  };
   const db = new Proxy({}, { get: () => () => { throw new Error('the database stand-in was asked for a key'); } });
-  return buildApp({ engine, database: { pool, db, close: async () => {} } as unknown as Database, auth: opts.auth, listening: () => true });
+  return buildApp({ engine, database: { pool, db, close: async () => {} } as unknown as Database, auth: opts.auth, listening: () => true, responseStore });
 }

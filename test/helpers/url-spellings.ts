@@ -68,6 +68,9 @@ export function spellings(target: string): string[] {
 }
 
 /** Every /v1 route (`route`: as registered), with a request its handler would serve. */
+/** A well-formed response id (no such response exists: the store is asked, and answers 404). */
+const RESPONSE_ID = 'resp_0123456789abcdef0123456789abcdef';
+
 export const V1_ROUTES: { method: string; route: string; path: string; body?: unknown }[] = [
   { method: 'GET', route: '/v1/models', path: '/v1/models' },
   { method: 'HEAD', route: '/v1/models', path: '/v1/models' },
@@ -76,4 +79,11 @@ export const V1_ROUTES: { method: string; route: string; path: string; body?: un
   { method: 'POST', route: '/v1/chat/completions', path: '/v1/chat/completions', body: { model: 'tiny-chat', messages: [{ role: 'user', content: 'hi' }], max_tokens: 1 } },
   { method: 'POST', route: '/v1/completions', path: '/v1/completions', body: { model: 'tiny-chat', prompt: ['a', 'b'], max_tokens: 1 } },
   { method: 'POST', route: '/v1/embeddings', path: '/v1/embeddings', body: { model: 'tiny-embed', input: 'x' } },
+  { method: 'POST', route: '/v1/responses', path: '/v1/responses', body: { model: 'tiny-chat', input: 'hi', max_output_tokens: 1 } },
+  { method: 'GET', route: '/v1/responses/:id', path: `/v1/responses/${RESPONSE_ID}` },
+  { method: 'HEAD', route: '/v1/responses/:id', path: `/v1/responses/${RESPONSE_ID}` },
+  { method: 'DELETE', route: '/v1/responses/:id', path: `/v1/responses/${RESPONSE_ID}` },
+  { method: 'POST', route: '/v1/responses/:id/cancel', path: `/v1/responses/${RESPONSE_ID}/cancel` },
+  { method: 'GET', route: '/v1/responses/:id/input_items', path: `/v1/responses/${RESPONSE_ID}/input_items` },
+  { method: 'HEAD', route: '/v1/responses/:id/input_items', path: `/v1/responses/${RESPONSE_ID}/input_items` },
 ];

@@ -64,7 +64,9 @@ describe('auth on the routed path', () => {
     // The spellings are not vacuous: many reach the handlers, the percent-encoded prefix among them.
     expect(sent).toBeGreaterThan(500);
     expect(reached.length).toBeGreaterThan(200);
-    for (const r of ['GET /v%31/models', 'GET /%761/models', 'POST /%76%31/%63%68%61%74/%63%6F%6D%70%6C%65%74%69%6F%6E%73', 'POST /v%31/completions', 'POST /v%31/embeddings', 'GET /v%31/models/tiny-chat']) {
+    for (const r of ['GET /v%31/models', 'GET /%761/models', 'POST /%76%31/%63%68%61%74/%63%6F%6D%70%6C%65%74%69%6F%6E%73', 'POST /v%31/completions', 'POST /v%31/embeddings', 'GET /v%31/models/tiny-chat',
+      'POST /v%31/responses', 'GET /v%31/responses/resp_0123456789abcdef0123456789abcdef', 'DELETE /v%31/responses/resp_0123456789abcdef0123456789abcdef',
+      'POST /v%31/responses/resp_0123456789abcdef0123456789abcdef/cancel', 'GET /v%31/responses/resp_0123456789abcdef0123456789abcdef/input_items']) {
       expect(reached).toContain(r);
     }
   });
