@@ -19,7 +19,7 @@ let stored: OpenAI;
 let unstored: OpenAI;
 let unstoredKeyId: string;
 
-const SECRET = 'the vault code is 7741-secret';
+const SECRET = 'the vault code is quokka-secret';
 const messages = [
   { role: 'system' as const, content: 'You keep secrets.' },
   { role: 'user' as const, content: `Remember: ${SECRET}. What is it?` },
@@ -79,7 +79,7 @@ function expectRedacted(r: Row, answers: string[]) {
   expect(r.input).toEqual({});
   expect(r.events).toBe(0);
   const all = JSON.stringify(r);
-  expect(all).not.toContain('7741');
+  expect(all).not.toContain('quokka');
   for (const a of answers) if (a.trim().length >= 6) expect(all).not.toContain(JSON.stringify(a).slice(1, -1));
   for (const c of r.output?.choices ?? []) expect(Object.keys(c).sort()).toEqual(['finish_reason', 'index']);
   expect(r.params).toMatchObject({ store: false, n: 2, temperature: 0, maxTokens: 12 });
@@ -156,7 +156,7 @@ describe('chat completions with store: false', () => {
     expect(r.input).toEqual({});
     expect(r.events).toBe(0);
     expect(JSON.stringify(r)).not.toContain('get_weather');
-    expect(JSON.stringify(r)).not.toContain('7741');
+    expect(JSON.stringify(r)).not.toContain('quokka');
   });
 
   it('usage per key still counts every store:false request', async () => {
@@ -186,7 +186,7 @@ describe('chat completions with store: false', () => {
     expect(r.status).toBe('cancelled');
     expect(r.input).toEqual({});
     expect(r.events).toBe(0);
-    expect(JSON.stringify(r)).not.toContain('7741');
+    expect(JSON.stringify(r)).not.toContain('quokka');
   });
 
   it('through the SDK (no HTTP), too', async () => {
@@ -229,13 +229,13 @@ describe('the sweep (ai.redact_unstored)', () => {
     await c.query(
       `insert into ai.requests (id, endpoint, model, requested_model, input, params, status, output, usage, error, finished_at)
        values ($1, 'chat.completions', 'tiny', 'tiny', $2, $3, $4,
-               case when $4 = 'completed' then '{"choices": [{"index": 0, "text": "answer 7741", "finish_reason": "stop", "token_ids": [1, 2]}]}'::jsonb end,
+               case when $4 = 'completed' then '{"choices": [{"index": 0, "text": "answer quokka", "finish_reason": "stop", "token_ids": [1, 2]}]}'::jsonb end,
                '{"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}',
-               case when $4 = 'failed' then '{"message": "bad template near 7741", "type": "server_error", "param": null, "code": "template_error"}'::jsonb end,
+               case when $4 = 'failed' then '{"message": "bad template near quokka", "type": "server_error", "param": null, "code": "template_error"}'::jsonb end,
                clock_timestamp() - $5::interval)`,
       [id, JSON.stringify({ messages }), JSON.stringify(params), status, endedAgo],
     );
-    await c.query(`insert into ai.request_events (request_id, seq, data) values ($1, 0, '{"type": "delta", "choices": [{"index": 0, "text": "7741"}], "at": 0}')`, [id]);
+    await c.query(`insert into ai.request_events (request_id, seq, data) values ($1, 0, '{"type": "delta", "choices": [{"index": 0, "text": "quokka"}], "at": 0}')`, [id]);
   }
 
   it('redacts final store:false rows past the grace that no serve redacted, and nothing else', async () => {
@@ -248,7 +248,7 @@ describe('the sweep (ai.redact_unstored)', () => {
         runningOld: '00000000-0000-4000-8000-000000000005',
         storedOld: '00000000-0000-4000-8000-000000000006',
       };
-      const unstoredParams = { store: false, n: 1, temperature: 0.5, stop: ['7741'], chat_template: '7741' };
+      const unstoredParams = { store: false, n: 1, temperature: 0.5, stop: ['quokka'], chat_template: 'quokka' };
       // Whatever the tests above left to sweep goes first (rolled back with the rest), so the counts below are ours.
       await c.query(`select ai.redact_unstored(interval '0')`);
       await insert(c, ids.completedOld, unstoredParams, 'completed', '1 minute');
@@ -267,14 +267,14 @@ describe('the sweep (ai.redact_unstored)', () => {
         const r = rows.get(id)!;
         expect(r.input).toEqual({});
         expect(r.events).toBe(0);
-        expect(JSON.stringify(r)).not.toContain('7741');
+        expect(JSON.stringify(r)).not.toContain('quokka');
         expect(r.usage).toEqual({ prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 });
         expect(r.params).toMatchObject({ store: false, n: 1, temperature: 0.5, redacted_at: expect.any(String) });
       }
       expect(rows.get(ids.completedOld)!.output).toEqual({ choices: [{ index: 0, finish_reason: 'stop' }] });
       expect(rows.get(ids.failedOld)!.error).toMatchObject({ type: 'server_error', code: 'template_error', param: null });
       for (const id of [ids.completedNew, ids.runningOld, ids.storedOld]) {
-        expect(JSON.stringify(rows.get(id)!.input)).toContain('7741');
+        expect(JSON.stringify(rows.get(id)!.input)).toContain('quokka');
         expect(rows.get(id)!.events).toBe(1);
       }
       // Done rows are not swept twice; within its grace a row is taken once the grace is shorter.
