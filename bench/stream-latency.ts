@@ -1,8 +1,9 @@
 /**
- * What the streaming path adds per token: a 256-token completion through serve + worker, with a
- * LISTEN connection beside the gateway's. Each delta event carries `at` (when the worker
- * produced its text); we record when its notification arrives here (worker → Postgres →
- * listener) and when the matching SSE chunk reaches the HTTP client (→ serve → client).
+ * What the streaming path adds per token: a 256-token completion through serve + worker. Each
+ * delta event carries `at` (when the worker produced its oldest text) and its row's created_at
+ * (when the flush that wrote it began: the wait for a flush, SWITCHYARD_FLUSH_MS at most); we
+ * record when the matching SSE chunk reaches the HTTP client (flush → Postgres → serve's LISTEN
+ * → the row read → SSE → client). Serve sends one chunk per delta event.
  *
  *   npx tsx bench/stream-latency.ts            (needs PostgreSQL as for the tests)
  */
@@ -46,20 +47,11 @@ const worker = run(['worker'], { SWITCHYARD_MODELS_DIR: dir }, /ready in/);
 const base = ((await serve.done) as RegExpMatchArray)[1]!;
 await worker.done;
 
-const listener = new pg.Client({ connectionString: url });
-await listener.connect();
-await listener.query('listen ai_events');
-const notified = new Map<string, { at: number; recv: number; chars: number }[]>();
-listener.on('notification', (m) => {
-  const recv = Date.now();
-  const p = JSON.parse(m.payload!);
-  if (p.d?.type !== 'delta') return;
-  const list = notified.get(p.r) ?? [];
-  list.push({ at: p.d.at, recv, chars: p.d.choices.reduce((s: number, c: { text: string }) => s + c.text.length, 0) });
-  notified.set(p.r, list);
-});
+const db = new pg.Client({ connectionString: url });
+await db.connect();
 
-const dbHop: number[] = [];
+const flushWait: number[] = [];
+const afterFlush: number[] = [];
 const fullPath: number[] = [];
 const tokensPerEvent: number[] = [];
 for (let r = 0; r < RUNS + 1; r++) {
@@ -83,20 +75,29 @@ for (let r = 0; r < RUNS + 1; r++) {
       if (chunk.choices?.[0]?.delta?.content) arrivals.push(Date.now());
     }
   }
-  await new Promise((res) => setTimeout(res, 100));
-  const events = (notified.get(id) ?? []).filter((e) => e.chars > 0);
+  const events = (
+    await db.query<{ at: string; flushed: number }>(
+      `select data->>'at' as at, extract(epoch from created_at) * 1000 as flushed from ai.request_events
+        where request_id = $1 and data->>'type' = 'delta' and exists (select from jsonb_array_elements(data->'choices') c where c->>'text' <> '')
+        order by seq`,
+      [id],
+    )
+  ).rows.map((e) => ({ at: Number(e.at), flushed: Number(e.flushed) }));
   if (r === 0) continue; // warm-up
   events.forEach((e, k) => {
-    dbHop.push(e.recv - e.at);
-    if (arrivals[k] !== undefined) fullPath.push(arrivals[k]! - e.at);
+    flushWait.push(Math.round(e.flushed - e.at));
+    if (arrivals[k] === undefined) return;
+    afterFlush.push(Math.round(arrivals[k]! - e.flushed));
+    fullPath.push(arrivals[k]! - e.at);
   });
   tokensPerEvent.push(TOKENS / Math.max(1, events.length));
 }
 const fmt = (xs: number[]) => `p50 ${pct(xs, 50)} ms, p99 ${pct(xs, 99)} ms, max ${Math.max(...xs)} ms (n=${xs.length})`;
 console.log(`delta events per ${TOKENS}-token stream: tokens per event median ${pct(tokensPerEvent, 50).toFixed(2)}`);
-console.log(`worker → Postgres → LISTEN:        ${fmt(dbHop)}`);
-console.log(`worker → … → serve → SSE client:   ${fmt(fullPath)}`);
-await listener.end();
+console.log(`text produced → its flush begins:   ${fmt(flushWait)}`);
+console.log(`flush begins → SSE client:          ${fmt(afterFlush)}`);
+console.log(`text produced → SSE client:         ${fmt(fullPath)}`);
+await db.end();
 serve.child.kill('SIGTERM');
 worker.child.kill('SIGTERM');
 await new Promise((r) => setTimeout(r, 1000));
