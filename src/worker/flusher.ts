@@ -4,15 +4,17 @@ import { toJsonb } from '../db/jsonb.js';
 import type { EventPublisher } from './publisher.js';
 
 /**
- * How often a worker writes stream events under load (SWITCHYARD_FLUSH_MS, default 50 ms). The
+ * How often a worker writes stream events under load (SWITCHYARD_FLUSH_MS, default 100 ms). The
  * first event and the first text of a request go out at once; later text waits for the next
- * flush. scripts/dataplane-cost.ts, 16 streams × 128 tokens of the fixture model on 2 cores
- * (decode steps of ~16 ms): at 50 ms, 0.09 commits and ~140 WAL bytes per token; at 20 ms
- * nearly every step is its own flush (README, "Data plane").
+ * flush. A flush costs a transaction and a row per request that advanced, so the cost per token
+ * falls with the tokens a row carries (per-stream decode rate × interval). scripts/dataplane-cost.ts,
+ * 16 streams × 128 tokens of the fixture model on 2 cores: at 50 ms, 0.074 commits and 98 WAL
+ * bytes per token; at 100 ms, 0.068 and 66 (SCALING.md). 100 ms is ten updates a second, below
+ * what a reader notices, and halves Postgres's rows for a GPU's 30–100 tokens/s per stream.
  */
 export function flushIntervalMs(env: NodeJS.ProcessEnv = process.env): number {
   const v = Number(env.SWITCHYARD_FLUSH_MS);
-  return Number.isFinite(v) && v >= 0 && env.SWITCHYARD_FLUSH_MS !== '' ? v : 50;
+  return Number.isFinite(v) && v >= 0 && env.SWITCHYARD_FLUSH_MS !== '' ? v : 100;
 }
 
 /** Deadlocks against a reaper locking the same rows in another order: the flush is retried. */
