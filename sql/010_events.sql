@@ -113,12 +113,25 @@ create or replace function ai.finish_request(
 ) returns boolean language plpgsql as $$
 declare
   events jsonb := case when jsonb_typeof(p_event) = 'array' then p_event else jsonb_build_array(p_event) end;
+  target jsonb;
+  role name;
+  failure jsonb;
 begin
   update ai.requests
      set status = p_status, output = p_output, usage = p_usage, error = p_error,
          first_token_at = p_first_token_at, finished_at = clock_timestamp()
-   where id = p_request and worker = p_worker and attempts = p_attempt and status = 'running';
+   where id = p_request and worker = p_worker and attempts = p_attempt and status = 'running'
+  returning params->'target', db_role into target, role;
   if found then
+    -- ai.submit_chat / ai.submit_embed: the result goes into the caller's row in this transaction
+    -- (exactly once: only the attempt that ends the request gets here), or the request fails.
+    if p_status = 'completed' and target is not null then
+      failure := ai._write_target(target, role, p_output);
+      if failure is not null then
+        update ai.requests set status = 'failed', error = failure where id = p_request;
+        events := (events - (jsonb_array_length(events) - 1)) || jsonb_build_array(jsonb_build_object('type', 'error', 'status', 400, 'error', failure));
+      end if;
+    end if;
     insert into ai.request_events (request_id, seq, data)
     select p_request, p_seq + e.n - 1, e.data from jsonb_array_elements(events) with ordinality as e(data, n);
     perform ai._notify_events(array[p_request], array[p_seq + jsonb_array_length(events) - 1]);

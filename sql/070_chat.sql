@@ -9,50 +9,71 @@
 --              {"name": "city", "schema": {"type": "object", "properties": {"name": {"type": "string"}},
 --               "required": ["name"], "additionalProperties": false}}}}')->'choices'->0->'message'->>'content';
 --
--- options: the parameters of POST /v1/chat/completions except model, messages and stream:
--- max_tokens (or max_completion_tokens), temperature, top_p, n, stop, seed, frequency_penalty,
--- presence_penalty, response_format, tools, tool_choice, parallel_tool_calls, chat_template.
--- What the options leave out comes from the model's defaults (ai.models.defaults), then OpenAI's.
--- An unknown option is an error naming it. The schema of response_format (and the parameters of
--- a forced function) are compiled by the worker: a keyword it cannot enforce fails the call with
--- the worker's message naming it.
+-- options: the body of POST /v1/chat/completions except model and messages. One source of truth:
+-- nothing here reads them. The request is stored as the OpenAI body it is
+-- (`options || {model, messages}`, params `{"format": "openai"}`), and the worker validates it
+-- with the gateway's own validator, translates it and writes the final `chat.completion`
+-- (src/worker/openai-request.ts), so a malformed request fails with the same message, `param`
+-- and `code` as over HTTP (in the error's DETAIL: `param P, code C, ...`).
 --
--- How it waits: exactly as ai.embed does (see 030_embed.sql): the request row and its job are
--- written through the loopback dblink side connection (committed at once, so a worker can see
--- them while this statement runs), and the row is polled through that connection until it
--- finishes. A failed request raises its message (SQLSTATE 22023 for input errors); after
--- ai.chat_timeout (default 5 minutes; seconds or an interval) the request is cancelled and a
--- 57014 error is raised. Volatile: every call generates.
+-- How it waits: exactly as ai.embed does (see 030_embed.sql): the request row is written through
+-- the loopback dblink side connection (committed at once, so a worker can see it while this
+-- statement runs), and the row is polled through that connection until it finishes. A failed
+-- request raises its message (SQLSTATE 22023 for input errors); after ai.chat_timeout (default 5
+-- minutes; seconds or an interval) the request is cancelled and a 57014 error is raised.
+-- Volatile: every call generates. For work that commits with the caller's transaction and holds
+-- no backend while it runs, see ai.submit_chat (072_submit.sql).
 
--- Queues a chat request: its row, and a notification that wakes the workers serving the model
--- (ai.claim_chat). The same row the HTTP gateway writes (src/db/requests-repo.ts).
-create or replace function ai.enqueue_chat(
-  p_id uuid, p_model text, p_requested_model text, p_input jsonb, p_params jsonb, p_max_attempts integer default 3
-) returns void language plpgsql as $$
+-- The PL/pgSQL copies of the gateway's request translation and tool-call parsing (they drifted
+-- from src/protocol/): the worker does both now.
+drop function if exists ai._parse_tool_calls(text, jsonb);
+drop function if exists ai._try_jsonb(text);
+drop function if exists ai.enqueue_chat(uuid, text, text, jsonb, jsonb, integer);
+
+-- Claims up to p_limit queued chat and completions requests of the given models for a worker:
+-- each becomes 'running' as the worker's next attempt. Workers share the queue (SKIP LOCKED).
+-- p_skip: requests this worker is still stopping (an abandoned attempt of one of them must end
+-- before it runs again here). Interactive requests (priority 0) go first, oldest first; batch
+-- work (priority 1: ai.submit_chat, Batch API lines) takes the slots they leave, except for
+-- p_reserve slots (the share of its capacity the worker reserves for batch work, less what batch
+-- work already runs there), which batch work takes first: a batch progresses under any
+-- interactive load, and takes no more than idle slots plus that share.
+drop function if exists ai.claim_chat(text, text[], integer, uuid[]);
+create or replace function ai.claim_chat(p_worker text, p_models text[], p_limit integer, p_skip uuid[] default '{}', p_reserve integer default 0)
+returns table (id uuid, model text, input jsonb, params jsonb, stream boolean, attempts integer, max_attempts integer, priority smallint)
+language plpgsql as $$
+declare
+  reserved uuid[];
+  interactive uuid[];
+  rest uuid[];
 begin
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, max_attempts, db_role)
-  values (p_id, 'chat.completions', p_model, p_requested_model, p_input, p_params, false, p_max_attempts, p_params->>'db_role');
-  perform pg_notify('ai_chat', p_model);
-end $$;
-
--- Claims up to p_limit queued chat and completions requests of the given models for a worker,
--- oldest first, in one statement: each becomes 'running' as the worker's next attempt. Workers
--- share the queue (SKIP LOCKED). p_skip: requests this worker is still stopping (an abandoned
--- attempt of one of them must end before it runs again here).
-create or replace function ai.claim_chat(p_worker text, p_models text[], p_limit integer, p_skip uuid[] default '{}')
-returns table (id uuid, model text, input jsonb, params jsonb, stream boolean, attempts integer, max_attempts integer)
-language sql as $$
+  select coalesce(array_agg(s.id), '{}') into reserved from (
+    select q.id from ai.requests q
+     where q.model = any(p_models) and q.endpoint <> 'embeddings' and q.status = 'queued'
+       and q.priority > 0 and q.id <> all(p_skip)
+     order by q.priority, q.queued_at
+     limit least(greatest(p_reserve, 0), p_limit)
+       for update skip locked) s;
+  select coalesce(array_agg(s.id), '{}') into interactive from (
+    select q.id from ai.requests q
+     where q.model = any(p_models) and q.endpoint <> 'embeddings' and q.status = 'queued'
+       and q.priority = 0 and q.id <> all(p_skip)
+     order by q.queued_at
+     limit p_limit - cardinality(reserved)
+       for update skip locked) s;
+  select coalesce(array_agg(s.id), '{}') into rest from (
+    select q.id from ai.requests q
+     where q.model = any(p_models) and q.endpoint <> 'embeddings' and q.status = 'queued'
+       and q.priority > 0 and q.id <> all(p_skip) and q.id <> all(reserved)
+     order by q.priority, q.queued_at
+     limit p_limit - cardinality(reserved) - cardinality(interactive)
+       for update skip locked) s;
+  return query
   update ai.requests r
      set status = 'running', started_at = clock_timestamp(), worker = p_worker, attempts = r.attempts + 1
-   where r.id in (
-     select q.id from ai.requests q
-      where q.model = any(p_models) and q.endpoint <> 'embeddings' and q.status = 'queued'
-        and q.id <> all(p_skip)
-      order by q.queued_at
-      limit p_limit
-        for update skip locked)
-  returning r.id, r.model, r.input, r.params, r.stream, r.attempts, coalesce(r.max_attempts, 3);
-$$;
+   where r.id = any(reserved || interactive || rest)
+  returning r.id, r.model, r.input, r.params, r.stream, r.attempts, coalesce(r.max_attempts, 3), r.priority;
+end $$;
 
 -- An attempt that failed for a reason of its own (the database went away mid-request, a bug)
 -- gives the request back to the queue for another attempt, if it still owns it.
@@ -71,230 +92,74 @@ begin
   return true;
 end $$;
 
--- Splits generated text into content and tool calls written in the model's format
--- ({start, end, name_key, arguments_key}; the markers are matched without their surrounding
--- whitespace, as the gateway does). Returns {"content": text or null, "tool_calls": [...]}.
-create or replace function ai._parse_tool_calls(p_text text, p_format jsonb)
-returns jsonb language plpgsql volatile as $$
+-- Resolves a chat model's name or alias to its registered name, or raises as the gateway answers
+-- (undefined_object: 404 model_not_found; wrong_object_type: 400 model_not_supported).
+create or replace function ai._chat_model(p_model text, p_caller text)
+returns text language plpgsql stable as $$
 declare
-  open_m text := trim(p_format->>'start', E' \n\t\r');
-  close_m text := trim(p_format->>'end', E' \n\t\r');
-  rest text := p_text;
-  content text := '';
-  calls jsonb := '[]';
-  at_open integer;
-  at_close integer;
-  body text;
-  obj jsonb;
-  args jsonb;
+  m record;
 begin
-  loop
-    at_open := position(open_m in rest);
-    if at_open = 0 then
-      content := content || rest;
-      exit;
-    end if;
-    content := content || left(rest, at_open - 1);
-    rest := substr(rest, at_open + length(open_m));
-    at_close := position(close_m in rest);
-    body := case when at_close = 0 then rest else left(rest, at_close - 1) end;
-    begin
-      obj := trim(body, E' \n\t\r')::jsonb;
-    exception when others then
-      obj := null;
-    end;
-    if jsonb_typeof(obj) = 'object' and jsonb_typeof(obj->(p_format->>'name_key')) = 'string' then
-      args := coalesce(obj->(p_format->>'arguments_key'), '{}');
-      calls := calls || jsonb_build_array(jsonb_build_object(
-        'id', 'call_' || left(md5(gen_random_uuid()::text), 24),
-        'type', 'function',
-        'function', jsonb_build_object(
-          'name', obj->>(p_format->>'name_key'),
-          'arguments', case when jsonb_typeof(args) = 'string' then args #>> '{}' else args::text end)));
-    else
-      content := content || open_m || body || case when at_close = 0 then '' else close_m end;
-    end if;
-    exit when at_close = 0;
-    rest := substr(rest, at_close + length(close_m));
-  end loop;
-  content := trim(content, E' \n\t\r');
-  return jsonb_build_object('content', case when content = '' and jsonb_array_length(calls) > 0 then null else content end,
-                            'tool_calls', calls);
+  select name, task into m from ai.models
+   where name = p_model or p_model = any(aliases) order by name = p_model desc limit 1;
+  if not found then
+    raise exception '%: unknown model "%"', p_caller, p_model using errcode = 'undefined_object',
+      detail = 'param model, code model_not_found',
+      hint = 'Registered models are in ai.models; add one with: switchyard models add NAME --task chat --source HF_ID_OR_PATH';
+  elsif m.task <> 'chat' then
+    raise exception '%: model "%" is an % model, not a chat model', p_caller, p_model, m.task using errcode = 'wrong_object_type',
+      detail = 'param model, code model_not_supported';
+  end if;
+  return m.name;
+end $$;
+
+-- The OpenAI body a SQL call stands for: options, with the model and messages given as arguments
+-- (which options may not carry too). Not validated here: the worker does (see the top).
+create or replace function ai._chat_body(p_model text, p_messages jsonb, p_options jsonb, p_caller text)
+returns jsonb language plpgsql immutable as $$
+begin
+  if p_model is null or p_messages is null then
+    raise exception '%: model and messages are required', p_caller using errcode = 'null_value_not_allowed';
+  end if;
+  if jsonb_typeof(coalesce(p_options, '{}')) <> 'object' then
+    raise exception '%: options must be a JSON object', p_caller using errcode = 'invalid_parameter_value',
+      detail = 'param options, code invalid_type';
+  end if;
+  if coalesce(p_options, '{}') ?| array['model', 'messages'] then
+    raise exception '%: model and messages are arguments, not options', p_caller using errcode = 'invalid_parameter_value',
+      detail = 'param options, code unknown_parameter';
+  end if;
+  return coalesce(p_options, '{}') || jsonb_build_object('model', p_model, 'messages', p_messages);
+end $$;
+
+-- Queues an OpenAI-shaped request (the body as a client sent it) for the workers to validate,
+-- translate and answer: the row, and a notification (sent at commit) that wakes the claimers.
+create or replace function ai._queue_openai(
+  p_id uuid, p_endpoint text, p_model text, p_body jsonb, p_params jsonb, p_priority smallint, p_db_role name,
+  p_key uuid default null, p_batch text default null, p_custom_id text default null
+) returns void language plpgsql as $$
+begin
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, max_attempts, db_role, priority, key_id, batch_id, custom_id)
+  values (p_id, p_endpoint, p_model, coalesce(p_body->>'model', p_model), p_body, p_params || '{"format": "openai"}', false, 3,
+          p_db_role, p_priority, p_key, p_batch, p_custom_id);
+  perform pg_notify('ai_chat', p_model);
 end $$;
 
 create or replace function ai.chat_complete(model text, messages jsonb, options jsonb default '{}')
 returns jsonb language plpgsql volatile parallel unsafe
 security definer set search_path = pg_catalog, public, pg_temp as $$
 declare
-  known constant text[] := array['max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'n', 'stop', 'seed',
-    'frequency_penalty', 'presence_penalty', 'response_format', 'tools', 'tool_choice', 'parallel_tool_calls',
-    'chat_template', 'user', 'metadata'];
-  hermes constant jsonb := '{"start": "<tool_call>\n", "end": "\n</tool_call>", "separator": "\n", "name_key": "name", "arguments_key": "arguments"}';
-  m record;
-  opts jsonb := coalesce(options, '{}');
-  defaults jsonb;
-  msgs jsonb := '[]';
-  msg jsonb;
-  i integer := 0;
-  k text;
-  content text;
-  max_tokens jsonb;
-  temperature double precision;
-  top_p double precision;
-  stop jsonb;
-  rf jsonb;
-  tools jsonb;
-  choice jsonb;
-  forced jsonb := '[]';
-  tool_format jsonb;
-  constraint_spec jsonb := null;
-  params jsonb;
+  body jsonb := ai._chat_body(model, messages, options, 'ai.chat_complete');
+  registered text := ai._chat_model(model, 'ai.chat_complete');
   request uuid := gen_random_uuid();
   -- Read first: a malformed setting must fail before anything is enqueued.
   timeout interval := ai._interval_setting('ai.chat_timeout', interval '5 minutes');
   conn text;
   enqueue text;
   err jsonb;
-  row_out jsonb;
-  row_usage jsonb;
-  parse_tools boolean;
-  choices jsonb := '[]';
-  c jsonb;
-  parsed jsonb;
+  completion jsonb;
 begin
-  if model is null or messages is null then
-    raise exception 'ai.chat_complete: model and messages are required' using errcode = 'null_value_not_allowed';
-  end if;
-  select name, task, ai.models.defaults, tool_call_format into m from ai.models
-   where name = model or model = any(aliases) order by name = model desc limit 1;
-  if not found then
-    raise exception 'ai.chat_complete: unknown model "%"', model using errcode = 'undefined_object',
-      hint = 'Registered models are in ai.models; add one with: switchyard models add NAME --task chat --source HF_ID_OR_PATH';
-  elsif m.task <> 'chat' then
-    raise exception 'ai.chat_complete: model "%" is an % model, not a chat model', model, m.task using errcode = 'wrong_object_type';
-  end if;
-  if jsonb_typeof(opts) <> 'object' then
-    raise exception 'ai.chat_complete: options must be a JSON object' using errcode = 'invalid_parameter_value';
-  end if;
-  for k in select jsonb_object_keys(opts) loop
-    if not k = any(known) then
-      raise exception 'ai.chat_complete: unknown or unsupported option "%"', k using errcode = 'invalid_parameter_value',
-        hint = 'Supported: ' || array_to_string(known, ', ');
-    end if;
-  end loop;
-
-  -- Messages, normalised as the gateway stores them: content a string (text parts joined).
-  if jsonb_typeof(messages) <> 'array' or jsonb_array_length(messages) = 0 then
-    raise exception 'ai.chat_complete: messages must be a non-empty JSON array' using errcode = 'invalid_parameter_value';
-  end if;
-  for msg in select value from jsonb_array_elements(messages) loop
-    if jsonb_typeof(msg) <> 'object' or not coalesce(msg->>'role', '') = any(array['system', 'developer', 'user', 'assistant', 'tool']) then
-      raise exception 'ai.chat_complete: messages[%] needs a role (system, developer, user, assistant or tool)', i using errcode = 'invalid_parameter_value';
-    end if;
-    case jsonb_typeof(msg->'content')
-      when 'string' then content := msg->>'content';
-      when 'array' then content := (select coalesce(string_agg(p->>'text', '' order by o), '') from jsonb_array_elements(msg->'content') with ordinality e(p, o));
-      else
-        if msg->>'role' <> 'assistant' then
-          raise exception 'ai.chat_complete: messages[%] (role %) must have content', i, msg->>'role' using errcode = 'invalid_parameter_value';
-        end if;
-        content := '';
-    end case;
-    if msg->>'role' = 'tool' and msg->>'tool_call_id' is null then
-      raise exception 'ai.chat_complete: messages[%] (role tool) needs a tool_call_id', i using errcode = 'invalid_parameter_value';
-    end if;
-    msgs := msgs || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
-      'role', msg->>'role', 'content', content, 'name', msg->'name', 'tool_call_id', msg->'tool_call_id',
-      'tool_calls', (select jsonb_agg(jsonb_set(tc, '{function,arguments}',
-                       coalesce(ai._try_jsonb(tc#>>'{function,arguments}'), tc#>'{function,arguments}', '{}'))) 
-                       from jsonb_array_elements(case when jsonb_typeof(msg->'tool_calls') = 'array' then msg->'tool_calls' else '[]' end) tc))));
-    i := i + 1;
-  end loop;
-
-  -- Sampling parameters: options, then the model's defaults, then OpenAI's.
-  defaults := coalesce(m.defaults, '{}');
-  max_tokens := coalesce(opts->'max_completion_tokens', opts->'max_tokens', defaults->'max_tokens', 'null');
-  if max_tokens <> 'null' and (jsonb_typeof(max_tokens) <> 'number' or (max_tokens::text)::numeric < 1 or (max_tokens::text)::numeric % 1 <> 0) then
-    raise exception 'ai.chat_complete: max_tokens must be a positive integer' using errcode = 'invalid_parameter_value';
-  end if;
-  temperature := coalesce((opts->>'temperature')::double precision, (defaults->>'temperature')::double precision, 1);
-  top_p := coalesce((opts->>'top_p')::double precision, (defaults->>'top_p')::double precision, 1);
-  if temperature < 0 or temperature > 2 then
-    raise exception 'ai.chat_complete: temperature must be between 0 and 2' using errcode = 'invalid_parameter_value';
-  elsif top_p <= 0 or top_p > 1 then
-    raise exception 'ai.chat_complete: top_p must be in (0, 1]' using errcode = 'invalid_parameter_value';
-  end if;
-  stop := coalesce(opts->'stop', defaults->'stop', '[]');
-  if jsonb_typeof(stop) = 'string' then
-    stop := jsonb_build_array(stop);
-  elsif jsonb_typeof(stop) <> 'array' then
-    raise exception 'ai.chat_complete: stop must be a string or an array of strings' using errcode = 'invalid_parameter_value';
-  end if;
-
-  -- Structured output: a forced tool call wins over response_format, as in the gateway.
-  tool_format := coalesce(m.tool_call_format, hermes);
-  tools := case when jsonb_typeof(opts->'tools') = 'array' and jsonb_array_length(opts->'tools') > 0 then opts->'tools' end;
-  choice := coalesce(opts->'tool_choice', '"auto"');
-  if opts ? 'tool_choice' and tools is null then
-    raise exception 'ai.chat_complete: tool_choice is only allowed with tools' using errcode = 'invalid_parameter_value';
-  end if;
-  if tools is not null then
-    if exists (select from jsonb_array_elements(tools) t where jsonb_typeof(t#>'{function,name}') <> 'string') then
-      raise exception 'ai.chat_complete: every tool needs {"type": "function", "function": {"name": ...}}' using errcode = 'invalid_parameter_value';
-    end if;
-    if choice = '"required"' then
-      forced := tools;
-    elsif jsonb_typeof(choice) = 'object' then
-      forced := (select coalesce(jsonb_agg(t), '[]') from jsonb_array_elements(tools) t where t#>>'{function,name}' = choice#>>'{function,name}');
-      if jsonb_array_length(forced) = 0 then
-        raise exception 'ai.chat_complete: tool_choice names a function that is not in tools' using errcode = 'invalid_parameter_value';
-      end if;
-    elsif choice not in ('"auto"', '"none"') then
-      raise exception 'ai.chat_complete: tool_choice must be none, auto, required or {"type": "function", "function": {"name": ...}}' using errcode = 'invalid_parameter_value';
-    end if;
-  end if;
-  rf := opts->'response_format';
-  if jsonb_array_length(forced) > 0 then
-    constraint_spec := jsonb_build_object('kind', 'tool_calls', 'format', tool_format,
-      'tools', (select jsonb_agg(jsonb_build_object('name', t#>>'{function,name}', 'parameters', coalesce(t#>'{function,parameters}', 'null'))) from jsonb_array_elements(forced) t),
-      'parallel', jsonb_typeof(choice) <> 'object' and coalesce((opts->>'parallel_tool_calls')::boolean, true));
-  elsif rf is not null and rf <> 'null' then
-    if rf->>'type' = 'json_object' then
-      constraint_spec := jsonb_build_object('kind', 'json_object');
-    elsif rf->>'type' = 'json_schema' and jsonb_typeof(rf#>'{json_schema,schema}') in ('object', 'boolean') then
-      constraint_spec := jsonb_build_object('kind', 'json_schema', 'schema', rf#>'{json_schema,schema}');
-    elsif rf->>'type' is distinct from 'text' then
-      raise exception 'ai.chat_complete: response_format must be {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", "schema"}}'
-        using errcode = 'invalid_parameter_value';
-    end if;
-  end if;
-  if constraint_spec is not null then
-    constraint_spec := constraint_spec || jsonb_build_object('maxTokens', max_tokens, 'lazy', temperature < 1e-5 or top_p >= 1);
-  end if;
-
-  params := jsonb_build_object(
-    'maxTokens', max_tokens,
-    'temperature', temperature,
-    'topP', top_p,
-    'n', coalesce((opts->>'n')::integer, (defaults->>'n')::integer, 1),
-    'stop', stop,
-    'seed', opts->'seed',
-    'frequencyPenalty', coalesce((opts->>'frequency_penalty')::double precision, (defaults->>'frequency_penalty')::double precision, 0),
-    'presencePenalty', coalesce((opts->>'presence_penalty')::double precision, (defaults->>'presence_penalty')::double precision, 0),
-    'logprobs', null,
-    'echo', false,
-    'constraint', constraint_spec,
-    'chat_template', opts->'chat_template',
-    'source', 'sql',
-    'db_role', ai._caller());
-  if (params->>'n')::integer not between 1 and 128 then
-    raise exception 'ai.chat_complete: n must be between 1 and 128' using errcode = 'invalid_parameter_value';
-  end if;
-
-  -- Enqueue on the side connection (committed at once), then poll the row through it.
-  enqueue := format('select ai.enqueue_chat(%L::uuid, %L, %L, %L::jsonb, %L::jsonb)::text', request, m.name, model,
-                    jsonb_build_object('messages', msgs) || case when tools is null then '{}' else jsonb_build_object('tools', tools) end,
-                    params);
+  enqueue := format('select ai._queue_openai(%L::uuid, %L, %L, %L::jsonb, %L::jsonb, 0::smallint, %L)::text',
+                    request, 'chat.completions', registered, body, jsonb_build_object('source', 'sql', 'db_role', ai._caller()), ai._caller());
   conn := ai._embed_connection();
   begin
     perform from dblink(conn, enqueue) as t(done text);
@@ -302,42 +167,13 @@ begin
     conn := ai._embed_connection(true);
     perform from dblink(conn, enqueue) as t(done text);
   end;
-  err := ai._await_request(conn, request, 'ai.chat_complete', 'completion', model, m.name, timeout, 'ai.chat_timeout = ''10 min''', 0.05);
+  err := ai._await_request(conn, request, 'ai.chat_complete', 'completion', model, registered, timeout, 'ai.chat_timeout = ''10 min''', 0.05);
   if err is not null then
     raise exception 'ai.chat_complete: %', coalesce(err->>'message', 'the generation failed')
       using errcode = case when err->>'type' = 'invalid_request_error' then 'invalid_parameter_value' else 'external_routine_exception' end,
-            detail = format('model %s, request %s, param %s, code %s', m.name, request, coalesce(err->>'param', 'none'), coalesce(err->>'code', 'none'));
+            detail = format('param %s, code %s, model %s, request %s', coalesce(err->>'param', 'none'), coalesce(err->>'code', 'none'), registered, request);
   end if;
-  select t.output::jsonb, t.usage::jsonb into row_out, row_usage
-    from dblink(conn, format('select output::text, usage::text from ai.requests where id = %L', request)) as t(output text, usage text);
-
-  -- The chat.completion object, with tool calls read out of the text as the gateway does.
-  parse_tools := tools is not null and choice <> '"none"';
-  for c in select value from jsonb_array_elements(row_out->'choices') order by (value->>'index')::integer loop
-    parsed := case when parse_tools then ai._parse_tool_calls(c->>'text', tool_format)
-                   else jsonb_build_object('content', c->>'text', 'tool_calls', '[]'::jsonb) end;
-    choices := choices || jsonb_build_array(jsonb_build_object(
-      'index', (c->>'index')::integer,
-      'message', jsonb_build_object('role', 'assistant', 'content', parsed->'content', 'refusal', null)
-                 || case when jsonb_array_length(parsed->'tool_calls') > 0 then jsonb_build_object('tool_calls', parsed->'tool_calls') else '{}' end,
-      'logprobs', null,
-      'finish_reason', case when jsonb_array_length(parsed->'tool_calls') > 0 and c->>'finish_reason' = 'stop' then 'tool_calls' else c->>'finish_reason' end));
-  end loop;
-  return jsonb_build_object(
-    'id', 'chatcmpl-' || replace(request::text, '-', ''),
-    'object', 'chat.completion',
-    'created', extract(epoch from now())::bigint,
-    'model', model,
-    'choices', choices,
-    'usage', row_usage,
-    'system_fingerprint', 'switchyard');
-end $$;
-
--- JSON text → jsonb, or null when it is not JSON.
-create or replace function ai._try_jsonb(p text)
-returns jsonb language plpgsql immutable as $$
-begin
-  return p::jsonb;
-exception when others then
-  return null;
+  select t.completion::jsonb into completion
+    from dblink(conn, format('select (output->''completion'')::text from ai.requests where id = %L', request)) as t(completion text);
+  return completion;
 end $$;

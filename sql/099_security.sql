@@ -28,7 +28,7 @@ begin
   end loop;
 end $$;
 
--- What an application role needs: ai.embed, ai.chat_complete, vectorizers on tables it owns (and
+-- What an application role needs: ai.embed, ai.chat_complete, ai.submit_chat, vectorizers on tables it owns (and
 -- their status), the registered models, its own SQL requests and SDK responses. `admin` adds reading everything in
 -- schema ai (requests of every role and key, usage, workers) and every vectorizer. Also makes
 -- every worker role of ai.service_roles a member of `role`, so that workers run its vectorizers'
@@ -55,6 +55,7 @@ begin
   execute format('grant usage on all sequences in schema ai to %I', r);
   foreach f in array array[
     'ai.embed(text, text)', 'ai.embed(text, text[])', 'ai.chat_complete(text, jsonb, jsonb)',
+    'ai.submit_chat(text, jsonb, jsonb, regclass, name, name, text)',
     'ai.create_vectorizer(regclass, name, text, name, integer, integer, integer, interval)',
     'ai.drop_vectorizer(integer, boolean)',
     -- What those run as the caller: helpers, and a batch's steps (workers run them as the owner).

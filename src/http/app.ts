@@ -19,6 +19,9 @@ import { responseRoutes } from './routes/responses.js';
 import { ResponsesServing } from '../serving/responses.js';
 import { PgResponseStore } from '../db/responses-repo.js';
 import type { ResponseStore } from '../serving/response-store.js';
+import { batchRoutes } from './routes/batches.js';
+import { BatchServing } from '../serving/batches.js';
+import { PgBatchStore } from '../db/batches-repo.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -104,6 +107,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       completionRoutes(v1, new CompletionsServing(opts.engine, observer), opts.engine);
       modelRoutes(v1, new ModelsServing(opts.engine));
       responseRoutes(v1, new ResponsesServing(opts.engine, opts.responseStore ?? new PgResponseStore(opts.database.db), observer), opts.engine);
+      batchRoutes(v1, new BatchServing(opts.engine, new PgBatchStore(opts.database.pool)));
     },
     { prefix: '/v1' },
   );

@@ -58,6 +58,8 @@ export const errors = {
     new ApiError(403, `This API key may not use the model '${model}'.`, 'permission_error', 'model_not_allowed', 'model'),
   modelNotFound: (model: string) =>
     new ApiError(404, `The model '${model}' does not exist.`, 'not_found_error', 'model_not_found', 'model'),
+  /** A stored object (file, batch) that does not exist, or belongs to another key. */
+  notFound: (message: string) => new ApiError(404, message, 'invalid_request_error', 'not_found'),
   routeNotFound: (method: string, url: string) =>
     new ApiError(404, `Unknown route: ${method} ${url}`, 'not_found_error', 'route_not_found'),
   contextLength: (message: string, param = 'messages') =>

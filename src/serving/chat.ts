@@ -10,14 +10,15 @@ import {
   type ToolCallDelta,
   toChatLogprobs,
 } from '../protocol/chat.js';
-import { HERMES_TOOL_FORMAT, parseToolCalls, ToolCallParser, type ToolCall, type ToolCallFormat } from '../protocol/tools.js';
+import { HERMES_TOOL_FORMAT, ToolCallParser, type ToolCallFormat } from '../protocol/tools.js';
+import { buildChatCompletion, SYSTEM_FINGERPRINT, toolCallParsing } from '../protocol/chat-completion.js';
 import { ApiError, errors } from '../protocol/errors.js';
 import { checkGeneration, maxBatchTokens, promptTexts } from '../protocol/limits.js';
 import { wireId, type FinishReason, type TokenLogprob, type Usage } from '../protocol/shared.js';
 import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
 import { noObserver, type Observer } from './observer.js';
 
-export const SYSTEM_FINGERPRINT = 'switchyard';
+export { SYSTEM_FINGERPRINT };
 
 /** A streaming answer: chunks to send, and how to stop the generation if the client leaves. */
 export interface ChatStream {
@@ -93,7 +94,7 @@ export class ChatServing {
     if (first.done) throw errors.internal('The generation ended without a result.');
     if (first.value.type === 'error') throw toError(first.value);
     // Tool calls are read out of the text unless the request has no tools or forbids calling them.
-    const tools = req.tools?.length && req.tool_choice !== 'none' ? format : null;
+    const tools = toolCallParsing(req, format);
     if (req.stream) return { kind: 'stream', stream: { requestId: gen.requestId, chunks: this.chunks(req, gen, first.value, events, tools) } };
     const completion = await beforeDeadline(this.collect(req, gen, first.value, events, tools), deadline, cancel);
     return { kind: 'json', requestId: gen.requestId, body: completion };
@@ -122,24 +123,8 @@ export class ChatServing {
       else if (e.type === 'error') throw toError(e);
       else if (e.type === 'done') {
         const reasons = new Map(e.choices.map((c) => [c.index, c.finishReason]));
-        return {
-          id: wireId('chatcmpl', gen.requestId),
-          object: 'chat.completion',
-          created: gen.created,
-          model: req.model,
-          choices: texts.map((text, index) => {
-            const finish = reasons.get(index) ?? 'stop';
-            const { content, calls } = tools ? parseToolCalls(text, tools) : { content: text, calls: [] as ToolCall[] };
-            return {
-              index,
-              message: { role: 'assistant' as const, content, refusal: null, ...(calls.length ? { tool_calls: calls } : {}) },
-              logprobs: req.logprobs ? toChatLogprobs(logprobs[index]!) : null,
-              finish_reason: calls.length && finish === 'stop' ? ('tool_calls' as const) : finish,
-            };
-          }),
-          usage: e.usage,
-          system_fingerprint: SYSTEM_FINGERPRINT,
-        };
+        const choices = texts.map((text, index) => ({ index, text, finishReason: reasons.get(index) ?? ('stop' as const), logprobs: logprobs[index]! }));
+        return buildChatCompletion(req, gen.requestId, gen.created, choices, e.usage, tools);
       }
     }
     throw errors.internal('The generation ended without a result.');

@@ -31,6 +31,12 @@ export class ChatClaimer {
   /** A request may have been queued since the last claim started. */
   private woken = true;
   private loopDone: Promise<void> | null = null;
+  /** Batch work (priority > 0) running here: it is owed `reserve` slots (see ai.claim_chat). */
+  private batchRunning = 0;
+  /** A quarter of the capacity (at least one slot) is reserved for batch work while it is queued. */
+  private get reserve(): number {
+    return Math.max(1, Math.floor(this.deps.capacity / 4));
+  }
 
   constructor(private readonly deps: ChatClaimerDeps) {}
 
@@ -91,11 +97,12 @@ export class ChatClaimer {
       let rows: ClaimedChat[];
       try {
         rows = (
-          await this.deps.pool.query<ClaimedChat>('select * from ai.claim_chat($1, $2, $3, $4::uuid[])', [
+          await this.deps.pool.query<ClaimedChat>('select * from ai.claim_chat($1, $2, $3, $4::uuid[], $5)', [
             this.deps.workerId,
             [...this.models],
             free,
             this.deps.stopping(),
+            Math.max(0, this.reserve - this.batchRunning),
           ])
         ).rows;
       } catch (err) {
@@ -105,8 +112,11 @@ export class ChatClaimer {
         continue;
       }
       for (const row of rows) {
+        const batch = (row.priority ?? 0) > 0;
+        if (batch) this.batchRunning++;
         const run = this.deps.run(row).finally(() => {
           this.inFlight.delete(run);
+          if (batch) this.batchRunning--;
         });
         this.inFlight.add(run);
       }

@@ -9,6 +9,9 @@ import { EventPublisher, OwnershipLost } from './publisher.js';
 import { finish, type ClaimedRow } from './request-row.js';
 import { readChatRequest, StoredRequestError } from './stored-request.js';
 import { retryWhileUnavailable } from '../db/errors.js';
+import { ApiError } from '../protocol/errors.js';
+import type { TokenLogprob } from '../protocol/shared.js';
+import { isOpenAiRequest, openAiCompletion, readOpenAiChat, type OpenAiChat } from './openai-request.js';
 
 export interface ChatTaskDeps {
   pool: pg.Pool;
@@ -30,6 +33,8 @@ export interface ClaimedChat extends ClaimedRow {
   model: string;
   attempts: number;
   max_attempts: number;
+  /** 0: interactive; 1: batch work (ai.submit_chat, Batch API lines). */
+  priority?: number;
 }
 
 const reaped = () =>
@@ -83,21 +88,35 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
   // An earlier attempt died part-way: whoever is waiting must drop what it received.
   if (attempt > 1) publisher.publish({ type: 'restart', attempt });
   let request;
+  // A stored OpenAI body (SQL, batches) is validated and translated here, as the gateway does it.
+  let openai: OpenAiChat | null = null;
   try {
-    request = readChatRequest(row.input, row.params);
+    if (isOpenAiRequest(row.params)) {
+      openai = await readOpenAiChat(deps.pool, spec.name, row.input);
+      request = { prompt: openai.prompt, params: openai.params };
+    } else request = readChatRequest(row.input, row.params);
   } catch (err) {
+    if (err instanceof ApiError) {
+      const body = err.toBody().error;
+      await end('failed', { error: body }, { type: 'error', status: err.status, error: body });
+      return;
+    }
     if (!(err instanceof StoredRequestError)) throw err;
     const body = { message: `Stored request is invalid: ${err.message}`, type: 'server_error' as const, param: null, code: 'invalid_stored_request' };
     await end('failed', { error: body }, { type: 'error', status: 500, error: body });
     return;
   }
   let result;
+  const kept: TokenLogprob[][] = [];
   try {
     result = await deps.host.generate(requestId, spec, request.prompt, request.params, {
       // Not urgent: it goes out with the first text when that follows within a flush interval
       // (one statement, not two, and none competing with the prefill for the cores).
       onStarted: (promptTokens) => publisher.publish({ type: 'start', promptTokens, at: Date.now() }, false),
-      onDelta: (index, text, finishReason, logprobs) => publisher.delta(index, text, finishReason, logprobs),
+      onDelta: (index, text, finishReason, logprobs) => {
+        if (openai && logprobs) (kept[index] ??= []).push(...logprobs);
+        publisher.delta(index, text, finishReason, logprobs);
+      },
     });
   } catch (err) {
     const e = ThreadError.from(err);
@@ -126,7 +145,12 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
   await end(
     'completed',
     {
-      output: { choices: result.choices.map((c) => ({ index: c.index, text: c.text, finish_reason: c.finishReason, token_ids: c.tokenIds })) },
+      output: {
+        choices: result.choices.map((c) => ({ index: c.index, text: c.text, finish_reason: c.finishReason, token_ids: c.tokenIds })),
+        ...(openai
+          ? { completion: openAiCompletion(openai, requestId, result.choices.map((c) => ({ index: c.index, text: c.text, finishReason: c.finishReason, logprobs: kept[c.index] ?? [] })), usage) }
+          : {}),
+      },
       usage,
     },
     { type: 'done', choices: result.choices.map((c) => ({ index: c.index, finishReason: c.finishReason })), usage },
