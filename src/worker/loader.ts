@@ -61,18 +61,37 @@ async function loadFiles(
   };
   try {
     const tokenizer = await AutoTokenizer.from_pretrained(where.id, opts);
-    const threads = Number(process.env.SWITCHYARD_THREADS);
     const model = await auto.from_pretrained(where.id, {
       ...opts,
       dtype: spec.dtype as 'fp32',
       device: spec.device,
-      // onnxruntime's default is a thread per core: right for one worker per machine, oversubscribed for several.
-      ...(Number.isInteger(threads) && threads > 0 ? { session_options: { intraOpNumThreads: threads } } : {}),
+      session_options: sessionOptions(),
     });
     return { where, tokenizer, model };
   } catch (err) {
     throw explain(spec, where, err);
   }
+}
+
+/**
+ * onnxruntime's CPU threading. SWITCHYARD_THREADS: intra-op threads per model (default: one per
+ * core, right for one worker per machine, oversubscribed for several). SWITCHYARD_ORT_SPINNING:
+ * whether those threads spin while waiting for work (`session.intra_op.allow_spinning`), 0
+ * unless set to 1. onnxruntime spins by default; a spinning thread keeps its core busy between
+ * operators and after each call, the time serve, Postgres and the worker's own event loop need
+ * when they share the cores. Measured on 2 cores (`SWITCHYARD_ORT_SPINNING=0|1 npm run bench --
+ * --quick --only sql`, issue 14): an ai.embed per row spent a median 9.0 ms claimed→finished
+ * without spinning against 39.2 ms with it (13.2 against 24.3 ms in a second, busier pair of
+ * runs), 52.7 against 12.9 rows/s. Both the worker and the bench's in-process side load models
+ * here, so they run with the same setting.
+ */
+export function sessionOptions(): Record<string, unknown> {
+  const threads = Number(process.env.SWITCHYARD_THREADS);
+  const spinning = process.env.SWITCHYARD_ORT_SPINNING === '1' ? '1' : '0';
+  return {
+    ...(Number.isInteger(threads) && threads > 0 ? { intraOpNumThreads: threads } : {}),
+    extra: { session: { intra_op: { allow_spinning: spinning } } },
+  };
 }
 
 /** Loads a causal LM and its tokenizer for chat. */

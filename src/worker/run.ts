@@ -175,7 +175,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       if (spec.task === 'chat') chatTasks[chatTaskName(spec.name)] = chatTask(spec, { ...deps, host, signal: s.abort.signal, flusher: s.flusher });
       else {
         const batcher = batchers.get(spec.name)!;
-        const claimer = new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs) });
+        const claimer = new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs, true) });
         s.claimers.set(spec.name, claimer);
         claimer.start();
         embedTasks[vectorizeTaskName(spec.name)] = vectorizeTask(spec, { pool: database.pool, embed: (inputs) => batcher.submit(inputs), log });
