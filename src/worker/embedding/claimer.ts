@@ -70,6 +70,13 @@ interface Entry {
   fresh?: boolean;
 }
 
+interface CachedRow {
+  hash: Buffer;
+  /** pgvector's send format. */
+  embedding: Buffer;
+  tokens: number;
+}
+
 interface Prepared {
   requests: { id: string; inputs: EmbedInput[] | null }[];
   unique: Map<string, Entry>;
@@ -132,8 +139,9 @@ export class EmbedClaimer {
     while (!this.stopped) {
       this.woken = false;
       let rows: { id: string; input: unknown }[];
+      let cached: CachedRow[];
       try {
-        rows = (await this.deps.pool.query('select id, input from ai.claim_embeddings($1, $2, $3)', [this.deps.model, this.deps.workerId, CLAIM_LIMIT])).rows;
+        ({ rows, cached } = await this.claim());
       } catch (err) {
         this.deps.log.warn(`claiming ${this.deps.model} embedding requests failed: ${(err as Error).message}`);
         await this.sleep(POLL_MS);
@@ -147,7 +155,7 @@ export class EmbedClaimer {
       // this batch is still being written.
       let modelDone!: () => void;
       const modelFree = new Promise<void>((r) => (modelDone = r));
-      const batch = this.process(rows, modelDone).catch(async (err) => {
+      const batch = this.process(rows, cached, modelDone).catch(async (err) => {
         modelDone();
         this.deps.log.error(`embedding batch of ${rows.length} failed: ${(err as Error).message}; re-queueing it`);
         // Back to the queue (waiting out a database restart); if even that fails, the rows are
@@ -165,9 +173,32 @@ export class EmbedClaimer {
     }
   }
 
-  /** Reads the cache for a claimed batch: every distinct input once, whichever requests share it. */
-  private async prepare(rows: { id: string; input: unknown }[]): Promise<Prepared> {
-    const { pool, model } = this.deps;
+  /**
+   * Claims a batch and reads the cache for its inputs in one statement (one round trip between
+   * two model calls instead of two): rows of kind 'r' are the claimed requests, rows of kind
+   * 'c' cached vectors of their inputs, keyed as cache-key.ts keys them (the SQL function is the
+   * same digest), in pgvector's send format (bytes, as hex on the wire; node-pg cannot take
+   * binary-mode results: it decodes every column as UTF-8 text).
+   */
+  private async claim(): Promise<{ rows: { id: string; input: unknown }[]; cached: CachedRow[] }> {
+    const { rows } = await this.deps.pool.query<{ kind: 'r' | 'c'; id: string | null; input: unknown; input_hash: Buffer | null; embedding: Buffer | null; tokens: number | null }>(
+      `with c as materialized (select id, input from ai.claim_embeddings($1, $2, $3)),
+            k as (select distinct ai.embedding_cache_key($4::bytea, x) as h
+                    from c, jsonb_array_elements(case when jsonb_typeof(c.input->'input') = 'array' then c.input->'input' else '[]' end) x)
+       select 'r' as kind, c.id::text as id, c.input, null::bytea as input_hash, null::bytea as embedding, null::int as tokens from c
+       union all
+       select 'c', null, null, e.input_hash, vector_send(e.embedding), e.tokens
+         from k join ai.embedding_cache e on e.model = $1 and e.input_hash = k.h`,
+      [this.deps.model, this.deps.workerId, CLAIM_LIMIT, this.deps.fingerprint],
+    );
+    return {
+      rows: rows.filter((r) => r.kind === 'r').map((r) => ({ id: r.id!, input: r.input })),
+      cached: rows.filter((r) => r.kind === 'c').map((r) => ({ hash: r.input_hash!, embedding: r.embedding!, tokens: r.tokens! })),
+    };
+  }
+
+  /** Every distinct input of a batch once, whichever requests share it, with what the cache had. */
+  private prepare(rows: { id: string; input: unknown }[], cached: CachedRow[]): Prepared {
     const requests = rows.map((r) => ({ id: r.id, inputs: readInputs(r.input) }));
     const unique = new Map<string, Entry>();
     for (const r of requests) {
@@ -177,23 +208,16 @@ export class EmbedClaimer {
         if (!unique.has(key)) unique.set(key, { input, hash });
       }
     }
-    const entries = [...unique.values()];
-    // The vectors in pgvector's send format (bytes, as hex on the wire), not as text to parse.
-    // (Not a binary-mode query: node-pg decodes every result column as UTF-8 text.)
-    const cached = await pool.query<{ input_hash: Buffer; embedding: Buffer; tokens: number }>(
-      'select input_hash, vector_send(embedding) as embedding, tokens from ai.embedding_cache where model = $1 and input_hash = any($2)',
-      [model, entries.map((e) => e.hash)],
-    );
-    for (const row of cached.rows) {
-      const e = unique.get(row.input_hash.toString('hex'));
+    for (const row of cached) {
+      const e = unique.get(row.hash.toString('hex'));
       if (e) Object.assign(e, { vector: fromVectorBinary(row.embedding), tokens: row.tokens });
     }
-    return { requests, unique, missing: entries.filter((e) => !e.vector) };
+    return { requests, unique, missing: [...unique.values()].filter((e) => !e.vector) };
   }
 
-  private async process(rows: { id: string; input: unknown }[], modelDone: () => void): Promise<void> {
+  private async process(rows: { id: string; input: unknown }[], cached: CachedRow[], modelDone: () => void): Promise<void> {
     const { pool, model } = this.deps;
-    const { requests, unique, missing } = await this.prepare(rows);
+    const { requests, unique, missing } = this.prepare(rows, cached);
     let calls: string[] = [];
     try {
       if (missing.length > 0) {
