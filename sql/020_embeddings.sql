@@ -93,6 +93,11 @@ declare
   ids uuid[];
   seqs integer[];
 begin
+  -- Asynchronous commit for this transaction: a commit that waits for its WAL flush costs ~2 ms
+  -- here (fdatasync), once per batch and, for ai.embed called per row, once per row. What a
+  -- crash could lose is recomputable: the row goes back to 'running', is reclaimed once stale
+  -- and embedded again, to the same vectors (a client that already has them loses nothing).
+  perform set_config('synchronous_commit', 'off', true);
   with d as (
     select * from unnest(p_ids, p_statuses, p_outputs, p_usages, p_errors, p_events, p_offsets, p_lengths)
       as t(id, status, output, usage, error, event, off, len)),
@@ -125,6 +130,8 @@ returns table (id uuid, input jsonb) language plpgsql as $$
 declare
   gone record;
 begin
+  -- Asynchronous commit (see ai.finish_embeddings): a lost claim leaves the rows queued.
+  perform set_config('synchronous_commit', 'off', true);
   for gone in
     update ai.requests r
        set status = 'failed', finished_at = clock_timestamp(),

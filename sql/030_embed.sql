@@ -261,10 +261,13 @@ begin
     end if;
   end if;
   channel := ai._embed_channel(conn);
-  -- LISTEN and the enqueue in one round trip (one implicit transaction on the side connection).
-  enqueue := format('listen %I; select ai.enqueue_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb, null, 5, %L)',
+  -- LISTEN and the enqueue in one round trip (one implicit transaction on the side connection),
+  -- committed asynchronously (no wait for the WAL flush, ~2 ms here): a crash that could lose
+  -- it also ends this session, whose statement is the only one waiting for the request.
+  enqueue := format('listen %I; select ai.enqueue_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb, null, 5, %L)::text'
+                    ' from (select set_config(''synchronous_commit'', ''off'', true)) s',
                     channel, request, p_model, p_requested, p_inputs,
-                    jsonb_build_object('source', 'sql', 'db_role', ai._caller()), channel) || '::text';
+                    jsonb_build_object('source', 'sql', 'db_role', ai._caller()), channel);
   begin
     perform from dblink(conn, enqueue) as t(done text);
   exception when connection_exception then
