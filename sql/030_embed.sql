@@ -284,7 +284,16 @@ begin
      where n.notify_name = channel and position(request::text in n.extra) > 0;
     if heard or clock_timestamp() >= next_check then
       if fresh then
-        select r.status, r.error into st, err from ai.requests r where r.id = request;
+        -- The outcome and, once completed, the vectors (cached in the transaction that completed
+        -- it) in one read.
+        select r.status, r.error, v.result, v.hits into st, err, result, hits
+          from ai.requests r
+          left join lateral (
+            select array_agg(c.embedding order by u.i) as result, count(c.embedding)::integer as hits
+              from jsonb_array_elements(p_inputs) with ordinality u(x, i)
+              left join ai.embedding_cache c on c.model = p_model and c.input_hash = ai.embedding_cache_key(fingerprint, u.x)) v
+            on r.status = 'completed'
+         where r.id = request;
       else
         select t.status, t.error::jsonb into st, err
           from dblink(conn, format('select status, error::text from ai.requests where id = %L', request)) as t(status text, error text);
@@ -312,13 +321,10 @@ begin
       using errcode = case when err->>'type' = 'invalid_request_error' then 'invalid_parameter_value' else 'external_routine_exception' end,
             detail = format('model %s, request %s, code %s', p_model, request, coalesce(err->>'code', 'none'));
   end if;
-  -- The worker wrote the vectors into the cache in the transaction that completed the request.
-  if fresh then
-    select array_agg(c.embedding order by u.i), count(c.embedding) into result, hits
-      from jsonb_array_elements(p_inputs) with ordinality u(x, i)
-      left join ai.embedding_cache c on c.model = p_model and c.input_hash = ai.embedding_cache_key(fingerprint, u.x);
-  end if;
-  if not fresh or hits < jsonb_array_length(p_inputs) then
+  -- The worker wrote the vectors into the cache in the transaction that completed the request
+  -- (read above under READ COMMITTED; here through the side connection otherwise, or if the
+  -- cache lost them meanwhile).
+  if not fresh or coalesce(hits, 0) < jsonb_array_length(p_inputs) then
     select array_agg(t.v::vector order by t.i), count(t.v) into result, hits
       from dblink(conn, lookup) as t(i bigint, v text);
   end if;
