@@ -219,9 +219,13 @@ export class EmbedClaimer {
     const { pool, model } = this.deps;
     const { requests, unique, missing } = this.prepare(rows, cached);
     let calls: string[] = [];
+    // How long this batch waited for the model (its call, as the claimer sees it), for the log.
+    let modelMs = 0;
     try {
       if (missing.length > 0) {
+        const t0 = performance.now();
         const result = await this.deps.embed(missing.map((e) => e.input));
+        modelMs = Math.round((performance.now() - t0) * 10) / 10;
         calls = (result.calls ?? []).map((c) => `${this.deps.workerId}#${c}`);
         missing.forEach((e, k) => {
           const err = result.errors[k];
@@ -252,7 +256,7 @@ export class EmbedClaimer {
       return {
         id: r.id,
         status: 'completed',
-        output: { dimensions: dims, cached: fromCache, model_calls: fromCache === found.length ? [] : calls },
+        output: { dimensions: dims, cached: fromCache, model_calls: fromCache === found.length ? [] : calls, ...(fromCache === found.length ? {} : { model_ms: modelMs }) },
         usage: { prompt_tokens: promptTokens, total_tokens: promptTokens },
         error: null,
         event: { type: 'embedded', promptTokens },
