@@ -82,8 +82,11 @@ async function loadFiles(
  * when they share the cores. Measured on 2 cores (`SWITCHYARD_ORT_SPINNING=0|1 npm run bench --
  * --quick --only sql`, issue 14): an ai.embed per row spent a median 9.0 ms claimed→finished
  * without spinning against 39.2 ms with it (13.2 against 24.3 ms in a second, busier pair of
- * runs), 52.7 against 12.9 rows/s. Both the worker and the bench's in-process side load models
- * here, so they run with the same setting.
+ * runs), 52.7 against 12.9 rows/s. In-process alone (3 rounds of a 256-input batch and 64 calls
+ * of one input, twice per setting, on a machine at load 3–6): the same work took 7.7–8.4 CPU-s
+ * without spinning against 10.4–10.8 with it, and was no slower (batch 256: 99–381 against
+ * 58–165 inputs/s; one input: 6.1–9.1 against 5.7–14.7 ms). Both the worker and the bench's
+ * in-process side load models here, so they run with the same setting.
  */
 export function sessionOptions(): Record<string, unknown> {
   const threads = Number(process.env.SWITCHYARD_THREADS);
