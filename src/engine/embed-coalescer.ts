@@ -52,6 +52,25 @@ export class EmbedEnqueueCoalescer {
     });
   }
 
+  /**
+   * One statement for the batch. If the database refuses its data (SQLSTATE class 22, e.g. a
+   * value jsonb cannot hold), each request is sent alone, so that one request's bad input fails
+   * only that request, never the others it happened to travel with.
+   */
+  private async send(model: string, batch: Waiter[], opts: Group['opts']): Promise<void> {
+    try {
+      const written = await enqueueEmbeddings(this.db, model, batch.map((w) => w.item), opts);
+      for (const w of batch) w.resolve(written.has(w.item.id));
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (batch.length > 1 && typeof code === 'string' && code.startsWith('22')) {
+        for (const w of batch) await this.send(model, [w], opts);
+      } else {
+        for (const w of batch) w.reject(err);
+      }
+    }
+  }
+
   private async flush(model: string, g: Group): Promise<void> {
     if (g.flushing) return;
     g.flushing = true;
@@ -60,12 +79,7 @@ export class EmbedEnqueueCoalescer {
         const batch = g.waiting.splice(0, MAX_GROUP);
         this.stats.statements++;
         this.stats.requests += batch.length;
-        try {
-          const written = await enqueueEmbeddings(this.db, model, batch.map((w) => w.item), g.opts);
-          for (const w of batch) w.resolve(written.has(w.item.id));
-        } catch (err) {
-          for (const w of batch) w.reject(err);
-        }
+        await this.send(model, batch, g.opts);
       }
     } finally {
       g.flushing = false;
