@@ -87,6 +87,10 @@ async function loadFiles(
  * without spinning against 10.4–10.8 with it, and was no slower (batch 256: 99–381 against
  * 58–165 inputs/s; one input: 6.1–9.1 against 5.7–14.7 ms). Both the worker and the bench's
  * in-process side load models here, so they run with the same setting.
+ * Threads stay at one per core: with SWITCHYARD_THREADS=1 the gateway embedded a burst of 256 at
+ * 136 inputs/s in two quick runs, against 173–225 with the default 2 on this 2-core machine
+ * (`SWITCHYARD_THREADS=1|2 npm run bench -- --quick --only embeddings`, issue 14), although one
+ * thread leaves a core to serve and Postgres.
  */
 export function sessionOptions(): Record<string, unknown> {
   const threads = Number(process.env.SWITCHYARD_THREADS);
