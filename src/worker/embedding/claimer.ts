@@ -22,6 +22,8 @@ export interface ClaimerDeps {
 const CLAIM_LIMIT = MAX_CALL_INPUTS;
 /** Notifications can be lost (reconnects): look for work this often anyway. */
 const POLL_MS = 1000;
+/** Batches between claim and finish at once: one in the model, one being written. */
+const MAX_BATCHES = 2;
 
 /** A stored request can outlive the code that stored it: check its shape at run time. */
 function readInputs(input: unknown): EmbedInput[] | null {
@@ -137,6 +139,9 @@ export class EmbedClaimer {
 
   private async loop(): Promise<void> {
     while (!this.stopped) {
+      // At most one batch finishing while the next one is claimed: a database slower than the
+      // model must slow the claims down, not pile up batches (and their pool connections).
+      while (this.inFlight.size >= MAX_BATCHES) await Promise.race(this.inFlight);
       this.woken = false;
       let rows: { id: string; input: unknown }[];
       let cached: CachedRow[];
