@@ -65,7 +65,7 @@ async function loadFiles(
       ...opts,
       dtype: spec.dtype as 'fp32',
       device: spec.device,
-      session_options: sessionOptions(),
+      session_options: sessionOptions(spec.task),
     });
     return { where, tokenizer, model };
   } catch (err) {
@@ -76,8 +76,9 @@ async function loadFiles(
 /**
  * onnxruntime's CPU threading. SWITCHYARD_THREADS: intra-op threads per model (default: one per
  * core, right for one worker per machine, oversubscribed for several). SWITCHYARD_ORT_SPINNING:
- * whether those threads spin while waiting for work (`session.intra_op.allow_spinning`), 0
- * unless set to 1. onnxruntime spins by default; a spinning thread keeps its core busy between
+ * whether those threads spin while waiting for work (`session.intra_op.allow_spinning`); for
+ * embedding models 0 unless set to 1, for chat models onnxruntime's default (1) unless set.
+ * onnxruntime spins by default; a spinning thread keeps its core busy between
  * operators and after each call, the time serve, Postgres and the worker's own event loop need
  * when they share the cores. Measured on 2 cores (`SWITCHYARD_ORT_SPINNING=0|1 npm run bench --
  * --quick --only sql`, issue 14): an ai.embed per row spent a median 9.0 ms claimed→finished
@@ -92,12 +93,15 @@ async function loadFiles(
  * (`SWITCHYARD_THREADS=1|2 npm run bench -- --quick --only embeddings`, issue 14), although one
  * thread leaves a core to serve and Postgres.
  */
-export function sessionOptions(): Record<string, unknown> {
+export function sessionOptions(task: ModelSpec['task']): Record<string, unknown> {
   const threads = Number(process.env.SWITCHYARD_THREADS);
-  const spinning = process.env.SWITCHYARD_ORT_SPINNING === '1' ? '1' : '0';
+  const set = process.env.SWITCHYARD_ORT_SPINNING;
+  // Chat models keep onnxruntime's default unless told: decoding runs many short operators per
+  // token, and spinning was measured here for embedding models only.
+  const spinning = set === '0' || set === '1' ? set : task === 'embedding' ? '0' : null;
   return {
     ...(Number.isInteger(threads) && threads > 0 ? { intraOpNumThreads: threads } : {}),
-    extra: { session: { intra_op: { allow_spinning: spinning } } },
+    ...(spinning ? { extra: { session: { intra_op: { allow_spinning: spinning } } } } : {}),
   };
 }
 
