@@ -51,6 +51,77 @@ begin
   perform pg_notify('ai_embed', p_model);
 end $$;
 
+-- Many embedding requests at once, as serve coalesces the ones that arrive together (issue 14):
+-- one statement, one transaction and one notification for the group, still one row per API
+-- request (its own id, key, usage and timings in the log). The queue bound is checked here, in
+-- the statement that inserts: of the group, only as many rows as the model's queue has room for
+-- (fewer than p_bound queued) are written, in order; the ids written are returned, and the rest
+-- are refused (429) by the caller. p_inputs is a jsonb array of input lists, p_params an array
+-- of objects, both in the order of p_ids.
+create or replace function ai.enqueue_embeddings(
+  p_ids uuid[], p_model text, p_requested_models text[], p_inputs jsonb, p_params jsonb[],
+  p_keys uuid[], p_max_attempts integer, p_listener text, p_bound integer
+) returns setof uuid language plpgsql as $$
+declare
+  room integer := p_bound - (select count(*) from (select 1 from ai.requests
+                                where model = p_model and status = 'queued' limit p_bound) q);
+  written uuid[];
+begin
+  with w as (
+    insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, listener)
+    select t.id, 'embeddings', p_model, t.requested, jsonb_build_object('input', p_inputs->(t.ord::int - 1)),
+           t.params || jsonb_build_object('max_attempts', p_max_attempts), t.key, p_listener
+      from unnest(p_ids, p_requested_models, p_params, p_keys) with ordinality t(id, requested, params, key, ord)
+     where t.ord <= room
+    returning id)
+  select array_agg(id) into written from w;
+  if written is not null then
+    perform pg_notify('ai_embed', p_model);
+    return query select unnest(written);
+  end if;
+end $$;
+
+-- Finishes a batch of claimed embedding requests in one statement (one transaction, one
+-- notification per listening process): each row still 'running' under this worker gets its
+-- outcome and its vectors (float32 bytes, cut from p_vectors: p_offsets[i] bytes in, p_lengths[i]
+-- long), and its final event. A row cancelled or reclaimed meanwhile is left alone.
+create or replace function ai.finish_embeddings(
+  p_worker text, p_ids uuid[], p_statuses text[], p_outputs jsonb[], p_usages jsonb[],
+  p_errors jsonb[], p_events jsonb[], p_vectors bytea, p_offsets integer[], p_lengths integer[]
+) returns integer language plpgsql as $$
+declare
+  ids uuid[];
+  seqs integer[];
+begin
+  -- Asynchronous commit for this transaction: a commit that waits for its WAL flush costs ~2 ms
+  -- here (fdatasync), once per batch and, for ai.embed called per row, once per row. What a
+  -- crash could lose is recomputable: the row goes back to 'running', is reclaimed once stale
+  -- and embedded again, to the same vectors (a client that already has them loses nothing).
+  perform set_config('synchronous_commit', 'off', true);
+  with d as (
+    select * from unnest(p_ids, p_statuses, p_outputs, p_usages, p_errors, p_events, p_offsets, p_lengths)
+      as t(id, status, output, usage, error, event, off, len)),
+  u as (
+    update ai.requests r
+       set status = d.status, output = d.output, usage = d.usage, error = d.error,
+           vectors = case when d.len > 0 then substring(p_vectors from d.off + 1 for d.len) end,
+           finished_at = clock_timestamp()
+      from d
+     where r.id = d.id and r.status = 'running' and r.worker = p_worker
+    returning r.id, d.event),
+  e as (
+    insert into ai.request_events (request_id, seq, data)
+    select u.id, coalesce((select max(x.seq) + 1 from ai.request_events x where x.request_id = u.id), 0), u.event
+      from u
+    returning request_id, seq)
+  select array_agg(e.request_id), array_agg(e.seq) into ids, seqs from e;
+  if ids is null then
+    return 0;
+  end if;
+  perform ai._notify_events(ids, seqs);
+  return cardinality(ids);
+end $$;
+
 -- Claims up to p_limit queued embedding requests of a model for a worker, oldest first, and
 -- also reclaims requests left 'running' longer than p_stale (their worker died: a batch takes
 -- seconds). A request out of attempts is failed instead, with an error its waiter receives.
@@ -59,6 +130,8 @@ returns table (id uuid, input jsonb) language plpgsql as $$
 declare
   gone record;
 begin
+  -- Asynchronous commit (see ai.finish_embeddings): a lost claim leaves the rows queued.
+  perform set_config('synchronous_commit', 'off', true);
   for gone in
     update ai.requests r
        set status = 'failed', finished_at = clock_timestamp(),

@@ -20,13 +20,10 @@
 --    Before enqueueing, the cache is read once more through the side connection: its fresh
 --    snapshot sees vectors committed after the caller's snapshot was taken (by an earlier call
 --    in the same statement or transaction, or by another session).
--- 3. It then waits for the request row to finish, polling it *through the side connection*:
---    that connection's every statement takes a fresh snapshot, so the wait works whatever the
---    caller's isolation level (under REPEATABLE READ the caller's own snapshot would never see
---    the worker's update). Polls start 1 ms apart and back off to 20 ms: a few cheap primary-key
---    lookups per embedding (a new text takes 20-30 ms end to end with the fixture model).
---    LISTEN cannot help inside a function (notifications are delivered between statements), so
---    polling is the only option here.
+-- 3. It then waits for the worker's notification on the side connection, which LISTENs on a
+--    channel of its own that the request row names (see ai._embed_remote), and reads the
+--    outcome: directly under READ COMMITTED, through the side connection otherwise (its fresh
+--    snapshot sees the worker's commit whatever the caller's isolation level).
 -- 4. Failure: the worker's error becomes an SQL error with its message (SQLSTATE 22023 for
 --    input errors such as context_length_exceeded or empty_input). Timeout: after
 --    ai.embed_timeout (default 30s; seconds or an interval, e.g. set ai.embed_timeout = '5s'),
@@ -58,16 +55,8 @@
 --   server connection per session (and role) that ever missed the cache. A connection that went
 --   away (idle_session_timeout, a restart) is reopened once.
 --
--- Volatility: ai.embed is declared IMMUTABLE (as pgai declares its embedding functions) so that
--- the planner folds `ai.embed('minilm', 'constant')` into a constant once per statement, instead
--- of calling it for every row a sort or filter visits. What it promises is that a model maps a
--- text to one vector, which the embedding cache relies on as well; re-registering a model name
--- with different weights breaks that promise (clear ai.embedding_cache then). Its high COST
--- makes the plan cache prefer custom plans (folded) for prepared statements with a parameter;
--- when a generic plan does call it per row, rows after the first find the vector in the cache
--- (through the side connection: one round trip each, no request). EXPLAIN computes it too. PARALLEL
--- UNSAFE: it uses a session's connection and subtransactions. Inside a transaction that is later
--- rolled back, the request row and the cached vectors stay (they were committed on the side).
+-- Volatility: VOLATILE; see the note above ai.embed(text, text[]) below for embedding a constant
+-- once per query.
 
 -- Quotes one value for a libpq connection string.
 create or replace function ai._connstr_quote(p text)
@@ -211,63 +200,157 @@ begin
   return case when st = 'failed' then coalesce(err, '{}') end;
 end $$;
 
+-- The LISTEN channel of this session's side connection `p_conn`: the request row names it
+-- (ai.requests.listener), so the worker that finishes the request notifies that connection, and
+-- nobody else's. Per calling session (backend pid) and connection name.
+create or replace function ai._embed_channel(p_conn text)
+returns text language sql stable as $$
+  select 'ai_events_sql_' || substr(p_conn, 12) || '_' || pg_backend_pid()
+$$;
+
 -- Enqueues one embedding request on the side connection (committed at once) and waits for it.
 -- Returns the vectors in input order.
+--
+-- The wait (issue 14): the side connection LISTENs on its channel (ai._embed_channel) in the
+-- same round trip that enqueues, and the worker's finishing statement notifies it. While it
+-- waits, this backend reads that connection's socket with dblink_get_notify (no query, no
+-- round trip) once a millisecond (pg_sleep's granularity: a function cannot block on a socket).
+-- A notification is only a hint (any role may NOTIFY any channel): the request row decides.
+-- Every 250 ms without one, the row is read anyway (a lost notification, or a connection opened
+-- before an upgrade). Under READ COMMITTED the row and the cache are then read directly (this
+-- function is VOLATILE, so each statement sees what committed before it): the vectors stay in
+-- binary form, no text goes through dblink. Under REPEATABLE READ and SERIALIZABLE the caller's
+-- snapshot cannot see the worker's commit, so they are read through the side connection.
 create or replace function ai._embed_remote(p_model text, p_requested text, p_inputs jsonb)
-returns vector[] language plpgsql as $$
+returns vector[] language plpgsql volatile as $$
 declare
   request uuid := gen_random_uuid();
-  enqueue text := format('select ai.enqueue_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb)::text',
-                         request, p_model, p_requested, p_inputs, jsonb_build_object('source', 'sql', 'db_role', ai._caller()));
+  fingerprint bytea := ai.embedding_model_fingerprint(p_model);
+  fresh boolean := current_setting('transaction_isolation') = 'read committed';
   lookup text := format(
     'select u.i, c.embedding::text from jsonb_array_elements(%1$L::jsonb) with ordinality u(x, i)
        left join ai.embedding_cache c on c.model = %2$L and c.input_hash = ai.embedding_input_hash(%2$L, u.x)',
     p_inputs, p_model);
   -- Read first: a malformed setting must fail before anything is enqueued.
   timeout interval := ai._interval_setting('ai.embed_timeout', interval '30 seconds');
+  deadline timestamptz;
   conn text := ai._embed_connection();
+  channel text;
+  enqueue text;
+  st text;
   err jsonb;
-  output jsonb;
   result vector[];
   hits integer;
+  heard boolean;
+  next_check timestamptz;
 begin
-  -- The cache again, through the side connection's fresh snapshot: another call in this
-  -- statement (or another session) may have computed these after the caller's snapshot.
+  if not fresh then
+    -- The cache again, through the side connection's fresh snapshot: another call in this
+    -- statement (or another session) may have computed these after the caller's snapshot.
+    -- (Under READ COMMITTED the caller's own read, just before, was as fresh.)
+    begin
+      select array_agg(t.v::vector order by t.i), count(t.v) into result, hits
+        from dblink(conn, lookup) as t(i bigint, v text);
+    exception when connection_exception then
+      conn := ai._embed_connection(true);
+      select array_agg(t.v::vector order by t.i), count(t.v) into result, hits
+        from dblink(conn, lookup) as t(i bigint, v text);
+    end;
+    if hits = jsonb_array_length(p_inputs) then
+      return result;
+    end if;
+  end if;
+  channel := ai._embed_channel(conn);
+  -- LISTEN and the enqueue in one round trip (one implicit transaction on the side connection),
+  -- committed asynchronously (no wait for the WAL flush, ~2 ms here): a crash that could lose
+  -- it also ends this session, whose statement is the only one waiting for the request.
+  enqueue := format('listen %I; select ai.enqueue_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb, null, 5, %L)::text'
+                    ' from (select set_config(''synchronous_commit'', ''off'', true)) s',
+                    channel, request, p_model, p_requested, p_inputs,
+                    jsonb_build_object('source', 'sql', 'db_role', ai._caller()), channel);
   begin
-    select array_agg(t.v::vector order by t.i), count(t.v) into result, hits
-      from dblink(conn, lookup) as t(i bigint, v text);
+    perform from dblink(conn, enqueue) as t(done text);
   exception when connection_exception then
     -- The kept connection was closed under us (idle_session_timeout, a terminated backend):
     -- reopen it once.
     conn := ai._embed_connection(true);
-    select array_agg(t.v::vector order by t.i), count(t.v) into result, hits
-      from dblink(conn, lookup) as t(i bigint, v text);
+    channel := ai._embed_channel(conn);
+    perform from dblink(conn, enqueue) as t(done text);
   end;
-  if hits = jsonb_array_length(p_inputs) then
-    return result;
-  end if;
-  perform from dblink(conn, enqueue) as t(done text);
-  err := ai._await_request(conn, request, 'ai.embed', 'embedding', p_requested, p_model, timeout, 'ai.embed_timeout = ''2 min''', 0.02);
-  if err is not null then
+  deadline := clock_timestamp() + timeout;
+  next_check := clock_timestamp() + interval '250 ms';
+  loop
+    select count(*) > 0 into heard from dblink_get_notify(conn) n
+     where n.notify_name = channel and position(request::text in n.extra) > 0;
+    if heard or clock_timestamp() >= next_check then
+      if fresh then
+        -- The outcome and, once completed, the vectors (cached in the transaction that completed
+        -- it) in one read.
+        select r.status, r.error, v.result, v.hits into st, err, result, hits
+          from ai.requests r
+          left join lateral (
+            select array_agg(c.embedding order by u.i) as result, count(c.embedding)::integer as hits
+              from jsonb_array_elements(p_inputs) with ordinality u(x, i)
+              left join ai.embedding_cache c on c.model = p_model and c.input_hash = ai.embedding_cache_key(fingerprint, u.x)) v
+            on r.status = 'completed'
+         where r.id = request;
+      else
+        select t.status, t.error::jsonb into st, err
+          from dblink(conn, format('select status, error::text from ai.requests where id = %L', request)) as t(status text, error text);
+      end if;
+      exit when st in ('completed', 'failed', 'cancelled');
+      next_check := clock_timestamp() + interval '250 ms';
+    end if;
+    if clock_timestamp() >= deadline then
+      perform from dblink(conn, format('select ai.cancel_request(%L::uuid)', request)) as t(cancelled boolean);
+      raise exception 'ai.embed: no embedding from model "%" after %', p_requested, timeout
+        using errcode = 'query_canceled',
+              detail = format('Request %s was %s.', request,
+                              case when st = 'running' then 'taken by a worker but not finished'
+                                   else 'not taken by any worker' end),
+              hint = case when st = 'running' then 'Raise the limit: set ai.embed_timeout = ''2 min''.'
+                          else format('Start a worker that serves it: switchyard worker --models %s', p_model) end;
+    end if;
+    perform pg_sleep(0.001);
+  end loop;
+  if st = 'cancelled' then
+    raise exception 'ai.embed: request % was cancelled', request using errcode = 'query_canceled';
+  elsif st = 'failed' then
+    err := coalesce(err, '{}');
     raise exception 'ai.embed: %', coalesce(err->>'message', 'the embedding failed')
       using errcode = case when err->>'type' = 'invalid_request_error' then 'invalid_parameter_value' else 'external_routine_exception' end,
             detail = format('model %s, request %s, code %s', p_model, request, coalesce(err->>'code', 'none'));
   end if;
-  select t.output::jsonb into output
-    from dblink(conn, format('select output::text from ai.requests where id = %L', request)) as t(output text);
-  select array_agg(e.value::text::vector order by e.ordinality) into result
-    from jsonb_array_elements(output->'embeddings') with ordinality e;
-  if coalesce(cardinality(result), 0) <> jsonb_array_length(p_inputs) then
+  -- The worker wrote the vectors into the cache in the transaction that completed the request
+  -- (read above under READ COMMITTED; here through the side connection otherwise, or if the
+  -- cache lost them meanwhile).
+  if not fresh or coalesce(hits, 0) < jsonb_array_length(p_inputs) then
+    select array_agg(t.v::vector order by t.i), count(t.v) into result, hits
+      from dblink(conn, lookup) as t(i bigint, v text);
+  end if;
+  if hits <> jsonb_array_length(p_inputs) then
     raise exception 'ai.embed: request % returned % embeddings for % inputs', request,
-      coalesce(cardinality(result), 0), jsonb_array_length(p_inputs) using errcode = 'data_exception';
+      hits, jsonb_array_length(p_inputs) using errcode = 'data_exception';
   end if;
   return result;
 end $$;
 
+-- Volatility: VOLATILE, which is what it is: it writes a request (through its side connection)
+-- and waits for a worker. (It was IMMUTABLE until issue 14, as pgai declares its embedding
+-- functions, so that the planner folded `ai.embed('minilm', 'constant')` once per statement;
+-- but that also let the planner call it while planning, in EXPLAIN, and fold it into cached
+-- plans.) To embed a constant once per query, write it as a scalar subquery, which PostgreSQL
+-- runs once (an InitPlan) and which an index scan can use:
+--   select id from docs order by embedding <=> (select ai.embed('minilm', 'query')) limit 5;
+-- Called per row (`update docs set e = ai.embed('minilm', body)`), it does what it says: a
+-- request per row whose text is not cached. PARALLEL UNSAFE: it uses a session's connection.
+-- Inside a transaction that is later rolled back, the request row and the cached vectors stay
+-- (they were committed on the side).
+
 -- Many inputs: one vector per input, in order; a null input gives a null vector. One request
--- (one job, model calls batched by the worker) for all inputs not in the cache.
+-- (model calls batched by the worker) for all inputs not in the cache.
 create or replace function ai.embed(model text, inputs text[])
-returns vector[] language plpgsql immutable strict parallel unsafe cost 10000
+returns vector[] language plpgsql volatile strict parallel unsafe
 security definer set search_path = pg_catalog, public, pg_temp as $$
 declare
   m text := ai._embedding_model(model);
@@ -300,7 +383,7 @@ end $$;
 
 -- One input.
 create or replace function ai.embed(model text, input text)
-returns vector language plpgsql immutable strict parallel unsafe cost 10000
+returns vector language plpgsql volatile strict parallel unsafe
 security definer set search_path = pg_catalog, public, pg_temp as $$
 declare
   m text := ai._embedding_model(model);

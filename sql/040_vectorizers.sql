@@ -6,7 +6,7 @@
 --   select ai.create_vectorizer('docs'::regclass, 'body', 'minilm');   -- returns its id
 --   select * from ai.vectorizer_status;
 --   select d.id from docs_embeddings e join docs d using (id)
---    order by e.embedding <=> ai.embed('minilm', 'query') limit 5;
+--    order by e.embedding <=> (select ai.embed('minilm', 'query')) limit 5;
 --   select ai.drop_vectorizer(1);
 --
 -- Data flow

@@ -64,6 +64,24 @@ export async function enqueueEmbedding(db: Db, r: NewEmbedding): Promise<boolean
   return res.rows.length > 0;
 }
 
+/**
+ * Several embedding requests of one model in one statement (ai.enqueue_embeddings: one
+ * transaction, one notification, still a row each). The queue bound is checked inside that
+ * statement; returns the ids written, in order: the rest found the queue full.
+ */
+export async function enqueueEmbeddings(
+  db: Db,
+  model: string,
+  rs: Omit<NewEmbedding, 'model' | 'maxAttempts' | 'listener' | 'queueBound'>[],
+  opts: { maxAttempts: number; listener: string | null; queueBound: number },
+): Promise<Set<string>> {
+  const res = await sql<{ id: string }>`
+    select id::text from ai.enqueue_embeddings(${rs.map((r) => r.id)}::uuid[], ${model}, ${rs.map((r) => r.requestedModel)}::text[],
+                                               ${JSON.stringify(rs.map((r) => r.inputs))}::jsonb, ${rs.map((r) => JSON.stringify(r.meta))}::jsonb[],
+                                               ${rs.map((r) => r.keyId)}::uuid[], ${opts.maxAttempts}, ${opts.listener}, ${opts.queueBound}) as id`.execute(db);
+  return new Set(res.rows.map((r) => r.id));
+}
+
 export async function cancelRequest(db: Db, id: string): Promise<boolean> {
   const r = await sql<{ cancelled: boolean }>`select ai.cancel_request(${id}::uuid) as cancelled`.execute(db);
   return r.rows[0]?.cancelled ?? false;

@@ -71,6 +71,8 @@ export interface RequestsTable {
   started_at: Timestamp | null;
   first_token_at: Timestamp | null;
   finished_at: Timestamp | null;
+  /** A completed embedding request's vectors: little-endian float32, input after input (migration 0015). */
+  vectors: Buffer | null;
 }
 export type RequestRow = Selectable<RequestsTable>;
 

@@ -207,8 +207,10 @@ export class EventHub {
    * snapshot: a final event written with the status is seen with it.
    */
   private async read(subs: Subscription[]): Promise<void> {
-    const { rows } = await this.pool.query<{ id: string; status: string | null; seq: number | null; data: EngineEvent | null }>(
-      `select s.id::text as id, r.status, e.seq, e.data
+    // An embedding request's vectors (float32 bytes) come with its final event, in this read.
+    const { rows } = await this.pool.query<{ id: string; status: string | null; seq: number | null; data: EngineEvent | null; vectors: Buffer | null }>(
+      `select s.id::text as id, r.status, e.seq, e.data,
+              case when e.data->>'type' = 'embedded' then r.vectors end as vectors
          from unnest($1::uuid[], $2::int[]) as s(id, next)
          left join ai.requests r on r.id = s.id
          left join ai.request_events e on e.request_id = s.id and e.seq >= s.next
@@ -219,7 +221,7 @@ export class EventHub {
     const status = new Map<string, string | null>();
     for (const r of rows) {
       status.set(r.id, r.status);
-      if (r.seq !== null) byId.get(r.id)?.offer(r.seq, r.data!);
+      if (r.seq !== null) byId.get(r.id)?.offer(r.seq, r.vectors ? { ...r.data!, vectors: r.vectors } as EngineEvent : r.data!);
     }
     for (const sub of subs) {
       const s = status.get(sub.requestId);

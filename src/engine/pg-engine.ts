@@ -1,13 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { Database } from '../db/pool.js';
 import { findModel, listModels } from '../db/models-repo.js';
-import { cancelRequest, enqueueEmbedding, enqueueRequest, redactRequest } from '../db/requests-repo.js';
+import { cancelRequest, enqueueRequest, redactRequest } from '../db/requests-repo.js';
+import { EmbedEnqueueCoalescer } from './embed-coalescer.js';
 import type { ModelRow } from '../db/types.js';
 import { readToolFormat } from '../protocol/tools.js';
 import { readInputBound } from '../protocol/limits.js';
 import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
-import { sql } from 'kysely';
 import { ApiError } from '../protocol/errors.js';
 import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo } from './types.js';
 
@@ -19,6 +19,16 @@ const CHAT_MAX_ATTEMPTS = Math.max(1, Number(process.env.SWITCHYARD_CHAT_ATTEMPT
 /** Embedding jobs are short and idempotent: more retries are cheap. */
 const EMBED_MAX_ATTEMPTS = 5;
 
+
+/** n vectors from their little-endian float32 bytes (ai.requests.vectors); null if they do not divide evenly. */
+export function splitVectors(bytes: Buffer | null | undefined, n: number): Float32Array[] | null {
+  if (!bytes || n === 0 || bytes.length % (4 * n) !== 0 || bytes.length === 0) return null;
+  // A copy onto an aligned buffer (a Buffer from the pg parser may start at any byte offset).
+  const all = new Float32Array(bytes.length / 4);
+  new Uint8Array(all.buffer).set(bytes);
+  const dims = all.length / n;
+  return Array.from({ length: n }, (_, i) => all.subarray(i * dims, (i + 1) * dims));
+}
 
 function toInfo(row: ModelRow): ModelInfo {
   return {
@@ -50,11 +60,15 @@ const MAX_QUEUE = Math.max(1, Number(process.env.SWITCHYARD_MAX_QUEUE) || 1000);
 
 export class PgEngine implements Engine {
   private readonly models = new Map<string, { row: ModelRow; at: number }>();
+  /** Embedding requests that arrive together are enqueued together (embed-coalescer.ts). */
+  readonly embedQueue: EmbedEnqueueCoalescer;
 
   constructor(
     private readonly database: Database,
     private readonly hub: EventHub,
-  ) {}
+  ) {
+    this.embedQueue = new EmbedEnqueueCoalescer(database.db);
+  }
 
   /** Backpressure: how many queued requests of a model make a new one a 429. */
   private queueBound(row: ModelRow): number {
@@ -162,17 +176,11 @@ export class PgEngine implements Engine {
     const events = this.hub.subscribe(requestId);
     let queued: boolean;
     try {
-      queued = await enqueueEmbedding(this.database.db, {
-        id: requestId,
-        model: row.name,
-        requestedModel: req.model,
-        inputs: req.inputs,
-        meta: req.meta,
-        keyId: req.keyId,
-        maxAttempts: EMBED_MAX_ATTEMPTS,
-        listener: this.hub.channel,
-        queueBound: this.queueBound(row),
-      });
+      queued = await this.embedQueue.enqueue(
+        row.name,
+        { id: requestId, requestedModel: req.model, inputs: req.inputs, meta: req.meta, keyId: req.keyId },
+        { maxAttempts: EMBED_MAX_ATTEMPTS, listener: this.hub.channel, queueBound: this.queueBound(row) },
+      );
     } catch (err) {
       events.close();
       throw err;
@@ -185,9 +193,9 @@ export class PgEngine implements Engine {
     for await (const e of events) {
       if (e.type === 'error') throw ApiError.fromBody(e.status, e.error);
       if (e.type !== 'embedded') continue;
-      const out = await sql<{ embeddings: number[][] }>`select output->'embeddings' as embeddings from ai.requests where id = ${requestId}::uuid`.execute(this.database.db);
-      const vectors = out.rows[0]?.embeddings;
-      if (!vectors || vectors.length !== req.inputs.length) throw errors.internal('The embeddings were not recorded.');
+      // The vectors came with the event, as float32 bytes (event-hub.ts): no second read.
+      const vectors = splitVectors(e.vectors, req.inputs.length);
+      if (!vectors) throw errors.internal('The embeddings were not recorded.');
       return { requestId, model: row.name, vectors, promptTokens: e.promptTokens };
     }
     throw errors.internal('The embedding request ended without a result.');

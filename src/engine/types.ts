@@ -18,8 +18,11 @@ export type EngineEvent =
   /** `at`: when the oldest text in this event was produced (ms since the epoch), for latency figures. */
   | { type: 'delta'; choices: ChoiceDelta[]; at: number }
   | { type: 'done'; choices: ChoiceSummary[]; usage: Usage }
-  /** Embeddings finished: the vectors are in the request row's output (too large for events). */
-  | { type: 'embedded'; promptTokens: number }
+  /**
+   * Embeddings finished. The vectors are not in the event row (too large for jsonb): they are
+   * the request row's `vectors` (float32 bytes), which the event hub reads with the event.
+   */
+  | { type: 'embedded'; promptTokens: number; vectors?: Buffer | null }
   | { type: 'error'; status: number; error: ErrorBody };
 
 export interface ChoiceDelta {
@@ -88,8 +91,8 @@ export interface EmbedRequest {
 export interface EmbedResult {
   requestId: string;
   model: string;
-  /** Full-dimension vectors in input order. */
-  vectors: number[][];
+  /** Full-dimension vectors in input order (float32 as the worker computed them). */
+  vectors: ArrayLike<number>[];
   promptTokens: number;
 }
 

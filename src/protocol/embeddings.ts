@@ -72,16 +72,20 @@ export interface EmbeddingList {
 }
 
 /** `dimensions`: keep the first d components and re-normalise (Matryoshka-style truncation). */
-export function truncateVector(v: number[], dims: number | null | undefined): number[] {
+export function truncateVector(v: ArrayLike<number>, dims: number | null | undefined): ArrayLike<number> {
   if (!dims || dims >= v.length) return v;
-  const cut = v.slice(0, dims);
+  const cut = Array.prototype.slice.call(v, 0, dims) as number[];
   const norm = Math.sqrt(cut.reduce((s, x) => s + x * x, 0)) || 1;
   return cut.map((x) => x / norm);
 }
 
-export function encodeBase64(v: number[]): string {
-  const f = Float32Array.from(v);
+/** Little-endian float32, base64: a Float32Array's own bytes, without a copy. */
+export function encodeBase64(v: ArrayLike<number>): string {
+  const f = v instanceof Float32Array ? v : Float32Array.from(v);
   // Float32Array is little-endian on every platform Node runs on; check rather than assume.
   if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) throw new Error('big-endian hosts are not supported');
   return Buffer.from(f.buffer, f.byteOffset, f.byteLength).toString('base64');
 }
+
+/** The float form: plain numbers (a Float32Array would serialise as an object). */
+export const toNumbers = (v: ArrayLike<number>): number[] => Array.from(v);

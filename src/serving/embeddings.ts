@@ -1,5 +1,5 @@
 import type { Engine } from '../engine/types.js';
-import { encodeBase64, parseEmbeddingRequest, toInputs, truncateVector, type EmbeddingList } from '../protocol/embeddings.js';
+import { encodeBase64, parseEmbeddingRequest, toInputs, toNumbers, truncateVector, type EmbeddingList } from '../protocol/embeddings.js';
 import { errors } from '../protocol/errors.js';
 import { checkEmbeddingInputs } from '../protocol/limits.js';
 import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
@@ -47,7 +47,7 @@ export class EmbeddingsServing {
         object: 'list',
         data: result.vectors.map((v, index) => {
           const vec = truncateVector(v, req.dimensions);
-          return { object: 'embedding', index, embedding: base64 ? encodeBase64(vec) : vec };
+          return { object: 'embedding', index, embedding: base64 ? encodeBase64(vec) : toNumbers(vec) };
         }),
         model: req.model,
         usage: { prompt_tokens: result.promptTokens, total_tokens: result.promptTokens },

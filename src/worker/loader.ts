@@ -61,18 +61,48 @@ async function loadFiles(
   };
   try {
     const tokenizer = await AutoTokenizer.from_pretrained(where.id, opts);
-    const threads = Number(process.env.SWITCHYARD_THREADS);
     const model = await auto.from_pretrained(where.id, {
       ...opts,
       dtype: spec.dtype as 'fp32',
       device: spec.device,
-      // onnxruntime's default is a thread per core: right for one worker per machine, oversubscribed for several.
-      ...(Number.isInteger(threads) && threads > 0 ? { session_options: { intraOpNumThreads: threads } } : {}),
+      session_options: sessionOptions(spec.task),
     });
     return { where, tokenizer, model };
   } catch (err) {
     throw explain(spec, where, err);
   }
+}
+
+/**
+ * onnxruntime's CPU threading. SWITCHYARD_THREADS: intra-op threads per model (default: one per
+ * core, right for one worker per machine, oversubscribed for several). SWITCHYARD_ORT_SPINNING:
+ * whether those threads spin while waiting for work (`session.intra_op.allow_spinning`); for
+ * embedding models 0 unless set to 1, for chat models onnxruntime's default (1) unless set.
+ * onnxruntime spins by default; a spinning thread keeps its core busy between
+ * operators and after each call, the time serve, Postgres and the worker's own event loop need
+ * when they share the cores. Measured on 2 cores (`SWITCHYARD_ORT_SPINNING=0|1 npm run bench --
+ * --quick --only sql`, issue 14): an ai.embed per row spent a median 9.0 ms claimed→finished
+ * without spinning against 39.2 ms with it (13.2 against 24.3 ms in a second, busier pair of
+ * runs), 52.7 against 12.9 rows/s. In-process alone (3 rounds of a 256-input batch and 64 calls
+ * of one input, twice per setting, on a machine at load 3–6): the same work took 7.7–8.4 CPU-s
+ * without spinning against 10.4–10.8 with it, and was no slower (batch 256: 99–381 against
+ * 58–165 inputs/s; one input: 6.1–9.1 against 5.7–14.7 ms). Both the worker and the bench's
+ * in-process side load models here, so they run with the same setting.
+ * Threads stay at one per core: with SWITCHYARD_THREADS=1 the gateway embedded a burst of 256 at
+ * 136 inputs/s in two quick runs, against 173–225 with the default 2 on this 2-core machine
+ * (`SWITCHYARD_THREADS=1|2 npm run bench -- --quick --only embeddings`, issue 14), although one
+ * thread leaves a core to serve and Postgres.
+ */
+export function sessionOptions(task: ModelSpec['task']): Record<string, unknown> {
+  const threads = Number(process.env.SWITCHYARD_THREADS);
+  const set = process.env.SWITCHYARD_ORT_SPINNING;
+  // Chat models keep onnxruntime's default unless told: decoding runs many short operators per
+  // token, and spinning was measured here for embedding models only.
+  const spinning = set === '0' || set === '1' ? set : task === 'embedding' ? '0' : null;
+  return {
+    ...(Number.isInteger(threads) && threads > 0 ? { intraOpNumThreads: threads } : {}),
+    ...(spinning ? { extra: { session: { intra_op: { allow_spinning: spinning } } } } : {}),
+  };
 }
 
 /** Loads a causal LM and its tokenizer for chat. */

@@ -185,7 +185,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     for (const spec of specs) {
       if (spec.task !== 'chat') {
         const batcher = batchers.get(spec.name)!;
-        const claimer = new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs) });
+        const claimer = new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs, true) });
         s.claimers.set(spec.name, claimer);
         claimer.start();
         embedTasks[vectorizeTaskName(spec.name)] = vectorizeTask(spec, { pool: database.pool, embed: (inputs) => batcher.submit(inputs), log });

@@ -127,6 +127,56 @@ describe('embeddings', () => {
     expect(row.calls).toBeLessThanOrEqual(128);
   });
 
+  it('coalesces a burst into shared enqueue statements, and logs one row per API request with its own key, usage and timings', async () => {
+    const key2 = (await cli(['keys', 'create', '--name', 'emb-other'], { DATABASE_URL: db.url })).stdout.trim();
+    const other = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: key2, maxRetries: 0 });
+    const keyIds = Object.fromEntries(
+      (await query<{ id: string; name: string }>(db.url, `select id::text, name from ai.api_keys where name in ('emb', 'emb-other')`)).map((r) => [r.name, r.id]),
+    );
+    const stamp = `burst ${Date.now()}`;
+    const n = 48;
+    const texts = Array.from({ length: n }, (_, i) => `${stamp} ${i} ${'word '.repeat(i % 7)}`);
+    const sent = await Promise.all(
+      texts.map((input, i) => (i % 2 ? other : client).embeddings.create({ model: 'minilm', input, encoding_format: 'float' }).withResponse()),
+    );
+    // One request in the same burst that the worker rejects (a token id outside the vocabulary):
+    // it fails alone, and nobody else's result is affected.
+    const bad = await fetch(`${serve.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key2}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'minilm', input: [101, 999999, 102] }),
+    });
+    expect(bad.status).toBe(400);
+    const ids = sent.map((r) => r.response.headers.get('x-request-id')!);
+    expect(new Set(ids).size).toBe(n);
+    const rows = await query<{ id: string; key_id: string; status: string; prompt_tokens: number; input: string; queued_at: string; started: boolean; finished: boolean }>(
+      db.url,
+      `select id::text, key_id::text, status, (usage->>'prompt_tokens')::int as prompt_tokens, input->'input'->>0 as input,
+              queued_at::text, started_at is not null as started, finished_at >= started_at as finished
+         from ai.requests where id = any($1::uuid[])`,
+      [ids],
+    );
+    expect(rows).toHaveLength(n);
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    sent.forEach((r, i) => {
+      const row = byId.get(ids[i]!)!;
+      expect(row.input).toBe(texts[i]);
+      expect(row.key_id).toBe(keyIds[i % 2 ? 'emb-other' : 'emb']);
+      expect(row).toMatchObject({ status: 'completed', started: true, finished: true, prompt_tokens: r.data.usage.prompt_tokens });
+    });
+    // Rows written by one statement share its transaction's now(): fewer distinct times than
+    // requests means requests travelled together. (Each in its own transaction, all would differ.)
+    const statements = new Set(rows.map((r) => r.queued_at)).size;
+    expect(statements).toBeLessThan(n);
+    // Each response holds its own input's vector: asked again one at a time (from the cache),
+    // every text gives back exactly what its burst request received.
+    for (let i = 0; i < n; i += 5) {
+      const again = await client.embeddings.create({ model: 'minilm', input: texts[i]!, encoding_format: 'float' });
+      expect(again.data[0]!.embedding).toEqual(sent[i]!.data.data[0]!.embedding);
+    }
+    expect(sent[0]!.data.data[0]!.embedding).not.toEqual(sent[1]!.data.data[0]!.embedding);
+  });
+
   it('claims requests that are already queued together: 256 of them in one or two model calls', async () => {
     // No worker while the requests queue up, so the claim sees all of them at once.
     await worker.stop();

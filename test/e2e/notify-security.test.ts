@@ -63,7 +63,7 @@ it('a role with no grants hears no content and cannot steer a stream, cancel it 
 
   const prompt = 'tell me a secret story about zebras';
   const stream = await client.chat.completions
-    .create({ model: 'tiny', messages: [{ role: 'user', content: prompt }], max_tokens: 500, temperature: 0, stream: true })
+    .create({ model: 'tiny', messages: [{ role: 'user', content: prompt }], max_tokens: 1500, temperature: 0, stream: true })
     .withResponse();
   const id = stream.response.headers.get('x-request-id')!;
   // The serve's own events channel (named on its requests): the role can listen and send there
@@ -130,7 +130,7 @@ it('a role with no grants hears no content and cannot steer a stream, cancel it 
   expect(text).toBe(row!.output.choices[0]!.text);
   expect(text).not.toContain(injected);
   expect(finish).toBe('length');
-  expect(row!.usage.completion_tokens).toBe(500);
+  expect(row!.usage.completion_tokens).toBe(1500);
 
   // The worker still takes jobs (the forged 'breaking migration' did not stop it for good),
   // embeds, and is alive.

@@ -105,27 +105,33 @@ describe('ai.embed(model, text)', () => {
         from unnest(ai.embed('minilm', array(select body from texts order by id))) with ordinality e(v, i)
        where t.id = e.i`);
     expect((await sql.query(`select count(*) from texts where embedding is null`)).rows[0].count).toBe('0');
+    // Declared as what it is: it writes a request and waits for a worker.
+    const vol = (await sql.query(`select distinct provolatile from pg_proc where oid in ('ai.embed(text, text)'::regprocedure, 'ai.embed(text, text[])'::regprocedure)`)).rows;
+    expect(vol).toEqual([{ provolatile: 'v' }]);
 
     for (const q of [bodies[17]!, bodies[42]!]) {
       await sql.query(`delete from ai.embedding_cache where input_hash = ai.embedding_input_hash(model, to_jsonb($1::text))`, [q]);
       const before = await requests();
-      // A literal, as a user types it in psql: planned with ai.embed folded to a constant.
-      const literal = (await sql.query(`select body from texts order by embedding <=> ai.embed('minilm', ${pg.escapeLiteral(q)}) limit 5`)).rows;
+      // The documented way to embed a constant once per query: a scalar subquery (an InitPlan).
+      const literal = (await sql.query(`select body from texts order by embedding <=> (select ai.embed('minilm', ${pg.escapeLiteral(q)})) limit 5`)).rows;
       expect(literal[0].body).toBe(q);
       expect(literal).toHaveLength(5);
       expect(await requests()).toBe(before + 1);
       // A parameter (prepared statement), as an application sends it.
-      const param = (await sql.query(`select body from texts order by embedding <=> ai.embed('minilm', $1) limit 5`, [q])).rows;
+      const param = (await sql.query(`select body from texts order by embedding <=> (select ai.embed('minilm', $1)) limit 5`, [q])).rows;
       expect(param.map((r) => r.body)).toEqual(literal.map((r) => r.body));
+      // Called per row, it is evaluated per row, and the rows after the first find the cache.
+      const perRow = (await sql.query(`select body from texts order by embedding <=> ai.embed('minilm', $1) limit 5`, [q])).rows;
+      expect(perRow.map((r) => r.body)).toEqual(literal.map((r) => r.body));
       expect(await requests()).toBe(before + 1);
     }
     // With an HNSW index the plan is an index scan ordered by the operator.
     await sql.query(`create index on texts using hnsw (embedding vector_cosine_ops)`);
     await sql.query(`set enable_seqscan = off`);
     try {
-      const plan = (await sql.query(`explain select id from texts order by embedding <=> ai.embed('minilm', ${pg.escapeLiteral(bodies[3]!)}) limit 5`)).rows.map((r) => r['QUERY PLAN']).join('\n');
+      const plan = (await sql.query(`explain select id from texts order by embedding <=> (select ai.embed('minilm', ${pg.escapeLiteral(bodies[3]!)})) limit 5`)).rows.map((r) => r['QUERY PLAN']).join('\n');
       expect(plan).toMatch(/Index Scan using texts_embedding_idx/);
-      const rows = (await sql.query(`select body from texts order by embedding <=> ai.embed('minilm', $1) limit 5`, [bodies[3]])).rows;
+      const rows = (await sql.query(`select body from texts order by embedding <=> (select ai.embed('minilm', $1)) limit 5`, [bodies[3]])).rows;
       expect(rows[0].body).toBe(bodies[3]);
     } finally {
       await sql.query(`reset enable_seqscan`);

@@ -120,6 +120,10 @@ describe('a role given ai.grant_usage', () => {
     expect((await failure(app, `select * from ai.requests`)).message).toMatch(/permission denied/);
     expect((await failure(app, `select * from ai.api_keys`)).message).toMatch(/permission denied/);
     expect((await failure(app, `select ai.grant_usage('${APP}', true)`)).message).toMatch(/permission denied|only the owner/);
+    // Others' vectors (float32 bytes on the request rows), and the workers' batch functions.
+    expect((await failure(app, `select vectors from ai.requests`)).message).toMatch(/permission denied/);
+    expect((await failure(app, `select ai.finish_embeddings('w', '{}', '{}', '{}', '{}', '{}', '{}', null, '{}', '{}')`)).message).toMatch(/permission denied/);
+    expect((await failure(app, `select ai.enqueue_embeddings('{}', 'minilm', '{}', '[]', '{}', '{}', 5, null, 10)`)).message).toMatch(/permission denied/);
   });
 
   it('creates a vectorizer on its own table, which the worker keeps in sync', async () => {

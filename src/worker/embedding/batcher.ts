@@ -14,6 +14,8 @@ const GATHER_MAX_MS = 20;
 
 interface Waiter {
   inputs: EmbedInput[];
+  /** Already a batch (the claimer's): run it without waiting for company. */
+  immediate: boolean;
   resolve(r: EmbeddingResult): void;
   reject(e: unknown): void;
 }
@@ -40,11 +42,16 @@ export class EmbedBatcher {
     private readonly spec: ModelSpec,
   ) {}
 
-  submit(inputs: EmbedInput[]): Promise<EmbeddingResult> {
+  /**
+   * `immediate`: the inputs are already a batch (the claimer claims everything queued at once),
+   * so the call starts now instead of gathering company for a few ms, which a single ai.embed
+   * call would pay in full (issue 14). Vectorizer jobs, which arrive one at a time, gather.
+   */
+  submit(inputs: EmbedInput[], immediate = false): Promise<EmbeddingResult> {
     return new Promise((resolve, reject) => {
-      this.waiting.push({ inputs, resolve, reject });
+      this.waiting.push({ inputs, immediate, resolve, reject });
       if (this.running) return;
-      if (this.pendingInputs() >= MAX_CALL_INPUTS) void this.run();
+      if (immediate || this.pendingInputs() >= MAX_CALL_INPUTS) void this.run();
       else this.timer ??= setTimeout(() => void this.run(), 0);
     });
   }
@@ -76,7 +83,7 @@ export class EmbedBatcher {
     this.running = true;
     try {
       while (this.waiting.length) {
-        await this.gather();
+        if (!this.waiting.every((w) => w.immediate)) await this.gather();
         const { parts, inputs } = this.take();
         try {
           const call = ++this.callSeq;

@@ -22,21 +22,8 @@ export interface ClaimerDeps {
 const CLAIM_LIMIT = MAX_CALL_INPUTS;
 /** Notifications can be lost (reconnects): look for work this often anyway. */
 const POLL_MS = 1000;
-/**
- * Batches processed at once. One: requests that arrive while a batch is in the model wait and
- * go together in the next claim. With two in flight a burst split into many small calls on a
- * loaded machine (a CI run saw 61 calls for 256 requests). The database work of a batch is
- * milliseconds against the model call, so little overlap is lost.
- */
-const MAX_IN_FLIGHT = 1;
-/**
- * Requests of a burst arrive a few at a time (each one is an HTTP request, a transaction and a
- * notification). Claiming waits until no new one has been announced for QUIET_MS, at most
- * LINGER_MS, so a burst becomes a few large batches rather than many small ones; an isolated
- * request pays QUIET_MS.
- */
-const QUIET_MS = 4;
-const LINGER_MS = 25;
+/** Batches between claim and finish at once: one in the model, one being written. */
+const MAX_BATCHES = 2;
 
 /** A stored request can outlive the code that stored it: check its shape at run time. */
 function readInputs(input: unknown): EmbedInput[] | null {
@@ -48,7 +35,22 @@ function readInputs(input: unknown): EmbedInput[] | null {
   return ok ? (list as EmbedInput[]) : null;
 }
 
-const toVectorText = (v: ArrayLike<number>) => `[${Array.prototype.join.call(v, ',')}]`;
+/** pgvector's binary format (vector_recv): int16 dimensions, int16 zero, big-endian float4s. */
+export function toVectorBinary(v: Float32Array): Buffer {
+  const b = Buffer.allocUnsafe(4 + 4 * v.length);
+  b.writeInt16BE(v.length, 0);
+  b.writeInt16BE(0, 2);
+  for (let i = 0; i < v.length; i++) b.writeFloatBE(v[i]!, 4 + 4 * i);
+  return b;
+}
+
+/** The other way (pgvector's send format: `vector_send(embedding)`). */
+export function fromVectorBinary(b: Buffer): Float32Array {
+  const n = b.readInt16BE(0);
+  const v = new Float32Array(n);
+  for (let i = 0; i < n; i++) v[i] = b.readFloatBE(4 + 4 * i);
+  return v;
+}
 
 interface Outcome {
   id: string;
@@ -57,20 +59,52 @@ interface Outcome {
   usage: unknown;
   error: ErrorBody | null;
   event: unknown;
+  /** Little-endian float32, the request's vectors in input order; null when it failed. */
+  vectors: Buffer | null;
+}
+
+interface Entry {
+  input: EmbedInput;
+  hash: Buffer;
+  vector?: Float32Array;
+  tokens?: number;
+  error?: ErrorBody;
+  fresh?: boolean;
+}
+
+interface CachedRow {
+  hash: Buffer;
+  /** pgvector's send format. */
+  embedding: Buffer;
+  tokens: number;
+}
+
+interface Prepared {
+  requests: { id: string; inputs: EmbedInput[] | null }[];
+  unique: Map<string, Entry>;
+  missing: Entry[];
 }
 
 /**
  * Serves one embedding model's queue: claims queued requests in batches with one statement
  * (ai.claim_embeddings, FOR UPDATE SKIP LOCKED, so workers share the queue), answers cached
  * inputs from ai.embedding_cache, embeds the rest in one batched model call, and finishes the
- * whole batch with one statement.
+ * whole batch (cache, rows, events, notifications) with one statement.
+ *
+ * Keeping the model busy (issue 14): it claims as soon as it is woken, without lingering for
+ * company (serve already sends a burst's requests in a few multi-row statements, see
+ * src/engine/embed-coalescer.ts), and the database work of consecutive batches overlaps the
+ * model: as soon as a model call returns, the next claim and cache read go out while the
+ * finished batch is being written, so the model waits only for one claim round trip between
+ * calls. One model call at a time (the batcher's): with two, a burst split into many small calls
+ * on a loaded machine (a CI run saw 61 calls for 256 requests).
  */
 export class EmbedClaimer {
   private stopped = false;
   private wakeUp: (() => void) | null = null;
+  private woken = false;
   private inFlight = new Set<Promise<void>>();
   private loopDone: Promise<void> | null = null;
-  private lastWake = 0;
 
   constructor(private readonly deps: ClaimerDeps) {}
 
@@ -80,15 +114,8 @@ export class EmbedClaimer {
 
   /** A request for this model was queued (pg_notify 'ai_embed'). */
   wake(): void {
-    this.lastWake = Date.now();
+    this.woken = true;
     this.wakeUp?.();
-  }
-
-  private async linger(): Promise<void> {
-    const started = Date.now();
-    while (!this.stopped && Date.now() - this.lastWake < QUIET_MS && Date.now() - started < LINGER_MS) {
-      await new Promise((r) => setTimeout(r, 1));
-    }
   }
 
   async stop(): Promise<void> {
@@ -99,6 +126,7 @@ export class EmbedClaimer {
   }
 
   private sleep(ms: number): Promise<void> {
+    if (this.woken) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(done, ms);
       function done() {
@@ -111,14 +139,14 @@ export class EmbedClaimer {
 
   private async loop(): Promise<void> {
     while (!this.stopped) {
-      if (this.inFlight.size >= MAX_IN_FLIGHT) {
-        await Promise.race(this.inFlight);
-        continue;
-      }
-      await this.linger();
+      // At most one batch finishing while the next one is claimed: a database slower than the
+      // model must slow the claims down, not pile up batches (and their pool connections).
+      while (this.inFlight.size >= MAX_BATCHES) await Promise.race(this.inFlight);
+      this.woken = false;
       let rows: { id: string; input: unknown }[];
+      let cached: CachedRow[];
       try {
-        rows = (await this.deps.pool.query('select id, input from ai.claim_embeddings($1, $2, $3)', [this.deps.model, this.deps.workerId, CLAIM_LIMIT])).rows;
+        ({ rows, cached } = await this.claim());
       } catch (err) {
         this.deps.log.warn(`claiming ${this.deps.model} embedding requests failed: ${(err as Error).message}`);
         await this.sleep(POLL_MS);
@@ -128,7 +156,12 @@ export class EmbedClaimer {
         await this.sleep(POLL_MS);
         continue;
       }
-      const batch = this.process(rows).catch(async (err) => {
+      // Resolves when this batch's model call is over: the next claim goes out then, while
+      // this batch is still being written.
+      let modelDone!: () => void;
+      const modelFree = new Promise<void>((r) => (modelDone = r));
+      const batch = this.process(rows, cached, modelDone).catch(async (err) => {
+        modelDone();
         this.deps.log.error(`embedding batch of ${rows.length} failed: ${(err as Error).message}; re-queueing it`);
         // Back to the queue (waiting out a database restart); if even that fails, the rows are
         // reclaimed once stale (ai.claim_embeddings), so nothing is lost either way.
@@ -141,14 +174,38 @@ export class EmbedClaimer {
       });
       this.inFlight.add(batch);
       void batch.finally(() => this.inFlight.delete(batch));
+      await modelFree;
     }
   }
 
-  private async process(rows: { id: string; input: unknown }[]): Promise<void> {
-    const { pool, model } = this.deps;
+  /**
+   * Claims a batch and reads the cache for its inputs in one statement (one round trip between
+   * two model calls instead of two): rows of kind 'r' are the claimed requests, rows of kind
+   * 'c' cached vectors of their inputs, keyed as cache-key.ts keys them (the SQL function is the
+   * same digest), in pgvector's send format (bytes, as hex on the wire; node-pg cannot take
+   * binary-mode results: it decodes every column as UTF-8 text).
+   */
+  private async claim(): Promise<{ rows: { id: string; input: unknown }[]; cached: CachedRow[] }> {
+    const { rows } = await this.deps.pool.query<{ kind: 'r' | 'c'; id: string | null; input: unknown; input_hash: Buffer | null; embedding: Buffer | null; tokens: number | null }>(
+      `with c as materialized (select id, input from ai.claim_embeddings($1, $2, $3)),
+            k as (select distinct ai.embedding_cache_key($4::bytea, x) as h
+                    from c, jsonb_array_elements(case when jsonb_typeof(c.input->'input') = 'array' then c.input->'input' else '[]' end) x)
+       select 'r' as kind, c.id::text as id, c.input, null::bytea as input_hash, null::bytea as embedding, null::int as tokens from c
+       union all
+       select 'c', null, null, e.input_hash, vector_send(e.embedding), e.tokens
+         from k join ai.embedding_cache e on e.model = $1 and e.input_hash = k.h`,
+      [this.deps.model, this.deps.workerId, CLAIM_LIMIT, this.deps.fingerprint],
+    );
+    return {
+      rows: rows.filter((r) => r.kind === 'r').map((r) => ({ id: r.id!, input: r.input })),
+      cached: rows.filter((r) => r.kind === 'c').map((r) => ({ hash: r.input_hash!, embedding: r.embedding!, tokens: r.tokens! })),
+    };
+  }
+
+  /** Every distinct input of a batch once, whichever requests share it, with what the cache had. */
+  private prepare(rows: { id: string; input: unknown }[], cached: CachedRow[]): Prepared {
     const requests = rows.map((r) => ({ id: r.id, inputs: readInputs(r.input) }));
-    // Every distinct input once, whichever requests share it.
-    const unique = new Map<string, { input: EmbedInput; hash: Buffer; vector?: number[]; tokens?: number; error?: ErrorBody }>();
+    const unique = new Map<string, Entry>();
     for (const r of requests) {
       for (const input of r.inputs ?? []) {
         const hash = cacheKey(this.deps.fingerprint, input);
@@ -156,79 +213,95 @@ export class EmbedClaimer {
         if (!unique.has(key)) unique.set(key, { input, hash });
       }
     }
-    const entries = [...unique.values()];
-    const cached = await pool.query<{ input_hash: Buffer; embedding: string; tokens: number }>(
-      'select input_hash, embedding::text, tokens from ai.embedding_cache where model = $1 and input_hash = any($2)',
-      [model, entries.map((e) => e.hash)],
-    );
-    for (const row of cached.rows) {
-      const e = unique.get(row.input_hash.toString('hex'));
-      // pgvector prints float4 in shortest form; fround gives back the exact float32 values.
-      if (e) Object.assign(e, { vector: (JSON.parse(row.embedding) as number[]).map(Math.fround), tokens: row.tokens });
+    for (const row of cached) {
+      const e = unique.get(row.hash.toString('hex'));
+      if (e) Object.assign(e, { vector: fromVectorBinary(row.embedding), tokens: row.tokens });
     }
-    const missing = entries.filter((e) => !e.vector);
+    return { requests, unique, missing: [...unique.values()].filter((e) => !e.vector) };
+  }
+
+  private async process(rows: { id: string; input: unknown }[], cached: CachedRow[], modelDone: () => void): Promise<void> {
+    const { pool, model } = this.deps;
+    const { requests, unique, missing } = this.prepare(rows, cached);
     let calls: string[] = [];
-    if (missing.length > 0) {
-      const result = await this.deps.embed(missing.map((e) => e.input));
-      calls = (result.calls ?? []).map((c) => `${this.deps.workerId}#${c}`);
-      missing.forEach((e, k) => {
-        const err = result.errors[k];
-        if (err) e.error = err;
-        else Object.assign(e, { vector: Array.from(result.vectors[k]!), tokens: result.tokens[k]! });
-      });
-      const fresh = missing.filter((e) => e.vector);
-      // A concurrent batch may have cached the same input first.
-      await pool.query(
-        `insert into ai.embedding_cache (model, input_hash, embedding, tokens)
-         select $1, h, e::vector, t from unnest($2::bytea[], $3::text[], $4::int[]) as u(h, e, t)
-         on conflict do nothing`,
-        [model, fresh.map((e) => e.hash), fresh.map((e) => toVectorText(e.vector!)), fresh.map((e) => e.tokens!)],
-      );
+    // How long this batch waited for the model (its call, as the claimer sees it), for the log.
+    let modelMs = 0;
+    try {
+      if (missing.length > 0) {
+        const t0 = performance.now();
+        const result = await this.deps.embed(missing.map((e) => e.input));
+        modelMs = Math.round((performance.now() - t0) * 10) / 10;
+        calls = (result.calls ?? []).map((c) => `${this.deps.workerId}#${c}`);
+        missing.forEach((e, k) => {
+          const err = result.errors[k];
+          if (err) e.error = err;
+          else Object.assign(e, { vector: result.vectors[k]!, tokens: result.tokens[k]!, fresh: true });
+        });
+      }
+    } finally {
+      modelDone();
     }
     const outcomes = requests.map((r): Outcome => {
       if (!r.inputs) {
         const error: ErrorBody = { message: 'Stored request is invalid: input.input is not a list of texts or token-id lists.', type: 'server_error', param: null, code: 'invalid_stored_request' };
-        return { id: r.id, status: 'failed', output: null, usage: null, error, event: { type: 'error', status: 500, error } };
+        return { id: r.id, status: 'failed', output: null, usage: null, error, event: { type: 'error', status: 500, error }, vectors: null };
       }
       const found = r.inputs.map((input) => unique.get(cacheKey(this.deps.fingerprint, input).toString('hex'))!);
       const bad = found.findIndex((e) => e.error);
       if (bad !== -1) {
         const e = found[bad]!.error!;
         const error = { ...e, message: `Invalid input[${bad}]: ${e.message}` };
-        return { id: r.id, status: 'failed', output: null, usage: null, error, event: { type: 'error', status: 400, error } };
+        return { id: r.id, status: 'failed', output: null, usage: null, error, event: { type: 'error', status: 400, error }, vectors: null };
       }
       const promptTokens = found.reduce((s, e) => s + e.tokens!, 0);
-      const fromCache = found.filter((e) => !missing.includes(e)).length;
+      const fromCache = found.filter((e) => !e.fresh).length;
+      const dims = found[0]!.vector!.length;
+      const bytes = Buffer.allocUnsafe(found.length * dims * 4);
+      found.forEach((e, i) => bytes.set(new Uint8Array(e.vector!.buffer, e.vector!.byteOffset, e.vector!.byteLength), i * dims * 4));
       return {
         id: r.id,
         status: 'completed',
-        output: { embeddings: found.map((e) => e.vector), cached: fromCache, model_calls: fromCache === found.length ? [] : calls },
+        output: { dimensions: dims, cached: fromCache, model_calls: fromCache === found.length ? [] : calls, ...(fromCache === found.length ? {} : { model_ms: modelMs }) },
         usage: { prompt_tokens: promptTokens, total_tokens: promptTokens },
         error: null,
         event: { type: 'embedded', promptTokens },
+        vectors: bytes,
       };
     });
-    // One statement finishes the batch: rows (unless cancelled or reclaimed meanwhile) and events.
-    await retryWhileUnavailable(() => pool.query(
-      `with d as (
-         select * from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::jsonb[])
-           as t(id, status, output, usage, error, event)),
-       u as (
-         update ai.requests r
-            set status = d.status, output = d.output, usage = d.usage, error = d.error, finished_at = clock_timestamp()
-           from d
-          where r.id = d.id and r.status = 'running' and r.worker = $7
-         returning r.id, d.event)
-       select ai.publish_final(u.id, u.event) from u`,
-      [
-        outcomes.map((o) => o.id),
-        outcomes.map((o) => o.status),
-        outcomes.map((o) => toJsonb(o.output)),
-        outcomes.map((o) => toJsonb(o.usage)),
-        outcomes.map((o) => toJsonb(o.error)),
-        outcomes.map((o) => toJsonb(o.event)),
-        this.deps.workerId,
-      ],
-    ));
+    // One statement: the fresh vectors into the cache (binary parameters in pgvector's format,
+    // one multi-row insert; a concurrent batch may have cached the same input first), and every
+    // row's outcome, vectors and final event (ai.finish_embeddings), in one transaction, so a
+    // waiter that sees the request completed finds its vectors in the cache too.
+    const fresh = [...unique.values()].filter((e) => e.fresh);
+    const offsets: number[] = [];
+    const lengths: number[] = [];
+    let at = 0;
+    for (const o of outcomes) {
+      offsets.push(at);
+      lengths.push(o.vectors?.length ?? 0);
+      at += o.vectors?.length ?? 0;
+    }
+    const values: unknown[] = [
+      this.deps.workerId,
+      outcomes.map((o) => o.id),
+      outcomes.map((o) => o.status),
+      outcomes.map((o) => toJsonb(o.output)),
+      outcomes.map((o) => toJsonb(o.usage)),
+      outcomes.map((o) => toJsonb(o.error)),
+      outcomes.map((o) => toJsonb(o.event)),
+      // A Buffer goes as a binary parameter: the bytes themselves, not hex text.
+      Buffer.concat(outcomes.flatMap((o) => (o.vectors ? [o.vectors] : []))),
+      offsets,
+      lengths,
+      model,
+    ];
+    const rowsSql = fresh.map((e) => {
+      values.push(e.hash, toVectorBinary(e.vector!), e.tokens!);
+      const n = values.length;
+      return `($11, $${n - 2}::bytea, $${n - 1}::vector, $${n}::int)`;
+    });
+    const text = `${rowsSql.length > 0 ? `with c as (insert into ai.embedding_cache (model, input_hash, embedding, tokens) values ${rowsSql.join(', ')} on conflict do nothing) ` : ''}
+      select ai.finish_embeddings($1, $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::jsonb[], $8::bytea, $9::int[], $10::int[]), $11::text`;
+    await retryWhileUnavailable(() => pool.query(text, values));
   }
 }
