@@ -58,6 +58,8 @@ export async function readOpenAiChat(pool: pg.Pool, model: string, body: unknown
   const req = parseChatCompletionRequest(body);
   // Nobody reads a stream of these: the answer is the stored chat.completion.
   if (req.stream) throw errors.invalid("'stream' is not supported for requests made in SQL or in a batch: the answer is stored whole.", 'stream');
+  // Nobody would redact it afterwards, as serve does once its client has the answer: refused, not ignored.
+  if (req.store === false) throw errors.invalid("'store: false' is not supported for requests made in SQL or in a batch: their answer is read from the stored row.", 'store');
   const info = await modelInfo(pool, model);
   const prompt = toChatPrompt(req);
   const params = toSamplingParams(req, info.defaults, info.toolFormat);
