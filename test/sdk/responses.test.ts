@@ -28,7 +28,7 @@ afterAll(async () => {
   await worker?.stop();
   await db?.drop();
   // Roles are the server's, not the database's: gone with their grants once the database is.
-  await query(db.url.replace(/\/[^/]+$/, '/postgres'), `drop role if exists ${app}; drop role if exists ${stranger}`).catch(() => {});
+  if (db) await query(db.url.replace(/\/[^/]+$/, '/postgres'), `drop role if exists ${app}; drop role if exists ${stranger}`).catch(() => {});
 });
 
 describe('SDK responses', () => {
