@@ -216,7 +216,10 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       }, 1000).unref();
     });
     try {
-      entry.runner = await run({ pgPool: database.pool, concurrency, taskList, events, noHandleSignals: true, pollInterval: 1000, logger: graphileLogger });
+      // New jobs arrive with graphile-worker's 'jobs:insert' notification; the poll finds jobs
+      // scheduled for later (a vectorizer's deferred batch, 500 ms; its retries) and notifications
+      // lost to a reconnect. Each idle runner slot polls: 4 slots at 2 s are 2 commits/s per worker.
+      entry.runner = await run({ pgPool: database.pool, concurrency, taskList, events, noHandleSignals: true, pollInterval: 2000, logger: graphileLogger });
     } catch (err) {
       s.runners.delete(entry);
       throw err;

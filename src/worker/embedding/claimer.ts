@@ -21,7 +21,7 @@ export interface ClaimerDeps {
 /** Requests claimed per statement: a model call's worth of single-input requests. */
 const CLAIM_LIMIT = MAX_CALL_INPUTS;
 /** Notifications can be lost (reconnects): look for work this often anyway. */
-const POLL_MS = 1000;
+const POLL_MS = 2000;
 /** Batches between claim and finish at once: one in the model, one being written. */
 const MAX_BATCHES = 2;
 
