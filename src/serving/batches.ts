@@ -54,6 +54,14 @@ function str(body: Record<string, unknown>, name: string, required = true): stri
   return v;
 }
 
+/** A list's `limit`: 1 to 100, default 20 (a number, or the query string's digits). */
+export function listLimit(v: unknown): number {
+  if (v === undefined || v === null) return 20;
+  const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d{1,4}$/.test(v) ? Number(v) : NaN;
+  if (!(Number.isInteger(n) && n >= 1 && n <= 100)) throw errors.invalid("Invalid value for 'limit': expected an integer from 1 to 100.", 'limit');
+  return n;
+}
+
 export class BatchServing {
   constructor(
     private readonly engine: Engine,
