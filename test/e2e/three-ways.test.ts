@@ -48,7 +48,7 @@ async function viaHttp(body: Body): Promise<ChatCompletion | Outcome> {
 
 async function viaSdk(body: Body): Promise<ChatCompletion | Outcome> {
   try {
-    return (await sdk.chat.completions.create(body as never)) as ChatCompletion;
+    return (await sdk.chat.completions.create(body as never)) as unknown as ChatCompletion;
   } catch (e) {
     const err = e as { status?: number; code?: string | null; param?: string | null };
     expect(err.status, String(e)).toBeLessThan(500);
