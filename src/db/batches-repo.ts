@@ -134,6 +134,18 @@ export class PgBatchStore implements BatchStore {
     return r.rows[0] ? toBatch(r.rows[0]) : null;
   }
 
+  async batchesToSettle(limit: number): Promise<{ id: string; keyId: string | null }[]> {
+    // batches_open_idx holds only the open batches; requests_batch_idx finds their lines.
+    const r = await this.pool.query<{ id: string; key_id: string | null }>(
+      `select b.id, b.key_id from ai.batches b
+        where b.status in ('in_progress', 'cancelling')
+          and (b.expires_at <= now() or not exists (select 1 from ai.requests r where r.batch_id = b.id and r.status in ('queued', 'running')))
+        order by b.expires_at limit $1`,
+      [limit],
+    );
+    return r.rows.map((x) => ({ id: x.id, keyId: x.key_id }));
+  }
+
   async listBatches(keyId: string | null, after: string | null, limit: number): Promise<StoredBatch[]> {
     const r = await this.pool.query<BatchRow>(
       `select ${BATCH_COLS} from ai.batches b

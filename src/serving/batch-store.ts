@@ -68,6 +68,8 @@ export interface BatchStore {
   insertBatch(b: { id: string; keyId: string | null; endpoint: string; inputFileId: string; completionWindow: string; metadata: Record<string, string> | null; expiresInSeconds: number }, lines: BatchLine[]): Promise<void>;
   insertFailedBatch(b: { id: string; keyId: string | null; endpoint: string; inputFileId: string; completionWindow: string; metadata: Record<string, string> | null; expiresInSeconds: number }, errors: NonNullable<StoredBatch['errors']>): Promise<void>;
   findBatch(id: string, keyId: string | null): Promise<StoredBatch | null>;
+  /** Open batches (in progress or cancelling) that need finalizing or expiring: every line ended, or past expires_at. Any key's. */
+  batchesToSettle(limit: number): Promise<{ id: string; keyId: string | null }[]>;
   listBatches(keyId: string | null, after: string | null, limit: number): Promise<StoredBatch[]>;
   /** Cancels the batch's unfinished requests and marks it cancelling (false: it was not in progress). */
   cancelBatch(id: string, keyId: string | null): Promise<boolean>;

@@ -196,17 +196,9 @@ export class BatchServing {
   }
 
   async getBatch(id: string, ctx: RequestContext): Promise<BatchObject> {
-    let b = await this.store.findBatch(id, ctx.keyId);
+    const b = await this.store.findBatch(id, ctx.keyId);
     if (!b) throw errors.notFound(`No such Batch object: ${id}`);
-    if ((b.status === 'in_progress' || b.status === 'cancelling') && b.counts.queued + b.counts.running === 0) {
-      await this.store.finalizeBatch(id, (lines) => render(id, lines));
-      b = (await this.store.findBatch(id, ctx.keyId))!;
-    } else if (b.status === 'in_progress' && b.times.expires_at !== null && b.times.expires_at * 1000 <= Date.now()) {
-      // completion_window: what has not ended by then is cancelled, and the batch is expired.
-      await this.store.expireBatch(id);
-      return this.getBatch(id, ctx);
-    }
-    return batchObject(b);
+    return batchObject((await settle(this.store, b, ctx.keyId)) ?? b);
   }
 
   async listBatches(ctx: RequestContext, after: string | undefined, limit: number): Promise<{ object: 'list'; data: BatchObject[]; first_id: string | null; last_id: string | null; has_more: boolean }> {
@@ -223,6 +215,40 @@ export class BatchServing {
     }
     return this.getBatch(id, ctx);
   }
+}
+
+/**
+ * Finalizes a batch whose lines have all ended, or expires one past its completion window (what
+ * has not ended is cancelled, then it is finalized as expired). Returns the batch as it is then,
+ * or null when there was nothing to do. The first reader does this, or the sweep (sweepBatches).
+ */
+async function settle(store: BatchStore, b: StoredBatch, keyId: string | null): Promise<StoredBatch | null> {
+  if ((b.status === 'in_progress' || b.status === 'cancelling') && b.counts.queued + b.counts.running === 0) {
+    await store.finalizeBatch(b.id, (lines) => render(b.id, lines));
+    return store.findBatch(b.id, keyId);
+  }
+  if (b.status === 'in_progress' && b.times.expires_at !== null && b.times.expires_at * 1000 <= Date.now()) {
+    await store.expireBatch(b.id);
+    const now = await store.findBatch(b.id, keyId);
+    return now ? ((await settle(store, now, keyId)) ?? now) : null;
+  }
+  return null;
+}
+
+/**
+ * The background sweep (run by the reaper of every serve and worker, src/engine/reaper.ts): batches
+ * nobody reads still end. Every open batch whose lines have all ended is finalized (its output and
+ * error files written) and every one past its completion window expired, up to `limit` per run.
+ * Safe in many processes at once: finalizing locks the batch and does it once. Returns how many
+ * batches it settled.
+ */
+export async function sweepBatches(store: BatchStore, limit = 100): Promise<number> {
+  let n = 0;
+  for (const { id, keyId } of await store.batchesToSettle(limit)) {
+    const b = await store.findBatch(id, keyId);
+    if (b && (await settle(store, b, keyId))) n++;
+  }
+  return n;
 }
 
 /** The output file (completed lines) and error file (the rest), in OpenAI's line shape. */

@@ -27,8 +27,12 @@ async function poll(id: string, ms = 90_000): Promise<BatchObject> {
 }
 
 beforeAll(async () => {
+  // The worker's reaper, which runs the batch sweep, ticks every second with this.
+  process.env.SWITCHYARD_WORKER_TIMEOUT = '2';
   db = await createTestDatabase();
   expect((await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'], { DATABASE_URL: db.url })).code).toBe(0);
+  // Registered, served by no worker: its lines wait until the batch expires.
+  expect((await cli(['models', 'add', 'idle', '--task', 'chat', '--source', 'tiny-chat'], { DATABASE_URL: db.url })).code).toBe(0);
   worker = await startWorker(db.url, ['--models', 'tiny']);
   client = new OpenSourceAI(db.url);
   sql = new pg.Client({ connectionString: db.url });
@@ -40,6 +44,7 @@ afterAll(async () => {
   await sql?.end();
   await worker?.stop();
   await db?.drop();
+  delete process.env.SWITCHYARD_WORKER_TIMEOUT;
 });
 
 describe('SDK files and batches', () => {
@@ -103,5 +108,30 @@ describe('SDK files and batches', () => {
     expect(gone).toBeInstanceOf(NotFoundError);
     await expect(client.files.content(file.id)).rejects.toMatchObject({ status: 404 });
     await expect(client.batches.retrieve('batch_nope')).rejects.toMatchObject({ status: 404 });
+  });
+
+  it('batches nobody reads are finalized, and expired past their window, by the workers\' sweep', async () => {
+    const file = await client.files.create({ file: [line(1), line(2)].join('\n'), purpose: 'batch' });
+    const idle = await client.files.create({ file: [line(1, { model: 'idle' }), line(2, { model: 'idle' })].join('\n'), purpose: 'batch' });
+    const done = await client.batches.create({ input_file_id: file.id, endpoint: '/v1/chat/completions', completion_window: '24h' });
+    const stuck = await client.batches.create({ input_file_id: idle.id, endpoint: '/v1/chat/completions', completion_window: '24h' });
+    // Not read again: only SQL looks at the rows from here on.
+    await sql.query(`update ai.batches set expires_at = now() where id = $1`, [stuck.id]);
+    const until = Date.now() + 30_000;
+    let rows: { id: string; status: string; output_file_id: string | null; error_file_id: string | null }[] = [];
+    while (Date.now() < until) {
+      rows = (await sql.query(`select id, status, output_file_id, error_file_id from ai.batches where id = any($1) order by id = $2 desc`, [[done.id, stuck.id], done.id])).rows;
+      if (rows.every((r) => r.status !== 'in_progress' && r.status !== 'cancelling')) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(rows[0]).toMatchObject({ status: 'completed', error_file_id: null });
+    expect(rows[0]!.output_file_id).toMatch(/^file-/);
+    expect(rows[1]).toMatchObject({ status: 'expired', output_file_id: null });
+    const expired = await client.batches.retrieve(stuck.id);
+    expect(expired.expired_at).not.toBeNull();
+    const errs = (await (await client.files.content(expired.error_file_id!)).text()).trim().split('\n').map((l) => JSON.parse(l));
+    expect(errs.map((e) => e.error?.code)).toEqual(['batch_cancelled', 'batch_cancelled']);
+    const out = (await (await client.files.content(rows[0]!.output_file_id!)).text()).trim().split('\n');
+    expect(out).toHaveLength(2);
   });
 });
