@@ -12,8 +12,9 @@
 -- ai.submit_embed(model, input, into_table, into_column, key_column, key_value) return the
 -- request's id at once; its status, output and error are in ai.requests (ai.my_requests). The
 -- row is written in the caller's transaction (no side connection, no backend held while it
--- runs), and the notification that wakes the workers is sent at commit. The work is batch work
+-- runs), and the notification that wakes the workers is sent at commit. Chat work is batch work
 -- (priority 1): interactive requests go first, with a share of every worker reserved for it.
+-- Embedding work joins the embedding queue, which workers claim in arrival order (no priority).
 --
 -- With a target, the worker writes the result into into_table.into_column of the rows whose
 -- key_column = key_value, in the transaction that completes the request (ai.finish_request), so
