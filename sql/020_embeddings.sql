@@ -81,10 +81,25 @@ begin
   end if;
 end $$;
 
+-- A float32 vector as ai.requests.vectors holds it (little-endian, p_len bytes from byte
+-- p_off, 0-based) as a pgvector value, decoded exactly (every float32 is a float8, and back).
+create or replace function ai._float32_vector(p bytea, p_off integer, p_len integer)
+returns vector language sql immutable strict as $$
+  select (array_agg(case when (x.b >> 31) = 1 then -1::float8 else 1::float8 end *
+                    case when ((x.b >> 23) & 255) = 0 then (x.b & 8388607)::float8 * power(2::float8, -149)
+                         else ((x.b & 8388607) + 8388608)::float8 * power(2::float8, ((x.b >> 23) & 255)::int - 150) end
+                    order by i))::real[]::vector
+    from generate_series(0, p_len / 4 - 1) i,
+         lateral (select get_byte(p, p_off + 4 * i)::bigint | (get_byte(p, p_off + 4 * i + 1)::bigint << 8)
+                         | (get_byte(p, p_off + 4 * i + 2)::bigint << 16) | (get_byte(p, p_off + 4 * i + 3)::bigint << 24) as b) x
+$$;
+
 -- Finishes a batch of claimed embedding requests in one statement (one transaction, one
 -- notification per listening process): each row still 'running' under this worker gets its
 -- outcome and its vectors (float32 bytes, cut from p_vectors: p_offsets[i] bytes in, p_lengths[i]
 -- long), and its final event. A row cancelled or reclaimed meanwhile is left alone.
+-- A request of ai.submit_embed with a target has its vector written into the caller's row here,
+-- as the caller (ai._write_target), so exactly once; a write that fails fails the request.
 create or replace function ai.finish_embeddings(
   p_worker text, p_ids uuid[], p_statuses text[], p_outputs jsonb[], p_usages jsonb[],
   p_errors jsonb[], p_events jsonb[], p_vectors bytea, p_offsets integer[], p_lengths integer[]
@@ -92,23 +107,46 @@ create or replace function ai.finish_embeddings(
 declare
   ids uuid[];
   seqs integer[];
+  w record;
+  failure jsonb;
+  failed uuid[] := '{}';
+  failures jsonb[] := '{}';
 begin
   -- Asynchronous commit for this transaction: a commit that waits for its WAL flush costs ~2 ms
   -- here (fdatasync), once per batch and, for ai.embed called per row, once per row. What a
   -- crash could lose is recomputable: the row goes back to 'running', is reclaimed once stale
   -- and embedded again, to the same vectors (a client that already has them loses nothing).
+  -- Not when the batch writes into an application's rows (below): that commit is theirs.
   perform set_config('synchronous_commit', 'off', true);
+  for w in
+    select r.id, r.params->'target' as target, r.db_role, d.off, d.len
+      from ai.requests r join unnest(p_ids, p_statuses, p_offsets, p_lengths) as d(id, status, off, len) on d.id = r.id
+     where r.status = 'running' and r.worker = p_worker and d.status = 'completed' and r.params ? 'target'
+     order by r.id
+       for update of r
+  loop
+    perform set_config('synchronous_commit', 'on', true);
+    failure := ai._write_target(w.target, w.db_role, jsonb_build_object('vector', ai._float32_vector(p_vectors, w.off, w.len)::text));
+    if failure is not null then
+      failed := failed || w.id;
+      failures := failures || failure;
+    end if;
+  end loop;
   with d as (
-    select * from unnest(p_ids, p_statuses, p_outputs, p_usages, p_errors, p_events, p_offsets, p_lengths)
-      as t(id, status, output, usage, error, event, off, len)),
+    select t.*, f.failure
+      from unnest(p_ids, p_statuses, p_outputs, p_usages, p_errors, p_events, p_offsets, p_lengths)
+        as t(id, status, output, usage, error, event, off, len)
+      left join unnest(failed, failures) as f(id, failure) on f.id = t.id),
   u as (
     update ai.requests r
-       set status = d.status, output = d.output, usage = d.usage, error = d.error,
+       set status = case when d.failure is null then d.status else 'failed' end, output = d.output, usage = d.usage,
+           error = coalesce(d.failure, d.error),
            vectors = case when d.len > 0 then substring(p_vectors from d.off + 1 for d.len) end,
            finished_at = clock_timestamp()
       from d
      where r.id = d.id and r.status = 'running' and r.worker = p_worker
-    returning r.id, d.event),
+    returning r.id, case when d.failure is null then d.event
+                         else jsonb_build_object('type', 'error', 'status', 400, 'error', d.failure) end as event),
   e as (
     insert into ai.request_events (request_id, seq, data)
     select u.id, coalesce((select max(x.seq) + 1 from ai.request_events x where x.request_id = u.id), 0), u.event

@@ -12,8 +12,9 @@
 -- ai.submit_embed(model, input, into_table, into_column, key_column, key_value) return the
 -- request's id at once; its status, output and error are in ai.requests (ai.my_requests). The
 -- row is written in the caller's transaction (no side connection, no backend held while it
--- runs), and the notification that wakes the workers is sent at commit. The work is batch work
+-- runs), and the notification that wakes the workers is sent at commit. Chat work is batch work
 -- (priority 1): interactive requests go first, with a share of every worker reserved for it.
+-- Embedding work joins the embedding queue, which workers claim in arrival order (no priority).
 --
 -- With a target, the worker writes the result into into_table.into_column of the rows whose
 -- key_column = key_value, in the transaction that completes the request (ai.finish_request), so
@@ -74,7 +75,8 @@ begin
 end $$;
 
 -- Writes a completed request's result into its target as the role that submitted it. Called by
--- ai.finish_request in the transaction that completes the request. Returns null when written,
+-- ai.finish_request (chat) and ai.finish_embeddings (p_output is then {"vector": its text}) in
+-- the transaction that completes the request. Returns null when written,
 -- else the error to fail the request with (nothing written then).
 create or replace function ai._write_target(p_target jsonb, p_role name, p_output jsonb)
 returns jsonb language plpgsql as $$
@@ -83,7 +85,7 @@ declare
   value text := case p_target->>'kind'
                   when 'text' then p_output #>> '{completion,choices,0,message,content}'
                   when 'json' then (p_output->'completion')::text
-                  when 'vector' then (p_output->'embeddings'->0)::text end;
+                  when 'vector' then p_output->>'vector' end;
   n bigint;
 begin
   begin
@@ -120,5 +122,27 @@ declare
 begin
   perform ai._queue_openai(id, 'chat.completions', registered, body,
                            jsonb_strip_nulls(jsonb_build_object('source', 'sql', 'db_role', caller, 'target', target)), 1::smallint, caller);
+  return id;
+end $$;
+
+-- The embedding counterpart: one input, its vector written into a vector column. Queued on the
+-- embedding queue (ai.enqueue_embedding, the row the HTTP gateway writes; workers claim it in
+-- batches with the rest) in the caller's transaction; ai.finish_embeddings writes the target.
+create or replace function ai.submit_embed(
+  model text, input text,
+  into_table regclass default null, into_column name default null, key_column name default null, key_value text default null
+) returns uuid language plpgsql volatile parallel unsafe
+security definer set search_path = pg_catalog, public, pg_temp as $$
+declare
+  caller name := ai._caller();
+  registered text := ai._embedding_model(model, 'ai.submit_embed');
+  target jsonb := ai._submit_target('ai.submit_embed', caller, into_table, into_column, key_column, key_value, array['vector']);
+  id uuid := gen_random_uuid();
+begin
+  if input is null then
+    raise exception 'ai.submit_embed: input is null' using errcode = 'null_value_not_allowed';
+  end if;
+  perform ai.enqueue_embedding(id, registered, model, jsonb_build_array(input),
+                               jsonb_strip_nulls(jsonb_build_object('source', 'sql', 'db_role', caller, 'target', target)), null, 5, null);
   return id;
 end $$;

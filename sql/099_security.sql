@@ -28,7 +28,7 @@ begin
   end loop;
 end $$;
 
--- What an application role needs: ai.embed, ai.chat_complete, ai.submit_chat, vectorizers on tables it owns (and
+-- What an application role needs: ai.embed, ai.chat_complete, ai.submit_chat, ai.submit_embed, vectorizers on tables it owns (and
 -- their status), the registered models, its own SQL requests and SDK responses. `admin` adds reading everything in
 -- schema ai (requests of every role and key, usage, workers) and every vectorizer. Also makes
 -- every worker role of ai.service_roles a member of `role`, so that workers run its vectorizers'
@@ -56,6 +56,7 @@ begin
   foreach f in array array[
     'ai.embed(text, text)', 'ai.embed(text, text[])', 'ai.chat_complete(text, jsonb, jsonb)',
     'ai.submit_chat(text, jsonb, jsonb, regclass, name, name, text)',
+    'ai.submit_embed(text, text, regclass, name, name, text)',
     'ai.create_vectorizer(regclass, name, text, name, integer, integer, integer, interval)',
     'ai.drop_vectorizer(integer, boolean)',
     -- What those run as the caller: helpers, and a batch's steps (workers run them as the owner).

@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { splitVectors } from './vectors.js';
 import type { BatchLine, BatchStore, LineOutcome, StoredBatch, StoredFile } from '../serving/batch-store.js';
 
 /** The Files and Batch APIs on ai.files, ai.batches and ai.requests (migrations/0017_batches.sql). */
@@ -83,6 +84,21 @@ export class PgBatchStore implements BatchStore {
         [b.id, b.keyId, b.endpoint, b.inputFileId, b.completionWindow, b.metadata, lines.length, b.expiresInSeconds],
       );
       // One statement for every line; a line whose model is unusable is failed at once.
+      if (b.endpoint === '/v1/embeddings') {
+        // The embedding queue's rows (ai.enqueue_embedding's shape: input.input is the list the
+        // claimer embeds); the line's body minus its input stays in params.request for rendering.
+        await client.query(
+          `insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, priority, batch_id, custom_id, status, error, finished_at)
+           select l.id, 'embeddings', coalesce(l.model, l.body->>'model', ''), coalesce(l.body->>'model', ''), jsonb_build_object('input', coalesce(l.inputs, '[]')),
+                  jsonb_build_object('source', 'batch', 'line', l.n - 1, 'max_attempts', 5, 'request', l.body - 'input'), $2, 1, $1, l.custom_id,
+                  case when l.error is null then 'queued' else 'failed' end, l.error, case when l.error is null then null else now() end
+             from jsonb_to_recordset($3::jsonb) as l(id uuid, custom_id text, model text, body jsonb, inputs jsonb, error jsonb, n integer)`,
+          [b.id, b.keyId, JSON.stringify(lines.map((l, i) => ({ id: l.requestId, custom_id: l.customId, model: l.model, body: l.body, inputs: l.inputs ?? null, error: l.error, n: i + 1 })))],
+        );
+        await client.query(`select pg_notify('ai_embed', m) from (select distinct model as m from ai.requests where batch_id = $1 and status = 'queued') x`, [b.id]);
+        await client.query('commit');
+        return;
+      }
       await client.query(
         `insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, max_attempts, key_id, priority, batch_id, custom_id,
                                   status, error, finished_at)
@@ -116,6 +132,18 @@ export class PgBatchStore implements BatchStore {
   async findBatch(id: string, keyId: string | null): Promise<StoredBatch | null> {
     const r = await this.pool.query<BatchRow>(`select ${BATCH_COLS} from ai.batches b where b.id = $1 and b.${OWNED} $2::uuid`, [id, keyId]);
     return r.rows[0] ? toBatch(r.rows[0]) : null;
+  }
+
+  async batchesToSettle(limit: number): Promise<{ id: string; keyId: string | null }[]> {
+    // batches_open_idx holds only the open batches; requests_batch_idx finds their lines.
+    const r = await this.pool.query<{ id: string; key_id: string | null }>(
+      `select b.id, b.key_id from ai.batches b
+        where b.status in ('in_progress', 'cancelling')
+          and (b.expires_at <= now() or not exists (select 1 from ai.requests r where r.batch_id = b.id and r.status in ('queued', 'running')))
+        order by b.expires_at limit $1`,
+      [limit],
+    );
+    return r.rows.map((x) => ({ id: x.id, keyId: x.key_id }));
   }
 
   async listBatches(keyId: string | null, after: string | null, limit: number): Promise<StoredBatch[]> {
@@ -170,11 +198,25 @@ export class PgBatchStore implements BatchStore {
         await client.query('rollback');
         return;
       }
-      const lines = await client.query<{ id: string; custom_id: string; status: LineOutcome['status']; body: unknown; error: LineOutcome['error'] }>(
-        `select id, custom_id, status, output->'completion' as body, error from ai.requests where batch_id = $1 order by (params->>'line')::int`,
+      const lines = await client.query<{ id: string; custom_id: string; status: LineOutcome['status']; body: unknown; error: LineOutcome['error']; request: Record<string, unknown> | null; vectors: Buffer | null; n: number | null; prompt_tokens: number | null }>(
+        `select id, custom_id, status, output->'completion' as body, error,
+                case when endpoint = 'embeddings' then params->'request' end as request,
+                case when endpoint = 'embeddings' and status = 'completed' then vectors end as vectors,
+                jsonb_array_length(case when endpoint = 'embeddings' then input->'input' end) as n,
+                (usage->>'prompt_tokens')::int as prompt_tokens
+           from ai.requests where batch_id = $1 order by (params->>'line')::int`,
         [id],
       );
-      const files = render(lines.rows.map((l) => ({ requestId: l.id, customId: l.custom_id, status: l.status, body: l.body, error: l.error })));
+      const files = render(
+        lines.rows.map((l) => ({
+          requestId: l.id,
+          customId: l.custom_id,
+          status: l.status,
+          body: l.body,
+          error: l.error,
+          ...(l.request ? { embedding: { vectors: splitVectors(l.vectors, l.n ?? 0), promptTokens: l.prompt_tokens ?? 0, request: l.request } } : {}),
+        })),
+      );
       for (const [fileId, content, name] of [[files.outputId, files.output, 'output'], [files.errorId, files.errors, 'error']] as const) {
         if (!content) continue;
         await client.query(`insert into ai.files (id, key_id, purpose, filename, bytes, content) values ($1, $2, 'batch_output', $3, $4, $5)`, [

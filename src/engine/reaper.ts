@@ -69,6 +69,24 @@ export class Reaper {
     if (n > 0) this.log.info(`pruned ${r!.events} events, ${r!.requests} requests, ${r!.cache} cache entries`);
   }
 
+  /** Periodic work of the layers above (the batch sweep, serving/batches.ts), run after the rest on each tick. */
+  private readonly sweeps: { name: string; run: () => Promise<number> }[] = [];
+
+  addSweep(name: string, run: () => Promise<number>): void {
+    this.sweeps.push({ name, run });
+  }
+
+  private async runSweeps(): Promise<void> {
+    for (const s of this.sweeps) {
+      try {
+        const n = await s.run();
+        if (n) this.log.info(`${s.name}: ${n}`);
+      } catch (err) {
+        this.log.warn(`${s.name} failed: ${(err as Error).message}`);
+      }
+    }
+  }
+
   start(): void {
     this.timer = setInterval(() => {
       this.running ??= this.reap()
@@ -82,6 +100,7 @@ export class Reaper {
         .catch((err: Error) => this.log.warn(`redacting store:false requests failed: ${err.message}`))
         .then(() => this.pruneIfDue())
         .catch((err: Error) => this.log.warn(`pruning expired rows failed: ${err.message}`))
+        .then(() => this.runSweeps())
         .finally(() => (this.running = null));
     }, Math.max(500, this.timeoutMs / 2));
     this.timer.unref();

@@ -3,6 +3,8 @@ import { EventHub } from '../engine/event-hub.js';
 import { PgEngine } from '../engine/pg-engine.js';
 import { logger } from '../log.js';
 import { Reaper } from '../engine/reaper.js';
+import { PgBatchStore } from '../db/batches-repo.js';
+import { sweepBatches } from '../serving/batches.js';
 import { buildApp } from './app.js';
 
 export interface ServeOptions {
@@ -33,6 +35,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     throw err;
   }
   const reaper = new Reaper(database.pool, log);
+  reaper.addSweep('batches finalized or expired', () => sweepBatches(new PgBatchStore(database.pool)));
   reaper.start();
   const url = address.replace('[::1]', 'localhost');
   log.info(`listening on ${url} (auth ${opts.auth ? 'on' : 'OFF'})`);

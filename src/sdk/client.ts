@@ -17,6 +17,7 @@ import { PgResponseStore } from '../db/responses-repo.js';
 import type { InputItemList, ResponseCreateRequest } from '../protocol/responses.js';
 import { ResponsesServing } from '../serving/responses.js';
 import { ResponseStream, withOutputText, type SdkResponse } from './responses.js';
+import { batchResources } from './batches.js';
 
 /** PostgresML's model object: a hub id or local path plus how to load it. */
 export interface ModelObject {
@@ -168,6 +169,14 @@ export class OpenSourceAI {
         this.run(async () => (await this.responsesServing()).inputItems(id, SDK_CONTEXT, query)),
     },
   };
+
+  private readonly batchApi = batchResources(() => this.connection(), (fn) => this.run(() => fn()), SDK_CONTEXT);
+
+  /** OpenAI's Files API (batch input and output files), as `/v1/files` keeps them. */
+  readonly files = this.batchApi.files;
+
+  /** OpenAI's Batch API on the request queue, as `/v1/batches`: lines run as batch work on the same workers. */
+  readonly batches = this.batchApi.batches;
 
   private async responsesServing(): Promise<ResponsesServing> {
     const { database, engine } = await this.connection();

@@ -17,3 +17,5 @@ export type { EmbeddingList, EmbeddingRequest } from '../protocol/embeddings.js'
 export type { Model, ModelList } from '../protocol/models.js';
 export { ResponseStream, type SdkResponse } from './responses.js';
 export type { ResponseCreateRequest, ResponseObject, ResponseStreamEvent, InputItemList } from '../protocol/responses.js';
+export { Page, type Uploadable, type FileCreateParams, type BatchCreateParams } from './batches.js';
+export type { FileObject, BatchObject } from '../serving/batches.js';

@@ -38,6 +38,8 @@ export interface BatchLine {
   model: string | null;
   body: Record<string, unknown>;
   error: ErrorBody | null;
+  /** `/v1/embeddings` lines: the inputs the worker embeds (texts or token-id lists), checked when the batch was made. */
+  inputs?: (string | number[])[];
 }
 
 /** A finished line, for the output or error file. */
@@ -45,9 +47,11 @@ export interface LineOutcome {
   requestId: string;
   customId: string;
   status: 'completed' | 'failed' | 'cancelled';
-  /** The answer (chat.completion) of a completed line. */
+  /** The answer (chat.completion) of a completed chat line. */
   body: unknown;
   error: ErrorBody | null;
+  /** A completed embeddings line: its vectors, prompt tokens and the line's body (model, dimensions, encoding_format). */
+  embedding?: { vectors: Float32Array[] | null; promptTokens: number; request: Record<string, unknown> };
 }
 
 export interface BatchStore {
@@ -57,10 +61,15 @@ export interface BatchStore {
   fileContent(id: string, keyId: string | null): Promise<Buffer | null>;
   deleteFile(id: string, keyId: string | null): Promise<boolean>;
   listFiles(keyId: string | null, purpose: string | null, limit: number): Promise<StoredFile[]>;
-  /** The batch and its lines' requests, in one transaction; the requests are batch work (priority 1). */
+  /**
+   * The batch and its lines' requests, in one transaction; the requests are batch work (priority 1):
+   * chat lines on the chat queue (validated by the worker), embeddings lines on the embedding queue.
+   */
   insertBatch(b: { id: string; keyId: string | null; endpoint: string; inputFileId: string; completionWindow: string; metadata: Record<string, string> | null; expiresInSeconds: number }, lines: BatchLine[]): Promise<void>;
   insertFailedBatch(b: { id: string; keyId: string | null; endpoint: string; inputFileId: string; completionWindow: string; metadata: Record<string, string> | null; expiresInSeconds: number }, errors: NonNullable<StoredBatch['errors']>): Promise<void>;
   findBatch(id: string, keyId: string | null): Promise<StoredBatch | null>;
+  /** Open batches (in progress or cancelling) that need finalizing or expiring: every line ended, or past expires_at. Any key's. */
+  batchesToSettle(limit: number): Promise<{ id: string; keyId: string | null }[]>;
   listBatches(keyId: string | null, after: string | null, limit: number): Promise<StoredBatch[]>;
   /** Cancels the batch's unfinished requests and marks it cancelling (false: it was not in progress). */
   cancelBatch(id: string, keyId: string | null): Promise<boolean>;

@@ -1,13 +1,20 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import type { Engine } from '../engine/types.js';
+import type { Engine, ModelInfo } from '../engine/types.js';
 import { errors, type ErrorBody } from '../protocol/errors.js';
 import type { BatchLine, BatchStore, LineOutcome, StoredBatch, StoredFile } from './batch-store.js';
 import { mayUse, type RequestContext } from './context.js';
+import { ApiError } from '../protocol/errors.js';
+import { parseEmbeddingRequest, toInputs } from '../protocol/embeddings.js';
+import { checkEmbeddingInputs } from '../protocol/limits.js';
+import { embeddingList } from './embeddings.js';
 
 /**
- * OpenAI's Files and Batch APIs. A batch's lines become ordinary requests (batch work, priority 1)
- * that the workers validate and answer exactly as they answer ai.submit_chat (worker/openai-request.ts),
- * so a line's result is what the same request gives interactively. The output and error files
+ * OpenAI's Files and Batch APIs. A batch's lines become ordinary requests (batch work, priority 1).
+ * Chat lines: the workers validate and answer them exactly as they answer ai.submit_chat
+ * (worker/openai-request.ts). Embeddings lines: checked here as POST /v1/embeddings checks a
+ * request (the embedding queue holds inputs, not bodies), claimed with the rest of the embedding
+ * queue, and rendered from their vectors as /v1/embeddings renders them (embeddingList). Either
+ * way a line's result is what the same request gives interactively. The output and error files
  * are written once every line has ended, by whoever reads the batch first (finalizeBatch locks it).
  */
 
@@ -16,7 +23,7 @@ export const MAX_FILE_BYTES = Math.max(1, Number(process.env.SWITCHYARD_MAX_FILE
 const MAX_LINES = 50_000;
 const ENDPOINTS = ['/v1/chat/completions', '/v1/completions', '/v1/embeddings'];
 /** What the workers answer from a stored body today. */
-const SERVED = new Set(['/v1/chat/completions']);
+const SERVED = new Set(['/v1/chat/completions', '/v1/embeddings']);
 
 const newId = (prefix: string) => `${prefix}${randomBytes(12).toString('hex')}`;
 
@@ -52,6 +59,14 @@ function str(body: Record<string, unknown>, name: string, required = true): stri
   }
   if (typeof v !== 'string' || !v) throw errors.invalid(`Invalid type for '${name}': expected a non-empty string.`, name, 'invalid_type');
   return v;
+}
+
+/** A list's `limit`: 1 to 100, default 20 (a number, or the query string's digits). */
+export function listLimit(v: unknown): number {
+  if (v === undefined || v === null) return 20;
+  const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d{1,4}$/.test(v) ? Number(v) : NaN;
+  if (!(Number.isInteger(n) && n >= 1 && n <= 100)) throw errors.invalid("Invalid value for 'limit': expected an integer from 1 to 100.", 'limit');
+  return n;
 }
 
 export class BatchServing {
@@ -120,7 +135,7 @@ export class BatchServing {
     const problems: NonNullable<StoredBatch['errors']> = [];
     const lines: BatchLine[] = [];
     const seen = new Set<string>();
-    const models = new Map<string, string | null>();
+    const models = new Map<string, ModelInfo | null>();
     const rows = text.split('\n');
     for (let i = 0; i < rows.length && problems.length < 100; i++) {
       const row = rows[i]!.trim();
@@ -141,37 +156,49 @@ export class BatchServing {
       if (line.url !== endpoint) { bad(`'url' must be the batch's endpoint, '${endpoint}'.`, 'url'); continue; }
       if (typeof line.body !== 'object' || line.body === null || Array.isArray(line.body)) { bad("'body' must be a JSON object.", 'body'); continue; }
       const body = line.body as Record<string, unknown>;
-      // The model decides which workers claim the line: resolved now (the rest is the worker's to check).
-      let error: ErrorBody | null = null;
-      let model: string | null = null;
-      if (typeof body.model !== 'string' || !body.model) error = errors.invalid("Missing required parameter: 'model'.", 'model', 'missing_required_parameter').toBody().error;
-      else {
-        if (!models.has(body.model)) {
-          const info = await this.engine.getModel(body.model);
-          models.set(body.model, info && info.task === 'chat' && mayUse(ctx, info) ? info.name : null);
-        }
-        model = models.get(body.model) ?? null;
-        if (!model) error = errors.modelNotFound(body.model).toBody().error;
-      }
-      lines.push({ requestId: randomUUID(), customId: line.custom_id, model, body, error });
+      const checked = endpoint === '/v1/embeddings' ? await this.embeddingLine(body, models, ctx) : await this.chatLine(body, models, ctx);
+      lines.push({ requestId: randomUUID(), customId: line.custom_id, body, ...checked });
       if (lines.length > MAX_LINES) { bad(`A batch holds at most ${MAX_LINES} requests.`); break; }
     }
     if (!problems.length && !lines.length) problems.push({ code: 'empty_file', message: 'The file has no requests.', param: null, line: null });
     return problems.length ? { errors: problems } : { lines };
   }
 
-  async getBatch(id: string, ctx: RequestContext): Promise<BatchObject> {
-    let b = await this.store.findBatch(id, ctx.keyId);
-    if (!b) throw errors.notFound(`No such Batch object: ${id}`);
-    if ((b.status === 'in_progress' || b.status === 'cancelling') && b.counts.queued + b.counts.running === 0) {
-      await this.store.finalizeBatch(id, (lines) => render(id, lines));
-      b = (await this.store.findBatch(id, ctx.keyId))!;
-    } else if (b.status === 'in_progress' && b.times.expires_at !== null && b.times.expires_at * 1000 <= Date.now()) {
-      // completion_window: what has not ended by then is cancelled, and the batch is expired.
-      await this.store.expireBatch(id);
-      return this.getBatch(id, ctx);
+  /** The model decides which workers claim the line: resolved now (the rest is the worker's to check). */
+  private async chatLine(body: Record<string, unknown>, models: Map<string, ModelInfo | null>, ctx: RequestContext): Promise<Pick<BatchLine, 'model' | 'error'>> {
+    if (typeof body.model !== 'string' || !body.model) return { model: null, error: errors.invalid("Missing required parameter: 'model'.", 'model', 'missing_required_parameter').toBody().error };
+    const info = await this.lineModel(body.model, 'chat', models, ctx);
+    return info ? { model: info.name, error: null } : { model: null, error: errors.modelNotFound(body.model).toBody().error };
+  }
+
+  /** An embeddings line, checked as POST /v1/embeddings checks its body (serving/embeddings.ts). */
+  private async embeddingLine(body: Record<string, unknown>, models: Map<string, ModelInfo | null>, ctx: RequestContext): Promise<Pick<BatchLine, 'model' | 'error' | 'inputs'>> {
+    try {
+      const req = parseEmbeddingRequest(body);
+      const info = await this.lineModel(req.model, 'embedding', models, ctx);
+      if (!info) throw errors.modelNotFound(req.model);
+      if (req.dimensions && info.dimensions && req.dimensions > info.dimensions) {
+        throw errors.invalid(`'dimensions' is ${req.dimensions}, larger than the model's ${info.dimensions}.`, 'dimensions');
+      }
+      const inputs = toInputs(req);
+      checkEmbeddingInputs(inputs, info.inputBound, info.truncate ?? false);
+      return { model: info.name, error: null, inputs };
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      return { model: null, error: err.toBody().error };
     }
-    return batchObject(b);
+  }
+
+  private async lineModel(name: string, task: ModelInfo['task'], models: Map<string, ModelInfo | null>, ctx: RequestContext): Promise<ModelInfo | null> {
+    if (!models.has(name)) models.set(name, await this.engine.getModel(name));
+    const info = models.get(name) ?? null;
+    return info && info.task === task && mayUse(ctx, info) ? info : null;
+  }
+
+  async getBatch(id: string, ctx: RequestContext): Promise<BatchObject> {
+    const b = await this.store.findBatch(id, ctx.keyId);
+    if (!b) throw errors.notFound(`No such Batch object: ${id}`);
+    return batchObject((await settle(this.store, b, ctx.keyId)) ?? b);
   }
 
   async listBatches(ctx: RequestContext, after: string | undefined, limit: number): Promise<{ object: 'list'; data: BatchObject[]; first_id: string | null; last_id: string | null; has_more: boolean }> {
@@ -190,6 +217,40 @@ export class BatchServing {
   }
 }
 
+/**
+ * Finalizes a batch whose lines have all ended, or expires one past its completion window (what
+ * has not ended is cancelled, then it is finalized as expired). Returns the batch as it is then,
+ * or null when there was nothing to do. The first reader does this, or the sweep (sweepBatches).
+ */
+async function settle(store: BatchStore, b: StoredBatch, keyId: string | null): Promise<StoredBatch | null> {
+  if ((b.status === 'in_progress' || b.status === 'cancelling') && b.counts.queued + b.counts.running === 0) {
+    await store.finalizeBatch(b.id, (lines) => render(b.id, lines));
+    return store.findBatch(b.id, keyId);
+  }
+  if (b.status === 'in_progress' && b.times.expires_at !== null && b.times.expires_at * 1000 <= Date.now()) {
+    await store.expireBatch(b.id);
+    const now = await store.findBatch(b.id, keyId);
+    return now ? ((await settle(store, now, keyId)) ?? now) : null;
+  }
+  return null;
+}
+
+/**
+ * The background sweep (run by the reaper of every serve and worker, src/engine/reaper.ts): batches
+ * nobody reads still end. Every open batch whose lines have all ended is finalized (its output and
+ * error files written) and every one past its completion window expired, up to `limit` per run.
+ * Safe in many processes at once: finalizing locks the batch and does it once. Returns how many
+ * batches it settled.
+ */
+export async function sweepBatches(store: BatchStore, limit = 100): Promise<number> {
+  let n = 0;
+  for (const { id, keyId } of await store.batchesToSettle(limit)) {
+    const b = await store.findBatch(id, keyId);
+    if (b && (await settle(store, b, keyId))) n++;
+  }
+  return n;
+}
+
 /** The output file (completed lines) and error file (the rest), in OpenAI's line shape. */
 function render(batchId: string, lines: LineOutcome[]): { output: Buffer | null; errors: Buffer | null; outputId: string; errorId: string } {
   const out: string[] = [];
@@ -197,7 +258,9 @@ function render(batchId: string, lines: LineOutcome[]): { output: Buffer | null;
   for (const l of lines) {
     const id = `batch_req_${l.requestId.replaceAll('-', '')}`;
     if (l.status === 'completed') {
-      out.push(JSON.stringify({ id, custom_id: l.customId, response: { status_code: 200, request_id: l.requestId, body: l.body }, error: null }));
+      const e = l.embedding;
+      const body = e ? embeddingList(e.request as { model: string }, e.vectors ?? [], e.promptTokens) : l.body;
+      out.push(JSON.stringify({ id, custom_id: l.customId, response: { status_code: 200, request_id: l.requestId, body }, error: null }));
     } else if (l.status === 'failed' && l.error) {
       const status = l.error.code === 'model_not_found' ? 404 : l.error.type === 'invalid_request_error' ? 400 : 500;
       err.push(JSON.stringify({ id, custom_id: l.customId, response: { status_code: status, request_id: l.requestId, body: { error: l.error } }, error: null }));

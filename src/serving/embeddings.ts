@@ -1,5 +1,5 @@
 import type { Engine } from '../engine/types.js';
-import { encodeBase64, parseEmbeddingRequest, toInputs, toNumbers, truncateVector, type EmbeddingList } from '../protocol/embeddings.js';
+import { encodeBase64, parseEmbeddingRequest, toInputs, toNumbers, truncateVector, type EmbeddingList, type EmbeddingRequest } from '../protocol/embeddings.js';
 import { errors } from '../protocol/errors.js';
 import { checkEmbeddingInputs } from '../protocol/limits.js';
 import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
@@ -40,18 +40,20 @@ export class EmbeddingsServing {
     // The model's size may have been unknown until its first load.
     const full = result.vectors[0]?.length ?? 0;
     if (req.dimensions && req.dimensions > full) throw tooLarge(full);
-    const base64 = req.encoding_format === 'base64';
-    return {
-      requestId: result.requestId,
-      body: {
-        object: 'list',
-        data: result.vectors.map((v, index) => {
-          const vec = truncateVector(v, req.dimensions);
-          return { object: 'embedding', index, embedding: base64 ? encodeBase64(vec) : toNumbers(vec) };
-        }),
-        model: req.model,
-        usage: { prompt_tokens: result.promptTokens, total_tokens: result.promptTokens },
-      },
-    };
+    return { requestId: result.requestId, body: embeddingList(req, result.vectors, result.promptTokens) };
   }
+}
+
+/** The response body for a request's vectors (also a batch line's, serving/batches.ts). */
+export function embeddingList(req: Pick<EmbeddingRequest, 'model' | 'dimensions' | 'encoding_format'>, vectors: ArrayLike<number>[], promptTokens: number): EmbeddingList {
+  const base64 = req.encoding_format === 'base64';
+  return {
+    object: 'list',
+    data: vectors.map((v, index) => {
+      const vec = truncateVector(v, req.dimensions);
+      return { object: 'embedding', index, embedding: base64 ? encodeBase64(vec) : toNumbers(vec) };
+    }),
+    model: req.model,
+    usage: { prompt_tokens: promptTokens, total_tokens: promptTokens },
+  };
 }

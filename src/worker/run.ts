@@ -10,6 +10,8 @@ import type { ModelRow } from '../db/types.js';
 import { graphileLogger, logger } from '../log.js';
 import { heartbeat, register, unregister } from '../db/workers-repo.js';
 import { Reaper, workerTimeoutMs } from '../engine/reaper.js';
+import { PgBatchStore } from '../db/batches-repo.js';
+import { sweepBatches } from '../serving/batches.js';
 import { runChatRequest } from './chat-task.js';
 import { ChatClaimer } from './chat-claimer.js';
 import { EmbedClaimer } from './embedding/claimer.js';
@@ -346,6 +348,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const beatTimer = setInterval(beat, Math.max(250, timeoutMs / 3));
   beatTimer.unref();
   const reaper = new Reaper(database.pool, log, timeoutMs);
+  // Batches end even where no serve runs (SDK-made ones) and nobody reads them.
+  reaper.addSweep('batches finalized or expired', () => sweepBatches(new PgBatchStore(database.pool)));
 
   /**
    * Graceful: stop taking work, let in-flight requests finish. Past the grace period

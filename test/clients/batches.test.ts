@@ -83,6 +83,36 @@ describe('Batch API with openai-node', () => {
     expect(rows[0]!.n).toBe(0);
   }, 180_000);
 
+  it('an /v1/embeddings batch: each line what POST /v1/embeddings gives for the same body', async () => {
+    const bodies = [
+      { model: 'minilm', input: 'the first text' },
+      { model: 'text-embedding-3-small', input: ['two', 'texts'], encoding_format: 'base64' },
+      { model: 'minilm', input: 'cut short', dimensions: 8 },
+      { model: 'minilm', input: [] },
+      { model: 'tiny', input: 'a chat model' },
+    ];
+    const lines = bodies.map((body, i) => JSON.stringify({ custom_id: `e-${i}`, method: 'POST', url: '/v1/embeddings', body }));
+    const file = await client.files.create({ file: await toFile(Buffer.from(lines.join('\n')), 'e.jsonl'), purpose: 'batch' });
+    const batch = await client.batches.create({ input_file_id: file.id, endpoint: '/v1/embeddings', completion_window: '24h' });
+    const done = await poll(batch.id, (b) => b.status !== 'in_progress');
+    expect(done).toMatchObject({ status: 'completed', request_counts: { total: 5, completed: 3, failed: 2 } });
+    const out = new Map((await (await client.files.content(done.output_file_id!)).text()).trim().split('\n').map((l) => JSON.parse(l)).map((o) => [o.custom_id, o.response]));
+    for (const i of [0, 1, 2]) {
+      const response = out.get(`e-${i}`);
+      expect(response.status_code).toBe(200);
+      // The same body through the interactive endpoint (raw JSON, as the line's body is sent).
+      const direct = await fetch(`${gw.baseURL}/embeddings`, { method: 'POST', headers: { authorization: `Bearer ${gw.key}`, 'content-type': 'application/json' }, body: JSON.stringify(bodies[i]) }).then((r) => r.json());
+      expect(response.body).toEqual(direct);
+    }
+    expect(out.get('e-2').body.data[0].embedding).toHaveLength(8);
+    const errs = new Map((await (await client.files.content(done.error_file_id!)).text()).trim().split('\n').map((l) => JSON.parse(l)).map((o) => [o.custom_id, o.response]));
+    expect(errs.get('e-3')).toMatchObject({ status_code: 400, body: { error: { param: 'input' } } });
+    expect(errs.get('e-4')).toMatchObject({ status_code: 404, body: { error: { code: 'model_not_found' } } });
+    const rows = await query<{ endpoint: string; priority: number }>(gw.db.url, `select distinct endpoint, priority from ai.requests where batch_id = $1`, [batch.id]);
+    expect(rows).toEqual([{ endpoint: 'embeddings', priority: 1 }]);
+    await expect(client.batches.create({ input_file_id: file.id, endpoint: '/v1/completions', completion_window: '24h' })).rejects.toMatchObject({ status: 400, param: 'endpoint' });
+  });
+
   it('files and batches belong to the key that made them; bad input is a 400', async () => {
     const other = (await cli(['keys', 'create', '--name', 'other'], { DATABASE_URL: gw.db.url })).stdout.trim();
     const stranger = new OpenAI({ baseURL: gw.baseURL, apiKey: other, maxRetries: 0 });

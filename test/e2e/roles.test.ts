@@ -139,4 +139,21 @@ describe('the gateway and a worker as their roles', () => {
       expect((await su.query('select rolsuper from pg_roles where rolname = $1', [role])).rows[0].rolsuper).toBe(false);
     }
   });
+
+  it('ai.submit_embed and ai.submit_chat write into an application role’s rows, the worker running as its own non-superuser role', async () => {
+    const app = await connectAs(APP);
+    await app.query(`set search_path = ${APP}, public`);
+    await app.query(`create table docs (id int primary key, body text, embedding vector(32), reply text, by_role name)`);
+    await app.query(`create function stamp() returns trigger language plpgsql as $$ begin new.by_role := current_user; return new; end $$`);
+    await app.query(`create trigger docs_stamp before update on docs for each row execute function stamp()`);
+    await app.query(`insert into docs (id, body) select g, 'doc ' || g from generate_series(1, 3) g`);
+    await app.query('begin');
+    await app.query(`select ai.submit_embed('minilm', body, 'docs', 'embedding', 'id', id::text) from docs`);
+    await app.query(`select ai.submit_chat('tiny', jsonb_build_array(jsonb_build_object('role', 'user', 'content', body)), '{"max_tokens": 2}', 'docs', 'reply', 'id', id::text) from docs where id = 1`);
+    await app.query('commit');
+    await until('the vectors and the reply', async () =>
+      (await app.query(`select count(*)::int as n from docs where embedding is not null`)).rows[0].n === 3 && (await app.query(`select reply from docs where id = 1`)).rows[0].reply !== null);
+    expect((await app.query(`select distinct by_role from docs`)).rows).toEqual([{ by_role: APP }]);
+    expect((await app.query(`select status, count(*)::int as n from ai.my_requests where params->>'target' is not null group by status`)).rows).toEqual([{ status: 'completed', n: 4 }]);
+  });
 });

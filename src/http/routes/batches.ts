@@ -1,18 +1,10 @@
 import type { FastifyInstance } from 'fastify';
 import { errors } from '../../protocol/errors.js';
-import { MAX_FILE_BYTES, type BatchServing } from '../../serving/batches.js';
+import { MAX_FILE_BYTES, listLimit, type BatchServing } from '../../serving/batches.js';
 import { boundaryOf, parseMultipart } from '../multipart.js';
 
 type Params = { id: string };
 type Query = Record<string, string | string[] | undefined>;
-
-function limitOf(q: Query): number {
-  const v = q.limit;
-  if (v === undefined) return 20;
-  const n = typeof v === 'string' && /^\d{1,4}$/.test(v) ? Number(v) : NaN;
-  if (!(n >= 1 && n <= 100)) throw errors.invalid("Invalid value for 'limit': expected an integer from 1 to 100.", 'limit');
-  return n;
-}
 
 /** The Files and Batch APIs; thin: serving decides. */
 export function batchRoutes(app: FastifyInstance, batches: BatchServing): void {
@@ -45,7 +37,7 @@ export function batchRoutes(app: FastifyInstance, batches: BatchServing): void {
   app.get('/batches', async (request) => {
     const q = request.query as Query;
     if (Array.isArray(q.after)) throw errors.invalid("'after' may be given once.", 'after');
-    return batches.listBatches(request.ctx, q.after, limitOf(q));
+    return batches.listBatches(request.ctx, q.after, listLimit(q.limit));
   });
   app.get<{ Params: Params }>('/batches/:id', async (request) => batches.getBatch(request.params.id, request.ctx));
   app.post<{ Params: Params }>('/batches/:id/cancel', async (request) => batches.cancelBatch(request.params.id, request.ctx));
