@@ -57,7 +57,7 @@ begin
     'ai.embed(text, text)', 'ai.embed(text, text[])', 'ai.chat_complete(text, jsonb, jsonb)',
     'ai.submit_chat(text, jsonb, jsonb, regclass, name, name, text)',
     'ai.create_vectorizer(regclass, name, text, name, integer, integer, integer, interval, jsonb, text)',
-    'ai.drop_vectorizer(integer, boolean)',
+    'ai.drop_vectorizer(integer, boolean)', 'ai.search(integer, text, integer)',
     'ai.chunking_none()', 'ai.chunking_recursive(integer, integer, text[])', 'ai.chunking_tokens(integer, integer)',
     -- What those run as the caller: helpers, and a batch's steps (workers run them as the owner).
     'ai._embedding_model(text, text)', 'ai._vectorizer_install(integer)', 'ai._vectorizer_wake(integer)',
