@@ -743,6 +743,10 @@ begin
     execute format('select count(*), coalesce(sum(n), 0)::bigint from (select count(*) as n from %s group by %s) g',
                    v.destination, (select string_agg(quote_ident(c), ', ') from unnest(v.pk_columns) c)) into done, chunks;
   end if;
+exception when insufficient_privilege then
+  -- No usage on the destination's schema, say (an admin reading another tenant's status).
+  done := null;
+  chunks := null;
 end $$;
 
 -- One row per vectorizer. pending: queued items (a row changed twice before a worker came by
