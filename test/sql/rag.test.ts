@@ -1,18 +1,25 @@
+import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
+import { adminUrl, createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { cli, modelsDir, startWorker, type Proc } from '../helpers/stack.js';
 import { splitRecursive, splitTokens } from '../../src/worker/vectorize/chunking.js';
-import { loadTokenizer } from '../../src/worker/loader.js';
+import { loadEmbedModel, loadTokenizer } from '../../src/worker/loader.js';
+import { embed } from '../../src/worker/embedding/embed.js';
+import type { ModelSpec } from '../../src/worker/models-source.js';
 
 /**
  * Chunking vectorizers end to end (issue 21): long documents split in a real worker process,
  * embedded by the fixture model (tiny-embed: 32 dimensions, MiniLM's tokenizer, 512 positions;
  * random weights, but identical texts give identical vectors), stored as chunks, searched with
- * ai.search. The issue asks for 2,000 documents of 2–20 KB; on 2 shared cores that takes
- * minutes, so this runs SWITCHYARD_RAG_DOCS of them (default 200) and prints the rate.
+ * ai.search. 2,000 documents of 2–20 KB, as the issue asks (about 45,000 chunks: 97 s of
+ * backfill on 2 shared cores); SWITCHYARD_RAG_DOCS=N runs fewer.
  */
-const DOCS = Number(process.env.SWITCHYARD_RAG_DOCS ?? 200);
+const DOCS = Number(process.env.SWITCHYARD_RAG_DOCS ?? 2000);
+const SPEC: ModelSpec = {
+  name: 'minilm', task: 'embedding', source: 'tiny-embed', revision: 'main', dtype: 'fp32', device: 'cpu',
+  chatTemplate: null, contextLength: null, pooling: 'mean', normalize: true, truncate: false,
+};
 const SIZE = 800;
 const OVERLAP = 100;
 
@@ -91,11 +98,21 @@ beforeAll(async () => {
   await until('the worker to load minilm', async () => (await one(`select dimensions from ai.models where name = 'minilm'`)).dimensions === 32);
 });
 
+const tag = randomBytes(4).toString('hex');
+const APP = `rag_app_${tag}`;
+const ADMIN = `rag_admin_${tag}`;
+const OTHER = `rag_other_${tag}`;
+const NOBODY = `rag_nobody_${tag}`;
+
 afterAll(async () => {
   delete process.env.SWITCHYARD_WORKER_TIMEOUT;
   await sql?.end();
   await Promise.all(workers.map((w) => w.stop()));
   await db?.drop();
+  const admin = new pg.Client({ connectionString: adminUrl() });
+  await admin.connect();
+  for (const role of [APP, ADMIN, OTHER, NOBODY]) await admin.query(`drop role if exists ${role}`);
+  await admin.end();
 });
 
 describe('chunking vectorizers', () => {
@@ -144,6 +161,20 @@ describe('chunking vectorizers', () => {
     expect(d.d).toBeLessThan(1e-5);
     const columns = (await sql.query(`select column_name from information_schema.columns where table_name = 'docs_embeddings_view' order by ordinal_position`)).rows.map((r) => r.column_name);
     expect(columns).toEqual(['id', 'title', 'body', 'chunk_seq', 'chunk', 'embedding']);
+    // The bench figure (issue 21 asks ≥ 0.7×): the same formatted chunks embedded in this process,
+    // in calls of 256 (the worker's largest model call), against the vectorizer's rate above.
+    // Printed, not asserted: on 2 shared cores either side varies by more than that margin.
+    // A sample of up to 5,000 of them (rates are compared, chunks/s against chunks/s).
+    const texts = (await sql.query(`select d.title || ': ' || e.chunk as t from docs_embeddings e join docs d using (id) limit 5000`)).rows.map((r) => r.t as string);
+    const model = await loadEmbedModel(SPEC, modelsDir(), () => {});
+    const t1 = performance.now();
+    for (let i = 0; i < texts.length; i += 256) await embed(model, texts.slice(i, i + 256));
+    const inproc = performance.now() - t1;
+    await model.model.dispose();
+    console.log(
+      `in-process batched embedding of the same ${texts.length} chunks: ${(inproc / 1000).toFixed(1)} s (${((texts.length / inproc) * 1000).toFixed(1)} chunks/s); ` +
+        `vectorizer / in-process = ${((expected / ms) / (texts.length / inproc)).toFixed(2)}×`,
+    );
     const row = await one(`select id, title, body, chunk from docs_embeddings_view where id = 7 and chunk_seq = 0`);
     expect(row).toMatchObject({ id: '7', title: 'Title 7', body: bodies.get(7) });
     expect(bodies.get(7)!.startsWith(row.chunk)).toBe(true);
@@ -195,7 +226,7 @@ describe('chunking vectorizers', () => {
     const id = (await one(`select ai.create_vectorizer('memos', 'body', 'minilm', chunking => ai.chunking_tokens(64, 16)) as id`)).id;
     await until('the memos', async () => (await statusOf(id)).pending === '0');
     const tokenizer = await loadTokenizer(
-      { name: 'minilm', task: 'embedding', source: 'tiny-embed', revision: 'main', dtype: 'fp32', device: 'cpu', chatTemplate: null, contextLength: null, pooling: 'mean', normalize: true, truncate: false },
+      SPEC,
       modelsDir(),
     );
     for (const [key, body] of memo) {
@@ -270,5 +301,44 @@ describe('chunking vectorizers', () => {
     const dist = await one(`select max(e.embedding <=> ai.embed('minilm', e.chunk)) as d from notes_embeddings e where e.id <= 10`);
     expect(dist.d).toBeLessThan(1e-5);
     expect(await statusOf(id)).toMatchObject({ failed: '0', done: String(rows.length), chunks: String(expected) });
+  });
+
+  it('ai.search is for usage roles, over vectorizers they may see, returning only rows they may read', { timeout: 120_000 }, async () => {
+    for (const role of [APP, ADMIN, OTHER, NOBODY]) await sql.query(`create role ${role}`);
+    await sql.query(`create schema ${APP} authorization ${APP}`);
+    await sql.query(`select ai.grant_usage($1)`, [APP]);
+    await sql.query(`select ai.grant_usage($1)`, [OTHER]);
+    await sql.query(`select ai.grant_usage($1, admin => true)`, [ADMIN]);
+    const as = async <T = any>(role: string, q: string, values: unknown[] = []): Promise<T[]> => {
+      await sql.query(`set role ${role}`);
+      try {
+        return (await sql.query(q, values)).rows as T[];
+      } finally {
+        await sql.query(`reset role`);
+      }
+    };
+    const failAs = async (role: string, q: string, values: unknown[] = []) => (await as(role, q, values).then(() => null, (e: Error) => e))?.message;
+    await as(APP, `create table ${APP}.kb (id int primary key, secret boolean not null, body text)`);
+    await as(APP, `insert into ${APP}.kb select g, g = 3, 'entry ' || g || ' ' || repeat(md5(g::text) || ' ', 20) from generate_series(1, 6) g`);
+    const [{ id }] = await as(APP, `select ai.create_vectorizer('${APP}.kb', 'body', 'minilm', chunking => ai.chunking_recursive(200, 20)) as id`);
+    await until('the kb', async () => (await statusOf(id)).pending === '0' && (await statusOf(id)).done === '6');
+    // Readers other than the owner see only rows that are not secret.
+    await as(APP, `alter table ${APP}.kb enable row level security`);
+    await as(APP, `create policy open on ${APP}.kb for select using (not secret)`);
+    await as(APP, `grant usage on schema ${APP} to ${ADMIN}`);
+    await as(APP, `grant select on ${APP}.kb, ${APP}.kb_embeddings to ${ADMIN}`);
+    const secretChunk = (await as(APP, `select chunk from ${APP}.kb_embeddings where id = 3 and chunk_seq = 1`))[0].chunk;
+    const openChunk = (await as(APP, `select chunk from ${APP}.kb_embeddings where id = 4 and chunk_seq = 1`))[0].chunk;
+
+    const own = await as(APP, `select * from ai.search($1, $2, 3)`, [id, secretChunk]);
+    expect(own[0]).toMatchObject({ source_pk: { id: 3 }, chunk_seq: 1 });
+    const admin = await as(ADMIN, `select * from ai.search($1, $2, 10)`, [id, secretChunk]);
+    expect(admin.map((h) => h.source_pk.id).sort()).toEqual([1, 2, 4, 5, 6]);
+    expect((await as(ADMIN, `select * from ai.search($1, $2, 1)`, [id, openChunk]))[0]).toMatchObject({ source_pk: { id: 4 }, chunk_seq: 1 });
+    expect(await failAs(OTHER, `select * from ai.search($1, 'x')`, [id])).toBe(`ai.search: no vectorizer ${id}`);
+    expect(await failAs(NOBODY, `select * from ai.search($1, 'x')`, [id])).toMatch(/permission denied/);
+    await as(APP, `select ai.drop_vectorizer($1)`, [id]);
+    await sql.query(`drop schema ${APP} cascade`);
+    await sql.query(`drop owned by ${APP}, ${ADMIN}, ${OTHER}, ${NOBODY}`);
   });
 });
