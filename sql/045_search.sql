@@ -20,9 +20,7 @@
 -- chunk decides. A one-vector-per-row vectorizer answers too: chunk_seq 0 and the row's text.
 create or replace function ai.search(vectorizer integer, query text, k integer default 10)
 returns table (source_pk jsonb, chunk_seq integer, chunk text, distance float8)
-language plpgsql volatile
-set hnsw.ef_search = 1000
-as $$
+language plpgsql volatile as $$
 declare
   v ai.vectorizers;
   q text;
@@ -33,6 +31,7 @@ declare
   total bigint;
   sql text;
   candidates text;
+  prev_ef text;
   res jsonb;
 begin
   if want is null or want < 1 then
@@ -47,6 +46,11 @@ begin
   end if;
   select n.nspname into vector_schema from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector';
   q := (select ai.embed(v.model, search.query))::text;
+  -- The index's search width, for this call only (a function's own SET clause would need a
+  -- superuser to create it while pgvector's parameters are placeholders): set locally, put back
+  -- before returning.
+  prev_ef := current_setting('hnsw.ef_search', true);
+  perform set_config('hnsw.ef_search', '1000', true);
   keys := (select string_agg(format('d.%I', c), ', ') from unnest(v.pk_columns) c);
   sql := format($q$
     select %1$s as source_pk, n.chunk_seq, n.chunk, n.distance
@@ -79,6 +83,7 @@ begin
     end if;
     width := least(width * 4, 1000);
   end loop;
+  perform set_config('hnsw.ef_search', coalesce(prev_ef, '40'), true);
   return query select r.source_pk, r.chunk_seq, r.chunk, r.distance
                  from rows from (jsonb_to_recordset(res) as (source_pk jsonb, chunk_seq integer, chunk text, distance float8))
                       with ordinality as r(source_pk, chunk_seq, chunk, distance, o)
