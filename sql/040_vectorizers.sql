@@ -207,9 +207,10 @@ begin
         delete from %6$s d using ai_vz_old o where %7$s and not exists (select from ai_vz_new n where %8$s);
         delete from ai.vectorizer_failed f using ai_vz_old o
          where f.vectorizer_id = %3$s and f.pk = %5$s and not exists (select from ai_vz_new n where %8$s);
-        -- Keys whose text changed, and new keys. Text forms are compared (any column type works).
+        -- Keys whose text changed (with a formatting template, any column: it may name them),
+        -- and new keys. Text forms are compared (any column type works).
         insert into ai.vectorizer_queue (vectorizer_id, pk) select %3$s, %4$s from ai_vz_new n
-         where not exists (select from ai_vz_old o where %9$s and o.%10$I::text is not distinct from n.%10$I::text);
+         where not exists (select from ai_vz_old o where %9$s and %10$s);
         get diagnostics queued = row_count;
       elsif TG_OP = 'DELETE' then
         delete from %6$s d using ai_vz_old o where %7$s;
@@ -233,7 +234,9 @@ begin
     $f$,
     sync, v.source::oid, v.id, pkj_n, pkj_o, ai._qualified(v.destination),
     ai._vectorizer_pk_match(v.pk_columns, 'd', 'o'), ai._vectorizer_pk_match(v.pk_columns, 'n', 'o'),
-    ai._vectorizer_pk_match(v.pk_columns, 'o', 'n'), v.source_column);
+    ai._vectorizer_pk_match(v.pk_columns, 'o', 'n'),
+    case when v.formatting is null then format('o.%1$I::text is not distinct from n.%1$I::text', v.source_column)
+         else 'o::text is not distinct from n::text' end);
   execute format('revoke all on function %s() from public', sync);
 
   -- Transition tables need one trigger per event.
@@ -250,6 +253,66 @@ begin
                  format('ai_vectorizer_%s_truncate', v.id), v.source, sync);
 end $$;
 
+-- Chunking configurations for ai.create_vectorizer(chunking => ...), as pgai names them. The
+-- worker splits (src/worker/vectorize/chunking.ts): sizes count characters for the recursive
+-- splitter and the model's tokens for the token splitter; overlap is the most two neighbouring
+-- chunks share.
+--   ai.chunking_none()                       the whole text, one chunk
+--   ai.chunking_recursive(size, overlap, separators)  split at the first separator the text has
+--                                            (default: paragraph, line, space, then anywhere),
+--                                            pieces still too long at the next, then merged
+--                                            into chunks of at most size characters
+--   ai.chunking_tokens(size, overlap)        windows of size tokens of the model's tokenizer
+-- Checks a chunking configuration (null stays null: one vector per row).
+create or replace function ai._vectorizer_chunking(p jsonb)
+returns jsonb language plpgsql immutable as $$
+declare
+  impl text := p->>'implementation';
+  size integer;
+  overlap integer;
+begin
+  if p is null then
+    return null;
+  end if;
+  if impl = 'none' then
+    return '{"implementation": "none"}'::jsonb;
+  elsif impl not in ('recursive', 'tokens') or impl is null then
+    raise exception 'chunking: implementation must be none, recursive or tokens, not %', coalesce(impl, 'missing')
+      using errcode = 'invalid_parameter_value', hint = 'Use ai.chunking_recursive(...) or ai.chunking_tokens(...).';
+  end if;
+  size := (p->>'chunk_size')::integer;
+  overlap := coalesce((p->>'chunk_overlap')::integer, 0);
+  if size is null or size < 1 or size > 1000000 then
+    raise exception 'chunking: chunk_size must be between 1 and 1000000' using errcode = 'invalid_parameter_value';
+  end if;
+  if overlap < 0 or overlap >= size then
+    raise exception 'chunking: chunk_overlap must be at least 0 and less than chunk_size' using errcode = 'invalid_parameter_value';
+  end if;
+  if impl = 'recursive' then
+    if jsonb_typeof(p->'separators') <> 'array' or jsonb_array_length(p->'separators') = 0
+       or exists (select from jsonb_array_elements(p->'separators') e where jsonb_typeof(e) <> 'string') then
+      raise exception 'chunking: separators must be a non-empty array of texts' using errcode = 'invalid_parameter_value';
+    end if;
+    return jsonb_build_object('implementation', impl, 'chunk_size', size, 'chunk_overlap', overlap, 'separators', p->'separators');
+  end if;
+  return jsonb_build_object('implementation', impl, 'chunk_size', size, 'chunk_overlap', overlap);
+end $$;
+
+create or replace function ai.chunking_none()
+returns jsonb language sql immutable as $$ select '{"implementation": "none"}'::jsonb $$;
+
+create or replace function ai.chunking_recursive(chunk_size integer, chunk_overlap integer default 0, separators text[] default null)
+returns jsonb language sql immutable as $$
+  select ai._vectorizer_chunking(pg_catalog.jsonb_build_object('implementation', 'recursive', 'chunk_size', chunk_size,
+           'chunk_overlap', chunk_overlap, 'separators', coalesce(separators, array[E'\n\n', E'\n', ' ', ''])))
+$$;
+
+create or replace function ai.chunking_tokens(chunk_size integer, chunk_overlap integer default 0)
+returns jsonb language sql immutable as $$
+  select ai._vectorizer_chunking(pg_catalog.jsonb_build_object('implementation', 'tokens', 'chunk_size', chunk_size, 'chunk_overlap', chunk_overlap))
+$$;
+
+
 -- Creates a vectorizer; returns its id.
 --   source       a table with a primary key (plain or partitioned)
 --   column_name  the column to embed (any type; its text form is embedded; NULL → no row)
@@ -263,6 +326,14 @@ end $$;
 --   dimensions   the model's dimension, needed to create vector(d): taken from ai.models,
 --                which a worker fills in when it first loads the model. For a model no worker
 --                has loaded yet, start one once (switchyard worker --models NAME) or pass it.
+--   chunking     null: one vector per row (the text must fit the model's context, or the row
+--                fails). Otherwise ai.chunking_none(), ai.chunking_recursive(...) or
+--                ai.chunking_tokens(...): the worker splits the text, and the destination holds
+--                the key columns, chunk_seq, chunk, embedding, model, updated_at (HNSW index),
+--                with a view <destination>_view of the source's columns and chunk_seq, chunk,
+--                embedding (security_invoker: it shows what the reader may see of the source).
+--   formatting   a template over $chunk and the source's columns ('$title: $chunk'): what is
+--                embedded for each chunk (the chunk column keeps the chunk). Needs chunking.
 -- Existing rows are queued at once (backfill).
 create or replace function ai.create_vectorizer(
   source regclass,
@@ -272,7 +343,9 @@ create or replace function ai.create_vectorizer(
   batch_size integer default 64,
   max_attempts integer default 3,
   dimensions integer default null,
-  retry_delay interval default '10 seconds'
+  retry_delay interval default '10 seconds',
+  chunking jsonb default null,
+  formatting text default null
 ) returns integer language plpgsql as $$
 declare
   model_name text := ai._embedding_model(create_vectorizer.model, 'ai.create_vectorizer');
@@ -289,6 +362,11 @@ declare
   new_id integer;
   queued bigint;
   op text;
+  chunks jsonb := ai._vectorizer_chunking(create_vectorizer.chunking);
+  reserved name[] := case when create_vectorizer.chunking is null then array['embedding', 'model', 'updated_at']::name[]
+                          else array['chunk_seq', 'chunk', 'embedding', 'model', 'updated_at']::name[] end;
+  view_name name;
+  bad text;
 begin
   select n.nspname, c.relname into src_schema, src_name
     from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -307,9 +385,23 @@ begin
     raise exception 'ai.create_vectorizer: table % has no primary key', create_vectorizer.source
       using errcode = 'invalid_table_definition', hint = 'A vectorizer identifies rows by their primary key: add one.';
   end if;
-  if pk_cols && array['embedding', 'model', 'updated_at']::name[] then
-    raise exception 'ai.create_vectorizer: a primary key column of % is named embedding, model or updated_at, which the destination table uses',
-      create_vectorizer.source using errcode = 'duplicate_column';
+  if pk_cols && reserved then
+    raise exception 'ai.create_vectorizer: a primary key column of % is named %, which the destination table uses',
+      create_vectorizer.source, array_to_string(reserved, ', ') using errcode = 'duplicate_column';
+  end if;
+  if formatting is not null then
+    if chunks is null then
+      raise exception 'ai.create_vectorizer: formatting needs chunking' using errcode = 'invalid_parameter_value',
+        hint = 'Pass chunking => ai.chunking_none() to embed each row whole, formatted.';
+    end if;
+    select string_agg(m[1], ', ') into bad
+      from regexp_matches(formatting, '\$([A-Za-z_][A-Za-z0-9_]*)', 'g') m
+     where m[1] <> 'chunk' and not exists (select from pg_attribute a where a.attrelid = create_vectorizer.source
+                                             and a.attname = m[1] and a.attnum > 0 and not a.attisdropped);
+    if bad is not null then
+      raise exception 'ai.create_vectorizer: formatting names %, which is neither $chunk nor a column of %', bad, create_vectorizer.source
+        using errcode = 'undefined_column';
+    end if;
   end if;
   if not exists (select from pg_attribute a where a.attrelid = create_vectorizer.source and a.attname = column_name
                   and a.attnum > 0 and not a.attisdropped) then
@@ -340,17 +432,39 @@ begin
       using errcode = 'duplicate_table', hint = 'Pass another destination => ''name'', or drop that table.';
   end if;
   select n.nspname into vector_schema from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector';
-  execute format('create table %I.%I (%s, embedding %I.vector(%s) not null, model text not null, '
-                 'updated_at timestamptz not null default now(), primary key (%s))',
-                 src_schema, dest_name, pk_defs, vector_schema, dims,
-                 (select string_agg(quote_ident(c), ', ') from unnest(pk_cols) c));
+  if chunks is null then
+    execute format('create table %I.%I (%s, embedding %I.vector(%s) not null, model text not null, '
+                   'updated_at timestamptz not null default now(), primary key (%s))',
+                   src_schema, dest_name, pk_defs, vector_schema, dims,
+                   (select string_agg(quote_ident(c), ', ') from unnest(pk_cols) c));
+  else
+    execute format('create table %I.%I (%s, chunk_seq integer not null, chunk text not null, embedding %I.vector(%s) not null, '
+                   'model text not null, updated_at timestamptz not null default now(), primary key (%s, chunk_seq))',
+                   src_schema, dest_name, pk_defs, vector_schema, dims,
+                   (select string_agg(quote_ident(c), ', ') from unnest(pk_cols) c));
+  end if;
   dest := format('%I.%I', src_schema, dest_name)::regclass;
   execute format('create index on %s using hnsw (embedding %I.vector_cosine_ops)', dest, vector_schema);
+  if chunks is not null then
+    -- The view: every source column, then the chunk's. security_invoker: a reader sees the
+    -- source rows its own rights (and the source's row-level security) let it see.
+    select string_agg(quote_ident(a.attname), ', ') into bad
+      from pg_attribute a where a.attrelid = create_vectorizer.source and a.attnum > 0 and not a.attisdropped
+       and a.attname in ('chunk_seq', 'chunk', 'embedding');
+    if bad is not null then
+      raise exception 'ai.create_vectorizer: table % has a column named %, which the chunks view adds', create_vectorizer.source, bad
+        using errcode = 'duplicate_column';
+    end if;
+    view_name := left(dest_name, 58) || '_view';
+    execute format('create view %I.%I with (security_invoker = true) as select s.*, d.chunk_seq, d.chunk, d.embedding from %s d join %s s on %s',
+                   src_schema, view_name, dest, create_vectorizer.source, ai._vectorizer_pk_match(pk_cols, 'd', 's'));
+  end if;
 
   insert into ai.vectorizers (source, source_column, destination, pk_columns, pk_types, model, dimensions,
-                              batch_size, max_attempts, retry_delay, fn_schema)
+                              batch_size, max_attempts, retry_delay, fn_schema, chunking, formatting, view)
   values (create_vectorizer.source, column_name, dest, pk_cols, pk_types, model_name, dims,
-          create_vectorizer.batch_size, create_vectorizer.max_attempts, create_vectorizer.retry_delay, src_schema)
+          create_vectorizer.batch_size, create_vectorizer.max_attempts, create_vectorizer.retry_delay, src_schema,
+          chunks, create_vectorizer.formatting, case when view_name is not null then format('%I.%I', src_schema, view_name)::regclass end)
   returning id into new_id;
 
   perform ai._vectorizer_install(new_id);
@@ -403,6 +517,9 @@ begin
   end if;
   delete from ai.vectorizers x where x.id = v.id;
   perform ai._vectorizer_forget_jobs(v.id);
+  if v.view is not null and exists (select from pg_class c where c.oid = v.view) then
+    execute format('drop view %s', v.view);
+  end if;
   if drop_destination and exists (select from pg_class c where c.oid = v.destination) then
     execute format('drop table %s', v.destination);
   end if;
@@ -432,9 +549,10 @@ end $$;
 -- null. Batches run concurrently (several jobs, or lanes of one job), so a key is only taken
 -- when all its queued items could be locked: otherwise another batch holds one of them (the
 -- row changed again meanwhile) and two batches could write the key's old and new vector in the
--- wrong order. Such a key stays queued for a later batch.
-create or replace function ai._vectorizer_claim(p_id integer)
-returns table (pk jsonb, ids bigint[], attempts integer, input text)
+-- wrong order. Such a key stays queued for a later batch. `source`: the whole row as jsonb when
+-- the vectorizer has a formatting template (which may name any column), else null.
+create or replace function ai._vectorizer_claim_rows(p_id integer)
+returns table (pk jsonb, ids bigint[], attempts integer, input text, source jsonb)
 language plpgsql as $$
 declare
   v ai.vectorizers;
@@ -464,22 +582,33 @@ begin
     items as (
       select l.* from locked l join queued on queued.pk = l.pk and queued.n = cardinality(l.ids)),
     src as (
-      select %1$s, s.%2$I::text as input
+      select %1$s, s.%2$I::text as input, %6$s as source
         from %3$s s
        where (%1$s) in (select %4$s from items k)
        for key share of s)
-    select i.pk, i.ids, i.attempts, src.input
+    select i.pk, i.ids, i.attempts, src.input, src.source
       from items i left join src on %5$s$q$,
     (select string_agg(format('s.%I', c), ', ') from unnest(v.pk_columns) c),
     v.source_column,
     v.source,
     ai._vectorizer_pk_values(v.pk_columns, v.pk_types, 'k.pk'),
-    ai._vectorizer_pk_match_json(v.pk_columns, v.pk_types, 'src', 'i.pk'))
+    ai._vectorizer_pk_match_json(v.pk_columns, v.pk_types, 'src', 'i.pk'),
+    case when v.formatting is null then 'null::jsonb' else 'pg_catalog.to_jsonb(s)' end)
   using p_id, keys;
 end $$;
 
+-- Step 2 of a one-vector-per-row batch (as before chunking came): ai._vectorizer_claim_rows
+-- without the row.
+create or replace function ai._vectorizer_claim(p_id integer)
+returns table (pk jsonb, ids bigint[], attempts integer, input text)
+language sql as $$
+  select c.pk, c.ids, c.attempts, c.input from ai._vectorizer_claim_rows(p_id) c
+$$;
+
 -- Step 3: writes a batch's outcome. p_results: one object per claimed key,
 --   {"pk", "ids", "attempts", "embedding": "[…]"}  → upserted into the destination
+--   {"pk", "ids", "attempts", "chunks": [{"seq", "chunk", "embedding"}, …]}
+--                                                  → (chunking) the key's chunks, replacing its old ones
 --   {"pk", "ids", "attempts"}                      → row gone or text null: destination row deleted
 --   {"pk", "ids", "attempts", "error": {…}}        → retried later, or parked after max_attempts
 create or replace function ai._vectorizer_finish(p_id integer, p_results jsonb)
@@ -490,6 +619,24 @@ declare
 begin
   select * into v from ai.vectorizers x where x.id = p_id;
   select string_agg(quote_ident(c), ', ') into dest_keys from unnest(v.pk_columns) c;
+  if v.chunking is not null then
+    -- A key's chunks are replaced as a whole (its old ones may be more, or other text): every
+    -- key done in this batch loses its chunks, then gets its new ones, in this transaction.
+    execute format($q$
+      delete from %1$s d using jsonb_to_recordset($1) as r(pk jsonb, error jsonb)
+       where r.error is null and %2$s$q$,
+      v.destination, ai._vectorizer_pk_match_json(v.pk_columns, v.pk_types, 'd', 'r.pk'))
+    using p_results;
+    execute format($q$
+      insert into %1$s (%2$s, chunk_seq, chunk, embedding, model, updated_at)
+      select %3$s, c.seq, c.chunk, c.embedding::%4$s, $2, now()
+        from jsonb_to_recordset($1) as r(pk jsonb, chunks jsonb, error jsonb)
+        cross join jsonb_to_recordset(r.chunks) as c(seq integer, chunk text, embedding text)
+       where r.error is null and r.chunks is not null$q$,
+      v.destination, dest_keys, ai._vectorizer_pk_values(v.pk_columns, v.pk_types, 'r.pk'),
+      (select format_type(a.atttypid, a.atttypmod) from pg_attribute a where a.attrelid = v.destination and a.attname = 'embedding'))
+    using p_results, v.model;
+  else
   execute format($q$
     insert into %1$s as d (%2$s, embedding, model, updated_at)
     select %3$s, r.embedding::%4$s, $2, now()
@@ -505,6 +652,7 @@ begin
      where r.embedding is null and r.error is null and %2$s$q$,
     v.destination, ai._vectorizer_pk_match_json(v.pk_columns, v.pk_types, 'd', 'r.pk'))
   using p_results;
+  end if;
   -- Done (embedded or removed): the items go, and so does an earlier failure of the key.
   delete from ai.vectorizer_failed f
    using jsonb_to_recordset(p_results) as r(pk jsonb, error jsonb)
@@ -576,9 +724,36 @@ begin
   return 'idle';
 end $$;
 
+-- What a vectorizer's destination holds, read with the caller's rights: done, the source rows
+-- that have their vector(s); chunks, the rows of the destination. Null for a reader that may not
+-- read the destination. A count over the destination: it costs a scan of it.
+create or replace function ai._vectorizer_counts(p_id integer, out done bigint, out chunks bigint)
+language plpgsql stable as $$
+declare
+  v ai.vectorizers;
+begin
+  select * into v from ai.vectorizers x where x.id = p_id;
+  if not found or not exists (select from pg_class c where c.oid = v.destination)
+     or not has_table_privilege(v.destination, 'select') then
+    return;
+  end if;
+  if v.chunking is null then
+    execute format('select count(*), count(*) from %s', v.destination) into done, chunks;
+  else
+    execute format('select count(*), coalesce(sum(n), 0)::bigint from (select count(*) as n from %s group by %s) g',
+                   v.destination, (select string_agg(quote_ident(c), ', ') from unnest(v.pk_columns) c)) into done, chunks;
+  end if;
+exception when insufficient_privilege then
+  -- No usage on the destination's schema, say (an admin reading another tenant's status).
+  done := null;
+  chunks := null;
+end $$;
+
 -- One row per vectorizer. pending: queued items (a row changed twice before a worker came by
 -- counts twice), of which retrying: failed at least once and waiting for their next attempt;
--- failed: parked items; last_error: the newest error message among both.
+-- failed: parked items; last_error: the newest error message among both; done: source rows with
+-- their vector(s), chunks: destination rows (see ai._vectorizer_counts); chunking and view (null
+-- for one vector per row).
 -- Read with the caller's rights (security_invoker), so the vectorizer tables' row-level
 -- security decides what each role sees: its own vectorizers, or all of them for the owner,
 -- service roles and admins.
@@ -594,8 +769,13 @@ select v.id,
        coalesce(f.failed, 0) as failed,
        e.error->>'message' as last_error,
        e.at as last_error_at,
-       q.oldest as oldest_pending_at
+       q.oldest as oldest_pending_at,
+       v.chunking,
+       v.view,
+       n.done,
+       n.chunks
   from ai.vectorizers v
+  left join lateral ai._vectorizer_counts(v.id) n on true
   left join lateral (
     select count(*) as pending, count(*) filter (where x.attempts > 0) as retrying, min(x.queued_at) as oldest
       from ai.vectorizer_queue x where x.vectorizer_id = v.id) q on true

@@ -29,7 +29,7 @@ begin
 end $$;
 
 -- What an application role needs: ai.embed, ai.chat_complete, ai.submit_chat, ai.submit_embed, vectorizers on tables it owns (and
--- their status), the registered models, its own SQL requests and SDK responses. `admin` adds reading everything in
+-- their status, ai.search over them), the registered models, its own SQL requests and SDK responses. `admin` adds reading everything in
 -- schema ai (requests of every role and key, usage, workers) and every vectorizer. Also makes
 -- every worker role of ai.service_roles a member of `role`, so that workers run its vectorizers'
 -- batches as `role` (see vectorize-task.ts). Run it as the owner of schema ai or a superuser.
@@ -57,14 +57,16 @@ begin
     'ai.embed(text, text)', 'ai.embed(text, text[])', 'ai.chat_complete(text, jsonb, jsonb)',
     'ai.submit_chat(text, jsonb, jsonb, regclass, name, name, text)',
     'ai.submit_embed(text, text, regclass, name, name, text)',
-    'ai.create_vectorizer(regclass, name, text, name, integer, integer, integer, interval)',
-    'ai.drop_vectorizer(integer, boolean)',
+    'ai.create_vectorizer(regclass, name, text, name, integer, integer, integer, interval, jsonb, text)',
+    'ai.drop_vectorizer(integer, boolean)', 'ai.search(integer, text, integer)',
+    'ai.chunking_none()', 'ai.chunking_recursive(integer, integer, text[])', 'ai.chunking_tokens(integer, integer)',
     -- What those run as the caller: helpers, and a batch's steps (workers run them as the owner).
     'ai._embedding_model(text, text)', 'ai._vectorizer_install(integer)', 'ai._vectorizer_wake(integer)',
     'ai._vectorizer_forget_jobs(integer)', 'ai._vectorizer_job_key(integer)', 'ai._qualified(regclass)',
     'ai._vectorizer_pk_json(name[], text)', 'ai._vectorizer_pk_match(name[], text, text)',
     'ai._vectorizer_pk_match_json(name[], regtype[], text, text)', 'ai._vectorizer_pk_values(name[], regtype[], text)',
     'ai._vectorizer_begin(integer)', 'ai._vectorizer_claim(integer)', 'ai._vectorizer_finish(integer, jsonb)',
+    'ai._vectorizer_claim_rows(integer)', 'ai._vectorizer_chunking(jsonb)', 'ai._vectorizer_counts(integer)',
     'ai._interval_setting(text, interval)'
   ] loop
     execute format('grant execute on function %s to %I', f, r);

@@ -32,16 +32,8 @@ function explain(spec: ModelSpec, where: ReturnType<typeof resolveSource>, err: 
   return ThreadError.server(`Could not load model '${spec.name}' from '${spec.source}': ${detail}. ${hint}`, 'model_load_failed', 503);
 }
 
-/**
- * Loads a model's tokenizer and graph with transformers.js. Its `env` (local path, remote
- * switch) is process-global, so loads are serialised by the caller.
- */
-async function loadFiles(
-  spec: ModelSpec,
-  modelsDir: string | undefined,
-  onProgress: ProgressFn,
-  auto: typeof AutoModel | typeof AutoModelForCausalLM,
-): Promise<{ where: ReturnType<typeof resolveSource>; tokenizer: PreTrainedTokenizer; model: PreTrainedModel }> {
+/** Points transformers.js's process-global `env` at where a model's files are. */
+function pointEnvAt(spec: ModelSpec, modelsDir: string | undefined): ReturnType<typeof resolveSource> {
   const where = resolveSource(spec.source, modelsDir);
   env.cacheDir = modelCacheDir();
   if (where.kind === 'local') {
@@ -52,6 +44,33 @@ async function loadFiles(
     env.allowLocalModels = false;
     env.allowRemoteModels = true;
   }
+  return where;
+}
+
+/**
+ * A model's tokenizer alone (no graph), for work outside the model thread: the vectorizer's
+ * token splitter. Callers in one thread serialise loads, as for loadFiles.
+ */
+export async function loadTokenizer(spec: ModelSpec, modelsDir: string | undefined): Promise<PreTrainedTokenizer> {
+  const where = pointEnvAt(spec, modelsDir);
+  try {
+    return await AutoTokenizer.from_pretrained(where.id, { revision: spec.revision });
+  } catch (err) {
+    throw explain(spec, where, err);
+  }
+}
+
+/**
+ * Loads a model's tokenizer and graph with transformers.js. Its `env` (local path, remote
+ * switch) is process-global, so loads are serialised by the caller.
+ */
+async function loadFiles(
+  spec: ModelSpec,
+  modelsDir: string | undefined,
+  onProgress: ProgressFn,
+  auto: typeof AutoModel | typeof AutoModelForCausalLM,
+): Promise<{ where: ReturnType<typeof resolveSource>; tokenizer: PreTrainedTokenizer; model: PreTrainedModel }> {
+  const where = pointEnvAt(spec, modelsDir);
   const opts = {
     revision: spec.revision,
     progress_callback: (info: { status: string; file?: string; progress?: number }) => {

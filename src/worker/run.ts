@@ -16,6 +16,7 @@ import { runChatRequest } from './chat-task.js';
 import { ChatClaimer } from './chat-claimer.js';
 import { EmbedClaimer } from './embedding/claimer.js';
 import { vectorizeTask, vectorizeTaskName } from './vectorize-task.js';
+import type { ChunkTokenizer } from './vectorize/chunking.js';
 import { EmbedBatcher } from './embedding/batcher.js';
 import { modelFingerprint } from './embedding/cache-key.js';
 import { ModelHost } from './model-host.js';
@@ -190,7 +191,18 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         const claimer = new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs, true) });
         s.claimers.set(spec.name, claimer);
         claimer.start();
-        embedTasks[vectorizeTaskName(spec.name)] = vectorizeTask(spec, { pool: database.pool, embed: (inputs) => batcher.submit(inputs), log });
+        let tokenizer: Promise<ChunkTokenizer> | null = null;
+        embedTasks[vectorizeTaskName(spec.name)] = vectorizeTask(spec, {
+          pool: database.pool,
+          embed: (inputs) => batcher.submit(inputs),
+          log,
+          // The token splitter's tokenizer, loaded once, when first needed (transformers.js is
+          // otherwise only loaded in the model thread); a failed load is tried again next time.
+          tokenizer: () =>
+            (tokenizer ??= import('./loader.js')
+              .then((l) => l.loadTokenizer(spec, opts.modelsDir) as Promise<ChunkTokenizer>)
+              .catch((err: unknown) => ((tokenizer = null), Promise.reject(err)))),
+        });
       }
     }
     if (Object.keys(embedTasks).length > 0) await startRunner(s, embedTasks, opts.embedConcurrency ?? 4);

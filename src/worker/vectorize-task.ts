@@ -4,6 +4,7 @@ import type { LogFn } from '../log.js';
 import type { ErrorBody } from '../protocol/errors.js';
 import { toJsonb } from '../db/jsonb.js';
 import type { ModelSpec } from './models-source.js';
+import { format, readChunking, split, type Chunking, type ChunkTokenizer } from './vectorize/chunking.js';
 
 /** The graphile-worker task identifier of a model's vectorizer jobs (see sql/040_vectorizers.sql). */
 export const vectorizeTaskName = (model: string): string => `vectorize:${model}`;
@@ -22,6 +23,15 @@ export interface VectorizeTaskDeps {
   log: { info: LogFn; warn: LogFn; error: LogFn };
   /** How long one job runs batches before it hands over to a fresh job (default 60 s). */
   sliceMs?: number;
+  /** The model's tokenizer, for the token splitter (loaded on first use). */
+  tokenizer?: () => Promise<ChunkTokenizer>;
+}
+
+/** How a vectorizer turns a row into inputs: null chunking is one vector per row. */
+interface Shape {
+  dimensions: number;
+  chunking: Chunking | null;
+  formatting: string | null;
 }
 
 interface ClaimedItem {
@@ -30,9 +40,17 @@ interface ClaimedItem {
   attempts: number;
   /** The row's current text; null when the row is gone or its text is null. */
   input: string | null;
+  /** The whole row, for a formatting template (else null). */
+  source?: Record<string, unknown> | null;
 }
 
-type ItemResult = { pk: unknown; ids: string[]; attempts: number; embedding?: string; error?: ErrorBody };
+interface ChunkResult {
+  seq: number;
+  chunk: string;
+  embedding: string;
+}
+
+type ItemResult = { pk: unknown; ids: string[]; attempts: number; embedding?: string; chunks?: ChunkResult[]; error?: ErrorBody };
 
 export function readVectorizerId(payload: unknown): number {
   const id = (payload as { vectorizer_id?: unknown } | null)?.vectorizer_id;
@@ -57,8 +75,33 @@ function outcome(item: ClaimedItem, index: Map<string, number>, result: Vectoriz
   if (v.length !== dimensions) {
     return { ...base, error: itemError(`The model returned ${v.length} dimensions; this vectorizer's destination holds ${dimensions}.`, 'dimension_mismatch') };
   }
-  // Float32 values printed as JS numbers: pgvector parses them back to the same float32.
-  return { ...base, embedding: `[${Array.prototype.join.call(v, ',')}]` };
+  return { ...base, embedding: vectorText(v) };
+}
+
+// Float32 values printed as JS numbers: pgvector parses them back to the same float32.
+const vectorText = (v: Float32Array): string => `[${Array.prototype.join.call(v, ',')}]`;
+
+/**
+ * A chunking vectorizer's outcome of one key: all its chunks with their vectors (none when the
+ * row is gone, its text null or empty), or the first chunk's error: the key is retried, then
+ * parked, as a whole, so its chunks are never half replaced.
+ */
+function chunkedOutcome(item: ClaimedItem, chunks: string[], texts: string[], index: Map<string, number>, result: VectorizeEmbedding | null, dimensions: number): ItemResult {
+  const base = { pk: item.pk, ids: item.ids, attempts: item.attempts };
+  const out: ChunkResult[] = [];
+  for (let seq = 0; seq < chunks.length; seq++) {
+    const k = index.get(texts[seq]!)!;
+    const error = result!.errors[k];
+    const where = chunks.length > 1 ? `chunk ${seq} of ${chunks.length}: ` : '';
+    if (error) return { ...base, error: { ...forRow(error), message: `${where}${forRow(error).message}` } };
+    const v = result!.vectors[k];
+    if (!v) return { ...base, error: itemError(`${where}The model returned no vector for this text.`, 'no_vector') };
+    if (v.length !== dimensions) {
+      return { ...base, error: itemError(`${where}The model returned ${v.length} dimensions; this vectorizer's destination holds ${dimensions}.`, 'dimension_mismatch') };
+    }
+    out.push({ seq, chunk: chunks[seq]!, embedding: vectorText(v) });
+  }
+  return { ...base, chunks: out };
 }
 
 interface Batch {
@@ -77,7 +120,7 @@ async function abort(client: pg.PoolClient): Promise<void> {
  * text. The transaction stays open until finishBatch commits it, or abort rolls it back (the
  * items are then simply due again).
  */
-async function claimBatch(pool: pg.Pool, id: number, owner: string): Promise<Batch | 'gone' | 'empty'> {
+async function claimBatch(pool: pg.Pool, id: number, owner: string, chunked: boolean): Promise<Batch | 'gone' | 'empty'> {
   const client = await pool.connect();
   try {
     await client.query('begin');
@@ -88,7 +131,8 @@ async function claimBatch(pool: pg.Pool, id: number, owner: string): Promise<Bat
       throw new Error(`vectorizer ${id}: cannot run as its owner ${owner} (${err.message}); run select ai.grant_usage('${owner}') as the schema's owner`);
     });
     const state = (await client.query<{ state: 'ok' | 'gone' }>('select ai._vectorizer_begin($1) as state', [id])).rows[0]!.state;
-    const items = state === 'ok' ? (await client.query<ClaimedItem>('select pk, ids, attempts, input from ai._vectorizer_claim($1)', [id])).rows : [];
+    const claim = chunked ? 'select pk, ids, attempts, input, source from ai._vectorizer_claim_rows($1)' : 'select pk, ids, attempts, input from ai._vectorizer_claim($1)';
+    const items = state === 'ok' ? (await client.query<ClaimedItem>(claim, [id])).rows : [];
     if (items.length > 0) return { client, items };
     await client.query('commit');
     client.release();
@@ -99,7 +143,18 @@ async function claimBatch(pool: pg.Pool, id: number, owner: string): Promise<Bat
   }
 }
 
-async function embedBatch(items: ClaimedItem[], dimensions: number, deps: VectorizeTaskDeps): Promise<ItemResult[]> {
+async function embedBatch(items: ClaimedItem[], shape: Shape, deps: VectorizeTaskDeps): Promise<ItemResult[]> {
+  const { dimensions, chunking, formatting } = shape;
+  if (chunking) {
+    const tokenizer = chunking.implementation === 'tokens' ? await deps.tokenizer!() : null;
+    const chunks = items.map((i) => (i.input === null ? [] : split(i.input, chunking, tokenizer)));
+    const texts = items.map((i, n) => (formatting === null ? chunks[n]! : chunks[n]!.map((c) => format(formatting, c, i.source ?? null))));
+    // Identical texts (a repeated paragraph, copies of a document) are embedded once.
+    const unique = [...new Set(texts.flat())];
+    const index = new Map(unique.map((t, k) => [t, k]));
+    const result = unique.length > 0 ? await deps.embed(unique) : null;
+    return items.map((item, n) => chunkedOutcome(item, chunks[n]!, texts[n]!, index, result, dimensions));
+  }
   // Identical texts (copies of a document) are embedded once.
   const texts = [...new Set(items.flatMap((i) => (i.input === null ? [] : [i.input])))];
   const index = new Map(texts.map((t, k) => [t, k]));
@@ -134,9 +189,14 @@ export function vectorizeTask(spec: ModelSpec, deps: VectorizeTaskDeps): Task {
   return async (payload, helpers) => {
     const id = readVectorizerId(payload);
     const row = (
-      await deps.pool.query<{ dimensions: number; model: string; owner: string }>('select dimensions, model, owner from ai.vectorizers where id = $1', [id])
+      await deps.pool.query<{ dimensions: number; model: string; owner: string; chunking: unknown; formatting: string | null }>(
+        'select dimensions, model, owner, chunking, formatting from ai.vectorizers where id = $1',
+        [id],
+      )
     ).rows[0];
     if (!row) return; // dropped
+    const shape: Shape = { dimensions: row.dimensions, chunking: row.chunking === null ? null : readChunking(row.chunking), formatting: row.formatting };
+    if (shape.chunking?.implementation === 'tokens' && !deps.tokenizer) throw new Error(`vectorizer ${id}: the token splitter needs the model's tokenizer`);
     if (row.model !== spec.name) deps.log.warn(`vectorizer ${id} now uses model ${row.model}, but this job was queued for ${spec.name}`);
     const started = Date.now();
     let handled = 0;
@@ -150,13 +210,13 @@ export function vectorizeTask(spec: ModelSpec, deps: VectorizeTaskDeps): Task {
       let thrown: unknown = null;
       try {
         while (Date.now() - started < sliceMs) {
-          const batch = await claimBatch(deps.pool, id, row.owner);
+          const batch = await claimBatch(deps.pool, id, row.owner, shape.chunking !== null);
           if (batch === 'gone') gone = true;
           if (typeof batch === 'string') break;
           let results: ItemResult[] = [];
           let failure: unknown = null;
           try {
-            results = await embedBatch(batch.items, row.dimensions, deps);
+            results = await embedBatch(batch.items, shape, deps);
             // The previous batch commits before this one writes.
             failure = writing && (await writing);
             writing = null;
