@@ -4,6 +4,7 @@ import { PgEngine } from '../engine/pg-engine.js';
 import { logger } from '../log.js';
 import { Reaper } from '../engine/reaper.js';
 import { buildApp } from './app.js';
+import { ServeTokenizers } from '../engine/tokenizers.js';
 
 export interface ServeOptions {
   databaseUrl: string;
@@ -23,7 +24,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const database = openDatabase(opts.databaseUrl, { max: 20, applicationName: 'switchyard-serve' });
   const hub = new EventHub(database.pool, opts.databaseUrl, log);
   await hub.start();
-  const app = buildApp({ engine: new PgEngine(database, hub), database, auth: opts.auth, listening: () => hub.listening });
+  const app = buildApp({ engine: new PgEngine(database, hub), database, auth: opts.auth, listening: () => hub.listening, tokenizers: new ServeTokenizers(database.db) });
   let address: string;
   try {
     address = await app.listen({ host: opts.host, port: opts.port });
