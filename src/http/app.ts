@@ -25,6 +25,8 @@ import { PgBatchStore } from '../db/batches-repo.js';
 import type { Tokenizers } from '../engine/types.js';
 import { TokenizeServing } from '../serving/tokenize.js';
 import { tokenizeRoutes } from './routes/tokenize.js';
+import { messagesRoutes } from './routes/messages.js';
+import { MessagesServing } from '../serving/messages.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -109,7 +111,9 @@ export function buildApp(opts: AppOptions): FastifyInstance {
     async (v1) => {
       registerAuth(v1, keys);
       v1.setNotFoundHandler(notFound);
-      chatRoutes(v1, new ChatServing(opts.engine, observer), opts.engine);
+      const chat = new ChatServing(opts.engine, observer);
+      chatRoutes(v1, chat, opts.engine);
+      messagesRoutes(v1, new MessagesServing(opts.engine, chat, opts.tokenizers ?? null), opts.engine);
       embeddingRoutes(v1, new EmbeddingsServing(opts.engine, observer), opts.engine);
       completionRoutes(v1, new CompletionsServing(opts.engine, observer), opts.engine);
       modelRoutes(v1, new ModelsServing(opts.engine));

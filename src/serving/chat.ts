@@ -23,6 +23,8 @@ export { SYSTEM_FINGERPRINT };
 /** A streaming answer: chunks to send, and how to stop the generation if the client leaves. */
 export interface ChatStream {
   requestId: string;
+  /** The prompt's length, when the worker reported it before the first chunk (Anthropic's message_start carries it). */
+  promptTokens?: number;
   chunks: AsyncIterable<ChatCompletionChunk>;
 }
 
@@ -95,7 +97,10 @@ export class ChatServing {
     if (first.value.type === 'error') throw toError(first.value);
     // Tool calls are read out of the text unless the request has no tools or forbids calling them.
     const tools = toolCallParsing(req, format);
-    if (req.stream) return { kind: 'stream', stream: { requestId: gen.requestId, chunks: this.chunks(req, gen, first.value, events, tools) } };
+    if (req.stream) {
+      const promptTokens = first.value.type === 'start' ? { promptTokens: first.value.promptTokens } : {};
+      return { kind: 'stream', stream: { requestId: gen.requestId, ...promptTokens, chunks: this.chunks(req, gen, first.value, events, tools) } };
+    }
     const completion = await beforeDeadline(this.collect(req, gen, first.value, events, tools), deadline, cancel);
     return { kind: 'json', requestId: gen.requestId, body: completion };
   }

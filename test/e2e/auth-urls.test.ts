@@ -102,7 +102,7 @@ it('every spelling of every /v1 route, sent as raw bytes without a key, is a 401
   );
   expect(problems).toEqual([]);
   // Not vacuous: the encoded prefix and absolute-form reach the routes on a real server.
-  for (const r of ['GET /v%31/models', 'GET http://host/v%31/models', 'POST /%761/embeddings', 'POST /v%31/chat/completions', 'POST /v%31/completions', 'GET /v%31/models/tiny-chat', 'POST /%74okenize']) {
+  for (const r of ['GET /v%31/models', 'GET http://host/v%31/models', 'POST /%761/embeddings', 'POST /v%31/chat/completions', 'POST /v%31/completions', 'GET /v%31/models/tiny-chat', 'POST /v%31/messages', 'POST /%74okenize']) {
     expect(reached).toContain(r);
   }
   expect(reached.length).toBeGreaterThan(200);

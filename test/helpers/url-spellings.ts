@@ -100,6 +100,8 @@ export const V1_ROUTES: { method: string; route: string; path: string; body?: un
   { method: 'GET', route: '/v1/batches/:id', path: '/v1/batches/batch_0123' },
   { method: 'HEAD', route: '/v1/batches/:id', path: '/v1/batches/batch_0123' },
   { method: 'POST', route: '/v1/batches/:id/cancel', path: '/v1/batches/batch_0123/cancel' },
+  { method: 'POST', route: '/v1/messages', path: '/v1/messages', body: { model: 'tiny-chat', max_tokens: 1, messages: [{ role: 'user', content: 'hi' }] } },
+  { method: 'POST', route: '/v1/messages/count_tokens', path: '/v1/messages/count_tokens', body: { model: 'tiny-chat', messages: [{ role: 'user', content: 'hi' }] } },
   // vLLM's token endpoints live at the root, behind the same key hook.
   { method: 'POST', route: '/tokenize', path: '/tokenize', body: { model: 'tiny-chat', prompt: 'hi' } },
   { method: 'POST', route: '/detokenize', path: '/detokenize', body: { model: 'tiny-chat', tokens: [1, 2] } },
