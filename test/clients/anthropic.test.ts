@@ -71,6 +71,11 @@ const weather = {
 };
 const add = { name: 'add', input_schema: { type: 'object' as const, properties: { a: { type: 'integer' }, b: { type: 'integer' } }, required: ['a', 'b'], additionalProperties: false } };
 const ask = [{ role: 'user' as const, content: 'What is the weather in Paris?' }];
+/**
+ * Sampling fields: SDK 1.14's types no longer list temperature / top_p / top_k (newer Claude
+ * models refuse them), but the API and the SDK still send them as given.
+ */
+const sampling = (fields: { temperature?: number; top_k?: number }): object => fields;
 
 describe('messages.create', () => {
   it('text: a Message whose text and usage are the logged row, system and stop_sequences passed on', async () => {
@@ -79,7 +84,7 @@ describe('messages.create', () => {
       max_tokens: 8,
       system: 'You are terse.',
       messages: [{ role: 'user', content: [{ type: 'text', text: 'Say hello.' }] }],
-      temperature: 0,
+      ...sampling({ temperature: 0 }),
       stop_sequences: ['\n\n\n'],
       metadata: { user_id: 'user-7' },
     });
@@ -100,10 +105,11 @@ describe('messages.create', () => {
     expect(row.input.messages[0]).toMatchObject({ role: 'system', content: 'You are terse.' });
     expect(row.params.stop).toEqual(['\n\n\n']);
     expect(row.params.user).toBe('user-7');
+    expect(row.params.temperature).toBe(0);
   });
 
   it('stream: the SDK stream helper joins text_deltas to the non-streamed text, usage from message_delta', async () => {
-    const params = { model: 'tiny', max_tokens: 10, temperature: 0, messages: [{ role: 'user' as const, content: 'Tell me a story.' }] };
+    const params = { model: 'tiny', max_tokens: 10, ...sampling({ temperature: 0 }), messages: [{ role: 'user' as const, content: 'Tell me a story.' }] };
     const plain = await client.messages.create(params);
     const stream = client.messages.stream(params);
     let streamed = '';
@@ -127,7 +133,7 @@ describe('messages.create', () => {
 
   it("forced tool use: a tool_use block whose input validates against the tool's input_schema, stop_reason tool_use", async () => {
     for (const [tool_choice, name] of [[{ type: 'tool', name: 'get_weather' }, 'get_weather'], [{ type: 'any', disable_parallel_tool_use: true }, null]] as const) {
-      const m = await client.messages.create({ model: 'tiny', max_tokens: 80, temperature: 1, messages: ask, tools: [weather, add], tool_choice });
+      const m = await client.messages.create({ model: 'tiny', max_tokens: 80, ...sampling({ temperature: 1 }), messages: ask, tools: [weather, add], tool_choice });
       expect(m.stop_reason).toBe('tool_use');
       const uses = m.content.filter((b): b is Anthropic.ToolUseBlock => b.type === 'tool_use');
       expect(uses).toHaveLength(1);
@@ -138,7 +144,7 @@ describe('messages.create', () => {
   });
 
   it('forced tool use, streamed: input_json_delta pieces the SDK assembles into a valid input', async () => {
-    const stream = client.messages.stream({ model: 'tiny', max_tokens: 80, temperature: 0, messages: ask, tools: [weather], tool_choice: { type: 'tool', name: 'get_weather' } });
+    const stream = client.messages.stream({ model: 'tiny', max_tokens: 80, ...sampling({ temperature: 0 }), messages: ask, tools: [weather], tool_choice: { type: 'tool', name: 'get_weather' } });
     let json = '';
     stream.on('inputJson', (delta) => (json += delta));
     const final = await stream.finalMessage();
@@ -150,7 +156,7 @@ describe('messages.create', () => {
   });
 
   it('a tool_result round trip: the call and its result reach the model as a tool call and a tool message', async () => {
-    const first = await client.messages.create({ model: 'tiny', max_tokens: 80, temperature: 0, messages: ask, tools: [weather], tool_choice: { type: 'tool', name: 'get_weather' } });
+    const first = await client.messages.create({ model: 'tiny', max_tokens: 80, ...sampling({ temperature: 0 }), messages: ask, tools: [weather], tool_choice: { type: 'tool', name: 'get_weather' } });
     const use = first.content.find((b): b is Anthropic.ToolUseBlock => b.type === 'tool_use')!;
     const second = await client.messages.create({
       model: 'tiny',
@@ -179,10 +185,10 @@ describe('count_tokens', () => {
 });
 
 describe('errors and keys', () => {
-  const expectError = async (p: Promise<unknown>, cls: new (...a: never[]) => Anthropic.APIError, status: number, type: string) => {
+  const expectError = async (p: Promise<unknown>, cls: abstract new (...a: never[]) => InstanceType<typeof Anthropic.APIError>, status: number, type: string) => {
     const err = await p.then(() => null, (e: unknown) => e);
     expect(err, 'the call failed').toBeInstanceOf(cls);
-    const e = err as Anthropic.APIError;
+    const e = err as InstanceType<typeof Anthropic.APIError>;
     expect(e.status).toBe(status);
     expect(e.error).toMatchObject({ type: 'error', error: { type } });
     expect(typeof (e.error as { error: { message: string } }).error.message).toBe('string');
@@ -190,7 +196,7 @@ describe('errors and keys', () => {
 
   it("the SDK's error classes, from Anthropic's envelope", async () => {
     await expectError(client.messages.create({ model: 'tiny', messages: ask } as never), Anthropic.BadRequestError, 400, 'invalid_request_error');
-    await expectError(client.messages.create({ model: 'tiny', max_tokens: 4, top_k: 5, messages: ask }), Anthropic.BadRequestError, 400, 'invalid_request_error');
+    await expectError(client.messages.create({ model: 'tiny', max_tokens: 4, ...sampling({ top_k: 5 }), messages: ask }), Anthropic.BadRequestError, 400, 'invalid_request_error');
     await expectError(client.messages.create({ model: 'tiny', max_tokens: 4, messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'url', url: 'http://x' } }] }] }), Anthropic.BadRequestError, 400, 'invalid_request_error');
     await expectError(client.messages.create({ model: 'nope', max_tokens: 4, messages: ask }), Anthropic.NotFoundError, 404, 'not_found_error');
     await expectError(client.messages.countTokens({ model: 'tiny', messages: [] }), Anthropic.BadRequestError, 400, 'invalid_request_error');
