@@ -1,5 +1,6 @@
 import type { InputBound } from '../protocol/limits.js';
 import type { ToolCallFormat } from '../protocol/tools.js';
+import type { ReasoningFormat } from '../protocol/reasoning.js';
 import type { ErrorBody } from '../protocol/errors.js';
 import type { Prompt, PromptMessage, SamplingParams, ToolDefinition } from '../protocol/chat.js';
 import type { FinishReason, TokenLogprob, Usage } from '../protocol/shared.js';
@@ -72,6 +73,8 @@ export interface ModelInfo {
   dimensions: number | null;
   /** Chat models: how the model writes tool calls (parsed into tool_calls, enforced for forced calls). */
   toolCallFormat?: ToolCallFormat;
+  /** Chat models: how the model marks its reasoning (split into reasoning_content); null: it does not. */
+  reasoningFormat?: ReasoningFormat | null;
   /** Tells a text that cannot fit without tokenizing it, once a worker has loaded the model (protocol/limits.ts). */
   inputBound?: InputBound | null;
   /** Embedding models: inputs longer than the context are cut to fit rather than refused. */
