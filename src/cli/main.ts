@@ -7,6 +7,7 @@ import { openDatabase } from '../db/pool.js';
 import { provision, redact } from '../db/provision.js';
 import { logger } from '../log.js';
 import { TOOL_FORMATS, toolFormatProblem } from '../protocol/tools.js';
+import { REASONING_FORMATS, reasoningFormatProblem } from '../protocol/reasoning.js';
 
 const HELP = `switchyard: an OpenAI-compatible gateway that runs open models, coordinated through PostgreSQL
 
@@ -17,6 +18,7 @@ Usage: switchyard <command> [options]
              [--dtype fp32|fp16|q8|q4|...] [--device cpu|cuda] [--revision REV]
              [--alias A,B] [--chat-template-file F] [--context-length N] [--defaults JSON] [--max-queue N]
              chat models: [--tool-call-format hermes|JSON] (how the model writes tool calls)
+                          [--reasoning-format think|think-open|JSON] (how it marks reasoning)
              embedding models: [--pooling mean|cls|none] [--no-normalize] [--dimensions N] [--truncate]
   models list [--json]
   models remove NAME
@@ -83,7 +85,7 @@ async function models(config: Config, args: string[]): Promise<void> {
       revision: { type: 'string' }, alias: { type: 'string' }, 'chat-template-file': { type: 'string' },
       'context-length': { type: 'string' }, defaults: { type: 'string' }, json: { type: 'boolean' },
       pooling: { type: 'string' }, 'no-normalize': { type: 'boolean' }, dimensions: { type: 'string' }, truncate: { type: 'boolean' },
-      'max-queue': { type: 'string' }, 'tool-call-format': { type: 'string' },
+      'max-queue': { type: 'string' }, 'tool-call-format': { type: 'string' }, 'reasoning-format': { type: 'string' },
     },
   });
   if (sub === 'add') {
@@ -114,6 +116,21 @@ async function models(config: Config, args: string[]): Promise<void> {
       if (problem) throw new UsageError(`--tool-call-format: ${problem} ({"start","end","separator","name_key","arguments_key"})`);
       toolCallFormat = JSON.stringify(format);
     }
+    let reasoningFormat: string | null = null;
+    if (values['reasoning-format']) {
+      const v = values['reasoning-format'];
+      let format: unknown = REASONING_FORMATS[v];
+      if (!format) {
+        try {
+          format = JSON.parse(v);
+        } catch {
+          throw new UsageError(`--reasoning-format must be one of ${Object.keys(REASONING_FORMATS).join(', ')} or a JSON object`);
+        }
+      }
+      const problem = reasoningFormatProblem(format);
+      if (problem) throw new UsageError(`--reasoning-format: ${problem} ({"start","end","opened_by_prompt"})`);
+      reasoningFormat = JSON.stringify(format);
+    }
     const row = await withDb(config, (db) =>
       addModel(db, {
         name,
@@ -131,6 +148,7 @@ async function models(config: Config, args: string[]): Promise<void> {
         dimensions: positiveInt(values.dimensions, '--dimensions') ?? null,
         max_queue: positiveInt(values['max-queue'], '--max-queue') ?? null,
         tool_call_format: toolCallFormat,
+        reasoning_format: reasoningFormat,
         ...(values.truncate ? { truncate: true } : {}),
       }),
     );

@@ -31,6 +31,7 @@ export interface ModelsTable {
   max_queue: number | null;
   /** How the model writes tool calls (protocol/tools.ts ToolCallFormat); null: Hermes/Qwen style. */
   tool_call_format: ColumnType<unknown, string | null | undefined, string | null>;
+  reasoning_format: ColumnType<unknown, string | null | undefined, string | null>;
   /** Written by the worker that loads the model (protocol/limits.ts InputBound); read at run time. */
   input_bound: ColumnType<unknown, string | null | undefined, string | null>;
 }

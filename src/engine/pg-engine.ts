@@ -5,6 +5,7 @@ import { cancelRequest, enqueueRequest, redactRequest } from '../db/requests-rep
 import { EmbedEnqueueCoalescer } from './embed-coalescer.js';
 import type { ModelRow } from '../db/types.js';
 import { readToolFormat } from '../protocol/tools.js';
+import { readReasoningFormat } from '../protocol/reasoning.js';
 import { readInputBound } from '../protocol/limits.js';
 import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
@@ -32,6 +33,7 @@ function toInfo(row: ModelRow): ModelInfo {
     defaults: row.defaults as Record<string, unknown>,
     dimensions: row.dimensions,
     toolCallFormat: readToolFormat(row.tool_call_format),
+    reasoningFormat: readReasoningFormat(row.reasoning_format),
     inputBound: readInputBound(row.input_bound),
     truncate: row.truncate,
   };

@@ -1,7 +1,8 @@
 import type { InputBound } from '../protocol/limits.js';
 import type { ToolCallFormat } from '../protocol/tools.js';
+import type { ReasoningFormat } from '../protocol/reasoning.js';
 import type { ErrorBody } from '../protocol/errors.js';
-import type { Prompt, SamplingParams } from '../protocol/chat.js';
+import type { Prompt, PromptMessage, SamplingParams, ToolDefinition } from '../protocol/chat.js';
 import type { FinishReason, TokenLogprob, Usage } from '../protocol/shared.js';
 
 /**
@@ -72,6 +73,8 @@ export interface ModelInfo {
   dimensions: number | null;
   /** Chat models: how the model writes tool calls (parsed into tool_calls, enforced for forced calls). */
   toolCallFormat?: ToolCallFormat;
+  /** Chat models: how the model marks its reasoning (split into reasoning_content); null: it does not. */
+  reasoningFormat?: ReasoningFormat | null;
   /** Tells a text that cannot fit without tokenizing it, once a worker has loaded the model (protocol/limits.ts). */
   inputBound?: InputBound | null;
   /** Embedding models: inputs longer than the context are cut to fit rather than refused. */
@@ -107,4 +110,26 @@ export interface Engine {
   embed(req: EmbedRequest, onQueued?: (requestId: string) => void): Promise<EmbedResult>;
   /** Stops a generation (client gone); queued work for it is skipped. */
   cancel(requestId: string): Promise<void>;
+}
+
+/** What /tokenize asks: a raw text, or chat messages rendered with the model's chat template. */
+export interface TokenizeRequest {
+  /** The registered name (serving has already checked the caller's scope). */
+  model: string;
+  input:
+    | { text: string; addSpecialTokens: boolean }
+    | { messages: PromptMessage[]; tools?: ToolDefinition[]; addGenerationPrompt: boolean; addSpecialTokens: boolean };
+}
+
+export interface Tokenized {
+  model: string;
+  tokens: number[];
+  /** The context length a worker enforces for this model. */
+  maxModelLen: number;
+}
+
+/** Tokenizers without a model (engine/tokenizers.ts): /tokenize, /detokenize, count_tokens. */
+export interface Tokenizers {
+  tokenize(req: TokenizeRequest): Promise<Tokenized>;
+  detokenize(model: string, tokens: number[]): Promise<string>;
 }

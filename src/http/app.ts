@@ -7,7 +7,7 @@ import { EmbeddingsServing } from '../serving/embeddings.js';
 import { embeddingRoutes } from './routes/embeddings.js';
 import { completionRoutes } from './routes/completions.js';
 import { CompletionsServing } from '../serving/completions.js';
-import { decorateRequests, registerAuth } from './auth.js';
+import { decorateRequests, KeyCache, registerAuth } from './auth.js';
 import { notFound, registerErrorHandling } from './errors.js';
 import { errors } from '../protocol/errors.js';
 import { Metrics } from './metrics.js';
@@ -22,6 +22,11 @@ import type { ResponseStore } from '../serving/response-store.js';
 import { batchRoutes } from './routes/batches.js';
 import { BatchServing } from '../serving/batches.js';
 import { PgBatchStore } from '../db/batches-repo.js';
+import type { Tokenizers } from '../engine/types.js';
+import { TokenizeServing } from '../serving/tokenize.js';
+import { tokenizeRoutes } from './routes/tokenize.js';
+import { messagesRoutes } from './routes/messages.js';
+import { MessagesServing } from '../serving/messages.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -34,6 +39,8 @@ export interface AppOptions {
   logger?: boolean;
   /** Where responses are kept (default: ai.responses in `database`). */
   responseStore?: ResponseStore;
+  /** Tokenizers for /tokenize, /detokenize and count_tokens (default: none, those answer 503). */
+  tokenizers?: Tokenizers;
 }
 
 /**
@@ -95,14 +102,18 @@ export function buildApp(opts: AppOptions): FastifyInstance {
   const metrics = new Metrics();
   registerObservability(app, metrics, opts.database.pool);
   const observer = metricsObserver(metrics);
+  const keys = opts.auth ? new KeyCache(opts.database.db) : null;
+  const tokenize = new TokenizeServing(opts.engine, opts.tokenizers ?? null);
   // Every /v1 route lives in this one encapsulated scope and the key check is its hook, so
   // auth follows the route a request reached, never how its URL was spelled. Unknown /v1 paths
   // get the scope's 404 after the key check, as the routes do.
   void app.register(
     async (v1) => {
-      registerAuth(v1, opts.auth ? opts.database.db : null);
+      registerAuth(v1, keys);
       v1.setNotFoundHandler(notFound);
-      chatRoutes(v1, new ChatServing(opts.engine, observer), opts.engine);
+      const chat = new ChatServing(opts.engine, observer);
+      chatRoutes(v1, chat, opts.engine);
+      messagesRoutes(v1, new MessagesServing(opts.engine, chat, opts.tokenizers ?? null), opts.engine);
       embeddingRoutes(v1, new EmbeddingsServing(opts.engine, observer), opts.engine);
       completionRoutes(v1, new CompletionsServing(opts.engine, observer), opts.engine);
       modelRoutes(v1, new ModelsServing(opts.engine));
@@ -111,6 +122,12 @@ export function buildApp(opts: AppOptions): FastifyInstance {
     },
     { prefix: '/v1' },
   );
+  // vLLM serves these at the root; they get a scope of their own with the same key hook (and the
+  // same key cache), so they too are decided on the routed path.
+  void app.register(async (root) => {
+    registerAuth(root, keys);
+    tokenizeRoutes(root, tokenize);
+  });
   healthRoutes(app, { pool: opts.database.pool, listening: opts.listening });
   return app;
 }

@@ -17,24 +17,33 @@ function context(request: FastifyRequest, keyId: string | null, allowedModels: s
   return { keyId, allowedModels, onModel: (name) => void (request.resolvedModel = name) };
 }
 
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Anthropic's clients send the key as `x-api-key`; routes that speak their API accept it too. */
+    xApiKey?: boolean;
+  }
+}
+
 /**
  * Bearer-key auth (on by default) as a hook of the encapsulated scope that holds the /v1
  * routes (see app.ts). It runs for whatever route a request reached, so it is decided on the
  * routed path: a URL spelled so that a prefix test misses it (`/v%31/models`, absolute-form
- * `http://host/v1/models`) still meets it. `db: null` turns it off, for local experiments
- * only: then every caller may use every model.
+ * `http://host/v1/models`) still meets it. `x-api-key` is read only when the route reached says
+ * so in its config (never from the URL), and a request with no key at all is refused as before.
+ * `keys: null` turns it off, for local experiments only: then every caller may use every model.
  */
-export function registerAuth(scope: FastifyInstance, db: Db | null): void {
-  const keys = db ? new KeyCache(db) : null;
+export function registerAuth(scope: FastifyInstance, keys: KeyCache | null): void {
   scope.addHook('onRequest', async (request: FastifyRequest) => {
-    if (!db) {
+    if (!keys) {
       request.ctx = context(request, null, null);
       return;
     }
     const header = request.headers.authorization;
     const match = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-    if (!match) throw errors.unauthenticated();
-    const key = await keys!.find(match[1]!);
+    const apiKey = request.routeOptions.config?.xApiKey === true ? request.headers['x-api-key'] : undefined;
+    const given = match?.[1] ?? (typeof apiKey === 'string' && /^\S+$/.test(apiKey.trim()) ? apiKey.trim() : undefined);
+    if (!given) throw errors.unauthenticated();
+    const key = await keys.find(given);
     if (!key) throw errors.invalidKey();
     request.ctx = context(request, key.id, key.models);
   });

@@ -6,6 +6,7 @@ import { Reaper } from '../engine/reaper.js';
 import { PgBatchStore } from '../db/batches-repo.js';
 import { sweepBatches } from '../serving/batches.js';
 import { buildApp } from './app.js';
+import { ServeTokenizers } from '../engine/tokenizers.js';
 
 export interface ServeOptions {
   databaseUrl: string;
@@ -25,7 +26,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const database = openDatabase(opts.databaseUrl, { max: 20, applicationName: 'switchyard-serve' });
   const hub = new EventHub(database.pool, opts.databaseUrl, log);
   await hub.start();
-  const app = buildApp({ engine: new PgEngine(database, hub), database, auth: opts.auth, listening: () => hub.listening });
+  const app = buildApp({ engine: new PgEngine(database, hub), database, auth: opts.auth, listening: () => hub.listening, tokenizers: new ServeTokenizers(database.db) });
   let address: string;
   try {
     address = await app.listen({ host: opts.host, port: opts.port });

@@ -1,5 +1,6 @@
 import type { FastifyReply } from 'fastify';
 import { toApiError } from './errors.js';
+import type { ApiError } from '../protocol/errors.js';
 import { logFailure } from './observability.js';
 
 /**
@@ -8,7 +9,11 @@ import { logFailure } from './observability.js';
  * `data: {"error": ...}` event (as vLLM does) before [DONE]. `named` (the Responses API): each
  * event also carries `event: <its type>`, and the stream ends without [DONE], as OpenAI's does.
  */
-export async function sendSse(reply: FastifyReply, items: AsyncIterable<unknown>, opts: { named?: boolean } = {}): Promise<void> {
+export async function sendSse(
+  reply: FastifyReply,
+  items: AsyncIterable<unknown>,
+  opts: { named?: boolean; errorBody?: (api: ApiError) => { type: string } } = {},
+): Promise<void> {
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, {
@@ -45,7 +50,9 @@ export async function sendSse(reply: FastifyReply, items: AsyncIterable<unknown>
   } catch (err) {
     const api = toApiError(err);
     if (api.status >= 500) logFailure(reply.request, reply, err, api.status, 'stream failed');
-    await write(opts.named ? `event: error\ndata: ${JSON.stringify({ type: 'error', ...api.toBody() })}\n\n` : `data: ${JSON.stringify(api.toBody())}\n\n`);
+    // `errorBody`: an API with an error envelope of its own (Anthropic's).
+    const body = opts.errorBody ? opts.errorBody(api) : { type: 'error', ...api.toBody() };
+    await write(opts.named ? `event: error\ndata: ${JSON.stringify(body)}\n\n` : `data: ${JSON.stringify(api.toBody())}\n\n`);
   }
   clearInterval(keepAlive);
   if (!opts.named) await write('data: [DONE]\n\n');

@@ -1,5 +1,6 @@
 import { toChatLogprobs, type ChatCompletion, type ChatCompletionRequest } from './chat.js';
 import { parseToolCalls, type ToolCall, type ToolCallFormat } from './tools.js';
+import { splitReasoning, type ReasoningFormat } from './reasoning.js';
 import { wireId, type FinishReason, type TokenLogprob, type Usage } from './shared.js';
 
 /**
@@ -29,17 +30,30 @@ export function buildChatCompletion(
   choices: GeneratedChoice[],
   usage: Usage,
   tools: ToolCallFormat | null,
+  /** The model's reasoning format: its section becomes reasoning_content, calls are read from the rest. */
+  reasoning: ReasoningFormat | null = null,
 ): ChatCompletion {
   return {
     id: wireId('chatcmpl', requestId),
     object: 'chat.completion',
     created,
     model: req.model,
-    choices: choices.map(({ index, text, finishReason, logprobs }) => {
-      const { content, calls } = tools ? parseToolCalls(text, tools) : { content: text, calls: [] as ToolCall[] };
+    choices: choices.map(({ index, text: all, finishReason, logprobs }) => {
+      const split = reasoning ? splitReasoning(all, reasoning) : null;
+      const text = split ? split.content : all;
+      const parsed = tools ? parseToolCalls(text, tools) : { content: text, calls: [] as ToolCall[] };
+      const { calls } = parsed;
+      // With a reasoning format, a reply that is all reasoning has no content (null), as OpenAI's reasoning models answer.
+      const content = split && !parsed.content ? null : parsed.content;
       return {
         index,
-        message: { role: 'assistant' as const, content, refusal: null, ...(calls.length ? { tool_calls: calls } : {}) },
+        message: {
+          role: 'assistant' as const,
+          content,
+          refusal: null,
+          ...(calls.length ? { tool_calls: calls } : {}),
+          ...(split ? { reasoning_content: split.reasoning } : {}),
+        },
         logprobs: req.logprobs ? toChatLogprobs(logprobs) : null,
         finish_reason: calls.length && finishReason === 'stop' ? ('tool_calls' as const) : finishReason,
       };

@@ -2,6 +2,7 @@ import { compileValidator, type Schema } from './validate.js';
 import { errors } from './errors.js';
 import { nullable, type FinishReason, type TokenLogprob, type Usage } from './shared.js';
 import { HERMES_TOOL_FORMAT, type ToolCall, type ToolCallFormat } from './tools.js';
+import type { ReasoningFormat } from './reasoning.js';
 // Pure (no tokenizer, no model): the same checker the worker compiles schemas with.
 import { checkSchema, schemaBudget, SchemaError } from '../worker/generation/constrain/schema.js';
 
@@ -344,6 +345,11 @@ interface ConstraintCommon {
    * sampling is greedy or top_p = 1; with top_p < 1 the mask must come first (false).
    */
   lazy: boolean;
+  /**
+   * The model reasons first (a section its template opens): the constraint starts after that
+   * section, which may use at most half of maxTokens before its end marker is forced.
+   */
+  reasoning?: ReasoningFormat;
 }
 
 /** What a constrained sequence may be (serializable: it travels in the stored params). */
@@ -499,7 +505,7 @@ export interface ChatCompletion {
   model: string;
   choices: {
     index: number;
-    message: { role: 'assistant'; content: string | null; refusal: null; tool_calls?: ToolCall[] };
+    message: { role: 'assistant'; content: string | null; refusal: null; tool_calls?: ToolCall[]; reasoning_content?: string | null };
     logprobs: ChoiceLogprobs | null;
     finish_reason: ChatFinishReason;
   }[];
@@ -515,7 +521,7 @@ export interface ChatCompletionChunk {
   system_fingerprint: string;
   choices: {
     index: number;
-    delta: { role?: 'assistant'; content?: string; tool_calls?: ToolCallDelta[] };
+    delta: { role?: 'assistant'; content?: string; reasoning_content?: string; tool_calls?: ToolCallDelta[] };
     logprobs: ChoiceLogprobs | null;
     finish_reason: ChatFinishReason | null;
   }[];

@@ -11,6 +11,7 @@ import {
   toChatLogprobs,
 } from '../protocol/chat.js';
 import { HERMES_TOOL_FORMAT, ToolCallParser, type ToolCallFormat } from '../protocol/tools.js';
+import { ReasoningParser, type ReasoningFormat } from '../protocol/reasoning.js';
 import { buildChatCompletion, SYSTEM_FINGERPRINT, toolCallParsing } from '../protocol/chat-completion.js';
 import { ApiError, errors } from '../protocol/errors.js';
 import { checkGeneration, maxBatchTokens, promptTexts } from '../protocol/limits.js';
@@ -23,6 +24,8 @@ export { SYSTEM_FINGERPRINT };
 /** A streaming answer: chunks to send, and how to stop the generation if the client leaves. */
 export interface ChatStream {
   requestId: string;
+  /** The prompt's length, when the worker reported it before the first chunk (Anthropic's message_start carries it). */
+  promptTokens?: number;
   chunks: AsyncIterable<ChatCompletionChunk>;
 }
 
@@ -69,6 +72,9 @@ export class ChatServing {
     const format = model.toolCallFormat ?? HERMES_TOOL_FORMAT;
     const prompt = toChatPrompt(req);
     const params = toSamplingParams(req, model.defaults, format);
+    const reasoning = model.reasoningFormat ?? null;
+    // A constrained reply (forced call, JSON) is constrained after the reasoning section.
+    if (reasoning && params.constraint) params.constraint = { ...params.constraint, reasoning };
     checkGeneration({ texts: promptTexts(prompt) }, params, model.inputBound, maxBatchTokens(), 'messages');
     const gen = await this.engine.generate({
       endpoint: 'chat.completions',
@@ -95,8 +101,11 @@ export class ChatServing {
     if (first.value.type === 'error') throw toError(first.value);
     // Tool calls are read out of the text unless the request has no tools or forbids calling them.
     const tools = toolCallParsing(req, format);
-    if (req.stream) return { kind: 'stream', stream: { requestId: gen.requestId, chunks: this.chunks(req, gen, first.value, events, tools) } };
-    const completion = await beforeDeadline(this.collect(req, gen, first.value, events, tools), deadline, cancel);
+    if (req.stream) {
+      const promptTokens = first.value.type === 'start' ? { promptTokens: first.value.promptTokens } : {};
+      return { kind: 'stream', stream: { requestId: gen.requestId, ...promptTokens, chunks: this.chunks(req, gen, first.value, events, tools, reasoning) } };
+    }
+    const completion = await beforeDeadline(this.collect(req, gen, first.value, events, tools, reasoning), deadline, cancel);
     return { kind: 'json', requestId: gen.requestId, body: completion };
   }
 
@@ -106,6 +115,7 @@ export class ChatServing {
     first: EngineEvent,
     events: AsyncIterator<EngineEvent>,
     tools: ToolCallFormat | null,
+    reasoning: ReasoningFormat | null,
   ): Promise<ChatCompletion> {
     const n = req.n ?? 1;
     const texts = Array.from({ length: n }, () => '');
@@ -124,7 +134,7 @@ export class ChatServing {
       else if (e.type === 'done') {
         const reasons = new Map(e.choices.map((c) => [c.index, c.finishReason]));
         const choices = texts.map((text, index) => ({ index, text, finishReason: reasons.get(index) ?? ('stop' as const), logprobs: logprobs[index]! }));
-        return buildChatCompletion(req, gen.requestId, gen.created, choices, e.usage, tools);
+        return buildChatCompletion(req, gen.requestId, gen.created, choices, e.usage, tools, reasoning);
       }
     }
     throw errors.internal('The generation ended without a result.');
@@ -136,6 +146,7 @@ export class ChatServing {
     first: EngineEvent,
     events: AsyncIterator<EngineEvent>,
     tools: ToolCallFormat | null,
+    reasoning: ReasoningFormat | null,
   ): AsyncGenerator<ChatCompletionChunk> {
     const includeUsage = req.stream_options?.include_usage === true;
     const base = { id: wireId('chatcmpl', gen.requestId), object: 'chat.completion.chunk' as const, created: gen.created, model: req.model, system_fingerprint: SYSTEM_FINGERPRINT };
@@ -154,6 +165,8 @@ export class ChatServing {
     let sentText = false;
     // Per choice: the text split into content and calls as it streams, and how many calls went out.
     const parsers = tools ? Array.from({ length: n }, () => new ToolCallParser(tools)) : null;
+    // Per choice: the reasoning section split off first; tool calls are read from what follows it.
+    const thinkers = reasoning ? Array.from({ length: n }, () => new ReasoningParser(reasoning)) : null;
     const callDeltas = (index: number, parsed: ReturnType<ToolCallParser['push']>, logprobs: TokenLogprob[] | undefined): ChatCompletionChunk[] => {
       const out: ChatCompletionChunk[] = [];
       let calls = parsers![index]!.calls - parsed.filter((p) => p.type === 'call').length;
@@ -175,7 +188,22 @@ export class ChatServing {
       for (let i = 0; i < n; i++) yield chunk(i, { role: 'assistant', content: '' }, null);
       for (let e: EngineEvent | undefined = first; e; e = (await events.next()).value as EngineEvent | undefined) {
         if (e.type === 'delta') {
-          for (const c of e.choices) {
+          for (const raw of e.choices) {
+            let c = raw;
+            if (thinkers) {
+              const thinker = thinkers[c.index]!;
+              const split = thinker.push(c.text);
+              if (c.finishReason) {
+                const rest = thinker.finish();
+                split.reasoning += rest.reasoning;
+                split.content += rest.content;
+              }
+              if (split.reasoning) {
+                sentText = true;
+                yield chunk(c.index, { reasoning_content: split.reasoning }, null, req.logprobs && !split.content ? c.logprobs ?? [] : undefined);
+              }
+              c = { ...c, text: split.content, ...(split.reasoning && !split.content ? { logprobs: [] } : {}) };
+            }
             const lp = req.logprobs ? c.logprobs ?? [] : undefined;
             if (parsers) {
               const parser = parsers[c.index]!;

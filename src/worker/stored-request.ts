@@ -1,3 +1,4 @@
+import { reasoningFormatProblem, type ReasoningFormat } from '../protocol/reasoning.js';
 import type { ChatPrompt, ConstraintSpec, Prompt, SamplingParams } from '../protocol/chat.js';
 import { toolFormatProblem } from '../protocol/tools.js';
 
@@ -37,7 +38,15 @@ function readConstraint(v: unknown): ConstraintSpec | null {
   const c = v as Record<string, unknown>;
   if (typeof c !== 'object' || Array.isArray(c)) throw new StoredRequestError('stored params.constraint is not an object');
   if (c.maxTokens !== null && c.maxTokens !== undefined) num(c.maxTokens, 'constraint.maxTokens');
-  const common = { maxTokens: (c.maxTokens as number | null | undefined) ?? null, lazy: c.lazy === true };
+  if (c.reasoning !== undefined && c.reasoning !== null) {
+    const problem = reasoningFormatProblem(c.reasoning);
+    if (problem) throw new StoredRequestError(`stored params.constraint.reasoning: ${problem}`);
+  }
+  const common = {
+    maxTokens: (c.maxTokens as number | null | undefined) ?? null,
+    lazy: c.lazy === true,
+    ...(c.reasoning ? { reasoning: c.reasoning as ReasoningFormat } : {}),
+  };
   switch (c.kind) {
     case 'json_object':
       return { kind: 'json_object', ...common };

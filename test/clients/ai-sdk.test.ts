@@ -53,10 +53,11 @@ describe.each([
   });
 
   it('streamText: the stream joins to the generateText text (temperature 0), with usage from the stream', async () => {
-    const whole = await generateText({ model: model(), system, prompt, temperature: 0, maxOutputTokens: 16, maxRetries: 0 });
+    // Long enough to span several flushes (SWITCHYARD_FLUSH_MS), whatever the first token's text.
+    const whole = await generateText({ model: model(), system, prompt, temperature: 0, maxOutputTokens: 200, maxRetries: 0 });
     const seen = rec.mark();
     const errors: unknown[] = [];
-    const r = streamText({ model: model(), system, prompt, temperature: 0, maxOutputTokens: 16, maxRetries: 0, onError: ({ error }) => void errors.push(error) });
+    const r = streamText({ model: model(), system, prompt, temperature: 0, maxOutputTokens: 200, maxRetries: 0, onError: ({ error }) => void errors.push(error) });
     const parts: string[] = [];
     for await (const part of r.textStream) parts.push(part);
     expect(errors).toEqual([]);
@@ -99,11 +100,11 @@ describe.each([
 describe('@ai-sdk/openai default model: the Responses API', () => {
   it('generateText and streamText with `openai(id)` post to /v1/responses and agree, usage equal to the logged row', async () => {
     const seen = rec.mark();
-    const r = await generateText({ model: openai('gpt-4o-mini'), system, prompt, temperature: 0, maxOutputTokens: 12, maxRetries: 0 });
+    const r = await generateText({ model: openai('gpt-4o-mini'), system, prompt, temperature: 0, maxOutputTokens: 200, maxRetries: 0 });
     expect(r.text.length).toBeGreaterThan(0);
     expect(r.finishReason).toBe('length');
     const errors: unknown[] = [];
-    const s = streamText({ model: openai('gpt-4o-mini'), system, prompt, temperature: 0, maxOutputTokens: 12, maxRetries: 0, onError: ({ error }) => void errors.push(error) });
+    const s = streamText({ model: openai('gpt-4o-mini'), system, prompt, temperature: 0, maxOutputTokens: 200, maxRetries: 0, onError: ({ error }) => void errors.push(error) });
     const parts: string[] = [];
     for await (const part of s.textStream) parts.push(part);
     expect(errors).toEqual([]);
@@ -112,7 +113,7 @@ describe('@ai-sdk/openai default model: the Responses API', () => {
     expect(await s.finishReason).toBe('length');
     const [a, b] = seen();
     expect(`${a!.method} ${a!.path} ${a!.status}`).toBe('POST /v1/responses 200');
-    expect(a!.body).toMatchObject({ model: 'gpt-4o-mini', temperature: 0, max_output_tokens: 12 });
+    expect(a!.body).toMatchObject({ model: 'gpt-4o-mini', temperature: 0, max_output_tokens: 200 });
     expect(b!.body).toMatchObject({ stream: true });
     const row = await gw.row(a!.requestId);
     expect(row).toMatchObject({ endpoint: 'responses', model: 'tiny', status: 'completed' });

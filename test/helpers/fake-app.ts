@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/http/app.js';
 import type { Database } from '../../src/db/pool.js';
-import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo } from '../../src/engine/types.js';
+import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo, Tokenizers } from '../../src/engine/types.js';
 import { errors } from '../../src/protocol/errors.js';
 import type { ResponseStore } from '../../src/serving/response-store.js';
 
@@ -90,7 +90,7 @@ export class FakeEngine implements Engine {
  * pool, and nothing else may touch the database (with auth on, only requests without a
  * credential can be served: looking a key up throws).
  */
-export function fakeApp(engine: Engine & { calls?: string[] }, opts: { auth: boolean }): FastifyInstance {
+export function fakeApp(engine: Engine & { calls?: string[] }, opts: { auth: boolean; tokenizers?: Tokenizers }): FastifyInstance {
   const pool = { query: async () => ({ rows: [] }) };
   // Responses: an empty store that records being asked (in the engine's calls), so a test sees a request reach it.
   const asked = (what: string) => engine.calls?.push(`responses.${what}`);
@@ -103,5 +103,5 @@ export function fakeApp(engine: Engine & { calls?: string[] }, opts: { auth: boo
     delete: async () => (asked('delete'), false),
   };
   const db = new Proxy({}, { get: () => () => { throw new Error('the database stand-in was asked for a key'); } });
-  return buildApp({ engine, database: { pool, db, close: async () => {} } as unknown as Database, auth: opts.auth, listening: () => true, responseStore });
+  return buildApp({ engine, database: { pool, db, close: async () => {} } as unknown as Database, auth: opts.auth, listening: () => true, responseStore, ...(opts.tokenizers ? { tokenizers: opts.tokenizers } : {}) });
 }

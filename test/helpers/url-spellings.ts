@@ -67,7 +67,7 @@ export function spellings(target: string): string[] {
   return [...out];
 }
 
-/** Every /v1 route (`route`: as registered), with a request its handler would serve. */
+/** Every keyed route (`route`: as registered), with a request its handler would serve. */
 /** A well-formed response id (no such response exists: the store is asked, and answers 404). */
 const RESPONSE_ID = 'resp_0123456789abcdef0123456789abcdef';
 
@@ -100,4 +100,12 @@ export const V1_ROUTES: { method: string; route: string; path: string; body?: un
   { method: 'GET', route: '/v1/batches/:id', path: '/v1/batches/batch_0123' },
   { method: 'HEAD', route: '/v1/batches/:id', path: '/v1/batches/batch_0123' },
   { method: 'POST', route: '/v1/batches/:id/cancel', path: '/v1/batches/batch_0123/cancel' },
+  { method: 'POST', route: '/v1/messages', path: '/v1/messages', body: { model: 'tiny-chat', max_tokens: 1, messages: [{ role: 'user', content: 'hi' }] } },
+  { method: 'POST', route: '/v1/messages/count_tokens', path: '/v1/messages/count_tokens', body: { model: 'tiny-chat', messages: [{ role: 'user', content: 'hi' }] } },
+  // vLLM's token endpoints live at the root, behind the same key hook.
+  { method: 'POST', route: '/tokenize', path: '/tokenize', body: { model: 'tiny-chat', prompt: 'hi' } },
+  { method: 'POST', route: '/detokenize', path: '/detokenize', body: { model: 'tiny-chat', tokens: [1, 2] } },
 ];
+
+/** Routes outside /v1 that need a key all the same. */
+export const KEYED_ROOT_ROUTES = ['/tokenize', '/detokenize'];

@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errors } from '../../src/protocol/errors.js';
 import { FakeEngine, fakeApp } from '../helpers/fake-app.js';
-import { spellings, V1_ROUTES } from '../helpers/url-spellings.js';
+import { KEYED_ROOT_ROUTES, spellings, V1_ROUTES } from '../helpers/url-spellings.js';
 
 /**
  * Auth is decided on the route a request reached, never on how its URL was spelled: every
@@ -34,10 +34,13 @@ afterAll(async () => {
 });
 
 const MISSING_KEY = errors.unauthenticated().toBody();
+/** Anthropic's routes answer in Anthropic's envelope; a spelling that misses them meets /v1's. */
+const ANTHROPIC_MISSING_KEY = { type: 'error', error: { type: 'authentication_error', message: errors.unauthenticated().message } };
+const missingKeyBody = (route: string, reaches: boolean) => (reaches && route.startsWith('/v1/messages') ? ANTHROPIC_MISSING_KEY : MISSING_KEY);
 
 describe('auth on the routed path', () => {
   it('the matrix covers every /v1 route the app has', () => {
-    const v1 = routes.filter((r) => r.split(' ')[1]!.startsWith('/v1')).sort();
+    const v1 = routes.filter((r) => r.split(' ')[1]!.startsWith('/v1') || KEYED_ROOT_ROUTES.includes(r.split(' ')[1]!)).sort();
     expect(v1).toEqual([...new Set(V1_ROUTES.map((r) => `${r.method} ${r.route}`))].sort());
   });
 
@@ -56,7 +59,7 @@ describe('auth on the routed path', () => {
         sent++;
         const what = `${route.method} ${url} -> ${res.statusCode}`;
         if (reaches ? res.statusCode !== 401 : ![401, 404].includes(res.statusCode)) problems.push(`${what} (reaches a handler: ${reaches})`);
-        else if (res.statusCode === 401 && route.method !== 'HEAD' && JSON.stringify(res.json()) !== JSON.stringify(MISSING_KEY)) problems.push(`${what} body ${res.body}`);
+        else if (res.statusCode === 401 && route.method !== 'HEAD' && JSON.stringify(res.json()) !== JSON.stringify(missingKeyBody(route.route, reaches))) problems.push(`${what} body ${res.body}`);
       }
     }
     expect(problems).toEqual([]);
@@ -66,9 +69,19 @@ describe('auth on the routed path', () => {
     expect(reached.length).toBeGreaterThan(200);
     for (const r of ['GET /v%31/models', 'GET /%761/models', 'POST /%76%31/%63%68%61%74/%63%6F%6D%70%6C%65%74%69%6F%6E%73', 'POST /v%31/completions', 'POST /v%31/embeddings', 'GET /v%31/models/tiny-chat',
       'POST /v%31/responses', 'GET /v%31/responses/resp_0123456789abcdef0123456789abcdef', 'DELETE /v%31/responses/resp_0123456789abcdef0123456789abcdef',
-      'POST /v%31/responses/resp_0123456789abcdef0123456789abcdef/cancel', 'GET /v%31/responses/resp_0123456789abcdef0123456789abcdef/input_items']) {
+      'POST /v%31/responses/resp_0123456789abcdef0123456789abcdef/cancel', 'GET /v%31/responses/resp_0123456789abcdef0123456789abcdef/input_items',
+      'POST /v%31/messages', 'POST /v1/%6Dessages/count_tokens', 'POST /%74okenize', 'POST /%64etokenize']) {
       expect(reached).toContain(r);
     }
+  });
+
+  it('x-api-key counts only on the routes that take it (Anthropic\'s), never elsewhere', async () => {
+    for (const url of ['/v1/models', '/v1/chat/completions', '/tokenize', '/v%31/models', '/v1/messagesx']) {
+      const res = await closed.app.inject({ method: url === '/v1/models' || url === '/v%31/models' ? 'GET' : 'POST', url, headers: { 'x-api-key': 'sk-anything' }, payload: url.startsWith('/v') && url !== '/v1/models' && url !== '/v%31/models' ? {} : undefined });
+      expect([401, 404], `${url}: ${res.statusCode}`).toContain(res.statusCode);
+      if (res.statusCode === 401) expect(res.json()).toEqual(MISSING_KEY);
+    }
+    expect(closed.engine.calls).toEqual([]);
   });
 
   it('an unknown /v1 path needs a key first; /health and /metrics need none', async () => {

@@ -17,6 +17,7 @@ import { ANY_OBJECT, compileSchema, finish, jsonLiteral, lit, objectNode, schema
 import { ThreadError } from '../thread-error.js';
 
 export { SchemaError, checkSchema, SCHEMA_LIMITS } from './schema.js';
+import { AfterReasoning } from './reasoning.js';
 
 export type { ConstraintSpec };
 
@@ -137,6 +138,10 @@ function grammarOf(spec: ConstraintSpec): Node {
 
 /** Per sequence (a request with n choices gets n of these). Throws SchemaError for a schema it cannot enforce. */
 export function createConstraint(spec: ConstraintSpec, vocab: Vocabulary): TokenConstraint {
+  if (spec.reasoning?.opened_by_prompt) {
+    const { reasoning, ...inner } = spec;
+    return new AfterReasoning(reasoning, inner as ConstraintSpec, vocab, (s) => createConstraint(s, vocab));
+  }
   return new GrammarConstraint(grammarOf(spec), vocab, spec.maxTokens, spec.lazy, spec.kind === 'tool_calls' ? 'tools' : 'response_format');
 }
 
