@@ -5,9 +5,9 @@
  * Sections 1–2 live in latency.ts, the data-plane cost in dataplane.ts; shared pieces in kit.ts.
  */
 import { dataplane } from './dataplane.js';
-import { CHAT, EMBED, TINY, chatStream, cpuDuring, embedOne, memoryOf, resetPeak, socketsOf, type Stack } from './gateway.js';
+import { CHAT, EMBED, TINY, chatOnce, chatStream, cpuDuring, embedOne, memoryOf, resetPeak, socketsOf, type Stack } from './gateway.js';
 import { embedInProcess } from './inproc.js';
-import { assertOk, bothSides, chatBody, decodeRate, failed, minus, num, perSec, prompt, roundRatio, seeded, sentence, sentences, SETTLE_GAP_MS, type Ctx, type Row, type SectionResult } from './kit.js';
+import { assertOk, bothSides, chatBody, decodeRate, failed, minus, num, perSec, prompt, roundRatio, seeded, sentence, sentences, SETTLE_GAP_MS, shortPrompt, type Ctx, type Row, type SectionResult } from './kit.js';
 import { overhead, streaming } from './latency.js';
 import { pct, progress, sleep, stat } from './lib.js';
 
@@ -459,5 +459,90 @@ export async function constrained(c: Ctx): Promise<SectionResult> {
   };
 }
 
-export const SECTIONS = { overhead, streaming, dataplane, embeddings, concurrency, sql, scaleout, capacity, join, constrained } as const;
+// ---------------------------------------------------------------- issue 17: a batch beside interactive requests
+
+/**
+ * Interactive one-token chat requests (tiny model), sent one after another, with the queue idle
+ * and while an OpenAI Batch API job of `lines` chat requests to the same model runs: batch work is
+ * claimed after interactive work, with a quarter of the slots kept for it (ai.claim_chat), so the
+ * interactive p50 should stay within 1.5× of idle. Rounds alternate idle and batch.
+ */
+export async function batch(c: Ctx): Promise<SectionResult> {
+  const rounds = c.quick ? 1 : 3;
+  const lines = c.quick ? 300 : 1000;
+  const perSide = c.quick ? 30 : 60;
+  const auth = { authorization: `Bearer ${c.stack.key}` };
+  const one = async (i: number) => {
+    const r = await chatOnce(c.stack, { model: TINY, messages: shortPrompt(i), max_tokens: 1, temperature: 0 });
+    if (r.error) throw new Error(`interactive request: ${r.error}`);
+    return r.ms;
+  };
+  const idle: number[] = [];
+  const during: number[] = [];
+  const batchSeconds: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    progress(`batch round ${r + 1}/${rounds}: ${perSide} interactive requests idle`);
+    for (let i = 0; i < perSide; i++) idle.push(await one(5000 + r * 1000 + i));
+    const jsonl = Array.from({ length: lines }, (_, i) =>
+      JSON.stringify({ custom_id: `r${r}-${i}`, method: 'POST', url: '/v1/chat/completions', body: { model: TINY, messages: prompt(i), max_tokens: 16, temperature: 0 } }),
+    ).join('\n');
+    const form = new FormData();
+    form.append('purpose', 'batch');
+    form.append('file', new Blob([jsonl], { type: 'application/jsonl' }), `bench-${r}.jsonl`);
+    const file = (await (await fetch(`${c.stack.base}/v1/files`, { method: 'POST', headers: auth, body: form })).json()) as { id?: string; error?: unknown };
+    if (!file.id) throw new Error(`file upload: ${JSON.stringify(file)}`);
+    const created = await fetch(`${c.stack.base}/v1/batches`, {
+      method: 'POST', headers: { ...auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ input_file_id: file.id, endpoint: '/v1/chat/completions', completion_window: '24h' }),
+    });
+    const b = (await created.json()) as { id?: string };
+    if (!b.id) throw new Error(`batch create: ${JSON.stringify(b)}`);
+    const t0 = performance.now();
+    progress(`batch round ${r + 1}/${rounds}: ${perSide} interactive requests beside a batch of ${lines}`);
+    // Wait for the batch to be under way, then time requests while it runs.
+    for (let k = 0; k < 100; k++) {
+      const q = await c.stack.pool.query<{ n: number }>(`select count(*)::int as n from ai.requests where batch_id is not null and status = 'running'`);
+      if (q.rows[0]!.n > 0) break;
+      await sleep(50);
+    }
+    let timedDuringBatch = 0;
+    for (let i = 0; i < perSide; i++) {
+      const ms = await one(6000 + r * 1000 + i);
+      const left = await c.stack.pool.query<{ n: number }>(`select count(*)::int as n from ai.requests where batch_id is not null and status in ('queued', 'running')`);
+      // Only requests that ran while batch work was still queued or running count.
+      if (left.rows[0]!.n > 0) {
+        during.push(ms);
+        timedDuringBatch++;
+      }
+    }
+    for (let k = 0; ; k++) {
+      const st = (await (await fetch(`${c.stack.base}/v1/batches/${b.id}`, { headers: auth })).json()) as { status: string; request_counts?: { completed: number; failed: number } };
+      if (['completed', 'failed', 'cancelled', 'expired'].includes(st.status)) {
+        if (st.status !== 'completed' || st.request_counts?.failed) throw new Error(`batch ended ${st.status}: ${JSON.stringify(st.request_counts)}`);
+        break;
+      }
+      if (k > 3000) throw new Error('batch did not finish within 5 minutes');
+      await sleep(100);
+    }
+    batchSeconds.push((performance.now() - t0) / 1000);
+    if (timedDuringBatch < perSide / 2) progress(`batch round ${r + 1}: only ${timedDuringBatch} interactive requests overlapped the batch`);
+  }
+  const s = { idle: stat(idle), during: stat(during) };
+  const ratio = s.during.median / s.idle.median;
+  return {
+    rows: [
+      {
+        id: 'batch.interactive',
+        figure: `1-token interactive chat p50 beside a Batch API job of ${lines} chat requests (tiny model), vs idle`,
+        unit: 'ms', gateway: s.during, inproc: null,
+        compare: { kind: 'ratio', value: ratio, unit: `× idle (${s.idle.median.toFixed(1)} ms)` },
+        target: '≤ 1.5× idle (issue 17)', met: during.length > 0 && ratio <= 1.5,
+        note: `${during.length} of ${rounds * perSide} interactive requests overlapped batch work; batches took ${batchSeconds.map((x) => x.toFixed(1)).join(', ')} s`,
+      },
+    ],
+    raw: { rounds, lines, idle_ms: idle, during_ms: during, batch_seconds: batchSeconds },
+  };
+}
+
+export const SECTIONS = { overhead, streaming, dataplane, embeddings, concurrency, sql, scaleout, capacity, join, constrained, batch } as const;
 export type SectionName = keyof typeof SECTIONS;

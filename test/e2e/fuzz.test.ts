@@ -556,12 +556,36 @@ function checkSpelled(req: Req, res: Res): string | null {
   const head = req.raw!.subarray(0, 5).toString('latin1') === 'HEAD ';
   if (![400, 401, 404].includes(res.status)) return `status ${res.status} for a /v1 route without a valid key`;
   if (head) return null;
+  // Anthropic's Messages routes answer a missing or wrong key in Anthropic's envelope (their SDK
+  // reads that one); still the key check's 401, never a handler's answer.
+  if (res.status === 401 && isMessagesRoute(req.path) && anthropicAuthError(res)) return null;
   const env = checkEnvelope(res);
   if (env) return env;
   const code = (JSON.parse(res.body.toString('utf8')) as { error: { code: string | null } }).error.code;
   if (res.status === 404 && code !== 'route_not_found') return `404 ${code} without a valid key: a handler answered`;
   if (res.status === 400 && code !== 'bad_request' && code !== 'invalid_url') return `400 ${code} without a valid key: a handler answered`;
   return null;
+}
+
+/** Whether a (possibly encoded, absolute-form) request target names /v1/messages or its count_tokens. */
+function isMessagesRoute(target: string): boolean {
+  let path = target.replace(/^[a-z]+:\/\/[^/]*/i, '').split(/[?#]/)[0]!;
+  try {
+    path = decodeURIComponent(path);
+  } catch {
+    return false;
+  }
+  return /^\/v1\/messages(\/count_tokens)?\/?$/.test(path);
+}
+
+/** Anthropic's error envelope for a 401: {"type":"error","error":{"type":"authentication_error","message":...}}. */
+function anthropicAuthError(res: Res): boolean {
+  try {
+    const body = JSON.parse(res.body.toString('utf8')) as { type?: unknown; error?: { type?: unknown; message?: unknown } };
+    return body.type === 'error' && body.error?.type === 'authentication_error' && typeof body.error.message === 'string' && body.error.message.length > 0;
+  } catch {
+    return false;
+  }
 }
 
 /** The contract, for one request and its response (or the error that stopped it). */
