@@ -37,9 +37,13 @@ drop function if exists ai.enqueue_chat(uuid, text, text, jsonb, jsonb, integer)
 -- work (priority 1: ai.submit_chat, Batch API lines) takes the slots they leave, except for
 -- p_reserve slots (the share of its capacity the worker reserves for batch work, less what batch
 -- work already runs there), which batch work takes first: a batch progresses under any
--- interactive load, and takes no more than idle slots plus that share.
+-- interactive load, and takes no more than idle slots plus that share. p_batch_limit caps the
+-- batch work claimed (the worker keeps a quarter of its slots free of it, so an interactive
+-- request arriving during a batch finds a slot at once).
 drop function if exists ai.claim_chat(text, text[], integer, uuid[]);
-create or replace function ai.claim_chat(p_worker text, p_models text[], p_limit integer, p_skip uuid[] default '{}', p_reserve integer default 0)
+drop function if exists ai.claim_chat(text, text[], integer, uuid[], integer);
+create or replace function ai.claim_chat(p_worker text, p_models text[], p_limit integer, p_skip uuid[] default '{}', p_reserve integer default 0,
+                                         p_batch_limit integer default null)
 returns table (id uuid, model text, input jsonb, params jsonb, stream boolean, attempts integer, max_attempts integer, priority smallint)
 language plpgsql as $$
 declare
@@ -66,7 +70,8 @@ begin
      where q.model = any(p_models) and q.endpoint <> 'embeddings' and q.status = 'queued'
        and q.priority > 0 and q.id <> all(p_skip) and q.id <> all(reserved)
      order by q.priority, q.queued_at
-     limit p_limit - cardinality(reserved) - cardinality(interactive)
+     limit greatest(least(p_limit - cardinality(reserved) - cardinality(interactive),
+                          coalesce(p_batch_limit, p_limit) - cardinality(reserved)), 0)
        for update skip locked) s;
   return query
   update ai.requests r
