@@ -2,6 +2,12 @@ import type pg from 'pg';
 import type { LogFn } from '../log.js';
 import type { ClaimedChat } from './chat-task.js';
 
+/** SWITCHYARD_BATCH_SHARE: the share of a worker's chat slots batch work may hold (0 < share ≤ 1). */
+export function batchShare(env: NodeJS.ProcessEnv = process.env): number {
+  const v = Number(env.SWITCHYARD_BATCH_SHARE);
+  return env.SWITCHYARD_BATCH_SHARE && Number.isFinite(v) && v > 0 && v <= 1 ? v : 0.25;
+}
+
 export interface ChatClaimerDeps {
   pool: pg.Pool;
   workerId: string;
@@ -38,15 +44,16 @@ export class ChatClaimer {
     return Math.max(1, Math.floor(this.deps.capacity / 4));
   }
   /**
-   * Batch work runs in at most a quarter of the slots (at least one), so an interactive request
-   * arriving during a batch finds a free slot, and the decode steps it joins are not full of
-   * batch rows. `npm run bench -- --only batch` (tiny model, 16 slots, 1,000-line batches, 2 cores):
-   * interactive p50 at 3.6× idle with batch work in every slot (quick run), 2.0× with it in 12,
-   * 1.74× in 8, 1.56× in 4; the batches took about as long in each (21–26 s): the cores, not the
-   * slots, bound them.
+   * Batch work runs in at most SWITCHYARD_BATCH_SHARE of the slots (default 0.25, at least one),
+   * so an interactive request arriving during a batch finds a free slot, and the decode steps it
+   * joins are not full of batch rows. `npm run bench -- --only batch` (tiny model, 16 slots,
+   * 1,000-line batches, 2 CPU cores): interactive p50 at 3.6× idle with batch work in every slot
+   * (quick run), 2.0× with it in 12, 1.74× in 8, 1.56× in 4; the batches took about as long in
+   * each (21–26 s): the cores, not the slots, bound them. On a GPU, where a batch row costs little,
+   * a larger share finishes batches sooner.
    */
   private get batchCap(): number {
-    return Math.max(1, Math.floor(this.deps.capacity / 4));
+    return Math.max(1, Math.floor(this.deps.capacity * batchShare()));
   }
   /** The last claim left batch work queued for want of a batch slot: claim again when one frees. */
   private batchCapped = false;

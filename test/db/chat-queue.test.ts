@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
+import { batchShare } from '../../src/worker/chat-claimer.js';
 
 /**
  * Workers claim chat requests straight from ai.requests (ai.claim_chat): one statement per
@@ -128,4 +129,16 @@ it('taking a request from its attempt waits for that attempt\'s event write in f
     writer.release(true);
     taker.release(true);
   }
+});
+
+it('batch work (priority 1) takes the slots interactive requests leave, never more than its limit; SWITCHYARD_BATCH_SHARE sets the share', async () => {
+  const batchIds = await queue('h', 3);
+  await pool.query(`update ai.requests set priority = 1 where id = any($1)`, [batchIds]);
+  const interactive = await queue('h', 2);
+  const got = (await pool.query(`select id::text, priority from ai.claim_chat('w1', array['h'], 10, '{}', 0, 1)`)).rows as { id: string; priority: number }[];
+  expect(got.filter((r) => r.priority === 0).map((r) => r.id).sort()).toEqual([...interactive].sort());
+  expect(got.filter((r) => r.priority === 1)).toHaveLength(1);
+  expect(batchShare({})).toBe(0.25);
+  expect(batchShare({ SWITCHYARD_BATCH_SHARE: '0.5' })).toBe(0.5);
+  for (const bad of ['0', '-1', '2', 'x', '']) expect(batchShare({ SWITCHYARD_BATCH_SHARE: bad })).toBe(0.25);
 });
