@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { inTransaction } from './pool.js';
 import { splitVectors } from './vectors.js';
 import type { BatchLine, BatchStore, LineOutcome, StoredBatch, StoredFile } from '../serving/batch-store.js';
 
@@ -75,9 +76,7 @@ export class PgBatchStore implements BatchStore {
     b: { id: string; keyId: string | null; endpoint: string; inputFileId: string; completionWindow: string; metadata: Record<string, string> | null; expiresInSeconds: number },
     lines: BatchLine[],
   ): Promise<void> {
-    const client = await this.pool.connect();
-    try {
-      await client.query('begin');
+    await inTransaction(this.pool, async (client) => {
       await client.query(
         `insert into ai.batches (id, key_id, endpoint, input_file_id, completion_window, status, metadata, total, in_progress_at, expires_at)
          values ($1, $2, $3, $4, $5, 'in_progress', $6, $7, now(), now() + make_interval(secs => $8))`,
@@ -96,7 +95,6 @@ export class PgBatchStore implements BatchStore {
           [b.id, b.keyId, JSON.stringify(lines.map((l, i) => ({ id: l.requestId, custom_id: l.customId, model: l.model, body: l.body, inputs: l.inputs ?? null, error: l.error, n: i + 1 })))],
         );
         await client.query(`select pg_notify('ai_embed', m) from (select distinct model as m from ai.requests where batch_id = $1 and status = 'queued') x`, [b.id]);
-        await client.query('commit');
         return;
       }
       await client.query(
@@ -109,13 +107,7 @@ export class PgBatchStore implements BatchStore {
         [b.id, b.keyId, JSON.stringify(lines.map((l, i) => ({ id: l.requestId, custom_id: l.customId, model: l.model, body: l.body, error: l.error, n: i + 1 })))],
       );
       await client.query(`select pg_notify('ai_chat', m) from (select distinct model as m from ai.requests where batch_id = $1 and status = 'queued') x`, [b.id]);
-      await client.query('commit');
-    } catch (err) {
-      await client.query('rollback').catch(() => {});
-      throw err;
-    } finally {
-      client.release();
-    }
+    });
   }
 
   async insertFailedBatch(
@@ -157,22 +149,14 @@ export class PgBatchStore implements BatchStore {
     return r.rows.map(toBatch);
   }
 
-  private async stop(id: string, set: string, where: string, values: unknown[]): Promise<boolean> {
-    const client = await this.pool.connect();
-    try {
-      await client.query('begin');
+  private stop(id: string, set: string, where: string, values: unknown[]): Promise<boolean> {
+    return inTransaction(this.pool, async (client) => {
       const r = await client.query(`update ai.batches set ${set} where id = $1 and status = 'in_progress' ${where}`, values);
       if (r.rowCount) {
         await client.query(`select ai.cancel_request(id) from ai.requests where batch_id = $1 and status in ('queued', 'running')`, [id]);
       }
-      await client.query('commit');
       return (r.rowCount ?? 0) > 0;
-    } catch (err) {
-      await client.query('rollback').catch(() => {});
-      throw err;
-    } finally {
-      client.release();
-    }
+    });
   }
 
   cancelBatch(id: string, keyId: string | null): Promise<boolean> {
@@ -184,9 +168,7 @@ export class PgBatchStore implements BatchStore {
   }
 
   async finalizeBatch(id: string, render: (lines: LineOutcome[]) => { output: Buffer | null; errors: Buffer | null; outputId: string; errorId: string }): Promise<void> {
-    const client = await this.pool.connect();
-    try {
-      await client.query('begin');
+    await inTransaction(this.pool, async (client) => {
       const b = await client.query<{ key_id: string | null; cancelling: boolean; expired: boolean }>(
         `select key_id, cancelling_at is not null as cancelling, expired_at is not null as expired from ai.batches
           where id = $1 and status in ('in_progress', 'cancelling') for update`,
@@ -194,10 +176,8 @@ export class PgBatchStore implements BatchStore {
       );
       const batch = b.rows[0];
       const open = await client.query(`select 1 from ai.requests where batch_id = $1 and status in ('queued', 'running') limit 1`, [id]);
-      if (!batch || open.rowCount) {
-        await client.query('rollback');
-        return;
-      }
+      // Nothing to do (yet): the transaction only read and locked.
+      if (!batch || open.rowCount) return;
       const lines = await client.query<{ id: string; custom_id: string; status: LineOutcome['status']; body: unknown; error: LineOutcome['error']; request: Record<string, unknown> | null; vectors: Buffer | null; n: number | null; prompt_tokens: number | null }>(
         `select id, custom_id, status, output->'completion' as body, error,
                 case when endpoint = 'embeddings' then params->'request' end as request,
@@ -230,12 +210,6 @@ export class PgBatchStore implements BatchStore {
           where id = $1`,
         [id, status, files.output ? files.outputId : null, files.errors ? files.errorId : null],
       );
-      await client.query('commit');
-    } catch (err) {
-      await client.query('rollback').catch(() => {});
-      throw err;
-    } finally {
-      client.release();
-    }
+    });
   }
 }

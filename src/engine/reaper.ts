@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { inTransaction } from '../db/pool.js';
 import { takeDeadWorkers } from '../db/workers-repo.js';
 import type { LogFn } from '../log.js';
 
@@ -116,15 +117,12 @@ export class Reaper {
     // a full timeout to beat again before taking anyone for dead (otherwise one restart of
     // Postgres would restart every generation).
     if (Date.now() - this.reachableSince < this.timeoutMs) return 0;
-    const client = await this.pool.connect();
-    let dead: { id: string; job_worker_ids: string[] }[] = [];
     let failed = 0;
     let requeued = 0;
-    try {
-      await client.query('begin');
-      dead = await takeDeadWorkers(client, this.timeoutMs);
-      if (dead.length > 0) {
-        const ids = dead.map((d) => d.id);
+    const dead = await inTransaction(this.pool, async (client) => {
+      const silent = await takeDeadWorkers(client, this.timeoutMs);
+      if (silent.length > 0) {
+        const ids = silent.map((d) => d.id);
         // Their event writes in flight land first; later ones find the requests taken (sql/010_events.sql).
         await client.query(`select ai._fence_requests(array(select id from ai.requests where worker = any($1) and status = 'running'))`, [ids]);
         // Chat requests that have used every attempt: fail them, with an error their waiter receives.
@@ -149,16 +147,11 @@ export class Reaper {
         );
         requeued = q.rows[0]!.n;
         // Their vectorizer jobs to other workers.
-        const jobWorkers = dead.flatMap((d) => d.job_worker_ids);
+        const jobWorkers = silent.flatMap((d) => d.job_worker_ids);
         if (jobWorkers.length) await client.query('select graphile_worker.force_unlock_workers($1::text[])', [jobWorkers]);
       }
-      await client.query('commit');
-    } catch (err) {
-      await client.query('rollback').catch(() => {});
-      throw err;
-    } finally {
-      client.release();
-    }
+      return silent;
+    });
     if (dead.length === 0) return 0;
     this.log.warn(
       `worker(s) ${dead.map((d) => d.id).join(', ')} silent for over ${this.timeoutMs / 1000} s: released their work` +
