@@ -4,7 +4,7 @@ import type { ModelRow } from '../db/types.js';
 import { errors, ApiError } from '../protocol/errors.js';
 import { needsMoreThan, readInputBound } from '../protocol/limits.js';
 // Path rules only (no model code): where a worker finds a model's files, serve finds its tokenizer.
-import { modelCacheDir, resolveSource } from '../worker/models-source.js';
+import { pointEnvAt } from '../worker/models-source.js';
 import type { TokenizeRequest, Tokenized, Tokenizers } from './types.js';
 
 interface Loaded {
@@ -60,16 +60,7 @@ export class ServeTokenizers implements Tokenizers {
 
   private async load(row: ModelRow): Promise<Loaded> {
     const { AutoTokenizer, AutoConfig, env } = await import('@huggingface/transformers');
-    const where = resolveSource(row.source, this.modelsDir);
-    env.cacheDir = modelCacheDir();
-    if (where.kind === 'local') {
-      env.allowLocalModels = true;
-      env.allowRemoteModels = false;
-      env.localModelPath = `${where.parent}/`;
-    } else {
-      env.allowLocalModels = false;
-      env.allowRemoteModels = true;
-    }
+    const where = pointEnvAt(env, row.source, this.modelsDir);
     try {
       const opts = { revision: row.revision };
       const tokenizer = (await AutoTokenizer.from_pretrained(where.id, opts)) as unknown as Loaded['tokenizer'];

@@ -4,7 +4,7 @@ import type { ChatModel } from './generation/generate.js';
 import { ThreadError } from './generation/thread-error.js';
 import { inputBoundOf, wordPieceShortener } from './input-bound.js';
 import type { InputBound } from '../protocol/limits.js';
-import { modelCacheDir, onnxFileFor, resolveSource, type ModelSpec } from './models-source.js';
+import { onnxFileFor, pointEnvAt, type ModelSpec, type ResolvedSource } from './models-source.js';
 
 export interface LoadedChatModel extends ChatModel {
   spec: ModelSpec;
@@ -20,7 +20,7 @@ function ids(value: unknown): number[] {
   return [];
 }
 
-function explain(spec: ModelSpec, where: ReturnType<typeof resolveSource>, err: unknown): ThreadError {
+function explain(spec: ModelSpec, where: ResolvedSource, err: unknown): ThreadError {
   const detail = err instanceof Error ? err.message : String(err);
   const hint =
     where.kind === 'local'
@@ -32,27 +32,12 @@ function explain(spec: ModelSpec, where: ReturnType<typeof resolveSource>, err: 
   return ThreadError.server(`Could not load model '${spec.name}' from '${spec.source}': ${detail}. ${hint}`, 'model_load_failed', 503);
 }
 
-/** Points transformers.js's process-global `env` at where a model's files are. */
-function pointEnvAt(spec: ModelSpec, modelsDir: string | undefined): ReturnType<typeof resolveSource> {
-  const where = resolveSource(spec.source, modelsDir);
-  env.cacheDir = modelCacheDir();
-  if (where.kind === 'local') {
-    env.allowLocalModels = true;
-    env.allowRemoteModels = false;
-    env.localModelPath = `${where.parent}/`;
-  } else {
-    env.allowLocalModels = false;
-    env.allowRemoteModels = true;
-  }
-  return where;
-}
-
 /**
  * A model's tokenizer alone (no graph), for work outside the model thread: the vectorizer's
  * token splitter. Callers in one thread serialise loads, as for loadFiles.
  */
 export async function loadTokenizer(spec: ModelSpec, modelsDir: string | undefined): Promise<PreTrainedTokenizer> {
-  const where = pointEnvAt(spec, modelsDir);
+  const where = pointEnvAt(env, spec.source, modelsDir);
   try {
     return await AutoTokenizer.from_pretrained(where.id, { revision: spec.revision });
   } catch (err) {
@@ -69,8 +54,8 @@ async function loadFiles(
   modelsDir: string | undefined,
   onProgress: ProgressFn,
   auto: typeof AutoModel | typeof AutoModelForCausalLM,
-): Promise<{ where: ReturnType<typeof resolveSource>; tokenizer: PreTrainedTokenizer; model: PreTrainedModel }> {
-  const where = pointEnvAt(spec, modelsDir);
+): Promise<{ where: ResolvedSource; tokenizer: PreTrainedTokenizer; model: PreTrainedModel }> {
+  const where = pointEnvAt(env, spec.source, modelsDir);
   const opts = {
     revision: spec.revision,
     progress_callback: (info: { status: string; file?: string; progress?: number }) => {

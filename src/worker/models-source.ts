@@ -41,6 +41,33 @@ export function modelCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return env.SWITCHYARD_CACHE_DIR || join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'switchyard', 'models');
 }
 
+/** The part of transformers.js's `env` that says where model files come from. */
+export interface TransformersEnv {
+  cacheDir: string | null;
+  allowLocalModels: boolean;
+  allowRemoteModels: boolean;
+  localModelPath: string;
+}
+
+/**
+ * Points transformers.js's process-global `env` at where a model's files are (a local folder, or
+ * the hub with the download cache), and says where that is. Loads that follow must not
+ * interleave with another model's.
+ */
+export function pointEnvAt(env: TransformersEnv, source: string, modelsDir: string | undefined): ResolvedSource {
+  const where = resolveSource(source, modelsDir);
+  env.cacheDir = modelCacheDir();
+  if (where.kind === 'local') {
+    env.allowLocalModels = true;
+    env.allowRemoteModels = false;
+    env.localModelPath = `${where.parent}/`;
+  } else {
+    env.allowLocalModels = false;
+    env.allowRemoteModels = true;
+  }
+  return where;
+}
+
 /** transformers.js 4.x file names per dtype, for error messages that say what is missing. */
 export function onnxFileFor(dtype: string): string {
   const suffix: Record<string, string> = {
