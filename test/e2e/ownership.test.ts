@@ -1,7 +1,7 @@
 import OpenAI from 'openai';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
-import { cli, query, startServe, startWorker, type Proc } from '../helpers/stack.js';
+import { cli, query, startServe, startWorker, type Proc, until } from '../helpers/stack.js';
 
 /**
  * A worker that is paused (SIGSTOP: as a long GC pause, a frozen VM or a network partition
@@ -29,16 +29,6 @@ afterAll(async () => {
   await db?.drop();
   delete process.env.SWITCHYARD_WORKER_TIMEOUT;
 });
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | null | false>, ms = 30_000): Promise<T> {
-  const started = Date.now();
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() - started > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 type Event = { type: string; attempt?: number; choices?: { text: string }[] };
 

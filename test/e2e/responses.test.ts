@@ -6,7 +6,7 @@ import { z } from 'zod';
 import type { ResponseStreamEvent } from 'openai/resources/responses/responses';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
-import { cli, query, startServe, startWorker, type Proc } from '../helpers/stack.js';
+import { cli, query, startServe, startWorker, type Proc, until } from '../helpers/stack.js';
 
 /**
  * The Responses API through the whole stack (serve and worker as processes, real Postgres, the
@@ -49,16 +49,6 @@ const requestRow = async (responseId: string) =>
     [hexToUuid(responseId.slice('resp_'.length))],
   ))[0]!;
 const hexToUuid = (h: string) => `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | null | false>, ms = 30_000): Promise<T> {
-  const started = Date.now();
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() - started > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('responses: create, retrieve, delete', () => {
   it('text input: an output message, usage in the Responses shape equal to the logged request', async () => {

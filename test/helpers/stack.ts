@@ -85,3 +85,14 @@ export async function query<T extends pg.QueryResultRow>(url: string, text: stri
     await c.end();
   }
 }
+
+/** Polls `probe` every `everyMs` until it gives something truthy, and returns that; fails naming `what` after `ms`. */
+export async function until<T>(what: string, probe: () => Promise<T | undefined | null | false>, ms = 30_000, everyMs = 50): Promise<T> {
+  const started = Date.now();
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() - started > ms) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}

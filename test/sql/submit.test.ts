@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
-import { cli, query, startWorker, type Proc } from '../helpers/stack.js';
+import { cli, query, startWorker, type Proc, until } from '../helpers/stack.js';
 
 /**
  * ai.submit_chat: work queued in the caller's transaction, its result written into the caller's
@@ -15,15 +15,8 @@ const N = 500;
 
 const msg = (text: string) => JSON.stringify([{ role: 'user', content: text }]);
 
-async function waitFor<T>(what: string, probe: () => Promise<T | null | undefined | false>, ms = 90_000): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** As `until`, with these tests' longer deadline. */
+const waitFor = <T>(what: string, probe: () => Promise<T | null | undefined | false>) => until(what, probe, 90_000, 100);
 
 beforeAll(async () => {
   process.env.SWITCHYARD_WORKER_TIMEOUT = '2';
