@@ -52,13 +52,13 @@ export class ChatClaimer {
    * each (21–26 s): the cores, not the slots, bound them. On a GPU, where a batch row costs little,
    * a larger share finishes batches sooner.
    */
-  private get batchCap(): number {
-    return Math.max(1, Math.floor(this.deps.capacity * batchShare()));
-  }
+  private readonly batchCap: number;
   /** The last claim left batch work queued for want of a batch slot: claim again when one frees. */
   private batchCapped = false;
 
-  constructor(private readonly deps: ChatClaimerDeps) {}
+  constructor(private readonly deps: ChatClaimerDeps) {
+    this.batchCap = Math.max(1, Math.floor(deps.capacity * batchShare()));
+  }
 
   /** Starts claiming (again) for these models too. */
   serve(models: string[]): void {
