@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { inTransaction } from './pool.js';
+import { inTransaction } from './transaction.js';
 import { splitVectors } from './vectors.js';
 import type { BatchLine, BatchStore, LineOutcome, StoredBatch, StoredFile } from '../serving/batch-store.js';
 

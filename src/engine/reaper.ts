@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { inTransaction } from '../db/pool.js';
+import { inTransaction } from '../db/transaction.js';
 import { takeDeadWorkers } from '../db/workers-repo.js';
 import type { LogFn } from '../log.js';
 
