@@ -14,7 +14,7 @@ type Json<T = unknown> = ColumnType<T, string | T, string | T>;
 
 export interface ModelsTable {
   name: string;
-  task: 'chat' | 'embedding';
+  task: 'chat' | 'embedding' | 'moderation';
   source: string;
   revision: Generated<string>;
   dtype: Generated<string>;
@@ -34,6 +34,8 @@ export interface ModelsTable {
   reasoning_format: ColumnType<unknown, string | null | undefined, string | null>;
   /** Written by the worker that loads the model (protocol/limits.ts InputBound); read at run time. */
   input_bound: ColumnType<unknown, string | null | undefined, string | null>;
+  /** Moderation models: label → category mapping and thresholds (migrations/0050_moderation.sql). */
+  moderation: ColumnType<unknown, string | null | undefined, string | null>;
 }
 export type ModelRow = Selectable<ModelsTable>;
 export type NewModel = Insertable<ModelsTable>;

@@ -27,6 +27,8 @@ import { TokenizeServing } from '../serving/tokenize.js';
 import { tokenizeRoutes } from './routes/tokenize.js';
 import { messagesRoutes } from './routes/messages.js';
 import { MessagesServing } from '../serving/messages.js';
+import { moderationRoutes } from './routes/moderations.js';
+import { ModerationsServing } from '../serving/moderations.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -119,6 +121,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       modelRoutes(v1, new ModelsServing(opts.engine));
       responseRoutes(v1, new ResponsesServing(opts.engine, opts.responseStore ?? new PgResponseStore(opts.database.db), observer), opts.engine);
       batchRoutes(v1, new BatchServing(opts.engine, new PgBatchStore(opts.database.pool)));
+      moderationRoutes(v1, new ModerationsServing(opts.engine, observer), opts.engine);
     },
     { prefix: '/v1' },
   );
