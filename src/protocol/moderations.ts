@@ -198,6 +198,20 @@ export function resolveMapping(registered: unknown, modelLabels: string[], model
   return { labels, thresholds: given.thresholds ?? {}, threshold: given.threshold ?? 0.5 };
 }
 
+/**
+ * A result with its keys in OpenAI's order: results travel through jsonb (the event row), which
+ * keeps keys in an order of its own, and clients that print or diff responses expect OpenAI's.
+ */
+export function inOpenAIOrder(r: ModerationResult): ModerationResult {
+  const pick = <T>(o: Record<ModerationCategory, T>) => Object.fromEntries(MODERATION_CATEGORIES.map((c) => [c, o[c]])) as Record<ModerationCategory, T>;
+  return {
+    flagged: r.flagged,
+    categories: pick(r.categories),
+    category_scores: pick(r.category_scores),
+    category_applied_input_types: pick(r.category_applied_input_types),
+  };
+}
+
 /** One input's result from its label scores (`scores[label]`, probabilities in [0, 1]). */
 export function toModerationResult(mapping: ModerationMapping, scores: Record<string, number>): ModerationResult {
   const categories = {} as Record<ModerationCategory, boolean>;

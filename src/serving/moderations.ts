@@ -1,6 +1,6 @@
 import type { Engine, ModelInfo } from '../engine/types.js';
 import { ApiError, errors } from '../protocol/errors.js';
-import { isOpenAIModerationName, parseModerationRequest, type ModerationResponse } from '../protocol/moderations.js';
+import { inOpenAIOrder, isOpenAIModerationName, parseModerationRequest, type ModerationResponse } from '../protocol/moderations.js';
 import { beforeDeadline, mayUse, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
 import { noObserver, type Observer } from './observer.js';
 
@@ -18,13 +18,13 @@ export class ModerationsServing {
    * `text-moderation-stable`, ... that nobody registered), the first registered moderation model
    * the key may use. None registered: a 404 saying what to register, never a silent "not flagged".
    */
-  private async pick(name: string | undefined, ctx: RequestContext): Promise<ModelInfo> {
+  private async pick(name: string | undefined, ctx: RequestContext): Promise<{ model: ModelInfo; chosen: boolean }> {
     if (name && !(isOpenAIModerationName(name) && !(await this.engine.getModel(name)))) {
       const model = await resolveModel(this.engine, name, ctx);
       if (model.task !== 'moderation') {
         throw errors.invalid(`The model '${name}' is a ${model.task} model and cannot be used for moderations. ${REGISTER_HINT}`, 'model', 'model_not_supported');
       }
-      return model;
+      return { model, chosen: false };
     }
     const all = (await this.engine.listModels()).filter((m) => m.task === 'moderation');
     if (all.length === 0) {
@@ -33,12 +33,12 @@ export class ModerationsServing {
     const usable = all.find((m) => mayUse(ctx, m));
     if (!usable) throw errors.forbiddenModel(all[0]!.name);
     ctx.onModel?.(usable.name);
-    return usable;
+    return { model: usable, chosen: true };
   }
 
   async create(body: unknown, ctx: RequestContext, onQueued?: (requestId: string) => void): Promise<{ requestId: string; body: ModerationResponse }> {
     const req = parseModerationRequest(body);
-    const model = await this.pick(req.model, ctx);
+    const { model, chosen } = await this.pick(req.model, ctx);
     if (!this.engine.moderate) throw errors.unavailable('This server cannot run moderation models.');
     let requestId: string | null = null;
     const result = await beforeDeadline(
@@ -50,7 +50,8 @@ export class ModerationsServing {
       () => (requestId ? this.engine.cancel(requestId) : undefined),
     );
     this.observer.usage(model.name, { prompt_tokens: result.promptTokens });
-    const shown = req.model && !isOpenAIModerationName(req.model) ? req.model : model.name;
-    return { requestId: result.requestId, body: { id: `modr-${result.requestId}`, model: shown, results: result.results } };
+    // Under the name the client used, unless the server chose the model for it.
+    const shown = chosen ? model.name : req.model!;
+    return { requestId: result.requestId, body: { id: `modr-${result.requestId}`, model: shown, results: result.results.map(inOpenAIOrder) } };
   }
 }
