@@ -62,7 +62,10 @@ export const moderationRequestSchema: Schema = {
 
 const checkShape = compileValidator<ModerationRequest>(moderationRequestSchema);
 
-/** The request's texts, in order; an image part is a 400 (the classifiers here read text only). */
+/**
+ * The request's texts, in order; an image part is a 400 (the classifiers here read text only).
+ * NUL and lone surrogates are refused by compileValidator, as for every endpoint.
+ */
 export function parseModerationRequest(body: unknown): { model: string | undefined; texts: string[] } {
   const req = checkShape(body);
   const texts: string[] = [];
@@ -73,9 +76,6 @@ export function parseModerationRequest(body: unknown): { model: string | undefin
       if (typeof item.text !== 'string') throw errors.invalid(`input[${i}].text must be a string.`, `input[${i}].text`);
       texts.push(item.text);
     } else throw errors.invalid('Image inputs are not supported: the moderation models served here classify text only.', `input[${i}]`, 'unsupported_input_type');
-  });
-  texts.forEach((t, i) => {
-    if (!t.isWellFormed()) throw errors.invalid(`input[${i}] is not valid Unicode (it contains a lone surrogate).`, typeof req.input === 'string' ? 'input' : `input[${i}]`);
   });
   return { model: req.model, texts };
 }
