@@ -27,6 +27,7 @@ import { TokenizeServing } from '../serving/tokenize.js';
 import { tokenizeRoutes } from './routes/tokenize.js';
 import { messagesRoutes } from './routes/messages.js';
 import { MessagesServing } from '../serving/messages.js';
+import { registerAdmin } from './admin/index.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -128,6 +129,8 @@ export function buildApp(opts: AppOptions): FastifyInstance {
     registerAuth(root, keys);
     tokenizeRoutes(root, tokenize);
   });
+  // The admin API: admin keys only (see admin/index.ts).
+  void app.register(async (admin) => registerAdmin(admin, keys, { engine: opts.engine, database: opts.database }), { prefix: '/admin' });
   healthRoutes(app, { pool: opts.database.pool, listening: opts.listening });
   return app;
 }
