@@ -24,7 +24,7 @@ Usage: switchyard <command> [options]
              moderation models: [--moderation-map JSON|FILE] (labels → OpenAI categories, thresholds)
   models list [--json]
   models remove NAME
-  keys create --name N [--models A,B]  prints the new key once
+  keys create --name N [--models A,B] [--admin]  prints the new key once (--admin: may use /admin)
   keys list
   keys revoke ID
   serve [--no-auth]                     the HTTP gateway (HOST, PORT)
@@ -191,10 +191,10 @@ function moderationMap(value: string, task: string): string {
 
 async function keys(config: Config, args: string[]): Promise<void> {
   const [sub, ...rest] = args;
-  const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { name: { type: 'string' }, models: { type: 'string' } } });
+  const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { name: { type: 'string' }, models: { type: 'string' }, admin: { type: 'boolean' } } });
   if (sub === 'create') {
     if (!values.name) throw new UsageError('keys create needs --name N');
-    const { key, row } = await withDb(config, (db) => createKey(db, values.name!, list(values.models) ?? null));
+    const { key, row } = await withDb(config, (db) => createKey(db, values.name!, list(values.models) ?? null, { admin: values.admin === true }));
     console.error(`created key ${row.id} (${row.name}); it is shown only once:`);
     console.log(key);
   } else if (sub === 'list') {
@@ -202,7 +202,7 @@ async function keys(config: Config, args: string[]): Promise<void> {
     if (rows.length === 0) console.log('no keys');
     for (const r of rows) {
       const state = r.revoked_at ? 'revoked' : 'active';
-      console.log(`${r.id}\t${r.name}\t${r.prefix}…\t${state}\t${r.models ? r.models.join(',') : 'all models'}`);
+      console.log(`${r.id}\t${r.name}\t${r.prefix}…\t${state}\t${r.models ? r.models.join(',') : 'all models'}${r.admin ? '\tadmin' : ''}`);
     }
   } else if (sub === 'revoke') {
     const id = positionals[0];

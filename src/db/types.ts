@@ -46,6 +46,8 @@ export interface ApiKeysTable {
   prefix: string;
   key_hash: Buffer;
   models: string[] | null;
+  /** May use the /admin API and the console (migration 0040). */
+  admin: Generated<boolean>;
   created_at: Timestamp;
   last_used_at: Timestamp | null;
   revoked_at: Timestamp | null;

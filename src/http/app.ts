@@ -32,6 +32,7 @@ import { ModerationsServing } from '../serving/moderations.js';
 import { legacyRoutes } from './routes/legacy.js';
 import { EditsServing } from '../serving/edits.js';
 import { EnginesServing } from '../serving/engines.js';
+import { registerAdmin } from './admin/index.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -138,6 +139,8 @@ export function buildApp(opts: AppOptions): FastifyInstance {
     registerAuth(root, keys);
     tokenizeRoutes(root, tokenize);
   });
+  // The admin API: admin keys only (see admin/index.ts).
+  void app.register(async (admin) => registerAdmin(admin, keys, { engine: opts.engine, database: opts.database }), { prefix: '/admin' });
   healthRoutes(app, { pool: opts.database.pool, listening: opts.listening });
   return app;
 }
