@@ -108,6 +108,7 @@ export const V1_ROUTES: { method: string; route: string; path: string; body?: un
   { method: 'GET', route: '/v1/engines', path: '/v1/engines' },
   { method: 'HEAD', route: '/v1/engines', path: '/v1/engines' },
   { method: 'GET', route: '/v1/engines/*', path: '/v1/engines/tiny-chat' },
+  { method: 'HEAD', route: '/v1/engines/*', path: '/v1/engines/tiny-chat' },
   { method: 'POST', route: '/v1/engines/*', path: '/v1/engines/tiny-chat/completions', body: { prompt: 'x', max_tokens: 1 } },
   { method: 'POST', route: '/v1/engines/*', path: '/v1/engines/tiny-embed/embeddings', body: { input: 'x' } },
   // vLLM's token endpoints live at the root, behind the same key hook.
