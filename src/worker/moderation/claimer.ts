@@ -160,7 +160,9 @@ export class ModerationClaimer {
       model = await this.deps.load();
       out = await this.deps.host.classify(this.deps.spec, texts);
     } catch (err) {
-      // The model cannot run (not loadable, no usable mapping): every request says why.
+      // The model cannot run (not loadable, no usable mapping, its thread died mid-call): every
+      // request of the batch fails saying why. Not re-queued: a claim re-takes queued rows without
+      // counting their attempts out, so a batch that fails every time would loop.
       const e = ThreadError.from(err);
       return rows.map((r) => failed(r, e.status, e.body));
     }
