@@ -84,13 +84,20 @@ describe('ai.moderate', () => {
     expect((await failure(c, 'select * from ai.requests')).message).toMatch(/permission denied/);
   });
 
+  it("bounds a model's queue: past p_bound queued requests, enqueueing refuses (the gateway's 429)", async () => {
+    const enqueue = async () =>
+      (await su.query<{ q: boolean }>(`select ai.enqueue_moderation(gen_random_uuid(), 'orphan', 'orphan', '["x"]', '{}', null, null, 2) as q`)).rows[0]!.q;
+    expect([await enqueue(), await enqueue(), await enqueue()]).toEqual([true, true, false]);
+    await su.query("update ai.requests set status = 'cancelled' where model = 'orphan'");
+  });
+
   it('cancels a request no worker takes, after ai.moderate_timeout, saying which worker to start', async () => {
     await su.query("set ai.moderate_timeout = '300ms'");
     try {
       const err = await failure(su, "select ai.moderate('orphan', 'anyone there?')");
       expect(err.code).toBe('57014');
       expect(err.hint).toMatch(/switchyard worker --models orphan/);
-      const st = await su.query("select status from ai.requests where model = 'orphan'");
+      const st = await su.query("select status from ai.requests where model = 'orphan' and input->'input'->>0 = 'anyone there?'");
       expect(st.rows).toEqual([{ status: 'cancelled' }]);
     } finally {
       await su.query('reset ai.moderate_timeout');
