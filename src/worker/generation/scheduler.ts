@@ -55,6 +55,8 @@ interface Request {
   arrived: number;
   /** Holds a reservation (admitted, not yet answered). */
   admitted: boolean;
+  /** Looked up in the prefix cache (once, just before its prefill starts). */
+  looked: boolean;
   settled: boolean;
   resolve(choices: ChoiceResult[]): void;
   reject(err: ThreadError): void;
@@ -125,7 +127,7 @@ export class BatchScheduler {
         promptIds, params, opts, maxNew,
         reserve: params.n * (promptIds.length + maxNew),
         rows: [], prefilled: 0, past: null, pastRow: 0, lastLogits: null,
-        arrived: performance.now(), admitted: false, settled: false, resolve, reject,
+        arrived: performance.now(), admitted: false, looked: false, settled: false, resolve, reject,
       };
       this.waiting.push(req);
       if (!this.running) {
@@ -175,7 +177,6 @@ export class BatchScheduler {
       req.admitted = true;
       this.reserved += req.reserve;
       this.prefilling.push(req);
-      this.reuse(req);
       this.counters.admitted++;
       this.counters.admitWaitMs += performance.now() - req.arrived;
     }
@@ -183,10 +184,14 @@ export class BatchScheduler {
 
   /**
    * Starts the request's prefill after the longest cached prefix of its prompt (never its last
-   * token, whose logits give the first token). Echoed prompts are prefilled whole: their
+   * token, whose logits give the first token). Looked up when its prefill is about to start, not
+   * at admission: requests that arrive together with one system prompt are prefilled one after
+   * the other, so the second finds what the first left. Echoed prompts are prefilled whole: their
    * logprobs need every position's logits.
    */
   private reuse(req: Request): void {
+    if (req.looked) return;
+    req.looked = true;
     if (req.params.echo) return;
     const hit = this.prefix.lookup(req.promptIds, req.promptIds.length - 1);
     if (!hit) return;
@@ -323,6 +328,7 @@ export class BatchScheduler {
     const group: Request[] = [];
     let longest = 0;
     for (const req of this.prefilling) {
+      this.reuse(req);
       if (req.prefilled > 0 || req.params.echo) break;
       const L = Math.max(longest, req.promptIds.length);
       if ((group.length + 1) * L > budget) break;

@@ -46,6 +46,16 @@ describe('prefix cache', () => {
     expect(s.stats.maxBatch).toBeGreaterThan(4);
   });
 
+  it('requests that arrive together with one long system prompt: the first prefills it, the others reuse it', async () => {
+    const ps = sharing(3, 6 * BLOCK, 10);
+    const p = () => params({ maxTokens: 6 });
+    const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 32 });
+    const got = await Promise.all(ps.map((prompt) => s.submit(prompt, p(), { signal: never, onDelta: noop })));
+    expect(got.map(ids)).toEqual(await expected(ps, p));
+    expect(s.stats.prefixHits).toBe(2);
+    expect(s.stats.prefillTokens).toBe(ps.reduce((n, x) => n + x.length, 0) - 2 * 6 * BLOCK);
+  });
+
   it('prompts prefilled together (one padded forward) leave blocks a later prompt reuses exactly', async () => {
     const ps = sharing(5, 3 * BLOCK, 2).map((x, i) => (i === 2 ? x.slice(0, 4 * BLOCK + 5) : x));
     ps[0] = [...ps[0]!, ...ps[1]!.slice(3 * BLOCK)]; // different lengths: the rows are left-padded differently
