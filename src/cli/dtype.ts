@@ -52,6 +52,9 @@ export async function defaultDtype(source: string, opts: { revision?: string; de
   if (opts.device === 'cuda') return { dtype: 'fp32', why: 'fp32 on cuda (--dtype fp16 or another to override)' };
   const file = onnxFileFor(CPU_QUANTIZED);
   const where = resolveSource(source, opts.modelsDir);
+  // Only an org/name id is worth asking the hub about (asking loads transformers.js, seconds on a
+  // busy machine); a bare name that is no folder here stays fp32, as it always was.
+  if (where.kind === 'hub' && !where.id.includes('/')) return { dtype: 'fp32', why: `fp32: ${source} is no model folder here, and not an org/name hub id to look for ${file} in` };
   const ships = where.kind === 'local' ? folderShipsQuantized(where.dir) : await hubHas(where.id, opts.revision ?? 'main', file);
   if (ships) return { dtype: CPU_QUANTIZED, why: `${CPU_QUANTIZED} (int8 weights): the model ships ${file} and runs on CPU (--dtype fp32 to override)` };
   if (ships === null) return { dtype: 'fp32', why: `fp32: could not list the hub repository's files to look for ${file} (--dtype ${CPU_QUANTIZED} if it has one)` };
