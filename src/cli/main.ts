@@ -9,6 +9,7 @@ import { logger } from '../log.js';
 import { TOOL_FORMATS, toolFormatProblem } from '../protocol/tools.js';
 import { REASONING_FORMATS, reasoningFormatProblem } from '../protocol/reasoning.js';
 import { moderationMappingProblem } from '../protocol/moderations.js';
+import { defaultDtype } from './dtype.js';
 
 const HELP = `switchyard: an OpenAI-compatible gateway that runs open models, coordinated through PostgreSQL
 
@@ -29,7 +30,7 @@ Usage: switchyard <command> [options]
   keys revoke ID
   serve [--no-auth]                     the HTTP gateway (HOST, PORT)
   worker [--models A,B] [--device cpu|cuda] [--concurrency N] [--embed-concurrency N (vectorizer jobs)]
-  up [--no-auth]                        migrate, register default models if none, run serve + worker
+  up [--no-auth] [--dtype D]            migrate, register default models if none (int8 on CPU where shipped), run serve + worker
   prune                                 delete what the retention settings expire (ai.settings retention_*)
   roles setup [--prefix P]              as a superuser: non-superuser roles P_migrate (owner), P_serve and
                                         P_worker (default P: switchyard), extensions, migrations, grants;
@@ -135,14 +136,17 @@ async function models(config: Config, args: string[]): Promise<void> {
       reasoningFormat = JSON.stringify(format);
     }
     const moderation = values['moderation-map'] ? moderationMap(values['moderation-map'], task) : null;
+    const device = values.device ? oneOf(values.device, ['cpu', 'cuda'] as const, '--device')! : undefined;
+    // Without --dtype: int8 where the model ships it and runs on CPU (see cli/dtype.ts for why).
+    const chosen = values.dtype ? null : await defaultDtype(values.source, { ...(values.revision ? { revision: values.revision } : {}), ...(device ? { device } : {}), ...(config.modelsDir ? { modelsDir: config.modelsDir } : {}) });
     const row = await withDb(config, (db) =>
       addModel(db, {
         name,
         task,
         source: values.source!,
         ...(values.revision ? { revision: values.revision } : {}),
-        ...(values.dtype ? { dtype: values.dtype } : {}),
-        ...(values.device ? { device: oneOf(values.device, ['cpu', 'cuda'] as const, '--device')! } : {}),
+        dtype: values.dtype ?? chosen!.dtype,
+        ...(device ? { device } : {}),
         aliases: list(values.alias) ?? [],
         chat_template: values['chat-template-file'] ? readFileSync(values['chat-template-file'], 'utf8') : null,
         context_length: positiveInt(values['context-length'], '--context-length') ?? null,
@@ -158,6 +162,7 @@ async function models(config: Config, args: string[]): Promise<void> {
       }),
     );
     console.log(`registered ${row.name} (${row.task}) from ${row.source}${row.aliases.length ? `, aliases ${row.aliases.join(', ')}` : ''}`);
+    console.log(`dtype ${chosen ? chosen.why : `${row.dtype} (--dtype)`}`);
     console.log('Workers pick up new models when they start: restart running workers to serve it.');
   } else if (sub === 'list') {
     const rows = await withDb(config, listModels);
@@ -299,9 +304,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       }
       case 'up': {
-        const { values } = parseArgs({ args, options: { 'no-auth': { type: 'boolean' } } });
+        const { values } = parseArgs({ args, options: { 'no-auth': { type: 'boolean' }, dtype: { type: 'string' } } });
         const { up } = await import('./up.js');
-        const stack = await up(config, { auth: !values['no-auth'] });
+        const stack = await up(config, { auth: !values['no-auth'], ...(values.dtype ? { dtype: values.dtype } : {}) });
         await untilSignal(stack.stop);
         return 0;
       }
