@@ -64,7 +64,7 @@ function timeStart(side: Side, args: string[], env: Record<string, string>, read
 const { dir: modelsDir } = await ensureFixtureModels();
 const db = await benchDatabase();
 try {
-  const add = spawn(process.execPath, [SIDES.dist, 'models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'], { env: { ...process.env, DATABASE_URL: db.url }, stdio: 'inherit' });
+  const add = spawn(process.execPath, [SIDES.dist, 'models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'], { env: { ...process.env, DATABASE_URL: db.url }, stdio: ['ignore', 'ignore', 'inherit'] });
   await new Promise((r) => add.on('exit', r));
   const commands = {
     serve: { args: ['serve', '--no-auth'], env: { DATABASE_URL: db.url, PORT: '0', HOST: '127.0.0.1' }, ready: /listening on/ },
