@@ -4,13 +4,13 @@
 //   node scripts/build.mjs            build now
 //   ensureBuilt() (imported)          build only when dist/ is missing or older than src/
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const at = (p) => fileURLToPath(new URL(`../${p}`, import.meta.url));
-// Every build writes it into an empty dist/, so its time is the last build's.
+// Every build writes it into an empty folder that becomes dist/, so its time is the last build's.
 const MARK = at('dist/cli/main.js');
 
 /** The newest modification time under `dir`, folders included (a deleted file changes its folder's). */
@@ -30,16 +30,23 @@ export function isStale() {
 }
 
 export function build() {
-  // From empty: a source that was deleted or renamed must not live on in dist/.
-  rmSync(at('dist'), { recursive: true, force: true });
+  // Into an empty folder of its own (a source that was deleted or renamed must not live on in
+  // dist/), swapped in whole: processes running from dist/ (a test's serve, a worker starting a
+  // thread) never see it half-written, and a failed build leaves the last good one.
+  const out = `dist.build-${process.pid}`;
+  rmSync(at(out), { recursive: true, force: true });
   // The package's `bin` (its exports do not list it), found beside its package.json.
   const tsc = new URL('bin/tsc', pathToFileURL(createRequire(import.meta.url).resolve('typescript/package.json')));
-  const r = spawnSync(process.execPath, [fileURLToPath(tsc), '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'inherit' });
+  const r = spawnSync(process.execPath, [fileURLToPath(tsc), '-p', 'tsconfig.build.json', '--outDir', out], { cwd: ROOT, stdio: 'inherit' });
   if (r.status !== 0) {
-    // tsc emits despite type errors; a half-right dist/ must not pass for a build.
-    rmSync(at('dist'), { recursive: true, force: true });
+    // tsc emits despite type errors; a half-right build must not pass for one.
+    rmSync(at(out), { recursive: true, force: true });
     throw new Error(`build failed: tsc -p tsconfig.build.json exited with ${r.status ?? r.signal}`);
   }
+  const old = `dist.old-${process.pid}`;
+  if (existsSync(at('dist'))) renameSync(at('dist'), at(old));
+  renameSync(at(out), at('dist'));
+  rmSync(at(old), { recursive: true, force: true });
 }
 
 export function ensureBuilt() {
