@@ -10,7 +10,7 @@ import { readInputBound } from '../protocol/limits.js';
 import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
 import { ApiError } from '../protocol/errors.js';
-import { SpanStatusCode } from '@opentelemetry/api';
+import { SpanStatusCode, context } from '@opentelemetry/api';
 import { contextFrom, traceparentOf, tracer } from '../tracing.js';
 import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo } from './types.js';
 
@@ -92,11 +92,13 @@ export class PgEngine implements Engine {
 
   /**
    * Traced as `admission` (the model looked up, the queue's bound checked, the row written),
-   * under the caller's context. The row carries the span's context, so the worker's spans
-   * (queue wait, prefill, decode) continue the same trace.
+   * under the caller's context: the given `traceparent` (serve's request span), else the active
+   * context (an application calling the SDK inside a span of its own). The row carries the
+   * span's context, so the worker's spans (queue wait, prefill, decode) continue the same trace.
    */
   async generate(req: GenerateRequest): Promise<Generation> {
-    const span = tracer().startSpan('admission', { attributes: { 'switchyard.endpoint': req.endpoint, 'gen_ai.request.model': req.model } }, contextFrom(req.traceparent));
+    const parent = req.traceparent === undefined ? context.active() : contextFrom(req.traceparent);
+    const span = tracer().startSpan('admission', { attributes: { 'switchyard.endpoint': req.endpoint, 'gen_ai.request.model': req.model } }, parent);
     try {
       const gen = await this.admit(req, traceparentOf(span));
       span.setAttribute('switchyard.request_id', gen.requestId);
