@@ -6,6 +6,7 @@ import { addModel, listModels, removeModel } from '../db/models-repo.js';
 import { openDatabase } from '../db/pool.js';
 import { provision, redact } from '../db/provision.js';
 import { logger } from '../log.js';
+import { startTracing } from '../tracing.js';
 import { TOOL_FORMATS, toolFormatProblem } from '../protocol/tools.js';
 import { REASONING_FORMATS, reasoningFormatProblem } from '../protocol/reasoning.js';
 import { moderationMappingProblem } from '../protocol/moderations.js';
@@ -237,8 +238,9 @@ export async function main(argv: string[]): Promise<number> {
         const { values } = parseArgs({ args, options: { 'no-auth': { type: 'boolean' } } });
         // Heavy modules (Fastify, transformers.js) load only for the commands that run them.
         const { startServer } = await import('../http/server.js');
+        const stopTracing = await startTracing('switchyard-serve');
         const server = await startServer({ databaseUrl: config.databaseUrl, host: config.host, port: config.port, auth: !values['no-auth'] });
-        await untilSignal(server.stop);
+        await untilSignal(() => server.stop().finally(stopTracing));
         return 0;
       }
       case 'worker': {
@@ -247,6 +249,7 @@ export async function main(argv: string[]): Promise<number> {
           options: { models: { type: 'string' }, device: { type: 'string' }, concurrency: { type: 'string' }, 'embed-concurrency': { type: 'string' } },
         });
         const { startWorker } = await import('../worker/run.js');
+        const stopTracing = await startTracing('switchyard-worker');
         const worker = await startWorker({
           databaseUrl: config.databaseUrl,
           modelsDir: config.modelsDir,
@@ -255,7 +258,7 @@ export async function main(argv: string[]): Promise<number> {
           concurrency: positiveInt(values.concurrency, '--concurrency'),
           embedConcurrency: positiveInt(values['embed-concurrency'], '--embed-concurrency'),
         });
-        await untilSignal(worker.stop);
+        await untilSignal(() => worker.stop().finally(stopTracing));
         return 0;
       }
       case 'prune': {
@@ -306,8 +309,9 @@ export async function main(argv: string[]): Promise<number> {
       case 'up': {
         const { values } = parseArgs({ args, options: { 'no-auth': { type: 'boolean' }, dtype: { type: 'string' } } });
         const { up } = await import('./up.js');
+        const stopTracing = await startTracing('switchyard');
         const stack = await up(config, { auth: !values['no-auth'], ...(values.dtype ? { dtype: values.dtype } : {}) });
-        await untilSignal(stack.stop);
+        await untilSignal(() => stack.stop().finally(stopTracing));
         return 0;
       }
       case undefined:

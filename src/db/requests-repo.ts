@@ -15,6 +15,8 @@ export interface NewRequest {
   listener: string | null;
   /** Refuse (return false, write nothing) when this many requests of the model are queued. */
   queueBound: number;
+  /** The trace the worker continues (W3C traceparent); null: none. */
+  traceparent?: string | null;
 }
 
 /**
@@ -32,9 +34,9 @@ const roomFor = (model: string, bound: number) =>
 export async function enqueueRequest(db: Db, r: NewRequest): Promise<boolean> {
   const res = await sql<{ notified: unknown }>`
     with ins as (
-      insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, max_attempts, listener)
+      insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, max_attempts, listener, traceparent)
       select ${r.id}, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
-             ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}, ${r.maxAttempts}, ${r.listener}
+             ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}, ${r.maxAttempts}, ${r.listener}, ${r.traceparent ?? null}
        where ${roomFor(r.model, r.queueBound)}
       returning model
     )

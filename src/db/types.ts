@@ -78,6 +78,8 @@ export interface RequestsTable {
   finished_at: Timestamp | null;
   /** A completed embedding request's vectors: little-endian float32, input after input (migration 0015). */
   vectors: Buffer | null;
+  /** The W3C trace context the request was queued under (migration 0065); null: untraced. */
+  traceparent: Generated<string | null>;
 }
 export type RequestRow = Selectable<RequestsTable>;
 

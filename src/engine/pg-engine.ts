@@ -10,6 +10,8 @@ import { readInputBound } from '../protocol/limits.js';
 import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
 import { ApiError } from '../protocol/errors.js';
+import { SpanStatusCode, context } from '@opentelemetry/api';
+import { contextFrom, traceparentOf, tracer } from '../tracing.js';
 import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo, ModerateRequest, ModerateResult } from './types.js';
 
 /**
@@ -88,7 +90,28 @@ export class PgEngine implements Engine {
     return (await listModels(this.database.db)).map(toInfo);
   }
 
+  /**
+   * Traced as `admission` (the model looked up, the queue's bound checked, the row written),
+   * under the caller's context: the given `traceparent` (serve's request span), else the active
+   * context (an application calling the SDK inside a span of its own). The row carries the
+   * span's context, so the worker's spans (queue wait, prefill, decode) continue the same trace.
+   */
   async generate(req: GenerateRequest): Promise<Generation> {
+    const parent = req.traceparent === undefined ? context.active() : contextFrom(req.traceparent);
+    const span = tracer().startSpan('admission', { attributes: { 'switchyard.endpoint': req.endpoint, 'gen_ai.request.model': req.model } }, parent);
+    try {
+      const gen = await this.admit(req, traceparentOf(span));
+      span.setAttribute('switchyard.request_id', gen.requestId);
+      return gen;
+    } catch (err) {
+      span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message : String(err) });
+      throw err;
+    } finally {
+      span.end();
+    }
+  }
+
+  private async admit(req: GenerateRequest, traceparent: string | null): Promise<Generation> {
     const row = await this.lookup(req.model);
     if (!row) throw errors.modelNotFound(req.model);
     if (row.task !== 'chat') {
@@ -112,6 +135,7 @@ export class PgEngine implements Engine {
         maxAttempts: CHAT_MAX_ATTEMPTS,
         listener: this.hub.channel,
         queueBound: this.queueBound(row),
+        traceparent,
       });
     } catch (err) {
       events.close();

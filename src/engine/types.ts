@@ -55,6 +55,8 @@ export interface GenerateRequest {
   keyId: string | null;
   /** Request fields that do not steer generation (user, metadata), kept in the log. */
   meta: Record<string, unknown>;
+  /** The caller's W3C trace context: admission is traced under it, and the worker continues it (absent: the active context; null: none). */
+  traceparent?: string | null;
 }
 
 export interface Generation {

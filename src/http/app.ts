@@ -8,6 +8,7 @@ import { embeddingRoutes } from './routes/embeddings.js';
 import { completionRoutes } from './routes/completions.js';
 import { CompletionsServing } from '../serving/completions.js';
 import { decorateRequests, KeyCache, registerAuth } from './auth.js';
+import { registerTracing } from './tracing.js';
 import { notFound, registerErrorHandling } from './errors.js';
 import { errors } from '../protocol/errors.js';
 import { Metrics } from './metrics.js';
@@ -105,6 +106,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
     }
   });
   decorateRequests(app);
+  registerTracing(app);
   const metrics = new Metrics();
   registerObservability(app, metrics, opts.database.pool);
   const observer = metricsObserver(metrics);

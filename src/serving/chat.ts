@@ -83,6 +83,7 @@ export class ChatServing {
       params,
       stream: req.stream === true,
       keyId: ctx.keyId,
+      traceparent: ctx.traceparent,
       meta: {
         ...(req.user ? { user: req.user } : {}),
         ...(req.metadata ? { metadata: req.metadata } : {}),

@@ -57,6 +57,7 @@ export class CompletionsServing {
           params: internal,
           stream: req.stream === true,
           keyId: ctx.keyId,
+          traceparent: ctx.traceparent,
           meta: req.user ? { user: req.user } : {},
         });
         onQueued?.(gen.requestId);

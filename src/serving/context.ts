@@ -9,6 +9,8 @@ export interface RequestContext {
   admin?: boolean;
   /** Told the registered name once the request's model resolves (the HTTP layer labels metrics with it). */
   onModel?(name: string): void;
+  /** The W3C trace context to queue work under (the HTTP request's span); absent: a new trace. */
+  traceparent?: string | null;
 }
 
 export function mayUse(ctx: RequestContext, model: ModelInfo): boolean {

@@ -1,5 +1,7 @@
-// worker_threads do not inherit the CLI's TypeScript loader: register it, as model-thread-boot.mjs does.
-import { register } from 'tsx/esm/api';
+// The classifier thread's entry point, as model-thread-boot.mjs: a worker thread gets no loader
+// from its parent and the package registers none, so it runs compiled JavaScript, beside this
+// file in dist/, or dist/'s copy when the host itself runs from the TypeScript sources (vitest).
+import { existsSync } from 'node:fs';
 
-register();
-await import('./thread.ts');
+const beside = new URL('./thread.js', import.meta.url);
+await import(existsSync(beside) ? beside.href : new URL('../../../dist/worker/moderation/thread.js', import.meta.url).href);
