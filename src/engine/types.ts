@@ -3,6 +3,7 @@ import type { ToolCallFormat } from '../protocol/tools.js';
 import type { ReasoningFormat } from '../protocol/reasoning.js';
 import type { ErrorBody } from '../protocol/errors.js';
 import type { Prompt, PromptMessage, SamplingParams, ToolDefinition } from '../protocol/chat.js';
+import type { ModelTask } from '../protocol/models.js';
 import type { FinishReason, TokenLogprob, Usage } from '../protocol/shared.js';
 
 /**
@@ -24,6 +25,8 @@ export type EngineEvent =
    * the request row's `vectors` (float32 bytes), which the event hub reads with the event.
    */
   | { type: 'embedded'; promptTokens: number; vectors?: Buffer | null }
+  /** A rerank request finished: one relevance score per document, in document order. */
+  | { type: 'reranked'; promptTokens: number; scores: number[] }
   | { type: 'error'; status: number; error: ErrorBody };
 
 export interface ChoiceDelta {
@@ -65,7 +68,7 @@ export interface Generation {
 
 export interface ModelInfo {
   name: string;
-  task: 'chat' | 'embedding';
+  task: ModelTask;
   aliases: string[];
   created: number;
   defaults: Record<string, unknown>;
@@ -99,6 +102,24 @@ export interface EmbedResult {
   promptTokens: number;
 }
 
+export interface RerankRequest {
+  /** Name or alias, as the client sent it. */
+  model: string;
+  query: string;
+  documents: string[];
+  keyId: string | null;
+  /** Recorded in ai.requests.params (user, ...). */
+  meta: Record<string, unknown>;
+}
+
+export interface RerankResult {
+  requestId: string;
+  model: string;
+  /** Relevance per document, in document order. */
+  scores: number[];
+  promptTokens: number;
+}
+
 /** The interface serving uses: it never sees queues, SQL or processes. */
 export interface Engine {
   /** Resolves a model name or alias; null when none is registered. */
@@ -108,6 +129,8 @@ export interface Engine {
   generate(req: GenerateRequest): Promise<Generation>;
   /** Embeds inputs (queued, batched with other requests by the worker); throws ApiError on failure. */
   embed(req: EmbedRequest, onQueued?: (requestId: string) => void): Promise<EmbedResult>;
+  /** Scores documents against a query with a rerank model (queued, batched by the worker); throws ApiError on failure. */
+  rerank(req: RerankRequest, onQueued?: (requestId: string) => void): Promise<RerankResult>;
   /** Stops a generation (client gone); queued work for it is skipped. */
   cancel(requestId: string): Promise<void>;
 }

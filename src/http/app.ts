@@ -27,6 +27,8 @@ import { TokenizeServing } from '../serving/tokenize.js';
 import { tokenizeRoutes } from './routes/tokenize.js';
 import { messagesRoutes } from './routes/messages.js';
 import { MessagesServing } from '../serving/messages.js';
+import { rerankRoutes } from './routes/rerank.js';
+import { RerankServing } from '../serving/rerank.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -104,6 +106,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
   const observer = metricsObserver(metrics);
   const keys = opts.auth ? new KeyCache(opts.database.db) : null;
   const tokenize = new TokenizeServing(opts.engine, opts.tokenizers ?? null);
+  const rerank = new RerankServing(opts.engine, observer);
   // Every /v1 route lives in this one encapsulated scope and the key check is its hook, so
   // auth follows the route a request reached, never how its URL was spelled. Unknown /v1 paths
   // get the scope's 404 after the key check, as the routes do.
@@ -119,6 +122,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       modelRoutes(v1, new ModelsServing(opts.engine));
       responseRoutes(v1, new ResponsesServing(opts.engine, opts.responseStore ?? new PgResponseStore(opts.database.db), observer), opts.engine);
       batchRoutes(v1, new BatchServing(opts.engine, new PgBatchStore(opts.database.pool)));
+      rerankRoutes(v1, rerank, opts.engine, ['/rerank']);
     },
     { prefix: '/v1' },
   );
@@ -127,6 +131,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
   void app.register(async (root) => {
     registerAuth(root, keys);
     tokenizeRoutes(root, tokenize);
+    rerankRoutes(root, rerank, opts.engine, ['/rerank', '/v2/rerank']);
   });
   healthRoutes(app, { pool: opts.database.pool, listening: opts.listening });
   return app;

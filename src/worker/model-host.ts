@@ -11,6 +11,7 @@ import type { ErrorBody } from '../protocol/errors.js';
 import type { EmbedInput } from './embedding/embed.js';
 import type { TokenLogprob } from './generation/logprobs.js';
 import type { InputBound } from '../protocol/limits.js';
+import type { RerankInput, RerankOutput } from './rerank/score.js';
 
 export interface GenerationHandlers {
   onStarted(promptTokens: number): void;
@@ -40,7 +41,7 @@ export interface LoadInfo {
 }
 
 interface Pending extends Partial<GenerationHandlers> {
-  resolve(r: GenerationResult | EmbeddingResult): void;
+  resolve(r: GenerationResult | EmbeddingResult | RerankOutput[]): void;
   reject(e: ThreadError): void;
 }
 
@@ -114,6 +115,12 @@ export class ModelHost {
         p?.resolve({ vectors: msg.vectors, tokens: msg.tokens, errors: msg.errors, dimensions: msg.dimensions });
         return;
       }
+      case 'reranked': {
+        const p = this.pending.get(msg.id);
+        this.pending.delete(msg.id);
+        p?.resolve(msg.outputs);
+        return;
+      }
       case 'done': {
         const p = this.pending.get(msg.id);
         this.pending.delete(msg.id);
@@ -155,6 +162,15 @@ export class ModelHost {
     });
   }
 
+  /** Scores the pairs of many rerank requests in one model call (rerank/claimer.ts gathers them). */
+  rerank(spec: ModelSpec, inputs: RerankInput[]): Promise<RerankOutput[]> {
+    const id = `rerank-${++this.sequence}`;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as Pending['resolve'], reject });
+      this.send({ type: 'rerank', id, spec, inputs });
+    });
+  }
+
   cancel(id: string): void {
     if (this.pending.has(id)) this.send({ type: 'cancel', id });
   }
@@ -165,7 +181,7 @@ export class ModelHost {
 
   /** Generations under way (or stopping) here. */
   runningIds(): string[] {
-    return [...this.pending.keys()].filter((id) => !id.startsWith('embed-'));
+    return [...this.pending.keys()].filter((id) => !id.startsWith('embed-') && !id.startsWith('rerank-'));
   }
 
   async close(): Promise<void> {

@@ -15,6 +15,7 @@ import { sweepBatches } from '../serving/batches.js';
 import { runChatRequest } from './chat-task.js';
 import { ChatClaimer } from './chat-claimer.js';
 import { EmbedClaimer } from './embedding/claimer.js';
+import { RerankClaimer } from './rerank/claimer.js';
 import { vectorizeTask, vectorizeTaskName } from './vectorize-task.js';
 import type { ChunkTokenizer } from './vectorize/chunking.js';
 import { EmbedBatcher } from './embedding/batcher.js';
@@ -106,7 +107,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     id: string;
     abort: AbortController;
     runners: Set<JobRunner>;
-    claimers: Map<string, EmbedClaimer>;
+    /** Per embedding or rerank model: claims its requests in batches. */
+    claimers: Map<string, EmbedClaimer | RerankClaimer>;
     /** Claims and runs the chat and completions requests of every chat model served here. */
     chat: ChatClaimer;
     /** Writes the stream events of all its chat requests, many per statement. */
@@ -186,7 +188,11 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     const chatModels = specs.filter((spec) => spec.task === 'chat').map((spec) => spec.name);
     if (chatModels.length) s.chat.serve(chatModels);
     for (const spec of specs) {
-      if (spec.task !== 'chat') {
+      if (spec.task === 'rerank') {
+        const claimer = new RerankClaimer({ ...deps, model: spec.name, rerank: (inputs) => host.rerank(spec, inputs) });
+        s.claimers.set(spec.name, claimer);
+        claimer.start();
+      } else if (spec.task === 'embedding') {
         const batcher = batchers.get(spec.name)!;
         const claimer = new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs, true) });
         s.claimers.set(spec.name, claimer);
