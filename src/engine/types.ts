@@ -35,6 +35,8 @@ export interface ChoiceDelta {
   finishReason: FinishReason | null;
   /** Per token behind this text, when the request asked for logprobs. */
   logprobs?: TokenLogprob[];
+  /** With finishReason 'stop': the stop string that ended the text (absent for an end token). */
+  stopSequence?: string;
 }
 
 export interface ChoiceSummary {

@@ -120,11 +120,13 @@ export class ChatServing {
     const n = req.n ?? 1;
     const texts = Array.from({ length: n }, () => '');
     const logprobs = Array.from({ length: n }, () => [] as TokenLogprob[]);
+    const stops = new Map<number, string>();
     for (let e: EngineEvent | undefined = first; e; e = (await events.next()).value as EngineEvent | undefined) {
       if (e.type === 'delta') {
         for (const c of e.choices) {
           texts[c.index] += c.text;
           if (c.logprobs) logprobs[c.index]!.push(...c.logprobs);
+          if (c.stopSequence !== undefined) stops.set(c.index, c.stopSequence);
         }
       } else if (e.type === 'restart') {
         texts.fill('');
@@ -133,7 +135,10 @@ export class ChatServing {
       else if (e.type === 'error') throw toError(e);
       else if (e.type === 'done') {
         const reasons = new Map(e.choices.map((c) => [c.index, c.finishReason]));
-        const choices = texts.map((text, index) => ({ index, text, finishReason: reasons.get(index) ?? ('stop' as const), logprobs: logprobs[index]! }));
+        const choices = texts.map((text, index) => ({
+          index, text, finishReason: reasons.get(index) ?? ('stop' as const), logprobs: logprobs[index]!,
+          ...(stops.has(index) ? { stopSequence: stops.get(index)! } : {}),
+        }));
         return buildChatCompletion(req, gen.requestId, gen.created, choices, e.usage, tools, reasoning);
       }
     }
@@ -155,9 +160,10 @@ export class ChatServing {
       delta: ChatCompletionChunk['choices'][0]['delta'],
       finish: ChatFinishReason | null,
       logprobs: TokenLogprob[] | undefined = undefined,
+      stop?: string,
     ): ChatCompletionChunk => ({
       ...base,
-      choices: [{ index, delta, logprobs: logprobs ? toChatLogprobs(logprobs) : null, finish_reason: finish }],
+      choices: [{ index, delta, logprobs: logprobs ? toChatLogprobs(logprobs) : null, finish_reason: finish, ...(stop !== undefined ? { stop_reason: stop } : {}) }],
       ...(includeUsage ? { usage: null } : {}),
     });
     const n = req.n ?? 1;
@@ -213,14 +219,14 @@ export class ChatServing {
                 sentText = true;
                 yield ch;
               }
-              if (c.finishReason) yield chunk(c.index, {}, parser.calls && c.finishReason === 'stop' ? 'tool_calls' : c.finishReason);
+              if (c.finishReason) yield chunk(c.index, {}, parser.calls && c.finishReason === 'stop' ? 'tool_calls' : c.finishReason, undefined, c.stopSequence);
               continue;
             }
             if (c.text || c.logprobs?.length) {
               sentText = true;
               yield chunk(c.index, { content: c.text }, null, lp);
             }
-            if (c.finishReason) yield chunk(c.index, {}, c.finishReason);
+            if (c.finishReason) yield chunk(c.index, {}, c.finishReason, undefined, c.stopSequence);
           }
         } else if (e.type === 'restart') {
           // Text already on the wire cannot be taken back: end the stream with an error.

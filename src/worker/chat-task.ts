@@ -113,9 +113,9 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
       // Not urgent: it goes out with the first text when that follows within a flush interval
       // (one statement, not two, and none competing with the prefill for the cores).
       onStarted: (promptTokens) => publisher.publish({ type: 'start', promptTokens, at: Date.now() }, false),
-      onDelta: (index, text, finishReason, logprobs) => {
+      onDelta: (index, text, finishReason, logprobs, stopSequence) => {
         if (openai && logprobs) (kept[index] ??= []).push(...logprobs);
-        publisher.delta(index, text, finishReason, logprobs);
+        publisher.delta(index, text, finishReason, logprobs, stopSequence);
       },
     });
   } catch (err) {

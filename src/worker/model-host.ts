@@ -15,7 +15,7 @@ import type { RerankInput, RerankOutput } from './rerank/score.js';
 
 export interface GenerationHandlers {
   onStarted(promptTokens: number): void;
-  onDelta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[]): void;
+  onDelta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[], stopSequence?: string): void;
 }
 
 export interface GenerationResult {
@@ -107,7 +107,7 @@ export class ModelHost {
         this.pending.get(msg.id)?.onStarted?.(msg.promptTokens);
         return;
       case 'delta':
-        this.pending.get(msg.id)?.onDelta?.(msg.index, msg.text, msg.finishReason, msg.logprobs);
+        this.pending.get(msg.id)?.onDelta?.(msg.index, msg.text, msg.finishReason, msg.logprobs, msg.stopSequence);
         return;
       case 'embedded': {
         const p = this.pending.get(msg.id);

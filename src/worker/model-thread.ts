@@ -197,7 +197,8 @@ async function runGenerate(msg: Extract<ToThread, { type: 'generate' }>): Promis
     const choices = await schedulerFor(m).submit(promptIds, msg.params, {
       ...(constraints ? { constraints } : {}),
       signal: abort.signal,
-      onDelta: (index, text, finishReason, logprobs) => post({ type: 'delta', id: msg.id, index, text, finishReason, ...(logprobs ? { logprobs } : {}) }),
+      onDelta: (index, text, finishReason, logprobs, stopSequence) =>
+        post({ type: 'delta', id: msg.id, index, text, finishReason, ...(logprobs ? { logprobs } : {}), ...(stopSequence !== undefined ? { stopSequence } : {}) }),
     });
     post({ type: 'done', id: msg.id, promptTokens: promptIds.length, choices });
   } catch (err) {

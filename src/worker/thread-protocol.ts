@@ -29,7 +29,7 @@ export type FromThread =
   | { type: 'loaded'; model: string; contextLength: number; dimensions: number | null; inputBound: InputBound | null; ms: number }
   | { type: 'load-failed'; model: string; error: ThreadErrorData }
   | { type: 'started'; id: string; promptTokens: number }
-  | { type: 'delta'; id: string; index: number; text: string; finishReason: FinishReason | null; logprobs?: TokenLogprob[] }
+  | { type: 'delta'; id: string; index: number; text: string; finishReason: FinishReason | null; logprobs?: TokenLogprob[]; stopSequence?: string }
   | { type: 'done'; id: string; promptTokens: number; choices: ChoiceResult[] }
   | { type: 'embedded'; id: string; vectors: (Float32Array | null)[]; tokens: number[]; errors: (ThreadErrorData['body'] | null)[]; dimensions: number }
   | { type: 'reranked'; id: string; outputs: RerankOutput[] }
