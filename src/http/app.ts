@@ -28,6 +28,8 @@ import { tokenizeRoutes } from './routes/tokenize.js';
 import { messagesRoutes } from './routes/messages.js';
 import { MessagesServing } from '../serving/messages.js';
 import { rerankRoutes } from './routes/rerank.js';
+import { ChatReplayServing } from '../serving/chat-replay.js';
+import { PgChatReplayStore } from '../db/chat-replay-repo.js';
 import { RerankServing } from '../serving/rerank.js';
 
 export interface AppOptions {
@@ -115,7 +117,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       registerAuth(v1, keys);
       v1.setNotFoundHandler(notFound);
       const chat = new ChatServing(opts.engine, observer);
-      chatRoutes(v1, chat, opts.engine);
+      chatRoutes(v1, chat, opts.engine, new ChatReplayServing(opts.engine, chat, new PgChatReplayStore(opts.database.db)));
       messagesRoutes(v1, new MessagesServing(opts.engine, chat, opts.tokenizers ?? null), opts.engine);
       embeddingRoutes(v1, new EmbeddingsServing(opts.engine, observer), opts.engine);
       completionRoutes(v1, new CompletionsServing(opts.engine, observer), opts.engine);

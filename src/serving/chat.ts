@@ -18,6 +18,7 @@ import { checkGeneration, maxBatchTokens, promptTexts } from '../protocol/limits
 import { wireId, type FinishReason, type TokenLogprob, type Usage } from '../protocol/shared.js';
 import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
 import { noObserver, type Observer } from './observer.js';
+import type { ReplayFields } from './chat-replay.js';
 
 export { SYSTEM_FINGERPRINT };
 
@@ -73,6 +74,11 @@ export class ChatServing {
     const prompt = toChatPrompt(req);
     const params = toSamplingParams(req, model.defaults, format);
     const reasoning = model.reasoningFormat ?? null;
+    // A stream's chunks can be replayed from its stored events (serving/chat-replay.ts), given these.
+    const created = Math.floor(Date.now() / 1000);
+    const replay: ReplayFields | null = req.stream
+      ? { created, n: req.n ?? 1, logprobs: req.logprobs === true, include_usage: req.stream_options?.include_usage === true, ...(req.tool_choice != null ? { tool_choice: req.tool_choice } : {}) }
+      : null;
     // A constrained reply (forced call, JSON) is constrained after the reasoning section.
     if (reasoning && params.constraint) params.constraint = { ...params.constraint, reasoning };
     checkGeneration({ texts: promptTexts(prompt) }, params, model.inputBound, maxBatchTokens(), 'messages');
@@ -88,6 +94,7 @@ export class ChatServing {
         ...(req.metadata ? { metadata: req.metadata } : {}),
         // The engine keeps no text of such a request once it has ended (sql/075_store.sql).
         ...(req.store === false ? { store: false } : {}),
+        ...(replay ? { replay } : {}),
       },
     });
     onQueued?.(gen.requestId);
@@ -103,7 +110,7 @@ export class ChatServing {
     const tools = toolCallParsing(req, format);
     if (req.stream) {
       const promptTokens = first.value.type === 'start' ? { promptTokens: first.value.promptTokens } : {};
-      return { kind: 'stream', stream: { requestId: gen.requestId, ...promptTokens, chunks: this.chunks(req, gen, first.value, events, tools, reasoning) } };
+      return { kind: 'stream', stream: { requestId: gen.requestId, ...promptTokens, chunks: this.chunks(req, { ...gen, created }, first.value, events, tools, reasoning) } };
     }
     const completion = await beforeDeadline(this.collect(req, gen, first.value, events, tools, reasoning), deadline, cancel);
     return { kind: 'json', requestId: gen.requestId, body: completion };
@@ -145,7 +152,8 @@ export class ChatServing {
     throw errors.internal('The generation ended without a result.');
   }
 
-  private async *chunks(
+  /** The chunks of a generation's events: the same events give the same chunks (a replay's too, chat-replay.ts). */
+  async *chunks(
     req: ChatCompletionRequest,
     gen: Generation,
     first: EngineEvent,
