@@ -78,11 +78,8 @@ begin
   return m.name;
 end $$;
 
--- ai.rerank(model, query, documents) → (index, score): the second stage of retrieval, in SQL.
---
---   select d.id, r.score
---     from (select id, body from docs order by embedding <=> (select ai.embed('minilm', 'q')) limit 20) knn
---     ...  see README: ai.rerank over the KNN's bodies, joined back by position.
+-- ai.rerank(model, query, documents) → (index, score): the second stage of retrieval, in SQL,
+-- over the bodies a pgvector KNN found, joined back by position (README, "Rerank").
 --
 -- One row per document: `index` is its 0-based position in `documents` (as the HTTP API's
 -- results), `score` its relevance (0..1), highest first. Like ai.chat_complete, the request is
