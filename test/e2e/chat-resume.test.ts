@@ -139,4 +139,8 @@ it("another key's stream is a 404, as an unknown id; bad resume parameters are 4
   expect(((await bad.json()) as any).error.param).toBe('Last-Event-ID');
   expect((await fetch(`${b.url}/v1/chat/completions/${wire}`, { headers: headers(key) })).status).toBe(400);
   expect((await fetch(`${b.url}/v1/chat/completions/${wire}?stream=true`)).status).toBe(401);
+  // HEAD answers the headers without running a stream for nobody.
+  const head = await fetch(`${b.url}/v1/chat/completions/${wire}?stream=true`, { method: 'HEAD', headers: headers(key) });
+  expect(head.status).toBe(200);
+  expect(head.headers.get('content-type')).toContain('text/event-stream');
 });

@@ -37,6 +37,8 @@ export function chatRoutes(app: FastifyInstance, chat: ChatServing, engine: Engi
       reply.raw.on('close', () => left.abort());
       const chunks = await replay.replay((request.params as { id: string }).id, request.ctx, left.signal);
       reply.header('x-request-id', parseChatId((request.params as { id: string }).id));
+      // HEAD: the stream's headers only; a stream would run on with nobody to read it.
+      if (request.method === 'HEAD') return reply.type('text/event-stream; charset=utf-8').send();
       await sendSse(reply, chunks, { ids: { after } });
     });
   }
