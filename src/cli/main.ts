@@ -8,21 +8,23 @@ import { provision, redact } from '../db/provision.js';
 import { logger } from '../log.js';
 import { TOOL_FORMATS, toolFormatProblem } from '../protocol/tools.js';
 import { REASONING_FORMATS, reasoningFormatProblem } from '../protocol/reasoning.js';
+import { moderationMappingProblem } from '../protocol/moderations.js';
 
 const HELP = `switchyard: an OpenAI-compatible gateway that runs open models, coordinated through PostgreSQL
 
 Usage: switchyard <command> [options]
 
   migrate                               create the database if needed, ensure pgvector, apply migrations
-  models add NAME --task chat|embedding|rerank --source HF_ID_OR_PATH
+  models add NAME --task chat|embedding|rerank|moderation --source HF_ID_OR_PATH
              [--dtype fp32|fp16|q8|q4|...] [--device cpu|cuda] [--revision REV]
              [--alias A,B] [--chat-template-file F] [--context-length N] [--defaults JSON] [--max-queue N]
              chat models: [--tool-call-format hermes|JSON] (how the model writes tool calls)
                           [--reasoning-format think|think-open|JSON] (how it marks reasoning)
              embedding models: [--pooling mean|cls|none] [--no-normalize] [--dimensions N] [--truncate]
+             moderation models: [--moderation-map JSON|FILE] (labels → OpenAI categories, thresholds)
   models list [--json]
   models remove NAME
-  keys create --name N [--models A,B]  prints the new key once
+  keys create --name N [--models A,B] [--admin]  prints the new key once (--admin: may use /admin)
   keys list
   keys revoke ID
   serve [--no-auth]                     the HTTP gateway (HOST, PORT)
@@ -86,13 +88,14 @@ async function models(config: Config, args: string[]): Promise<void> {
       'context-length': { type: 'string' }, defaults: { type: 'string' }, json: { type: 'boolean' },
       pooling: { type: 'string' }, 'no-normalize': { type: 'boolean' }, dimensions: { type: 'string' }, truncate: { type: 'boolean' },
       'max-queue': { type: 'string' }, 'tool-call-format': { type: 'string' }, 'reasoning-format': { type: 'string' },
+      'moderation-map': { type: 'string' },
     },
   });
   if (sub === 'add') {
     const name = positionals[0];
     if (!name) throw new UsageError('models add needs a NAME');
-    const task = oneOf(values.task, ['chat', 'embedding', 'rerank'] as const, '--task');
-    if (!task || !values.source) throw new UsageError('models add needs --task chat|embedding|rerank and --source HF_ID_OR_PATH');
+    const task = oneOf(values.task, ['chat', 'embedding', 'rerank', 'moderation'] as const, '--task');
+    if (!task || !values.source) throw new UsageError('models add needs --task chat|embedding|rerank|moderation and --source HF_ID_OR_PATH');
     let defaults: Record<string, unknown> = {};
     if (values.defaults) {
       try {
@@ -131,6 +134,7 @@ async function models(config: Config, args: string[]): Promise<void> {
       if (problem) throw new UsageError(`--reasoning-format: ${problem} ({"start","end","opened_by_prompt"})`);
       reasoningFormat = JSON.stringify(format);
     }
+    const moderation = values['moderation-map'] ? moderationMap(values['moderation-map'], task) : null;
     const row = await withDb(config, (db) =>
       addModel(db, {
         name,
@@ -149,6 +153,7 @@ async function models(config: Config, args: string[]): Promise<void> {
         max_queue: positiveInt(values['max-queue'], '--max-queue') ?? null,
         tool_call_format: toolCallFormat,
         reasoning_format: reasoningFormat,
+        moderation,
         ...(values.truncate ? { truncate: true } : {}),
       }),
     );
@@ -167,12 +172,29 @@ async function models(config: Config, args: string[]): Promise<void> {
   } else throw new UsageError('models: expected add, list or remove');
 }
 
+/**
+ * --moderation-map: a JSON object, or a file holding one, saying how a classifier's labels map to
+ * OpenAI's categories and where each is flagged (protocol/moderations.ts).
+ */
+function moderationMap(value: string, task: string): string {
+  if (task !== 'moderation') throw new UsageError('--moderation-map is for --task moderation');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value.trimStart().startsWith('{') ? value : readFileSync(value, 'utf8'));
+  } catch (err) {
+    throw new UsageError(`--moderation-map must be a JSON object or a file holding one: ${(err as Error).message}`);
+  }
+  const problem = moderationMappingProblem(parsed);
+  if (problem) throw new UsageError(`--moderation-map: ${problem} ({"labels": {"LABEL": ["harassment"]}, "thresholds": {"harassment": 0.5}, "threshold": 0.5})`);
+  return JSON.stringify(parsed);
+}
+
 async function keys(config: Config, args: string[]): Promise<void> {
   const [sub, ...rest] = args;
-  const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { name: { type: 'string' }, models: { type: 'string' } } });
+  const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { name: { type: 'string' }, models: { type: 'string' }, admin: { type: 'boolean' } } });
   if (sub === 'create') {
     if (!values.name) throw new UsageError('keys create needs --name N');
-    const { key, row } = await withDb(config, (db) => createKey(db, values.name!, list(values.models) ?? null));
+    const { key, row } = await withDb(config, (db) => createKey(db, values.name!, list(values.models) ?? null, { admin: values.admin === true }));
     console.error(`created key ${row.id} (${row.name}); it is shown only once:`);
     console.log(key);
   } else if (sub === 'list') {
@@ -180,7 +202,7 @@ async function keys(config: Config, args: string[]): Promise<void> {
     if (rows.length === 0) console.log('no keys');
     for (const r of rows) {
       const state = r.revoked_at ? 'revoked' : 'active';
-      console.log(`${r.id}\t${r.name}\t${r.prefix}…\t${state}\t${r.models ? r.models.join(',') : 'all models'}`);
+      console.log(`${r.id}\t${r.name}\t${r.prefix}…\t${state}\t${r.models ? r.models.join(',') : 'all models'}${r.admin ? '\tadmin' : ''}`);
     }
   } else if (sub === 'revoke') {
     const id = positionals[0];

@@ -9,11 +9,16 @@ export function hashKey(key: string): Buffer {
 }
 
 /** Creates a key; the plaintext is returned once and only its hash is stored. */
-export async function createKey(db: Db, name: string, models: string[] | null): Promise<{ key: string; row: ApiKeyRow }> {
+export async function createKey(
+  db: Db,
+  name: string,
+  models: string[] | null,
+  opts: { admin?: boolean } = {},
+): Promise<{ key: string; row: ApiKeyRow }> {
   const key = KEY_PREFIX + randomBytes(32).toString('base64url');
   const row = await db
     .insertInto('ai.api_keys')
-    .values({ name, prefix: key.slice(0, 10), key_hash: hashKey(key), models })
+    .values({ name, prefix: key.slice(0, 10), key_hash: hashKey(key), models, admin: opts.admin ?? false })
     .returningAll()
     .executeTakeFirstOrThrow();
   return { key, row };

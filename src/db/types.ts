@@ -35,6 +35,8 @@ export interface ModelsTable {
   reasoning_format: ColumnType<unknown, string | null | undefined, string | null>;
   /** Written by the worker that loads the model (protocol/limits.ts InputBound); read at run time. */
   input_bound: ColumnType<unknown, string | null | undefined, string | null>;
+  /** Moderation models: label → category mapping and thresholds (migrations/0050_moderation.sql). */
+  moderation: ColumnType<unknown, string | null | undefined, string | null>;
 }
 export type ModelRow = Selectable<ModelsTable>;
 export type NewModel = Insertable<ModelsTable>;
@@ -45,6 +47,8 @@ export interface ApiKeysTable {
   prefix: string;
   key_hash: Buffer;
   models: string[] | null;
+  /** May use the /admin API and the console (migration 0040). */
+  admin: Generated<boolean>;
   created_at: Timestamp;
   last_used_at: Timestamp | null;
   revoked_at: Timestamp | null;

@@ -12,7 +12,7 @@ import type { EventHub } from './event-hub.js';
 import { ApiError } from '../protocol/errors.js';
 import { enqueueRerank } from '../db/rerank-repo.js';
 import type { RerankRequest, RerankResult } from './types.js';
-import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo } from './types.js';
+import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo, ModerateRequest, ModerateResult } from './types.js';
 
 /**
  * A crashed worker's generation is retried a few times, not forever: each try costs a full
@@ -236,6 +236,32 @@ export class PgEngine implements Engine {
       return { requestId, model: row.name, scores: e.scores, promptTokens: e.promptTokens };
     }
     throw errors.internal('The rerank request ended without a result.');
+  }
+
+  async moderate(req: ModerateRequest, onQueued?: (requestId: string) => void): Promise<ModerateResult> {
+    const row = await this.lookup(req.model);
+    if (!row) throw errors.modelNotFound(req.model);
+    if (row.task !== 'moderation') {
+      throw errors.invalid(`The model '${req.requestedModel}' is a ${row.task} model and cannot be used for moderations.`, 'model', 'model_not_supported');
+    }
+    const requestId = randomUUID();
+    const events = this.hub.subscribe(requestId);
+    try {
+      const { rows } = await this.database.pool.query<{ queued: boolean }>(
+        'select ai.enqueue_moderation($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8) as queued',
+        [requestId, row.name, req.requestedModel, JSON.stringify(req.texts), '{}', req.keyId, this.hub.channel, this.queueBound(row)],
+      );
+      if (!rows[0]?.queued) throw errors.queueFull(row.name, 1);
+    } catch (err) {
+      events.close();
+      throw err;
+    }
+    onQueued?.(requestId);
+    for await (const e of events) {
+      if (e.type === 'error') throw ApiError.fromBody(e.status, e.error);
+      if (e.type === 'moderated') return { requestId, results: e.results, promptTokens: e.promptTokens };
+    }
+    throw errors.internal('The moderation request ended without a result.');
   }
 
   async cancel(requestId: string): Promise<void> {

@@ -2,6 +2,7 @@ import type { InputBound } from '../protocol/limits.js';
 import type { ToolCallFormat } from '../protocol/tools.js';
 import type { ReasoningFormat } from '../protocol/reasoning.js';
 import type { ErrorBody } from '../protocol/errors.js';
+import type { ModerationResult } from '../protocol/moderations.js';
 import type { Prompt, PromptMessage, SamplingParams, ToolDefinition } from '../protocol/chat.js';
 import type { ModelTask } from '../protocol/models.js';
 import type { FinishReason, TokenLogprob, Usage } from '../protocol/shared.js';
@@ -27,6 +28,8 @@ export type EngineEvent =
   | { type: 'embedded'; promptTokens: number; vectors?: Buffer | null }
   /** A rerank request finished: one relevance score per document, in document order. */
   | { type: 'reranked'; promptTokens: number; scores: number[] }
+  /** A moderation request's results, one per input (small: they travel in the event row). */
+  | { type: 'moderated'; promptTokens: number; results: ModerationResult[] }
   | { type: 'error'; status: number; error: ErrorBody };
 
 export interface ChoiceDelta {
@@ -122,6 +125,21 @@ export interface RerankResult {
   promptTokens: number;
 }
 
+export interface ModerateRequest {
+  /** The registered name of a moderation model (serving has resolved it and checked the key's scope). */
+  model: string;
+  /** As the client sent it, for the log. */
+  requestedModel: string;
+  texts: string[];
+  keyId: string | null;
+}
+
+export interface ModerateResult {
+  requestId: string;
+  results: ModerationResult[];
+  promptTokens: number;
+}
+
 /** The interface serving uses: it never sees queues, SQL or processes. */
 export interface Engine {
   /** Resolves a model name or alias; null when none is registered. */
@@ -133,6 +151,8 @@ export interface Engine {
   embed(req: EmbedRequest, onQueued?: (requestId: string) => void): Promise<EmbedResult>;
   /** Scores documents against a query with a rerank model (queued, batched by the worker); throws ApiError on failure. */
   rerank(req: RerankRequest, onQueued?: (requestId: string) => void): Promise<RerankResult>;
+  /** Classifies texts with a moderation model (queued, batched by the worker); absent where no moderation can run (test fakes). */
+  moderate?(req: ModerateRequest, onQueued?: (requestId: string) => void): Promise<ModerateResult>;
   /** Stops a generation (client gone); queued work for it is skipped. */
   cancel(requestId: string): Promise<void>;
 }

@@ -31,6 +31,12 @@ import { rerankRoutes } from './routes/rerank.js';
 import { ChatReplayServing } from '../serving/chat-replay.js';
 import { PgChatReplayStore } from '../db/chat-replay-repo.js';
 import { RerankServing } from '../serving/rerank.js';
+import { moderationRoutes } from './routes/moderations.js';
+import { ModerationsServing } from '../serving/moderations.js';
+import { legacyRoutes } from './routes/legacy.js';
+import { EditsServing } from '../serving/edits.js';
+import { EnginesServing } from '../serving/engines.js';
+import { registerAdmin } from './admin/index.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -119,12 +125,17 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       const chat = new ChatServing(opts.engine, observer);
       chatRoutes(v1, chat, opts.engine, new ChatReplayServing(opts.engine, chat, new PgChatReplayStore(opts.database.db)));
       messagesRoutes(v1, new MessagesServing(opts.engine, chat, opts.tokenizers ?? null), opts.engine);
-      embeddingRoutes(v1, new EmbeddingsServing(opts.engine, observer), opts.engine);
-      completionRoutes(v1, new CompletionsServing(opts.engine, observer), opts.engine);
-      modelRoutes(v1, new ModelsServing(opts.engine));
+      const embeddings = new EmbeddingsServing(opts.engine, observer);
+      const completions = new CompletionsServing(opts.engine, observer);
+      const models = new ModelsServing(opts.engine);
+      embeddingRoutes(v1, embeddings, opts.engine);
+      completionRoutes(v1, completions, opts.engine);
+      modelRoutes(v1, models);
       responseRoutes(v1, new ResponsesServing(opts.engine, opts.responseStore ?? new PgResponseStore(opts.database.db), observer), opts.engine);
       batchRoutes(v1, new BatchServing(opts.engine, new PgBatchStore(opts.database.pool)));
       rerankRoutes(v1, rerank, opts.engine, ['/rerank']);
+      moderationRoutes(v1, new ModerationsServing(opts.engine, observer), opts.engine);
+      legacyRoutes(v1, new EditsServing(chat), new EnginesServing(models, completions, embeddings), opts.engine);
     },
     { prefix: '/v1' },
   );
@@ -135,6 +146,8 @@ export function buildApp(opts: AppOptions): FastifyInstance {
     tokenizeRoutes(root, tokenize);
     rerankRoutes(root, rerank, opts.engine, ['/rerank', '/v2/rerank']);
   });
+  // The admin API: admin keys only (see admin/index.ts).
+  void app.register(async (admin) => registerAdmin(admin, keys, { engine: opts.engine, database: opts.database }), { prefix: '/admin' });
   healthRoutes(app, { pool: opts.database.pool, listening: opts.listening });
   return app;
 }

@@ -13,8 +13,8 @@ declare module 'fastify' {
   }
 }
 
-function context(request: FastifyRequest, keyId: string | null, allowedModels: string[] | null): RequestContext {
-  return { keyId, allowedModels, onModel: (name) => void (request.resolvedModel = name) };
+function context(request: FastifyRequest, keyId: string | null, allowedModels: string[] | null, admin: boolean): RequestContext {
+  return { keyId, allowedModels, admin, onModel: (name) => void (request.resolvedModel = name) };
 }
 
 declare module 'fastify' {
@@ -35,7 +35,7 @@ declare module 'fastify' {
 export function registerAuth(scope: FastifyInstance, keys: KeyCache | null): void {
   scope.addHook('onRequest', async (request: FastifyRequest) => {
     if (!keys) {
-      request.ctx = context(request, null, null);
+      request.ctx = context(request, null, null, true);
       return;
     }
     const header = request.headers.authorization;
@@ -45,7 +45,7 @@ export function registerAuth(scope: FastifyInstance, keys: KeyCache | null): voi
     if (!given) throw errors.unauthenticated();
     const key = await keys.find(given);
     if (!key) throw errors.invalidKey();
-    request.ctx = context(request, key.id, key.models);
+    request.ctx = context(request, key.id, key.models, key.admin);
   });
 }
 

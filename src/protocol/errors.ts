@@ -56,6 +56,8 @@ export const errors = {
   invalidKey: () => new ApiError(401, 'Incorrect API key provided.', 'authentication_error', 'invalid_api_key'),
   forbiddenModel: (model: string) =>
     new ApiError(403, `This API key may not use the model '${model}'.`, 'permission_error', 'model_not_allowed', 'model'),
+  adminRequired: () =>
+    new ApiError(403, 'This API key may not use the admin API: create one with `switchyard keys create --admin`.', 'permission_error', 'admin_required'),
   modelNotFound: (model: string) =>
     new ApiError(404, `The model '${model}' does not exist.`, 'not_found_error', 'model_not_found', 'model'),
   /** A stored object (file, batch) that does not exist, or belongs to another key. */

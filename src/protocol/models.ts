@@ -12,4 +12,4 @@ export interface ModelList {
 }
 
 /** What a registered model does (ai.models.task). */
-export type ModelTask = 'chat' | 'embedding' | 'rerank';
+export type ModelTask = 'chat' | 'embedding' | 'rerank' | 'moderation';

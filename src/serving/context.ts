@@ -5,6 +5,8 @@ import { errors } from '../protocol/errors.js';
 export interface RequestContext {
   keyId: string | null;
   allowedModels: string[] | null;
+  /** The key may administer the gateway (/admin, the console); true when auth is off. */
+  admin?: boolean;
   /** Told the registered name once the request's model resolves (the HTTP layer labels metrics with it). */
   onModel?(name: string): void;
 }

@@ -17,6 +17,8 @@ export interface ModelSpec {
   pooling: 'mean' | 'cls' | 'none';
   normalize: boolean;
   truncate: boolean;
+  /** Moderation models: ai.models.moderation, the label mapping (protocol/moderations.ts). */
+  moderation?: unknown;
 }
 
 export type ResolvedSource =
