@@ -55,6 +55,7 @@ begin
   execute format('grant usage on all sequences in schema ai to %I', r);
   foreach f in array array[
     'ai.embed(text, text)', 'ai.embed(text, text[])', 'ai.chat_complete(text, jsonb, jsonb)',
+    'ai.rerank(text, text, text[])',
     'ai.submit_chat(text, jsonb, jsonb, regclass, name, name, text)',
     'ai.submit_embed(text, text, regclass, name, name, text)',
     'ai.create_vectorizer(regclass, name, text, name, integer, integer, integer, interval, jsonb, text)',

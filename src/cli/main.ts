@@ -17,7 +17,7 @@ const HELP = `switchyard: an OpenAI-compatible gateway that runs open models, co
 Usage: switchyard <command> [options]
 
   migrate                               create the database if needed, ensure pgvector, apply migrations
-  models add NAME --task chat|embedding|moderation --source HF_ID_OR_PATH
+  models add NAME --task chat|embedding|rerank|moderation --source HF_ID_OR_PATH
              [--dtype fp32|fp16|q8|q4|...] [--device cpu|cuda] [--revision REV]
              [--alias A,B] [--chat-template-file F] [--context-length N] [--defaults JSON] [--max-queue N]
              chat models: [--tool-call-format hermes|JSON] (how the model writes tool calls)
@@ -96,8 +96,8 @@ async function models(config: Config, args: string[]): Promise<void> {
   if (sub === 'add') {
     const name = positionals[0];
     if (!name) throw new UsageError('models add needs a NAME');
-    const task = oneOf(values.task, ['chat', 'embedding', 'moderation'] as const, '--task');
-    if (!task || !values.source) throw new UsageError('models add needs --task chat|embedding|moderation and --source HF_ID_OR_PATH');
+    const task = oneOf(values.task, ['chat', 'embedding', 'rerank', 'moderation'] as const, '--task');
+    if (!task || !values.source) throw new UsageError('models add needs --task chat|embedding|rerank|moderation and --source HF_ID_OR_PATH');
     let defaults: Record<string, unknown> = {};
     if (values.defaults) {
       try {

@@ -1,3 +1,4 @@
+import type { ModelTask } from '../protocol/models.js';
 import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
 
 /** Kysely's view of schema `ai` (see migrations/). Nullable columns are `T | null`. */
@@ -14,7 +15,7 @@ type Json<T = unknown> = ColumnType<T, string | T, string | T>;
 
 export interface ModelsTable {
   name: string;
-  task: 'chat' | 'embedding' | 'moderation';
+  task: ModelTask;
   source: string;
   revision: Generated<string>;
   dtype: Generated<string>;

@@ -12,6 +12,8 @@ import type { EventHub } from './event-hub.js';
 import { ApiError } from '../protocol/errors.js';
 import { SpanStatusCode, context } from '@opentelemetry/api';
 import { contextFrom, traceparentOf, tracer } from '../tracing.js';
+import { enqueueRerank } from '../db/rerank-repo.js';
+import type { RerankRequest, RerankResult } from './types.js';
 import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo, ModerateRequest, ModerateResult } from './types.js';
 
 /**
@@ -218,6 +220,46 @@ export class PgEngine implements Engine {
       return { requestId, model: row.name, vectors, promptTokens: e.promptTokens };
     }
     throw errors.internal('The embedding request ended without a result.');
+  }
+
+  async rerank(req: RerankRequest, onQueued?: (requestId: string) => void): Promise<RerankResult> {
+    const row = await this.lookup(req.model);
+    if (!row) throw errors.modelNotFound(req.model);
+    if (row.task !== 'rerank') {
+      throw errors.invalid(`The model '${req.model}' is a${row.task === 'embedding' ? 'n' : ''} ${row.task} model and cannot be used for rerank.`, 'model', 'model_not_supported');
+    }
+    const requestId = randomUUID();
+    const events = this.hub.subscribe(requestId);
+    let queued: boolean;
+    try {
+      queued = await enqueueRerank(this.database.db, {
+        id: requestId,
+        model: row.name,
+        requestedModel: req.model,
+        query: req.query,
+        documents: req.documents,
+        meta: req.meta,
+        keyId: req.keyId,
+        maxAttempts: EMBED_MAX_ATTEMPTS,
+        listener: this.hub.channel,
+        queueBound: this.queueBound(row),
+      });
+    } catch (err) {
+      events.close();
+      throw err;
+    }
+    if (!queued) {
+      events.close();
+      throw errors.queueFull(row.name, 1);
+    }
+    onQueued?.(requestId);
+    for await (const e of events) {
+      if (e.type === 'error') throw ApiError.fromBody(e.status, e.error);
+      if (e.type !== 'reranked') continue;
+      if (e.scores.length !== req.documents.length) throw errors.internal('The rerank scores were not recorded.');
+      return { requestId, model: row.name, scores: e.scores, promptTokens: e.promptTokens };
+    }
+    throw errors.internal('The rerank request ended without a result.');
   }
 
   async moderate(req: ModerateRequest, onQueued?: (requestId: string) => void): Promise<ModerateResult> {

@@ -4,6 +4,7 @@ import type { ReasoningFormat } from '../protocol/reasoning.js';
 import type { ErrorBody } from '../protocol/errors.js';
 import type { ModerationResult } from '../protocol/moderations.js';
 import type { Prompt, PromptMessage, SamplingParams, ToolDefinition } from '../protocol/chat.js';
+import type { ModelTask } from '../protocol/models.js';
 import type { FinishReason, TokenLogprob, Usage } from '../protocol/shared.js';
 
 /**
@@ -25,6 +26,8 @@ export type EngineEvent =
    * the request row's `vectors` (float32 bytes), which the event hub reads with the event.
    */
   | { type: 'embedded'; promptTokens: number; vectors?: Buffer | null }
+  /** A rerank request finished: one relevance score per document, in document order. */
+  | { type: 'reranked'; promptTokens: number; scores: number[] }
   /** A moderation request's results, one per input (small: they travel in the event row). */
   | { type: 'moderated'; promptTokens: number; results: ModerationResult[] }
   | { type: 'error'; status: number; error: ErrorBody };
@@ -35,6 +38,8 @@ export interface ChoiceDelta {
   finishReason: FinishReason | null;
   /** Per token behind this text, when the request asked for logprobs. */
   logprobs?: TokenLogprob[];
+  /** With finishReason 'stop': the stop string that ended the text (absent for an end token). */
+  stopSequence?: string;
 }
 
 export interface ChoiceSummary {
@@ -70,7 +75,7 @@ export interface Generation {
 
 export interface ModelInfo {
   name: string;
-  task: 'chat' | 'embedding' | 'moderation';
+  task: ModelTask;
   aliases: string[];
   created: number;
   defaults: Record<string, unknown>;
@@ -104,6 +109,24 @@ export interface EmbedResult {
   promptTokens: number;
 }
 
+export interface RerankRequest {
+  /** Name or alias, as the client sent it. */
+  model: string;
+  query: string;
+  documents: string[];
+  keyId: string | null;
+  /** Recorded in ai.requests.params (user, ...). */
+  meta: Record<string, unknown>;
+}
+
+export interface RerankResult {
+  requestId: string;
+  model: string;
+  /** Relevance per document, in document order. */
+  scores: number[];
+  promptTokens: number;
+}
+
 export interface ModerateRequest {
   /** The registered name of a moderation model (serving has resolved it and checked the key's scope). */
   model: string;
@@ -128,6 +151,8 @@ export interface Engine {
   generate(req: GenerateRequest): Promise<Generation>;
   /** Embeds inputs (queued, batched with other requests by the worker); throws ApiError on failure. */
   embed(req: EmbedRequest, onQueued?: (requestId: string) => void): Promise<EmbedResult>;
+  /** Scores documents against a query with a rerank model (queued, batched by the worker); throws ApiError on failure. */
+  rerank(req: RerankRequest, onQueued?: (requestId: string) => void): Promise<RerankResult>;
   /** Classifies texts with a moderation model (queued, batched by the worker); absent where no moderation can run (test fakes). */
   moderate?(req: ModerateRequest, onQueued?: (requestId: string) => void): Promise<ModerateResult>;
   /** Stops a generation (client gone); queued work for it is skipped. */

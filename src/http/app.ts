@@ -28,6 +28,10 @@ import { TokenizeServing } from '../serving/tokenize.js';
 import { tokenizeRoutes } from './routes/tokenize.js';
 import { messagesRoutes } from './routes/messages.js';
 import { MessagesServing } from '../serving/messages.js';
+import { rerankRoutes } from './routes/rerank.js';
+import { ChatReplayServing } from '../serving/chat-replay.js';
+import { PgChatReplayStore } from '../db/chat-replay-repo.js';
+import { RerankServing } from '../serving/rerank.js';
 import { moderationRoutes } from './routes/moderations.js';
 import { ModerationsServing } from '../serving/moderations.js';
 import { legacyRoutes } from './routes/legacy.js';
@@ -112,6 +116,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
   const observer = metricsObserver(metrics);
   const keys = opts.auth ? new KeyCache(opts.database.db) : null;
   const tokenize = new TokenizeServing(opts.engine, opts.tokenizers ?? null);
+  const rerank = new RerankServing(opts.engine, observer);
   // Every /v1 route lives in this one encapsulated scope and the key check is its hook, so
   // auth follows the route a request reached, never how its URL was spelled. Unknown /v1 paths
   // get the scope's 404 after the key check, as the routes do.
@@ -120,7 +125,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       registerAuth(v1, keys);
       v1.setNotFoundHandler(notFound);
       const chat = new ChatServing(opts.engine, observer);
-      chatRoutes(v1, chat, opts.engine);
+      chatRoutes(v1, chat, opts.engine, new ChatReplayServing(opts.engine, chat, new PgChatReplayStore(opts.database.db)));
       messagesRoutes(v1, new MessagesServing(opts.engine, chat, opts.tokenizers ?? null), opts.engine);
       const embeddings = new EmbeddingsServing(opts.engine, observer);
       const completions = new CompletionsServing(opts.engine, observer);
@@ -130,6 +135,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       modelRoutes(v1, models);
       responseRoutes(v1, new ResponsesServing(opts.engine, opts.responseStore ?? new PgResponseStore(opts.database.db), observer), opts.engine);
       batchRoutes(v1, new BatchServing(opts.engine, new PgBatchStore(opts.database.pool)));
+      rerankRoutes(v1, rerank, opts.engine, ['/rerank']);
       moderationRoutes(v1, new ModerationsServing(opts.engine, observer), opts.engine);
       legacyRoutes(v1, new EditsServing(chat), new EnginesServing(models, completions, embeddings), opts.engine);
     },
@@ -140,6 +146,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
   void app.register(async (root) => {
     registerAuth(root, keys);
     tokenizeRoutes(root, tokenize);
+    rerankRoutes(root, rerank, opts.engine, ['/rerank', '/v2/rerank']);
   });
   // The admin API: admin keys only (see admin/index.ts).
   void app.register(async (admin) => registerAdmin(admin, keys, { engine: opts.engine, database: opts.database }), { prefix: '/admin' });

@@ -10,11 +10,13 @@ import { tracer } from '../tracing.js';
  * An error after the 200 went out cannot change the status, so it becomes a
  * `data: {"error": ...}` event (as vLLM does) before [DONE]. `named` (the Responses API): each
  * event also carries `event: <its type>`, and the stream ends without [DONE], as OpenAI's does.
+ * `ids` (chat completions, our extension): each event carries `id: <its number>`, from 0, and
+ * those up to `after` (a resumed stream's Last-Event-ID) are not sent.
  */
 export async function sendSse(
   reply: FastifyReply,
   items: AsyncIterable<unknown>,
-  opts: { named?: boolean; errorBody?: (api: ApiError) => { type: string } } = {},
+  opts: { named?: boolean; errorBody?: (api: ApiError) => { type: string }; ids?: { after: number } } = {},
 ): Promise<void> {
   reply.hijack();
   const res = reply.raw;
@@ -46,13 +48,16 @@ export async function sendSse(
   let delivery = null as Span | null;
   let sent = 0;
   const deliver = () => (delivery ??= reply.request.span ? tracer().startSpan('stream delivery', {}, trace.setSpan(ROOT_CONTEXT, reply.request.span)) : null);
+  let seq = -1;
   try {
     for await (const item of items) {
       if (res.destroyed) break;
+      seq++;
+      if (opts.ids && seq <= opts.ids.after) continue;
       deliver();
       sent++;
       const name = opts.named ? (item as { type?: unknown }).type : undefined;
-      await write(`${typeof name === 'string' ? `event: ${name}\n` : ''}data: ${JSON.stringify(item)}\n\n`);
+      await write(`${opts.ids ? `id: ${seq}\n` : ''}${typeof name === 'string' ? `event: ${name}\n` : ''}data: ${JSON.stringify(item)}\n\n`);
       lastWrite = Date.now();
     }
   } catch (err) {

@@ -16,6 +16,7 @@ export interface GeneratedChoice {
   text: string;
   finishReason: FinishReason;
   logprobs: TokenLogprob[];
+  stopSequence?: string;
 }
 
 /** The format tool calls are read out of the text with: none when the request has no tools or forbids calling them. */
@@ -38,7 +39,7 @@ export function buildChatCompletion(
     object: 'chat.completion',
     created,
     model: req.model,
-    choices: choices.map(({ index, text: all, finishReason, logprobs }) => {
+    choices: choices.map(({ index, text: all, finishReason, logprobs, stopSequence }) => {
       const split = reasoning ? splitReasoning(all, reasoning) : null;
       const text = split ? split.content : all;
       const parsed = tools ? parseToolCalls(text, tools) : { content: text, calls: [] as ToolCall[] };
@@ -56,6 +57,7 @@ export function buildChatCompletion(
         },
         logprobs: req.logprobs ? toChatLogprobs(logprobs) : null,
         finish_reason: calls.length && finishReason === 'stop' ? ('tool_calls' as const) : finishReason,
+        ...(stopSequence !== undefined ? { stop_reason: stopSequence } : {}),
       };
     }),
     usage,

@@ -508,6 +508,8 @@ export interface ChatCompletion {
     message: { role: 'assistant'; content: string | null; refusal: null; tool_calls?: ToolCall[]; reasoning_content?: string | null };
     logprobs: ChoiceLogprobs | null;
     finish_reason: ChatFinishReason;
+    /** Our extension, as vLLM's: the stop string that ended the text; absent otherwise. */
+    stop_reason?: string;
   }[];
   usage: Usage;
   system_fingerprint: string;
@@ -524,6 +526,8 @@ export interface ChatCompletionChunk {
     delta: { role?: 'assistant'; content?: string; reasoning_content?: string; tool_calls?: ToolCallDelta[] };
     logprobs: ChoiceLogprobs | null;
     finish_reason: ChatFinishReason | null;
+    /** Our extension, as vLLM's: with the finish, the stop string that ended the text. */
+    stop_reason?: string;
   }[];
   usage?: Usage | null;
 }

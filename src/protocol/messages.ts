@@ -26,7 +26,14 @@ export interface ToolResultBlock {
   content?: string | TextBlock[];
   is_error?: boolean;
 }
-export type ContentBlock = TextBlock | ToolUseBlock | ToolResultBlock;
+/** Reasoning, from a model with a reasoning format (its reasoning_content in chat). */
+export interface ThinkingBlock {
+  type: 'thinking';
+  thinking: string;
+  /** Anthropic signs its thinking; a local model's is not signed (always empty). */
+  signature: string;
+}
+export type ContentBlock = TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | { type: 'redacted_thinking'; data: string };
 
 export interface MessageParam {
   role: 'user' | 'assistant';
@@ -54,16 +61,18 @@ export interface MessagesRequest {
   stream?: boolean;
   system?: string | TextBlock[];
   temperature?: number;
+  /** Whether thinking blocks are returned; the budget is not enforced (max_tokens bounds the whole reply). */
+  thinking?: { type: 'enabled'; budget_tokens: number } | { type: 'disabled' };
   tool_choice?: AnthropicToolChoice;
   tools?: AnthropicTool[];
   top_k?: number;
   top_p?: number;
 }
 
-export type CountTokensRequest = Pick<MessagesRequest, 'model' | 'messages' | 'system' | 'tools' | 'tool_choice'>;
+export type CountTokensRequest = Pick<MessagesRequest, 'model' | 'messages' | 'system' | 'tools' | 'tool_choice' | 'thinking'>;
 
 /** Anthropic fields this server cannot honour: a 400 naming them (top_k: the sampler has none). */
-const UNSUPPORTED = ['top_k', 'thinking', 'container', 'mcp_servers', 'service_tier', 'context_management'];
+const UNSUPPORTED = ['top_k', 'container', 'mcp_servers', 'service_tier', 'context_management'];
 
 // Anthropic accepts (and ignores here) cache_control on blocks; citations are not served.
 const cacheControl = { type: 'object' };
@@ -91,7 +100,15 @@ const toolResultBlock = {
     cache_control: cacheControl,
   },
 };
-const block = { anyOf: [textBlock, toolUseBlock, toolResultBlock], 'x-expect': 'a text, tool_use or tool_result block' };
+// Earlier turns' thinking, as clients send it back: accepted and left out of the prompt (chat
+// templates drop earlier reasoning too, e.g. Qwen3's).
+const thinkingBlock = {
+  type: 'object',
+  required: ['type'],
+  additionalProperties: false,
+  properties: { type: { enum: ['thinking', 'redacted_thinking'] }, thinking: { type: 'string' }, signature: { type: 'string' }, data: { type: 'string' }, cache_control: cacheControl },
+};
+const block = { anyOf: [textBlock, toolUseBlock, toolResultBlock, thinkingBlock], 'x-expect': 'a text, tool_use, tool_result or thinking block' };
 const messageParam = {
   type: 'object',
   required: ['role', 'content'],
@@ -129,6 +146,13 @@ const common = {
   system: { anyOf: [{ type: 'string' }, { type: 'array', items: textBlock }], 'x-expect': 'a string or an array of text blocks' },
   tool_choice: toolChoice,
   tools: { type: 'array', maxItems: 128, items: tool },
+  thinking: {
+    anyOf: [
+      { type: 'object', required: ['type', 'budget_tokens'], additionalProperties: false, properties: { type: { const: 'enabled' }, budget_tokens: { type: 'integer', minimum: 1 } } },
+      { type: 'object', required: ['type'], additionalProperties: false, properties: { type: { const: 'disabled' } } },
+    ],
+    'x-expect': "{type: 'enabled', budget_tokens} or {type: 'disabled'}",
+  },
 };
 
 const messagesSchema: Schema = {
@@ -171,6 +195,7 @@ export function toChatRequest(req: CountTokensRequest & Partial<MessagesRequest>
     const calls: NonNullable<ChatMessage['tool_calls']> = [];
     m.content.forEach((b, j) => {
       if (b.type === 'text') texts.push(b.text);
+      else if (b.type === 'thinking' || b.type === 'redacted_thinking') return;
       else if (b.type === 'tool_use') {
         if (m.role !== 'assistant') throw errors.invalid("tool_use blocks belong in 'assistant' messages.", `messages[${i}].content[${j}]`);
         calls.push({ id: b.id, type: 'function', function: { name: b.name, arguments: JSON.stringify(b.input) } });
@@ -228,7 +253,7 @@ export interface Message {
   id: string;
   type: 'message';
   role: 'assistant';
-  content: (TextBlock | ToolUseBlock)[];
+  content: (ThinkingBlock | TextBlock | ToolUseBlock)[];
   model: string;
   stop_reason: StopReason | null;
   stop_sequence: string | null;
@@ -243,11 +268,12 @@ export const toUsage = (u: Pick<Usage, 'prompt_tokens' | 'completion_tokens'>): 
 });
 
 /**
- * Chat's finish reason as Anthropic's. The engine does not report which stop string ended a
- * sequence, so a stop string and the end token are both `end_turn` (stop_sequence null).
+ * Chat's finish reason as Anthropic's: a stop string that ended the text (the chat choice's
+ * `stop_reason`) is `stop_sequence`; the model's end token is `end_turn`.
  */
-export function toStopReason(finish: string | null): StopReason | null {
+export function toStopReason(finish: string | null, stopSequence?: string | null): StopReason | null {
   if (finish === null) return null;
+  if (finish === 'stop' && stopSequence) return 'stop_sequence';
   return finish === 'length' ? 'max_tokens' : finish === 'tool_calls' ? 'tool_use' : 'end_turn';
 }
 
@@ -261,12 +287,14 @@ export function toInput(args: string): Record<string, unknown> {
   }
 }
 
-export function toMessage(id: string, model: string, c: ChatCompletion): Message {
+/** `thinking`: whether the reply's reasoning (a model with a reasoning format) is shown as a thinking block. */
+export function toMessage(id: string, model: string, c: ChatCompletion, thinking = true): Message {
   const choice = c.choices[0]!;
   const content: Message['content'] = [];
+  if (thinking && choice.message.reasoning_content) content.push({ type: 'thinking', thinking: choice.message.reasoning_content, signature: '' });
   if (choice.message.content) content.push({ type: 'text', text: choice.message.content });
   for (const call of choice.message.tool_calls ?? []) content.push({ type: 'tool_use', id: call.id, name: call.function.name, input: toInput(call.function.arguments) });
-  return { id, type: 'message', role: 'assistant', content, model, stop_reason: toStopReason(choice.finish_reason), stop_sequence: null, usage: toUsage(c.usage) };
+  return { id, type: 'message', role: 'assistant', content, model, stop_reason: toStopReason(choice.finish_reason, choice.stop_reason), stop_sequence: choice.stop_reason ?? null, usage: toUsage(c.usage) };
 }
 
 /** Anthropic's error types by status (their envelope has no code or param). */

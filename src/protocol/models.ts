@@ -10,3 +10,6 @@ export interface ModelList {
   object: 'list';
   data: Model[];
 }
+
+/** What a registered model does (ai.models.task). */
+export type ModelTask = 'chat' | 'embedding' | 'rerank' | 'moderation';

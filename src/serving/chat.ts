@@ -18,6 +18,7 @@ import { checkGeneration, maxBatchTokens, promptTexts } from '../protocol/limits
 import { wireId, type FinishReason, type TokenLogprob, type Usage } from '../protocol/shared.js';
 import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
 import { noObserver, type Observer } from './observer.js';
+import type { ReplayFields } from './chat-replay.js';
 
 export { SYSTEM_FINGERPRINT };
 
@@ -73,6 +74,11 @@ export class ChatServing {
     const prompt = toChatPrompt(req);
     const params = toSamplingParams(req, model.defaults, format);
     const reasoning = model.reasoningFormat ?? null;
+    // A stream's chunks can be replayed from its stored events (serving/chat-replay.ts), given these.
+    const created = Math.floor(Date.now() / 1000);
+    const replay: ReplayFields | null = req.stream
+      ? { created, n: req.n ?? 1, logprobs: req.logprobs === true, include_usage: req.stream_options?.include_usage === true, ...(req.tool_choice != null ? { tool_choice: req.tool_choice } : {}) }
+      : null;
     // A constrained reply (forced call, JSON) is constrained after the reasoning section.
     if (reasoning && params.constraint) params.constraint = { ...params.constraint, reasoning };
     checkGeneration({ texts: promptTexts(prompt) }, params, model.inputBound, maxBatchTokens(), 'messages');
@@ -89,6 +95,7 @@ export class ChatServing {
         ...(req.metadata ? { metadata: req.metadata } : {}),
         // The engine keeps no text of such a request once it has ended (sql/075_store.sql).
         ...(req.store === false ? { store: false } : {}),
+        ...(replay ? { replay } : {}),
       },
     });
     onQueued?.(gen.requestId);
@@ -104,7 +111,7 @@ export class ChatServing {
     const tools = toolCallParsing(req, format);
     if (req.stream) {
       const promptTokens = first.value.type === 'start' ? { promptTokens: first.value.promptTokens } : {};
-      return { kind: 'stream', stream: { requestId: gen.requestId, ...promptTokens, chunks: this.chunks(req, gen, first.value, events, tools, reasoning) } };
+      return { kind: 'stream', stream: { requestId: gen.requestId, ...promptTokens, chunks: this.chunks(req, { ...gen, created }, first.value, events, tools, reasoning) } };
     }
     const completion = await beforeDeadline(this.collect(req, gen, first.value, events, tools, reasoning), deadline, cancel);
     return { kind: 'json', requestId: gen.requestId, body: completion };
@@ -121,11 +128,13 @@ export class ChatServing {
     const n = req.n ?? 1;
     const texts = Array.from({ length: n }, () => '');
     const logprobs = Array.from({ length: n }, () => [] as TokenLogprob[]);
+    const stops = new Map<number, string>();
     for (let e: EngineEvent | undefined = first; e; e = (await events.next()).value as EngineEvent | undefined) {
       if (e.type === 'delta') {
         for (const c of e.choices) {
           texts[c.index] += c.text;
           if (c.logprobs) logprobs[c.index]!.push(...c.logprobs);
+          if (c.stopSequence !== undefined) stops.set(c.index, c.stopSequence);
         }
       } else if (e.type === 'restart') {
         texts.fill('');
@@ -134,14 +143,18 @@ export class ChatServing {
       else if (e.type === 'error') throw toError(e);
       else if (e.type === 'done') {
         const reasons = new Map(e.choices.map((c) => [c.index, c.finishReason]));
-        const choices = texts.map((text, index) => ({ index, text, finishReason: reasons.get(index) ?? ('stop' as const), logprobs: logprobs[index]! }));
+        const choices = texts.map((text, index) => ({
+          index, text, finishReason: reasons.get(index) ?? ('stop' as const), logprobs: logprobs[index]!,
+          ...(stops.has(index) ? { stopSequence: stops.get(index)! } : {}),
+        }));
         return buildChatCompletion(req, gen.requestId, gen.created, choices, e.usage, tools, reasoning);
       }
     }
     throw errors.internal('The generation ended without a result.');
   }
 
-  private async *chunks(
+  /** The chunks of a generation's events: the same events give the same chunks (a replay's too, chat-replay.ts). */
+  async *chunks(
     req: ChatCompletionRequest,
     gen: Generation,
     first: EngineEvent,
@@ -156,9 +169,10 @@ export class ChatServing {
       delta: ChatCompletionChunk['choices'][0]['delta'],
       finish: ChatFinishReason | null,
       logprobs: TokenLogprob[] | undefined = undefined,
+      stop?: string,
     ): ChatCompletionChunk => ({
       ...base,
-      choices: [{ index, delta, logprobs: logprobs ? toChatLogprobs(logprobs) : null, finish_reason: finish }],
+      choices: [{ index, delta, logprobs: logprobs ? toChatLogprobs(logprobs) : null, finish_reason: finish, ...(stop !== undefined ? { stop_reason: stop } : {}) }],
       ...(includeUsage ? { usage: null } : {}),
     });
     const n = req.n ?? 1;
@@ -214,14 +228,14 @@ export class ChatServing {
                 sentText = true;
                 yield ch;
               }
-              if (c.finishReason) yield chunk(c.index, {}, parser.calls && c.finishReason === 'stop' ? 'tool_calls' : c.finishReason);
+              if (c.finishReason) yield chunk(c.index, {}, parser.calls && c.finishReason === 'stop' ? 'tool_calls' : c.finishReason, undefined, c.stopSequence);
               continue;
             }
             if (c.text || c.logprobs?.length) {
               sentText = true;
               yield chunk(c.index, { content: c.text }, null, lp);
             }
-            if (c.finishReason) yield chunk(c.index, {}, c.finishReason);
+            if (c.finishReason) yield chunk(c.index, {}, c.finishReason, undefined, c.stopSequence);
           }
         } else if (e.type === 'restart') {
           // Text already on the wire cannot be taken back: end the stream with an error.

@@ -19,10 +19,18 @@ import { resolveModel, type RequestContext } from './context.js';
 export type MessageStreamEvent =
   | { type: 'message_start'; message: Message }
   | { type: 'ping' }
-  | { type: 'content_block_start'; index: number; content_block: { type: 'text'; text: '' } | { type: 'tool_use'; id: string; name: string; input: Record<string, never> } }
-  | { type: 'content_block_delta'; index: number; delta: { type: 'text_delta'; text: string } | { type: 'input_json_delta'; partial_json: string } }
+  | {
+      type: 'content_block_start';
+      index: number;
+      content_block: { type: 'text'; text: '' } | { type: 'thinking'; thinking: ''; signature: '' } | { type: 'tool_use'; id: string; name: string; input: Record<string, never> };
+    }
+  | {
+      type: 'content_block_delta';
+      index: number;
+      delta: { type: 'text_delta'; text: string } | { type: 'thinking_delta'; thinking: string } | { type: 'input_json_delta'; partial_json: string };
+    }
   | { type: 'content_block_stop'; index: number }
-  | { type: 'message_delta'; delta: { stop_reason: StopReason | null; stop_sequence: null }; usage: { input_tokens: number; output_tokens: number } }
+  | { type: 'message_delta'; delta: { stop_reason: StopReason | null; stop_sequence: string | null }; usage: { input_tokens: number; output_tokens: number } }
   | { type: 'message_stop' };
 
 export type MessagesResult =
@@ -45,9 +53,11 @@ export class MessagesServing {
   async create(body: unknown, ctx: RequestContext, onQueued?: (requestId: string) => void): Promise<MessagesResult> {
     const req = parseMessagesRequest(body);
     const result = await this.chat.create(toChatRequest(req), ctx, onQueued);
-    if (result.kind === 'json') return { kind: 'json', requestId: result.requestId, body: toMessage(wireId('msg', result.requestId), req.model, result.body) };
+    // Thinking blocks unless the client turned thinking off (the model reasons either way).
+    const thinking = req.thinking?.type !== 'disabled';
+    if (result.kind === 'json') return { kind: 'json', requestId: result.requestId, body: toMessage(wireId('msg', result.requestId), req.model, result.body, thinking) };
     const { requestId, promptTokens, chunks } = result.stream;
-    return { kind: 'stream', requestId, events: toEvents(wireId('msg', requestId), req.model, promptTokens ?? 0, chunks) };
+    return { kind: 'stream', requestId, events: toEvents(wireId('msg', requestId), req.model, promptTokens ?? 0, chunks, thinking) };
   }
 
   /** The prompt's length as a Messages request with these fields would have it: the chat template with the tools, tokenized. */
@@ -67,7 +77,7 @@ export class MessagesServing {
 }
 
 /** Chat chunks (one choice, usage last) as Anthropic's event sequence. */
-async function* toEvents(id: string, model: string, inputTokens: number, chunks: AsyncIterable<ChatCompletionChunk>): AsyncGenerator<MessageStreamEvent> {
+async function* toEvents(id: string, model: string, inputTokens: number, chunks: AsyncIterable<ChatCompletionChunk>, thinking: boolean): AsyncGenerator<MessageStreamEvent> {
   const usage = { input_tokens: inputTokens, output_tokens: 0 };
   yield {
     type: 'message_start',
@@ -75,8 +85,9 @@ async function* toEvents(id: string, model: string, inputTokens: number, chunks:
   };
   yield { type: 'ping' };
   let index = -1;
-  let open: 'text' | 'tool_use' | null = null;
+  let open: 'text' | 'thinking' | 'tool_use' | null = null;
   let stop: StopReason | null = null;
+  let stopSequence: string | null = null;
   const close = function* (): Generator<MessageStreamEvent> {
     if (open) yield { type: 'content_block_stop', index };
     open = null;
@@ -88,7 +99,15 @@ async function* toEvents(id: string, model: string, inputTokens: number, chunks:
     }
     const choice = chunk.choices[0];
     if (!choice) continue;
-    const { content, tool_calls: calls } = choice.delta;
+    const { content, reasoning_content: reasoning, tool_calls: calls } = choice.delta;
+    if (reasoning && thinking) {
+      if (open !== 'thinking') {
+        yield* close();
+        open = 'thinking';
+        yield { type: 'content_block_start', index: ++index, content_block: { type: 'thinking', thinking: '', signature: '' } };
+      }
+      yield { type: 'content_block_delta', index, delta: { type: 'thinking_delta', thinking: reasoning } };
+    }
     if (content) {
       if (open !== 'text') {
         yield* close();
@@ -106,9 +125,12 @@ async function* toEvents(id: string, model: string, inputTokens: number, chunks:
       }
       if (call.function.arguments) yield { type: 'content_block_delta', index, delta: { type: 'input_json_delta', partial_json: call.function.arguments } };
     }
-    if (choice.finish_reason) stop = toStopReason(choice.finish_reason);
+    if (choice.finish_reason) {
+      stop = toStopReason(choice.finish_reason, choice.stop_reason);
+      stopSequence = choice.stop_reason ?? null;
+    }
   }
   yield* close();
-  yield { type: 'message_delta', delta: { stop_reason: stop, stop_sequence: null }, usage };
+  yield { type: 'message_delta', delta: { stop_reason: stop, stop_sequence: stopSequence }, usage };
   yield { type: 'message_stop' };
 }

@@ -122,10 +122,10 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
         spans?.started(promptTokens);
         publisher.publish({ type: 'start', promptTokens, at: Date.now() }, false);
       },
-      onDelta: (index, text, finishReason, logprobs) => {
+      onDelta: (index, text, finishReason, logprobs, stopSequence) => {
         spans?.token();
         if (openai && logprobs) (kept[index] ??= []).push(...logprobs);
-        publisher.delta(index, text, finishReason, logprobs);
+        publisher.delta(index, text, finishReason, logprobs, stopSequence);
       },
     });
   } catch (err) {

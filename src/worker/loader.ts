@@ -49,11 +49,11 @@ export async function loadTokenizer(spec: ModelSpec, modelsDir: string | undefin
  * Loads a model's tokenizer and graph with transformers.js. Its `env` (local path, remote
  * switch) is process-global, so loads are serialised by the caller.
  */
-async function loadFiles(
+export async function loadFiles(
   spec: ModelSpec,
   modelsDir: string | undefined,
   onProgress: ProgressFn,
-  auto: typeof AutoModel | typeof AutoModelForCausalLM,
+  auto: { from_pretrained: typeof AutoModel.from_pretrained },
 ): Promise<{ where: ResolvedSource; tokenizer: PreTrainedTokenizer; model: PreTrainedModel }> {
   const where = pointEnvAt(env, spec.source, modelsDir);
   const opts = {
@@ -81,7 +81,7 @@ async function loadFiles(
  * onnxruntime's CPU threading. SWITCHYARD_THREADS: intra-op threads per model (default: one per
  * core, right for one worker per machine, oversubscribed for several). SWITCHYARD_ORT_SPINNING:
  * whether those threads spin while waiting for work (`session.intra_op.allow_spinning`); for
- * embedding models 0 unless set to 1, for chat models onnxruntime's default (1) unless set.
+ * embedding (and rerank) models 0 unless set to 1, for chat models onnxruntime's default (1) unless set.
  * onnxruntime spins by default; a spinning thread keeps its core busy between
  * operators and after each call, the time serve, Postgres and the worker's own event loop need
  * when they share the cores. Measured on 2 cores (`SWITCHYARD_ORT_SPINNING=0|1 npm run bench --
@@ -102,7 +102,7 @@ export function sessionOptions(task: ModelSpec['task']): Record<string, unknown>
   const set = process.env.SWITCHYARD_ORT_SPINNING;
   // Chat models keep onnxruntime's default unless told: decoding runs many short operators per
   // token, and spinning was measured here for embedding models only.
-  const spinning = set === '0' || set === '1' ? set : task === 'embedding' ? '0' : null;
+  const spinning = set === '0' || set === '1' ? set : task !== 'chat' ? '0' : null;
   return {
     ...(Number.isInteger(threads) && threads > 0 ? { intraOpNumThreads: threads } : {}),
     ...(spinning ? { extra: { session: { intra_op: { allow_spinning: spinning } } } } : {}),

@@ -11,10 +11,11 @@ import type { ErrorBody } from '../protocol/errors.js';
 import type { EmbedInput } from './embedding/embed.js';
 import type { TokenLogprob } from './generation/logprobs.js';
 import type { InputBound } from '../protocol/limits.js';
+import type { RerankInput, RerankOutput } from './rerank/score.js';
 
 export interface GenerationHandlers {
   onStarted(promptTokens: number): void;
-  onDelta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[]): void;
+  onDelta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[], stopSequence?: string): void;
 }
 
 export interface GenerationResult {
@@ -40,7 +41,7 @@ export interface LoadInfo {
 }
 
 interface Pending extends Partial<GenerationHandlers> {
-  resolve(r: GenerationResult | EmbeddingResult): void;
+  resolve(r: GenerationResult | EmbeddingResult | RerankOutput[]): void;
   reject(e: ThreadError): void;
 }
 
@@ -106,12 +107,18 @@ export class ModelHost {
         this.pending.get(msg.id)?.onStarted?.(msg.promptTokens);
         return;
       case 'delta':
-        this.pending.get(msg.id)?.onDelta?.(msg.index, msg.text, msg.finishReason, msg.logprobs);
+        this.pending.get(msg.id)?.onDelta?.(msg.index, msg.text, msg.finishReason, msg.logprobs, msg.stopSequence);
         return;
       case 'embedded': {
         const p = this.pending.get(msg.id);
         this.pending.delete(msg.id);
         p?.resolve({ vectors: msg.vectors, tokens: msg.tokens, errors: msg.errors, dimensions: msg.dimensions });
+        return;
+      }
+      case 'reranked': {
+        const p = this.pending.get(msg.id);
+        this.pending.delete(msg.id);
+        p?.resolve(msg.outputs);
         return;
       }
       case 'done': {
@@ -155,6 +162,15 @@ export class ModelHost {
     });
   }
 
+  /** Scores the pairs of many rerank requests in one model call (rerank/claimer.ts gathers them). */
+  rerank(spec: ModelSpec, inputs: RerankInput[]): Promise<RerankOutput[]> {
+    const id = `rerank-${++this.sequence}`;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as Pending['resolve'], reject });
+      this.send({ type: 'rerank', id, spec, inputs });
+    });
+  }
+
   cancel(id: string): void {
     if (this.pending.has(id)) this.send({ type: 'cancel', id });
   }
@@ -165,7 +181,7 @@ export class ModelHost {
 
   /** Generations under way (or stopping) here. */
   runningIds(): string[] {
-    return [...this.pending.keys()].filter((id) => !id.startsWith('embed-'));
+    return [...this.pending.keys()].filter((id) => !id.startsWith('embed-') && !id.startsWith('rerank-'));
   }
 
   async close(): Promise<void> {

@@ -9,6 +9,7 @@ import { createConstraint, SchemaError, vocabularyOf, type ConstraintSpec, type 
 import { ThreadError } from './generation/thread-error.js';
 import { loadChatModel, loadEmbedModel, type LoadedChatModel, type LoadedEmbedModel } from './loader.js';
 import { embed } from './embedding/embed.js';
+import { loadRerankModel, rerank, type RerankModel } from './rerank/score.js';
 import { TemplateSandbox } from './generation/template-sandbox.js';
 import type { ModelSpec } from './models-source.js';
 import type { FromThread, ToThread } from './thread-protocol.js';
@@ -20,7 +21,7 @@ const port = parentPort!;
 const modelsDir = (workerData as { modelsDir?: string } | undefined)?.modelsDir;
 const post = (msg: FromThread) => port.postMessage(msg);
 
-type Loaded = LoadedChatModel | LoadedEmbedModel;
+type Loaded = LoadedChatModel | LoadedEmbedModel | RerankModel;
 const models = new Map<string, Promise<Loaded>>();
 let loading: Promise<unknown> = Promise.resolve();
 const running = new Map<string, AbortController>();
@@ -29,6 +30,7 @@ const specKey = (s: ModelSpec) => JSON.stringify(s);
 
 function getModel(spec: ModelSpec & { task: 'chat' }): Promise<LoadedChatModel>;
 function getModel(spec: ModelSpec & { task: 'embedding' }): Promise<LoadedEmbedModel>;
+function getModel(spec: ModelSpec & { task: 'rerank' }): Promise<RerankModel>;
 function getModel(spec: ModelSpec): Promise<Loaded>;
 function getModel(spec: ModelSpec): Promise<Loaded> {
   const key = specKey(spec);
@@ -48,7 +50,9 @@ function getModel(spec: ModelSpec): Promise<Loaded> {
             vocabularyOf(m.tokenizer, m.eosIds); // built now (~0.2 s), not on the first constrained request
             return m;
           })
-        : loadEmbedModel(spec, modelsDir, progress),
+        : spec.task === 'rerank'
+          ? loadRerankModel(spec, modelsDir, progress)
+          : loadEmbedModel(spec, modelsDir, progress),
     );
     loading = entry.catch(() => {});
     models.set(key, entry);
@@ -193,7 +197,8 @@ async function runGenerate(msg: Extract<ToThread, { type: 'generate' }>): Promis
     const choices = await schedulerFor(m).submit(promptIds, msg.params, {
       ...(constraints ? { constraints } : {}),
       signal: abort.signal,
-      onDelta: (index, text, finishReason, logprobs) => post({ type: 'delta', id: msg.id, index, text, finishReason, ...(logprobs ? { logprobs } : {}) }),
+      onDelta: (index, text, finishReason, logprobs, stopSequence) =>
+        post({ type: 'delta', id: msg.id, index, text, finishReason, ...(logprobs ? { logprobs } : {}), ...(stopSequence !== undefined ? { stopSequence } : {}) }),
     });
     post({ type: 'done', id: msg.id, promptTokens: promptIds.length, choices });
   } catch (err) {
@@ -209,6 +214,15 @@ async function runEmbed(msg: Extract<ToThread, { type: 'embed' }>): Promise<void
     const out = await embed(m, msg.inputs);
     const buffers = out.vectors.flatMap((v) => (v ? [v.buffer as ArrayBuffer] : []));
     port.postMessage({ type: 'embedded', id: msg.id, ...out, dimensions: m.dimensions } satisfies FromThread, buffers);
+  } catch (err) {
+    post({ type: 'error', id: msg.id, error: ThreadError.from(err).toJSON() });
+  }
+}
+
+async function runRerank(msg: Extract<ToThread, { type: 'rerank' }>): Promise<void> {
+  try {
+    const m = await getModel({ ...msg.spec, task: 'rerank' });
+    post({ type: 'reranked', id: msg.id, outputs: await rerank(m, msg.inputs) });
   } catch (err) {
     post({ type: 'error', id: msg.id, error: ThreadError.from(err).toJSON() });
   }
@@ -237,6 +251,9 @@ port.on('message', (msg: ToThread) => {
       break;
     case 'embed':
       void runEmbed(msg);
+      break;
+    case 'rerank':
+      void runRerank(msg);
       break;
     case 'cancel':
       running.get(msg.id)?.abort();

@@ -1,3 +1,4 @@
+import type { ModelTask } from '../protocol/models.js';
 import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -5,7 +6,7 @@ import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 /** What a worker needs to load a model; built from an ai.models row. */
 export interface ModelSpec {
   name: string;
-  task: 'chat' | 'embedding' | 'moderation';
+  task: ModelTask;
   source: string;
   revision: string;
   dtype: string;

@@ -32,7 +32,7 @@ interface OpenDelta {
   at: number;
 }
 
-function merge(into: OpenDelta, index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[]): void {
+function merge(into: OpenDelta, index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[], stopSequence?: string): void {
   const prev = into.choices.get(index);
   const merged = prev?.logprobs || logprobs ? [...(prev?.logprobs ?? []), ...(logprobs ?? [])] : undefined;
   into.choices.set(index, {
@@ -40,6 +40,7 @@ function merge(into: OpenDelta, index: number, text: string, finishReason: Finis
     text: (prev?.text ?? '') + text,
     finishReason: finishReason ?? prev?.finishReason ?? null,
     ...(merged ? { logprobs: merged } : {}),
+    ...(stopSequence !== undefined ? { stopSequence } : {}),
   });
 }
 
@@ -121,17 +122,17 @@ export class EventPublisher {
     if (!this.held) this.flusher.mark(this, urgent);
   }
 
-  delta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[]): void {
+  delta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[], stopSequence?: string): void {
     if (this.silenced) return;
     const now = Date.now();
     if (text && !this.firstTokenAt) this.firstTokenAt = new Date(now);
     if (this.held) {
       if (this.held.choices.size === 0) this.held.at = now;
-      merge(this.held, index, text, finishReason, logprobs);
+      merge(this.held, index, text, finishReason, logprobs, stopSequence);
       return;
     }
     this.open ??= { choices: new Map(), at: now };
-    merge(this.open, index, text, finishReason, logprobs);
+    merge(this.open, index, text, finishReason, logprobs, stopSequence);
     // The first text goes out at once; later text with the next flush (SWITCHYARD_FLUSH_MS).
     const first = !!text && !this.sentText;
     if (first) this.sentText = true;

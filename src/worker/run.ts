@@ -15,6 +15,7 @@ import { sweepBatches } from '../serving/batches.js';
 import { runChatRequest } from './chat-task.js';
 import { ChatClaimer } from './chat-claimer.js';
 import { EmbedClaimer } from './embedding/claimer.js';
+import { RerankClaimer } from './rerank/claimer.js';
 import { ModerationClaimer, moderationLoader, type LoadedModeration } from './moderation/claimer.js';
 import { ModerationHost } from './moderation/host.js';
 import { vectorizeTask, vectorizeTaskName } from './vectorize-task.js';
@@ -112,7 +113,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     id: string;
     abort: AbortController;
     runners: Set<JobRunner>;
-    /** Per embedding or moderation model: woken by 'ai_embed' notifications naming it. */
+    /** Per embedding, rerank or moderation model: woken by 'ai_embed' notifications naming it. */
     claimers: Map<string, Pick<EmbedClaimer, 'start' | 'wake' | 'stop'>>;
     /** Claims and runs the chat and completions requests of every chat model served here. */
     chat: ChatClaimer;
@@ -201,6 +202,10 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     for (const spec of specs) {
       if (spec.task === 'moderation') {
         const claimer = new ModerationClaimer({ ...deps, spec, host: moderation, load: moderators.get(spec.name)! });
+        s.claimers.set(spec.name, claimer);
+        claimer.start();
+      } else if (spec.task === 'rerank') {
+        const claimer = new RerankClaimer({ ...deps, model: spec.name, rerank: (inputs) => host.rerank(spec, inputs) });
         s.claimers.set(spec.name, claimer);
         claimer.start();
       } else if (spec.task !== 'chat') {

@@ -37,7 +37,8 @@ const chat = (base: string, body: Record<string, unknown>, signal?: AbortSignal)
 /** The text of an SSE chat stream. */
 async function streamed(res: Response): Promise<string> {
   let text = '';
-  for (const line of (await res.text()).split('\n\n')) {
+  for (const frame of (await res.text()).split('\n\n')) {
+    const line = frame.replace(/^id: \d+\n/, '');
     if (line.startsWith('data: {')) text += JSON.parse(line.slice(6)).choices[0]?.delta?.content ?? '';
   }
   return text;

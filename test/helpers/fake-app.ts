@@ -78,6 +78,11 @@ export class FakeEngine implements Engine {
     return { requestId, model: 'tiny-embed', vectors: req.inputs.map(() => [0.5, 0.5, 0.5, 0.5]), promptTokens: req.inputs.length };
   }
 
+  async rerank(): Promise<never> {
+    this.calls.push('rerank');
+    throw this.failWith ?? new Error('FakeEngine does not rerank');
+  }
+
   async cancel(requestId: string): Promise<void> {
     this.cancelled.push(requestId);
     this.waiting.get(requestId)?.();

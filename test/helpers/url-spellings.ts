@@ -114,7 +114,12 @@ export const V1_ROUTES: { method: string; route: string; path: string; body?: un
   // vLLM's token endpoints live at the root, behind the same key hook.
   { method: 'POST', route: '/tokenize', path: '/tokenize', body: { model: 'tiny-chat', prompt: 'hi' } },
   { method: 'POST', route: '/detokenize', path: '/detokenize', body: { model: 'tiny-chat', tokens: [1, 2] } },
+  { method: 'POST', route: '/v1/rerank', path: '/v1/rerank', body: { model: 'tiny-rerank', query: 'q', documents: ['a'] } },
+  { method: 'POST', route: '/rerank', path: '/rerank', body: { model: 'tiny-rerank', query: 'q', documents: ['a'] } },
+  { method: 'POST', route: '/v2/rerank', path: '/v2/rerank', body: { model: 'tiny-rerank', query: 'q', documents: ['a'] } },
+  { method: 'GET', route: '/v1/chat/completions/:id', path: '/v1/chat/completions/chatcmpl-00000000000000000000000000000000?stream=true' },
+  { method: 'HEAD', route: '/v1/chat/completions/:id', path: '/v1/chat/completions/chatcmpl-00000000000000000000000000000000?stream=true' },
 ];
 
 /** Routes outside /v1 that need a key all the same. */
-export const KEYED_ROOT_ROUTES = ['/tokenize', '/detokenize'];
+export const KEYED_ROOT_ROUTES = ['/tokenize', '/detokenize', '/rerank', '/v2/rerank'];

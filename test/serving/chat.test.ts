@@ -37,6 +37,10 @@ class FakeEngine implements Engine {
     throw new Error('not used by chat serving');
   }
 
+  async rerank(): Promise<never> {
+    throw new Error('not used by chat serving');
+  }
+
   async generate(req: GenerateRequest): Promise<Generation> {
     const model = await this.getModel(req.model);
     if (!model) throw errors.modelNotFound(req.model);

@@ -25,6 +25,9 @@ class ScriptEngine implements Engine {
   async embed(): Promise<never> {
     throw new Error('unused');
   }
+  async rerank(): Promise<never> {
+    throw new Error('unused');
+  }
   async cancel(): Promise<void> {}
   async generate(req: GenerateRequest): Promise<Generation> {
     this.requests.push(req);

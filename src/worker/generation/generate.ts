@@ -23,7 +23,8 @@ export interface ChoiceResult {
 export interface GenerateOptions {
   signal: AbortSignal;
   /** `logprobs`: entries for the tokens behind this delta, when the request asked for them. */
-  onDelta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[]): void;
+  /** `stopSequence`: with the finish, the stop string that ended the text. */
+  onDelta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[], stopSequence?: string): void;
 }
 
 export type Feeds = Record<string, Tensor>;

@@ -537,6 +537,6 @@ export class BatchScheduler {
         delta += row.stream.finish();
       }
     }
-    if (delta || row.finishReason || logprobs) row.req.opts.onDelta(row.index, delta, row.finishReason, logprobs);
+    if (delta || row.finishReason || logprobs) row.req.opts.onDelta(row.index, delta, row.finishReason, logprobs, row.stream.matched ?? undefined);
   }
 }

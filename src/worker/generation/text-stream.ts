@@ -15,6 +15,8 @@ export class TextStream {
   private readonly maxStop: number;
   text = '';
   stopped = false;
+  /** The stop string that ended the text (Anthropic's `stop_sequence`, vLLM's `stop_reason`). */
+  matched: string | null = null;
 
   constructor(
     private readonly decode: (ids: number[]) => string,
@@ -50,7 +52,10 @@ export class TextStream {
     let hit = -1;
     for (const s of this.stop) {
       const at = this.pending.indexOf(s);
-      if (at !== -1 && (hit === -1 || at < hit)) hit = at;
+      if (at !== -1 && (hit === -1 || at < hit)) {
+        hit = at;
+        this.matched = s;
+      }
     }
     if (hit !== -1) {
       const out = this.emit(hit);
