@@ -65,7 +65,9 @@ const headers = (k: string, extra: Record<string, string> = {}) => ({ authorizat
 const body = JSON.stringify({
   model: 'tiny',
   messages: [{ role: 'user', content: 'Tell me a long story.' }],
-  max_tokens: 150,
+  // Long enough to be still running when the reader is cut: the tiny model makes 150 tokens in
+  // well under a second on a quiet machine.
+  max_tokens: 1800,
   temperature: 0,
   stream: true,
   stream_options: { include_usage: true },
@@ -80,8 +82,8 @@ it('a stream cut after N frames and resumed with Last-Event-ID on another serve 
   expect(seen.map((f) => f.id)).toEqual(['0', '1', '2', '3', '4', '5']);
   const wire = JSON.parse(seen[0]!.data).id as string;
 
-  // Resumed on B while the generation still runs (it was not cancelled by the disconnect): 150
-  // tokens take seconds here, the six frames came with the first flush.
+  // Resumed on B while the generation still runs (it was not cancelled by the disconnect): 1,800
+  // tokens take seconds here, the six frames came with the first flushes.
   const [during] = await query<{ status: string }>(db.url, 'select status from ai.requests where id = $1', [requestId]);
   expect(during!.status).toBe('running');
   const resumed = await fetch(`${b.url}/v1/chat/completions/${wire}?stream=true`, { headers: headers(key, { 'last-event-id': '5' }) });
