@@ -29,7 +29,7 @@ import { tokenizeRoutes } from './routes/tokenize.js';
 import { messagesRoutes } from './routes/messages.js';
 import { MessagesServing } from '../serving/messages.js';
 import { rerankRoutes } from './routes/rerank.js';
-import { ChatReplayServing } from '../serving/chat-replay.js';
+import { ChatReplayServing, type ChatReplayStore } from '../serving/chat-replay.js';
 import { PgChatReplayStore } from '../db/chat-replay-repo.js';
 import { RerankServing } from '../serving/rerank.js';
 import { moderationRoutes } from './routes/moderations.js';
@@ -50,6 +50,8 @@ export interface AppOptions {
   logger?: boolean;
   /** Where responses are kept (default: ai.responses in `database`). */
   responseStore?: ResponseStore;
+  /** Where streamed chat completions are read back for a resume (default: ai.requests in `database`). */
+  chatReplayStore?: ChatReplayStore;
   /** Tokenizers for /tokenize, /detokenize and count_tokens (default: none, those answer 503). */
   tokenizers?: Tokenizers;
 }
@@ -125,7 +127,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       registerAuth(v1, keys);
       v1.setNotFoundHandler(notFound);
       const chat = new ChatServing(opts.engine, observer);
-      chatRoutes(v1, chat, opts.engine, new ChatReplayServing(opts.engine, chat, new PgChatReplayStore(opts.database.db)));
+      chatRoutes(v1, chat, opts.engine, new ChatReplayServing(opts.engine, chat, opts.chatReplayStore ?? new PgChatReplayStore(opts.database.db)));
       messagesRoutes(v1, new MessagesServing(opts.engine, chat, opts.tokenizers ?? null), opts.engine);
       const embeddings = new EmbeddingsServing(opts.engine, observer);
       const completions = new CompletionsServing(opts.engine, observer);

@@ -4,6 +4,7 @@ import type { Database } from '../../src/db/pool.js';
 import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo, Tokenizers } from '../../src/engine/types.js';
 import { errors } from '../../src/protocol/errors.js';
 import type { ResponseStore } from '../../src/serving/response-store.js';
+import type { ChatReplayStore } from '../../src/serving/chat-replay.js';
 
 export const MODELS: ModelInfo[] = [
   { name: 'tiny-chat', task: 'chat', aliases: ['gpt-4o-mini'], created: 1, defaults: {}, dimensions: null },
@@ -107,6 +108,11 @@ export function fakeApp(engine: Engine & { calls?: string[] }, opts: { auth: boo
     finalize: async () => void asked('finalize'),
     delete: async () => (asked('delete'), false),
   };
+  // Chat resumes: an empty store that records being asked, as the responses store above.
+  const chatReplayStore: ChatReplayStore = {
+    find: async () => (asked('chat.find'), null),
+    events: async () => (asked('chat.events'), { events: [], status: null }),
+  };
   const db = new Proxy({}, { get: () => () => { throw new Error('the database stand-in was asked for a key'); } });
-  return buildApp({ engine, database: { pool, db, close: async () => {} } as unknown as Database, auth: opts.auth, listening: () => true, responseStore, ...(opts.tokenizers ? { tokenizers: opts.tokenizers } : {}) });
+  return buildApp({ engine, database: { pool, db, close: async () => {} } as unknown as Database, auth: opts.auth, listening: () => true, responseStore, chatReplayStore, ...(opts.tokenizers ? { tokenizers: opts.tokenizers } : {}) });
 }
