@@ -59,6 +59,8 @@ export interface ChatCompletionRequest {
   tool_choice?: ToolChoice | null;
   tools?: ToolDefinition[] | null;
   top_p?: number | null;
+  /** vLLM's extension: sample from the k most likely tokens only (0 or -1: all). */
+  top_k?: number | null;
   user?: string | null;
   // --- Switchyard extensions (PostgresML's OpenSourceAI accepts these too) ---
   /** A Jinja chat template for this request only, overriding the model's. */
@@ -212,6 +214,7 @@ export const chatCompletionRequestSchema: Schema = {
     tools: nullable({ type: 'array', minItems: 1, maxItems: 128, items: tool }),
     top_logprobs: nullable({ type: 'integer', minimum: 0, maximum: 20 }),
     top_p: nullable({ type: 'number', exclusiveMinimum: 0, maximum: 1 }),
+    top_k: nullable({ type: 'integer', minimum: -1 }),
     user: nullable({ type: 'string' }),
     chat_template: nullable({ type: 'string', minLength: 1 }),
   },
@@ -321,6 +324,8 @@ export interface SamplingParams {
   maxTokens: number | null;
   temperature: number;
   topP: number;
+  /** Sample from the k most likely tokens only (vLLM's top_k); absent or 0: all. */
+  topK?: number;
   n: number;
   stop: string[];
   seed: number | null;
@@ -342,7 +347,8 @@ interface ConstraintCommon {
   maxTokens: number | null;
   /**
    * Draw from the raw distribution first and mask only when the draw is not allowed. Exact when
-   * sampling is greedy or top_p = 1; with top_p < 1 the mask must come first (false).
+   * sampling is greedy or top_p = 1 without top_k; with top_p < 1 or top_k the mask must come
+   * first (false): a draw cut down to the nucleus or the k best may hold no allowed token.
    */
   lazy: boolean;
   /**
@@ -417,8 +423,8 @@ function argumentsValue(args: string): unknown {
  * The decoder's constraint for a request: forced tool calls win over response_format (a
  * call's arguments are themselves JSON); `auto` tool choice leaves the output free.
  */
-export function toConstraint(req: ChatCompletionRequest, p: Pick<SamplingParams, 'maxTokens' | 'temperature' | 'topP'>, format: ToolCallFormat = HERMES_TOOL_FORMAT): ConstraintSpec | null {
-  const common = { maxTokens: p.maxTokens, lazy: p.temperature < 1e-5 || p.topP >= 1 };
+export function toConstraint(req: ChatCompletionRequest, p: Pick<SamplingParams, 'maxTokens' | 'temperature' | 'topP' | 'topK'>, format: ToolCallFormat = HERMES_TOOL_FORMAT): ConstraintSpec | null {
+  const common = { maxTokens: p.maxTokens, lazy: p.temperature < 1e-5 || (p.topP >= 1 && !p.topK) };
   const forced = forcedTools(req);
   if (forced.length) {
     return {
@@ -443,10 +449,12 @@ export function toSamplingParams(req: ChatCompletionRequest, defaults: Record<st
   const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? (defaults.max_tokens as number | undefined) ?? null;
   const temperature = pick('temperature', 1);
   const topP = pick('top_p', 1);
+  const topK = topKOf(pick<number>('top_k', 0));
   return {
     maxTokens,
     temperature,
     topP,
+    ...(topK ? { topK } : {}),
     n: pick('n', 1),
     stop: typeof stop === 'string' ? [stop] : stop,
     seed: req.seed ?? null,
@@ -454,8 +462,13 @@ export function toSamplingParams(req: ChatCompletionRequest, defaults: Record<st
     presencePenalty: pick('presence_penalty', 0),
     logprobs: req.logprobs ? (req.top_logprobs ?? 0) : null,
     echo: false,
-    constraint: toConstraint(req, { maxTokens, temperature, topP }, toolFormat),
+    constraint: toConstraint(req, { maxTokens, temperature, topP, ...(topK ? { topK } : {}) }, toolFormat),
   };
+}
+
+/** top_k as the sampler takes it: a positive k, or undefined for "all tokens" (vLLM's 0 and -1). */
+export function topKOf(k: number | null | undefined): number | undefined {
+  return typeof k === 'number' && k > 0 ? k : undefined;
 }
 
 // ---------------------------------------------------------------------------------------------

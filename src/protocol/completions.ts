@@ -1,7 +1,7 @@
 import { compileValidator, type Schema } from './validate.js';
 import { errors } from './errors.js';
 import { MAX_CHOICES } from './limits.js';
-import type { SamplingParams, TextPrompt } from './chat.js';
+import { topKOf, type SamplingParams, type TextPrompt } from './chat.js';
 import { nullable, type FinishReason, type TokenLogprob, type Usage } from './shared.js';
 
 /** POST /v1/completions (legacy), fields in OpenAI's reference order. */
@@ -22,6 +22,8 @@ export interface CompletionRequest {
   suffix?: string | null;
   temperature?: number | null;
   top_p?: number | null;
+  /** vLLM's extension: sample from the k most likely tokens only (0 or -1: all). */
+  top_k?: number | null;
   user?: string | null;
 }
 
@@ -62,6 +64,7 @@ export const completionRequestSchema: Schema = {
     suffix: nullable({ type: 'string' }),
     temperature: nullable({ type: 'number', minimum: 0, maximum: 2 }),
     top_p: nullable({ type: 'number', exclusiveMinimum: 0, maximum: 1 }),
+    top_k: nullable({ type: 'integer', minimum: -1 }),
     user: nullable({ type: 'string' }),
   },
 };
@@ -91,6 +94,11 @@ export function toTextPrompts(req: CompletionRequest): TextPrompt[] {
   return (p as (string | number[])[]).map((x) => (typeof x === 'string' ? { text: x } : { ids: x }));
 }
 
+const topKParam = (k: number | null | undefined) => {
+  const topK = topKOf(k);
+  return topK ? { topK } : {};
+};
+
 /** OpenAI's defaults for this endpoint (max_tokens is 16 here, unlike chat). */
 export function toCompletionParams(req: CompletionRequest, defaults: Record<string, unknown> = {}): SamplingParams {
   const stop = req.stop ?? (defaults.stop as string | string[] | undefined) ?? [];
@@ -98,6 +106,7 @@ export function toCompletionParams(req: CompletionRequest, defaults: Record<stri
     maxTokens: req.max_tokens ?? (defaults.max_tokens as number | undefined) ?? 16,
     temperature: req.temperature ?? (defaults.temperature as number | undefined) ?? 1,
     topP: req.top_p ?? (defaults.top_p as number | undefined) ?? 1,
+    ...topKParam(req.top_k ?? (defaults.top_k as number | undefined)),
     n: req.n ?? 1,
     stop: typeof stop === 'string' ? [stop] : stop,
     seed: req.seed ?? null,

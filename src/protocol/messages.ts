@@ -71,8 +71,8 @@ export interface MessagesRequest {
 
 export type CountTokensRequest = Pick<MessagesRequest, 'model' | 'messages' | 'system' | 'tools' | 'tool_choice' | 'thinking'>;
 
-/** Anthropic fields this server cannot honour: a 400 naming them (top_k: the sampler has none). */
-const UNSUPPORTED = ['top_k', 'container', 'mcp_servers', 'service_tier', 'context_management'];
+/** Anthropic fields this server cannot honour: a 400 naming them. */
+const UNSUPPORTED = ['container', 'mcp_servers', 'service_tier', 'context_management'];
 
 // Anthropic accepts (and ignores here) cache_control on blocks; citations are not served.
 const cacheControl = { type: 'object' };
@@ -168,6 +168,7 @@ const messagesSchema: Schema = {
     stream: { type: 'boolean' },
     temperature: { type: 'number', minimum: 0, maximum: 1 },
     top_p: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+    top_k: { type: 'integer', minimum: 0 },
   },
 };
 const countSchema: Schema = { type: 'object', required: ['model', 'messages'], additionalProperties: false, 'x-unsupported': UNSUPPORTED, properties: common };
@@ -233,6 +234,7 @@ export function toChatRequest(req: CountTokensRequest & Partial<MessagesRequest>
     ...(toolChoice ? { tool_choice: toolChoice } : {}),
     ...(parallel !== undefined ? { parallel_tool_calls: parallel } : {}),
     ...(req.top_p !== undefined ? { top_p: req.top_p } : {}),
+    ...(req.top_k !== undefined ? { top_k: req.top_k } : {}),
   };
 }
 

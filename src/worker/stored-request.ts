@@ -79,6 +79,7 @@ export function readChatRequest(input: unknown, params: unknown): { prompt: Prom
       maxTokens: p.maxTokens === null || p.maxTokens === undefined ? null : num(p.maxTokens, 'maxTokens'),
       temperature: num(p.temperature, 'temperature'),
       topP: num(p.topP, 'topP'),
+      ...(p.topK === undefined || p.topK === null ? {} : { topK: num(p.topK, 'topK') }),
       n: num(p.n, 'n'),
       stop: stop as string[],
       seed: p.seed === null || p.seed === undefined ? null : num(p.seed, 'seed'),

@@ -118,6 +118,9 @@ describe('messages.create', () => {
     stream.on('streamEvent', (e) => types.push(e.type));
     const final = await stream.finalMessage();
     expect(streamed).toBe((plain.content[0] as Anthropic.TextBlock).text);
+    // top_k 1 samples the most likely token at any temperature: the greedy text again.
+    const topOne = await client.messages.create({ ...params, ...sampling({ temperature: 1, top_k: 1 }) });
+    expect(topOne.content).toEqual(plain.content);
     expect(final.content).toEqual(plain.content);
     expect(final.stop_reason).toBe('max_tokens');
     expect(final.usage.input_tokens).toBe(plain.usage.input_tokens);
@@ -196,7 +199,7 @@ describe('errors and keys', () => {
 
   it("the SDK's error classes, from Anthropic's envelope", async () => {
     await expectError(client.messages.create({ model: 'tiny', messages: ask } as never), Anthropic.BadRequestError, 400, 'invalid_request_error');
-    await expectError(client.messages.create({ model: 'tiny', max_tokens: 4, ...sampling({ top_k: 5 }), messages: ask }), Anthropic.BadRequestError, 400, 'invalid_request_error');
+    await expectError(client.messages.create({ model: 'tiny', max_tokens: 4, ...sampling({ top_k: -1 }), messages: ask }), Anthropic.BadRequestError, 400, 'invalid_request_error');
     await expectError(client.messages.create({ model: 'tiny', max_tokens: 4, messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'url', url: 'http://x' } }] }] }), Anthropic.BadRequestError, 400, 'invalid_request_error');
     await expectError(client.messages.create({ model: 'nope', max_tokens: 4, messages: ask }), Anthropic.NotFoundError, 404, 'not_found_error');
     await expectError(client.messages.countTokens({ model: 'tiny', messages: [] }), Anthropic.BadRequestError, 400, 'invalid_request_error');

@@ -121,6 +121,21 @@ describe('chat completions', () => {
     expect(a.choices[0]!.message.content).not.toBe(c.choices[0]!.message.content);
   });
 
+  it('samples from the top_k most likely tokens (vLLM\'s extension): top_k 1 is greedy at any temperature; bad values are 400s', async () => {
+    const greedy = await client.chat.completions.create({ model: 'tiny', messages, max_tokens: 24, temperature: 0 });
+    const topK = (k: number, seed: number) =>
+      client.chat.completions.create({ model: 'tiny', messages, max_tokens: 24, temperature: 1.5, seed, top_k: k } as never) as Promise<typeof greedy>;
+    const [one, alsoOne, wide] = await Promise.all([topK(1, 1), topK(1, 2), topK(-1, 1)]);
+    expect(one.choices[0]!.message.content).toBe(greedy.choices[0]!.message.content);
+    expect(alsoOne.choices[0]!.message.content).toBe(greedy.choices[0]!.message.content);
+    // -1 means every token (vLLM): at temperature 1.5 the random-weight model wanders off the greedy path.
+    expect(wide.choices[0]!.message.content).not.toBe(greedy.choices[0]!.message.content);
+    for (const bad of [-2, 1.5, 'x']) {
+      const err = await client.chat.completions.create({ model: 'tiny', messages, top_k: bad } as never).catch((e: unknown) => e);
+      expect(err).toMatchObject({ status: 400, param: 'top_k' });
+    }
+  });
+
   it('stops at a stop string, applied to the text', async () => {
     const free = await client.chat.completions.create({ model: 'tiny', messages, max_tokens: 30, temperature: 0 });
     const text = free.choices[0]!.message.content!;

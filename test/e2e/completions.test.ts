@@ -111,6 +111,13 @@ describe('legacy completions', () => {
     expect(usage).toEqual(plain.usage);
   });
 
+  it('takes top_k (vLLM\'s extension): top_k 1 gives the greedy text at any temperature', async () => {
+    const prompt = 'Once upon a time';
+    const greedy = await client.completions.create({ model: 'tiny', prompt, max_tokens: 12, temperature: 0 });
+    const topOne = await client.completions.create({ model: 'tiny', prompt, max_tokens: 12, temperature: 1.5, seed: 3, top_k: 1 } as never);
+    expect((topOne as typeof greedy).choices[0]!.text).toBe(greedy.choices[0]!.text);
+  });
+
   it('rejects what it does not serve, naming the param', async () => {
     for (const [body, param] of [
       [{ suffix: 'end' }, 'suffix'],
