@@ -28,6 +28,7 @@ import { tokenizeRoutes } from './routes/tokenize.js';
 import { messagesRoutes } from './routes/messages.js';
 import { MessagesServing } from '../serving/messages.js';
 import { registerAdmin } from './admin/index.js';
+import { consoleRoutes } from './console.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -42,6 +43,8 @@ export interface AppOptions {
   responseStore?: ResponseStore;
   /** Tokenizers for /tokenize, /detokenize and count_tokens (default: none, those answer 503). */
   tokenizers?: Tokenizers;
+  /** The built web console (scripts/build-console.mjs); default none: /console/ answers 503. */
+  consoleDir?: string | null;
 }
 
 /**
@@ -132,5 +135,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
   // The admin API: admin keys only (see admin/index.ts).
   void app.register(async (admin) => registerAdmin(admin, keys, { engine: opts.engine, database: opts.database }), { prefix: '/admin' });
   healthRoutes(app, { pool: opts.database.pool, listening: opts.listening });
+  // Static files and no data: outside every key scope (the page asks for a key itself).
+  consoleRoutes(app, opts.consoleDir ?? null);
   return app;
 }
