@@ -77,7 +77,7 @@ function summary(row: Record<string, unknown>): RequestSummary {
  * (migration 0045) makes a page cost its rows, not the table. One row more than asked says
  * whether there is a next page.
  */
-export async function listRequests(pool: pg.Pool, f: RequestFilter): Promise<{ rows: RequestSummary[]; hasMore: boolean; next: Cursor | null }> {
+export async function listRequests(pool: Pick<pg.Pool, 'query'>, f: RequestFilter): Promise<{ rows: RequestSummary[]; hasMore: boolean; next: Cursor | null }> {
   const where: string[] = [];
   const values: unknown[] = [];
   const add = (clause: (p: string) => string, value: unknown) => {
