@@ -1,12 +1,13 @@
 import type { FastifyInstance } from 'fastify';
-import { readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { readdirSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { buildApp } from '../../src/http/app.js';
 import { openDatabase, type Database } from '../../src/db/pool.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { FakeEngine } from '../helpers/fake-app.js';
+import { ensureConsole, sourceHash } from '../../scripts/build-console.mjs';
 
 /**
  * The console's static files as serve sends them, from the build the test setup made: the right
@@ -79,4 +80,13 @@ it('says the console is not built, in the envelope, when serve has none', async 
   const res = await bare.inject({ method: 'GET', url: '/console/' });
   expect(res.statusCode).toBe(503);
   expect(res.json().error.message).toMatch(/build-console/);
+});
+
+it('keeps an up-to-date build: the folder is named by the sources, and a fresh one is not rebuilt', async () => {
+  expect(basename(dir)).toBe(sourceHash());
+  const before = statSync(join(dir, 'index.html')).mtimeMs;
+  const built: string[] = [];
+  expect(await ensureConsole({ log: (m) => built.push(m) })).toBe(dir);
+  expect(built).toEqual([]);
+  expect(statSync(join(dir, 'index.html')).mtimeMs).toBe(before);
 });
