@@ -9,6 +9,7 @@
  */
 import pg from 'pg';
 import { listRequests, type RequestFilter } from '../src/db/admin-repo.js';
+import { usage, type UsageDimension } from '../src/db/admin-stats-repo.js';
 import { benchDatabase, machine, stat } from './lib.js';
 
 const ROWS = Number(process.argv[2] ?? 1_000_000);
@@ -75,6 +76,25 @@ try {
     return `${s.median.toFixed(1)} (${s.min.toFixed(1)}–${s.max.toFixed(1)})`;
   };
   for (const [name, t] of times) console.log(`| ${name} | ${f(t.with)} | ${f(t.without)} |`);
+  // GET /admin/usage reads every request in its window (no counters, by design): what that costs.
+  const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+  try {
+    console.log(`\nadmin usage over the same log; ms per call, median (min–max) of ${CALLS}\n| group_by | last 30 days | last 24 h |\n| --- | --- | --- |`);
+    for (const groupBy of [[], ['day'], ['model'], ['key'], ['day', 'model', 'key']] as UsageDimension[][]) {
+      const cell = async (ms: number) => {
+        const xs: number[] = [];
+        for (let i = 0; i < CALLS; i++) {
+          const s = performance.now();
+          await usage(pool, groupBy, new Date(Date.now() - ms), null);
+          xs.push(performance.now() - s);
+        }
+        return f(xs);
+      };
+      console.log(`| ${groupBy.join(',') || '(total)'} | ${await cell(30 * 86_400_000)} | ${await cell(86_400_000)} |`);
+    }
+  } finally {
+    await pool.end();
+  }
 } finally {
   await client.end().catch(() => {});
   await db.drop();

@@ -6,19 +6,29 @@ import type pg from 'pg';
  * row per key is what deadlocks such gateways under load.
  */
 
+/** One output column of a dimension: what it groups on, its name, and how it is shown. */
+interface UsageColumn {
+  group: string;
+  name: string;
+  /** The shown value, over the grouped expression (evaluated once per output row, not per request). */
+  show?: string;
+}
+
 /**
- * The dimensions usage may be grouped by: the SQL each selects (and groups on), under the names
- * it answers. A new dimension is one entry here plus, if it needs one, a join in USAGE_FROM
- * (a team: `left join ai.teams t on t.id = k.team_id`, selecting k.team_id and t.name).
+ * The dimensions usage may be grouped by, under the names they answer. A new dimension is one
+ * entry here plus, if it needs one, a join in USAGE_FROM (a team: `left join ai.teams t on
+ * t.id = k.team_id`, grouping on k.team_id and t.name).
  */
-export const USAGE_DIMENSIONS = {
-  day: [["to_char(date_trunc('day', r.queued_at at time zone 'UTC'), 'YYYY-MM-DD')", 'day']],
-  model: [['r.model', 'model']],
+export const USAGE_DIMENSIONS: Record<'day' | 'model' | 'key', UsageColumn[]> = {
+  // Grouping on the date and formatting each group once: formatting every row made a 30-day,
+  // 1M-row day grouping 3.3× slower than one by model (bench/admin-log.ts).
+  day: [{ group: "(r.queued_at at time zone 'UTC')::date", name: 'day', show: "to_char((r.queued_at at time zone 'UTC')::date, 'YYYY-MM-DD')" }],
+  model: [{ group: 'r.model', name: 'model' }],
   key: [
-    ['r.key_id', 'key_id'],
-    ['k.name', 'key_name'],
+    { group: 'r.key_id', name: 'key_id' },
+    { group: 'k.name', name: 'key_name' },
   ],
-} as const satisfies Record<string, readonly (readonly [string, string])[]>;
+};
 
 export type UsageDimension = keyof typeof USAGE_DIMENSIONS;
 
@@ -43,8 +53,8 @@ export interface UsageRow {
  * by `groupBy` (none: one total row). Ordered by the dimensions in the order asked.
  */
 export async function usage(pool: pg.Pool, groupBy: UsageDimension[], since: Date, until: Date | null): Promise<UsageRow[]> {
-  const cols: (readonly [string, string])[] = groupBy.flatMap((d): readonly (readonly [string, string])[] => USAGE_DIMENSIONS[d]);
-  const select = cols.map(([expr, name]) => `${expr} as ${name}`);
+  const cols = groupBy.flatMap((d) => USAGE_DIMENSIONS[d]);
+  const select = cols.map((c) => `${c.show ?? c.group} as ${c.name}`);
   const r = await pool.query(
     `select ${select.map((s) => `${s}, `).join('')}count(*)::int as requests,
             (count(*) filter (where r.status = 'completed'))::int as completed,
@@ -54,7 +64,7 @@ export async function usage(pool: pg.Pool, groupBy: UsageDimension[], since: Dat
             coalesce(sum((r.usage->>'completion_tokens')::bigint), 0)::bigint as completion_tokens
        from ${USAGE_FROM}
       where r.queued_at >= $1 and ($2::timestamptz is null or r.queued_at < $2)
-      ${cols.length ? `group by ${cols.map((_, i) => i + 1).join(', ')} order by ${cols.map((_, i) => `${i + 1} nulls last`).join(', ')}` : ''}`,
+      ${cols.length ? `group by ${cols.map((c) => c.group).join(', ')} order by ${cols.map((c) => `${c.group} nulls last`).join(', ')}` : ''}`,
     [since, until],
   );
   return r.rows.map((row) => ({ ...row, prompt_tokens: Number(row.prompt_tokens), completion_tokens: Number(row.completion_tokens), total_tokens: Number(row.prompt_tokens) + Number(row.completion_tokens) }));

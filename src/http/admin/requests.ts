@@ -2,11 +2,10 @@ import type { FastifyInstance } from 'fastify';
 import { getRequest, listRequests, type Cursor, type RequestStatus } from '../../db/admin-repo.js';
 import { errors } from '../../protocol/errors.js';
 import type { AdminDeps } from './index.js';
-import { Params, type Query } from './params.js';
+import { Params, UUID, type Query } from './params.js';
 
 const STATUSES: readonly RequestStatus[] = ['queued', 'running', 'completed', 'failed', 'cancelled'];
 export const MAX_LIST_LIMIT = 200;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** The cursor is opaque to clients: base64url of `micros.id`. */
 const encodeCursor = (c: Cursor) => Buffer.from(`${c.micros}.${c.id}`).toString('base64url');
