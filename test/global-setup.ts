@@ -4,6 +4,7 @@ import pg from 'pg';
 import { provision } from '../src/db/provision.js';
 import { ensureFixtureModels } from '../fixtures/models/index.mjs';
 import { ensureBuilt } from '../scripts/build.mjs';
+import { ensureConsole } from '../scripts/build-console.mjs';
 import { TEMPLATE_DB, adminUrl, dbUrl } from './helpers/db.js';
 
 /** A digest of everything `migrate` applies: the template is rebuilt whenever it changes. */
@@ -18,7 +19,8 @@ function schemaVersion(): string {
 
 /**
  * Once per run: pgvector available, a migrated template database (each test file copies it),
- * and the random-weight fixture models generated into .cache/ (no network, no ../shared).
+ * the random-weight fixture models generated into .cache/ (no network, no ../shared), and the
+ * web console built (scripts/build-console.mjs).
  * The template outlives the run (the machine's PostgreSQL is shared with later runs), so it
  * carries the schema version it was built from and is rebuilt when the schema files change:
  * an edited migration never leaves a stale template behind. dist/ is (re)built from src/ first:
@@ -45,4 +47,6 @@ export default async function setup({ provide }: { provide: (key: string, value:
   await c.end();
   const { dir } = await ensureFixtureModels();
   provide('modelsDir', dir);
+  // Built once here, so the serves the tests start find it up to date instead of each building it.
+  provide('consoleDir', await ensureConsole({ log: (m) => process.stderr.write(`[test setup] ${m}\n`) }));
 }

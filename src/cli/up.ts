@@ -43,6 +43,7 @@ export async function up(config: Config, opts: { auth: boolean; dtype?: string }
   console.log(`Switchyard is up: ${server.url}/v1 (models: ${worker.models.join(', ')})`);
   if (firstKey) console.log(`API key (shown once, keep it): ${firstKey}`);
   else if (opts.auth) console.log('Use an existing API key, or create one: switchyard keys create --name NAME');
+  console.log(`Web console: ${server.url}/console/ (sign in with an admin key: switchyard keys create --name NAME --admin)`);
   return {
     async stop() {
       await server.stop();

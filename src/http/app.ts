@@ -38,6 +38,7 @@ import { legacyRoutes } from './routes/legacy.js';
 import { EditsServing } from '../serving/edits.js';
 import { EnginesServing } from '../serving/engines.js';
 import { registerAdmin } from './admin/index.js';
+import { consoleRoutes } from './console.js';
 
 export interface AppOptions {
   engine: Engine;
@@ -54,6 +55,8 @@ export interface AppOptions {
   chatReplayStore?: ChatReplayStore;
   /** Tokenizers for /tokenize, /detokenize and count_tokens (default: none, those answer 503). */
   tokenizers?: Tokenizers;
+  /** The built web console (scripts/build-console.mjs); default none: /console/ answers 503. */
+  consoleDir?: string | null;
 }
 
 /**
@@ -153,5 +156,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
   // The admin API: admin keys only (see admin/index.ts).
   void app.register(async (admin) => registerAdmin(admin, keys, { engine: opts.engine, database: opts.database }), { prefix: '/admin' });
   healthRoutes(app, { pool: opts.database.pool, listening: opts.listening });
+  // Static files and no data: outside every key scope (the page asks for a key itself).
+  consoleRoutes(app, opts.consoleDir ?? null);
   return app;
 }

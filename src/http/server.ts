@@ -20,13 +20,28 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
+/**
+ * The web console's build folder, built first when missing or stale (a checkout's sources
+ * changed). A failed build (esbuild absent from a trimmed install) costs the console only.
+ */
+async function buildConsole(log: ReturnType<typeof logger>): Promise<string | null> {
+  try {
+    const { ensureConsole } = await import('../../scripts/build-console.mjs');
+    return await ensureConsole({ log: (m) => log.info(m) });
+  } catch (err) {
+    log.warn(`the web console could not be built, /console is off: ${(err as Error).message}`);
+    return null;
+  }
+}
+
 /** Starts the HTTP gateway: one pool, one LISTEN connection, one Fastify app. */
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const log = logger('serve');
   const database = openDatabase(opts.databaseUrl, { max: 20, applicationName: 'switchyard-serve' });
   const hub = new EventHub(database.pool, opts.databaseUrl, log);
   await hub.start();
-  const app = buildApp({ engine: new PgEngine(database, hub), database, auth: opts.auth, listening: () => hub.listening, tokenizers: new ServeTokenizers(database.db) });
+  const consoleDir = await buildConsole(log);
+  const app = buildApp({ engine: new PgEngine(database, hub), database, auth: opts.auth, listening: () => hub.listening, tokenizers: new ServeTokenizers(database.db), consoleDir });
   let address: string;
   try {
     address = await app.listen({ host: opts.host, port: opts.port });
