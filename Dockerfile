@@ -10,7 +10,7 @@ WORKDIR /app
 ARG ONNXRUNTIME_NODE_INSTALL=skip
 ENV ONNXRUNTIME_NODE_INSTALL=${ONNXRUNTIME_NODE_INSTALL}
 COPY package.json package-lock.json .npmrc tsconfig.json tsconfig.build.json ./
-COPY scripts/build.mjs ./scripts/
+COPY scripts/build.mjs scripts/build-console.mjs scripts/build-console.d.mts ./scripts/
 COPY src ./src
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev --no-audit --no-fund
 
@@ -22,7 +22,10 @@ COPY package.json README.md ./
 COPY bin ./bin
 COPY migrations ./migrations
 COPY sql ./sql
-COPY scripts/ensure-pgvector.sh scripts/README.md ./scripts/
+COPY scripts/ensure-pgvector.sh scripts/build-console.mjs scripts/README.md ./scripts/
+# The web console's sources: serve bundles them (esbuild) on first start, into the temporary
+# folder, as /app is not the node user's to write.
+COPY console ./console
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/node_modules ./node_modules
 # The downloaded-models cache is the one place the process writes (a named volume inherits this owner).
