@@ -230,6 +230,13 @@ describe('ChatServing.create: model resolution and key scope', () => {
   });
 });
 
+/** The `created` a streamed request stored for its replay: within the last minute. */
+function replayCreated(engine: FakeEngine): number {
+  const created = (engine.requests[0]!.meta as { replay?: { created?: number } }).replay?.created;
+  expect(created).toBeGreaterThan(Date.now() / 1000 - 60);
+  return created!;
+}
+
 describe('ChatServing.create (streaming)', () => {
   it('yields a role chunk per choice first, then content chunks, then finish chunks', async () => {
     const engine = new FakeEngine(TWO_CHOICES);
@@ -239,8 +246,11 @@ describe('ChatServing.create (streaming)', () => {
     expect(result.stream.requestId).toBe(REQUEST_ID);
     expect(engine.requests[0]!.stream).toBe(true);
     const chunks = await collect(result.stream.chunks);
+    // A stream's `created` is what its stored replay fields say (serving/chat-replay.ts rebuilds
+    // the same chunks from them): the time serve took the request, the same on every chunk.
+    const created = replayCreated(engine);
     for (const c of chunks) {
-      expect(c).toMatchObject({ id: WIRE_ID, object: 'chat.completion.chunk', created: CREATED, model: 'tiny-chat', system_fingerprint: SYSTEM_FINGERPRINT });
+      expect(c).toMatchObject({ id: WIRE_ID, object: 'chat.completion.chunk', created, model: 'tiny-chat', system_fingerprint: SYSTEM_FINGERPRINT });
       expect(c).not.toHaveProperty('usage');
       expect(c.choices).toHaveLength(1);
       expect(c.choices[0]!.logprobs).toBeNull();
@@ -265,7 +275,7 @@ describe('ChatServing.create (streaming)', () => {
     if (result.kind !== 'stream') throw new Error('expected a stream');
     const chunks = await collect(result.stream.chunks);
     const last = chunks.at(-1)!;
-    expect(last).toEqual({ id: WIRE_ID, object: 'chat.completion.chunk', created: CREATED, model: 'tiny-chat', system_fingerprint: SYSTEM_FINGERPRINT, choices: [], usage: usage(5, 4) });
+    expect(last).toEqual({ id: WIRE_ID, object: 'chat.completion.chunk', created: replayCreated(engine), model: 'tiny-chat', system_fingerprint: SYSTEM_FINGERPRINT, choices: [], usage: usage(5, 4) });
     const rest = chunks.slice(0, -1);
     expect(rest).toHaveLength(8);
     for (const c of rest) {
