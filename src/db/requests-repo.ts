@@ -15,6 +15,10 @@ export interface NewRequest {
   listener: string | null;
   /** Refuse (return false, write nothing) when this many requests of the model are queued. */
   queueBound: number;
+  /** What the request may use at most, reserved against budgets and charged to tokens-per-minute limits. */
+  reservedTokens: number;
+  /** The rate limits' window (60: per minute). */
+  rateWindowSeconds: number;
 }
 
 /**
@@ -25,22 +29,19 @@ const roomFor = (model: string, bound: number) =>
   sql`(select count(*) from (select 1 from ai.requests where model = ${model} and status = 'queued' limit ${bound}) q) < ${bound}`;
 
 /**
- * Checks the queue bound and records the request in one statement, hence one round trip and
- * one transaction; the notification (sent at commit) wakes the workers serving the model, which
- * claim it from the row (ai.claim_chat). False (nothing written) when the model's queue is full.
+ * ai.enqueue_request (sql/074_admission.sql): the queue bound, the key's and team's budgets and
+ * rate limits, and the row, in one statement, hence one round trip and one transaction; the
+ * notification (sent at commit) wakes the workers serving the model. `queued: false` (nothing
+ * written or charged) when the model's queue is full; a refusal throws SQLSTATE SY429.
  */
-export async function enqueueRequest(db: Db, r: NewRequest): Promise<boolean> {
-  const res = await sql<{ notified: unknown }>`
-    with ins as (
-      insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, max_attempts, listener)
-      select ${r.id}, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
-             ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}, ${r.maxAttempts}, ${r.listener}
-       where ${roomFor(r.model, r.queueBound)}
-      returning model
-    )
-    select pg_notify('ai_chat', model) as notified from ins
+export async function enqueueRequest(db: Db, r: NewRequest): Promise<{ queued: boolean; limits: Record<string, unknown> }> {
+  const res = await sql<{ r: { queued: boolean; limits?: Record<string, unknown> } }>`
+    select ai.enqueue_request(${r.id}::uuid, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
+                              ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}::uuid, ${r.maxAttempts}, ${r.listener},
+                              ${r.queueBound}, ${r.reservedTokens}, make_interval(secs => ${r.rateWindowSeconds})) as r
   `.execute(db);
-  return res.rows.length > 0;
+  const out = res.rows[0]!.r;
+  return { queued: out.queued, limits: out.limits ?? {} };
 }
 
 export interface NewEmbedding {

@@ -10,6 +10,7 @@ import { readInputBound } from '../protocol/limits.js';
 import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
 import { ApiError } from '../protocol/errors.js';
+import { admissionError, rateLimitHeaders, rateWindowSeconds, reservedTokens, type Limits } from './admission.js';
 import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo } from './types.js';
 
 /**
@@ -99,7 +100,7 @@ export class PgEngine implements Engine {
     const events = this.hub.subscribe(requestId);
     let queued: boolean;
     try {
-      queued = await enqueueRequest(this.database.db, {
+      const admitted = await enqueueRequest(this.database.db, {
         id: requestId,
         endpoint: req.endpoint,
         model: row.name,
@@ -112,10 +113,16 @@ export class PgEngine implements Engine {
         maxAttempts: CHAT_MAX_ATTEMPTS,
         listener: this.hub.channel,
         queueBound: this.queueBound(row),
+        reservedTokens: reservedTokens(req.prompt, req.params, readInputBound(row.input_bound)?.contextLength ?? null),
+        rateWindowSeconds: rateWindowSeconds(),
       });
+      queued = admitted.queued;
+      if (queued) req.onLimits?.(rateLimitHeaders(admitted.limits as Limits));
     } catch (err) {
       events.close();
-      throw err;
+      const refusal = admissionError(err);
+      if (refusal !== err) req.onLimits?.((refusal as { headers: Record<string, string> }).headers);
+      throw refusal;
     }
     if (!queued) {
       events.close();

@@ -52,6 +52,8 @@ export interface GenerateRequest {
   keyId: string | null;
   /** Request fields that do not steer generation (user, metadata), kept in the log. */
   meta: Record<string, unknown>;
+  /** Told the key's rate-limit headers (x-ratelimit-*, and Retry-After on a refusal) once admission has decided. */
+  onLimits?(headers: Record<string, string>): void;
 }
 
 export interface Generation {

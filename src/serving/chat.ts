@@ -83,6 +83,7 @@ export class ChatServing {
       params,
       stream: req.stream === true,
       keyId: ctx.keyId,
+      onLimits: ctx.onLimits,
       meta: {
         ...(req.user ? { user: req.user } : {}),
         ...(req.metadata ? { metadata: req.metadata } : {}),
