@@ -4,6 +4,9 @@ import type { Engine } from '../../engine/types.js';
 import { errors } from '../../protocol/errors.js';
 import { type KeyCache, registerAuth } from '../auth.js';
 import { notFound } from '../errors.js';
+import { registerKeyRoutes } from './keys.js';
+import { registerModelRoutes } from './models.js';
+import { registerTeamRoutes } from './teams.js';
 
 /** What the /admin routes may use. */
 export interface AdminDeps {
@@ -17,10 +20,13 @@ export interface AdminDeps {
  * a 404, so a client can tell "wrong key" from "no such route"; unknown /admin paths answer 404
  * only after both hooks. Each group of admin routes registers itself below.
  */
-export function registerAdmin(scope: FastifyInstance, keys: KeyCache | null, _deps: AdminDeps): void {
+export function registerAdmin(scope: FastifyInstance, keys: KeyCache | null, deps: AdminDeps): void {
   registerAuth(scope, keys);
   scope.addHook('onRequest', async (request) => {
     if (!request.ctx.admin) throw errors.adminRequired();
   });
   scope.setNotFoundHandler(notFound);
+  registerKeyRoutes(scope, deps);
+  registerTeamRoutes(scope, deps);
+  registerModelRoutes(scope, deps);
 }
