@@ -30,10 +30,11 @@ beforeAll(async () => {
   db = await createTestDatabase();
   const env = { DATABASE_URL: db.url };
   expect((await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'], env)).code).toBe(0);
-  for (const name of ['rpm', 'tpm', 'retry', 'quota', 'free']) keys[name] = (await cli(['keys', 'create', '--name', name], env)).stdout.trim();
+  for (const name of ['rpm', 'tpm', 'retry', 'quota', 'free', 'stream']) keys[name] = (await cli(['keys', 'create', '--name', name], env)).stdout.trim();
   await query(db.url, `update ai.api_keys set rpm_limit = 20 where name = 'rpm'`);
   await query(db.url, `update ai.api_keys set rpm_limit = 1 where name = 'retry'`);
   await query(db.url, `update ai.api_keys set tpm_limit = 200 where name = 'tpm'`);
+  await query(db.url, `update ai.api_keys set rpm_limit = 100, tpm_limit = 100000 where name = 'stream'`);
   await query(db.url, `update ai.api_keys set budget_tokens = 1, budget_period = 'day' where name = 'quota'`);
   serves = await Promise.all([startServe(db.url), startServe(db.url)]);
   procs.push(...serves, await startWorker(db.url));
@@ -112,6 +113,21 @@ it("openai-node's retries wait for Retry-After and then succeed; an exhausted bu
   expect((err as InstanceType<typeof OpenAI.RateLimitError>).code).toBe('budget_exceeded');
   expect(calls).toBe(1);
 }, 60_000);
+
+it('a streamed answer carries the headers too (they go out with the 200, before the first chunk)', async () => {
+  const res = await fetch(`${serves[1]!.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${keys.stream}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2, stream: true }),
+  });
+  expect(res.status).toBe(200);
+  expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
+  expect(res.headers.get('x-ratelimit-limit-requests')).toBe('100');
+  expect(res.headers.get('x-ratelimit-remaining-requests')).toBe('99');
+  expect(res.headers.get('x-ratelimit-limit-tokens')).toBe('100000');
+  expect(Number(res.headers.get('x-ratelimit-remaining-tokens'))).toBeLessThan(100000);
+  expect(await res.text()).toMatch(/data: \[DONE\]/);
+});
 
 it('sends no x-ratelimit-* headers for a key without limits', async () => {
   const r = await post(serves[1]!.url, keys.free!);
