@@ -45,9 +45,11 @@ create or replace function ai.enqueue_embedding(
   p_key uuid default null, p_max_attempts integer default 5, p_listener text default null
 ) returns void language plpgsql as $$
 begin
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener)
+  -- team_id: the key's team, as for chat (ai.enqueue_request), so a team's role sees it (0042_tenant_rls.sql).
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener, team_id)
   values (p_id, 'embeddings', p_model, p_requested_model, jsonb_build_object('input', p_inputs),
-          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role', p_listener);
+          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role', p_listener,
+          (select k.team_id from ai.api_keys k where k.id = p_key));
   perform pg_notify('ai_embed', p_model);
 end $$;
 
@@ -68,9 +70,10 @@ declare
   written uuid[];
 begin
   with w as (
-    insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, listener)
+    insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, listener, team_id)
     select t.id, 'embeddings', p_model, t.requested, jsonb_build_object('input', p_inputs->(t.ord::int - 1)),
-           t.params || jsonb_build_object('max_attempts', p_max_attempts), t.key, p_listener
+           t.params || jsonb_build_object('max_attempts', p_max_attempts), t.key, p_listener,
+           (select k.team_id from ai.api_keys k where k.id = t.key)
       from unnest(p_ids, p_requested_models, p_params, p_keys) with ordinality t(id, requested, params, key, ord)
      where t.ord <= room
     returning id)

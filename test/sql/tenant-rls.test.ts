@@ -30,6 +30,7 @@ async function as(role: string): Promise<pg.Client> {
 
 const teams: Record<string, string> = {};
 const requests: Record<string, string[]> = { a: [], b: [], none: [] };
+const embeddings: Record<string, string> = {};
 
 beforeAll(async () => {
   db = await createTestDatabase();
@@ -47,6 +48,10 @@ beforeAll(async () => {
       await su.query(`insert into ai.responses (id, key_id, model, request, input_items) values ($1, $2, 'm', '{}', '[]')`, [id, keys[t]]);
       requests[t]!.push(id);
     }
+    // And an embedding request, through the embedding queue's own enqueue.
+    const e = randomUUID();
+    await su.query(`select ai.enqueue_embeddings(array[$1::uuid], 'e', array['e'], '[["x"]]', array['{}'::jsonb], array[$2::uuid], 5, null, 100)`, [e, keys[t]]);
+    embeddings[t] = e;
   }
   await su.query(`update ai.requests set status = 'completed', usage = '{"prompt_tokens": 2, "completion_tokens": 3}'`);
   for (const role of [A, B, NOBODY, ADMIN]) await su.query(`create role ${role} login`);
@@ -70,10 +75,13 @@ const ids = async (c: pg.Client, table: string) => (await c.query(`select id::te
 it("a team role sees only its team's requests, responses, usage and key names", async () => {
   for (const [role, t] of [[A, 'a'], [B, 'b'], [MEMBER, 'a']] as const) {
     const c = await as(role);
-    expect(await ids(c, 'requests'), role).toEqual([...requests[t]!].sort());
+    expect(await ids(c, 'requests'), role).toEqual([...requests[t]!, embeddings[t]!].sort());
     expect(await ids(c, 'responses'), role).toEqual([...requests[t]!].sort());
-    const usage = (await c.query(`select key_name, requests::int, completion_tokens::int from ai.usage_daily`)).rows;
-    expect(usage).toEqual([{ key_name: `key ${t}`, requests: 3, completion_tokens: 9 }]);
+    const usage = (await c.query(`select key_name, endpoint, requests::int, completion_tokens::int from ai.usage_daily order by endpoint`)).rows;
+    expect(usage).toEqual([
+      { key_name: `key ${t}`, endpoint: 'chat.completions', requests: 3, completion_tokens: 9 },
+      { key_name: `key ${t}`, endpoint: 'embeddings', requests: 1, completion_tokens: 3 },
+    ]);
     expect((await c.query(`select name from ai.api_keys`)).rows).toEqual([{ name: `key ${t}` }]);
     // Not what could be a key, not the stream events, not other tables.
     await expect(c.query(`select key_hash from ai.api_keys`)).rejects.toThrow(/permission denied/);
@@ -88,14 +96,14 @@ it('a role granted nothing reads nothing; an admin usage role reads every team',
   const nobody = await as(NOBODY);
   await expect(nobody.query(`select count(*) from ai.requests`)).rejects.toThrow(/permission denied/);
   const admin = await as(ADMIN);
-  expect((await ids(admin, 'requests')).length).toBe(9);
-  expect((await admin.query(`select count(*)::int as n from ai.usage_daily`)).rows[0].n).toBe(3);
+  expect((await ids(admin, 'requests')).length).toBe(12);
+  expect((await admin.query(`select count(*)::int as n from ai.usage_daily`)).rows[0].n).toBe(6);
 });
 
 it('revoking a team role ends its access; re-granting moves it to another team', async () => {
   await su.query(`select ai.grant_team($1, 'team b')`, [A]);
   const c = await as(A);
-  expect(await ids(c, 'requests')).toEqual([...requests.b!].sort());
+  expect(await ids(c, 'requests')).toEqual([...requests.b!, embeddings.b!].sort());
   await su.query(`select ai.revoke_team($1)`, [A]);
   await expect(c.query(`select count(*) from ai.requests`)).rejects.toThrow(/permission denied/);
   await expect(su.query(`select ai.grant_team($1, 'no such team')`, [A])).rejects.toThrow(/no team/);
