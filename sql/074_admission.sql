@@ -84,50 +84,63 @@ returns jsonb language sql immutable as $$
               when (b->>'remaining')::bigint < (a->>'remaining')::bigint then b else a end
 $$;
 
+-- A key's request of at most `p_tokens`: charges the key and then its team (each only if it has
+-- a budget or a limit), or raises SY429 (the caller's statement, or its block, is rolled back
+-- with what was charged). Returns {"team", "reservation" (null: nothing reserved), "limits":
+-- {"requests", "tokens"}} (the tighter of key and team), what the request row records.
+create or replace function ai._admit(p_key uuid, p_tokens bigint, p_window interval, p_at timestamptz)
+returns jsonb language plpgsql as $$
+declare
+  k record;
+  t record;
+  lim jsonb;
+  reqs jsonb;
+  toks jsonb;
+  periods jsonb := '[]';
+begin
+  select team_id, budget_tokens, budget_period, rpm_limit, tpm_limit into k from ai.api_keys where id = p_key;
+  if k.budget_tokens is not null or k.rpm_limit is not null or k.tpm_limit is not null then
+    lim := ai._charge(p_key, 'key', k.budget_tokens, k.budget_period, k.rpm_limit, k.tpm_limit, p_tokens, p_window, p_at);
+    if lim ? 'period' then periods := periods || jsonb_build_array(jsonb_build_object('s', p_key, 'p', lim->'period')); end if;
+    reqs := lim->'requests'; toks := lim->'tokens';
+  end if;
+  if k.team_id is not null then
+    select budget_tokens, budget_period, rpm_limit, tpm_limit into t from ai.teams where id = k.team_id;
+    if t.budget_tokens is not null or t.rpm_limit is not null or t.tpm_limit is not null then
+      lim := ai._charge(k.team_id, 'team', t.budget_tokens, t.budget_period, t.rpm_limit, t.tpm_limit, p_tokens, p_window, p_at);
+      if lim ? 'period' then periods := periods || jsonb_build_array(jsonb_build_object('s', k.team_id, 'p', lim->'period')); end if;
+      reqs := ai._tighter(reqs, lim->'requests'); toks := ai._tighter(toks, lim->'tokens');
+    end if;
+  end if;
+  return jsonb_build_object(
+    'team', k.team_id,
+    'reservation', case when jsonb_array_length(periods) > 0 then jsonb_build_object('tokens', p_tokens, 'periods', periods) end,
+    'limits', jsonb_strip_nulls(jsonb_build_object('requests', reqs, 'tokens', toks)));
+end $$;
+
 -- The HTTP gateway's enqueue: the model's queue bound, then the key's and its team's budgets
--- and rate limits, then the request row, in one statement and one transaction. Returns
--- {"queued": false} when the queue is full (nothing charged), else {"queued": true, "limits":
--- {"requests": {...}, "tokens": {...}}} (the tighter of key and team). Raises SY429 on a refusal.
+-- and rate limits (ai._admit), then the request row, in one statement and one transaction.
+-- Returns {"queued": false} when the queue is full (nothing charged), else {"queued": true,
+-- "limits": {"requests": {...}, "tokens": {...}}}. Raises SY429 on a refusal.
 -- `p_tokens`: what the request may use at most (prompt + max_tokens, as the gateway estimates).
 create or replace function ai.enqueue_request(
   p_id uuid, p_endpoint text, p_model text, p_requested text, p_input jsonb, p_params jsonb, p_stream boolean,
   p_key uuid, p_max_attempts integer, p_listener text, p_queue_bound integer, p_tokens bigint, p_window interval
 ) returns jsonb language plpgsql as $$
 declare
-  at_ timestamptz := clock_timestamp();
-  k record;
-  t record;
-  team uuid;
-  lim jsonb;
-  reqs jsonb;
-  toks jsonb;
-  periods jsonb := '[]';
+  adm jsonb := '{}';
 begin
   if (select count(*) from (select 1 from ai.requests where model = p_model and status = 'queued' limit p_queue_bound) q) >= p_queue_bound then
     return jsonb_build_object('queued', false);
   end if;
   if p_key is not null then
-    select team_id, budget_tokens, budget_period, rpm_limit, tpm_limit into k from ai.api_keys where id = p_key;
-    team := k.team_id;
-    if k.budget_tokens is not null or k.rpm_limit is not null or k.tpm_limit is not null then
-      lim := ai._charge(p_key, 'key', k.budget_tokens, k.budget_period, k.rpm_limit, k.tpm_limit, p_tokens, p_window, at_);
-      if lim ? 'period' then periods := periods || jsonb_build_array(jsonb_build_object('s', p_key, 'p', lim->'period')); end if;
-      reqs := lim->'requests'; toks := lim->'tokens';
-    end if;
-    if team is not null then
-      select budget_tokens, budget_period, rpm_limit, tpm_limit into t from ai.teams where id = team;
-      if t.budget_tokens is not null or t.rpm_limit is not null or t.tpm_limit is not null then
-        lim := ai._charge(team, 'team', t.budget_tokens, t.budget_period, t.rpm_limit, t.tpm_limit, p_tokens, p_window, at_);
-        if lim ? 'period' then periods := periods || jsonb_build_array(jsonb_build_object('s', team, 'p', lim->'period')); end if;
-        reqs := ai._tighter(reqs, lim->'requests'); toks := ai._tighter(toks, lim->'tokens');
-      end if;
-    end if;
+    adm := ai._admit(p_key, p_tokens, p_window, clock_timestamp());
   end if;
   insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, max_attempts, listener, team_id, reservation)
-  values (p_id, p_endpoint, p_model, p_requested, p_input, p_params, p_stream, p_key, p_max_attempts, p_listener, team,
-          case when jsonb_array_length(periods) > 0 then jsonb_build_object('tokens', p_tokens, 'periods', periods) end);
+  values (p_id, p_endpoint, p_model, p_requested, p_input, p_params, p_stream, p_key, p_max_attempts, p_listener,
+          (adm->>'team')::uuid, nullif(adm->'reservation', 'null'::jsonb));
   perform pg_notify('ai_chat', p_model);
-  return jsonb_strip_nulls(jsonb_build_object('queued', true, 'limits', jsonb_strip_nulls(jsonb_build_object('requests', reqs, 'tokens', toks))));
+  return jsonb_strip_nulls(jsonb_build_object('queued', true, 'limits', adm->'limits'));
 end $$;
 
 -- Settlement: when a request with a reservation ends, its reservation leaves `reserved` and its
