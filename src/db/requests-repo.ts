@@ -54,6 +54,8 @@ export interface NewEmbedding {
   maxAttempts: number;
   listener: string | null;
   queueBound: number;
+  /** What its inputs may use at most, for budgets and token limits (ai.enqueue_embeddings). */
+  reservedTokens?: number;
 }
 
 /** An embedding request (ai.enqueue_embedding) behind the same queue-bound test; false when full. */
@@ -65,22 +67,31 @@ export async function enqueueEmbedding(db: Db, r: NewEmbedding): Promise<boolean
   return res.rows.length > 0;
 }
 
+/** What the embedding enqueue answered for one request: written (with its limits), refused by admission, or absent (queue full). */
+export interface EmbeddingAdmission {
+  refusal: string | null;
+  limits: Record<string, unknown> | null;
+}
+
 /**
  * Several embedding requests of one model in one statement (ai.enqueue_embeddings: one
  * transaction, one notification, still a row each). The queue bound is checked inside that
- * statement; returns the ids written, in order: the rest found the queue full.
+ * statement, then each limited key's request is admitted alone; returns, per request written or
+ * refused, its outcome (a refusal: the SY429 detail); the rest found the queue full.
  */
 export async function enqueueEmbeddings(
   db: Db,
   model: string,
   rs: Omit<NewEmbedding, 'model' | 'maxAttempts' | 'listener' | 'queueBound'>[],
-  opts: { maxAttempts: number; listener: string | null; queueBound: number },
-): Promise<Set<string>> {
-  const res = await sql<{ id: string }>`
-    select id::text from ai.enqueue_embeddings(${rs.map((r) => r.id)}::uuid[], ${model}, ${rs.map((r) => r.requestedModel)}::text[],
-                                               ${JSON.stringify(rs.map((r) => r.inputs))}::jsonb, ${rs.map((r) => JSON.stringify(r.meta))}::jsonb[],
-                                               ${rs.map((r) => r.keyId)}::uuid[], ${opts.maxAttempts}, ${opts.listener}, ${opts.queueBound}) as id`.execute(db);
-  return new Set(res.rows.map((r) => r.id));
+  opts: { maxAttempts: number; listener: string | null; queueBound: number; rateWindowSeconds: number },
+): Promise<Map<string, EmbeddingAdmission>> {
+  const res = await sql<{ id: string; refusal: string | null; limits: Record<string, unknown> | null }>`
+    select id::text, refusal::text, limits
+      from ai.enqueue_embeddings(${rs.map((r) => r.id)}::uuid[], ${model}, ${rs.map((r) => r.requestedModel)}::text[],
+                                 ${JSON.stringify(rs.map((r) => r.inputs))}::jsonb, ${rs.map((r) => JSON.stringify(r.meta))}::jsonb[],
+                                 ${rs.map((r) => r.keyId)}::uuid[], ${opts.maxAttempts}, ${opts.listener}, ${opts.queueBound},
+                                 ${rs.map((r) => r.reservedTokens ?? 0)}::bigint[], make_interval(secs => ${opts.rateWindowSeconds}))`.execute(db);
+  return new Map(res.rows.map((r) => [r.id, { refusal: r.refusal, limits: r.limits }]));
 }
 
 export async function cancelRequest(db: Db, id: string): Promise<boolean> {

@@ -42,6 +42,14 @@ export function reservedTokens(prompt: Prompt, params: Pick<SamplingParams, 'max
   return contextLength ? Math.min(promptTokens + n * completion, n * context) : promptTokens + n * completion;
 }
 
+/**
+ * What an embedding request may use at most: its inputs' tokens, bounded above by their UTF-8
+ * bytes (token-id inputs: their length) plus the two special tokens each input gets.
+ */
+export function reservedEmbeddingTokens(inputs: (string | number[])[]): number {
+  return inputs.reduce<number>((n, x) => n + (typeof x === 'string' ? Buffer.byteLength(x) : x.length) + 2, 0);
+}
+
 /** OpenAI's duration style for x-ratelimit-reset-*: "20ms", "1s", "6m0s". */
 export function formatReset(seconds: number): string {
   if (seconds < 1) return `${Math.max(0, Math.round(seconds * 1000))}ms`;

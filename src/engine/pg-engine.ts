@@ -10,7 +10,7 @@ import { readInputBound } from '../protocol/limits.js';
 import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
 import { ApiError } from '../protocol/errors.js';
-import { admissionError, rateLimitHeaders, rateWindowSeconds, reservedTokens, type Limits } from './admission.js';
+import { admissionError, rateLimitHeaders, rateWindowSeconds, reservedEmbeddingTokens, reservedTokens, type Limits } from './admission.js';
 import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo } from './types.js';
 
 /**
@@ -180,12 +180,18 @@ export class PgEngine implements Engine {
     try {
       queued = await this.embedQueue.enqueue(
         row.name,
-        { id: requestId, requestedModel: req.model, inputs: req.inputs, meta: req.meta, keyId: req.keyId },
-        { maxAttempts: EMBED_MAX_ATTEMPTS, listener: this.hub.channel, queueBound: this.queueBound(row) },
+        {
+          id: requestId, requestedModel: req.model, inputs: req.inputs, meta: req.meta, keyId: req.keyId,
+          reservedTokens: reservedEmbeddingTokens(req.inputs),
+          onLimits: (limits) => req.onLimits?.(rateLimitHeaders(limits as Limits)),
+        },
+        { maxAttempts: EMBED_MAX_ATTEMPTS, listener: this.hub.channel, queueBound: this.queueBound(row), rateWindowSeconds: rateWindowSeconds() },
       );
     } catch (err) {
       events.close();
-      throw err;
+      const refusal = admissionError(err);
+      if (refusal !== err) req.onLimits?.((refusal as { headers: Record<string, string> }).headers);
+      throw refusal;
     }
     if (!queued) {
       events.close();

@@ -91,6 +91,8 @@ export interface EmbedRequest {
   keyId: string | null;
   /** Recorded in ai.requests.params (dimensions, user, ...). */
   meta: Record<string, unknown>;
+  /** As GenerateRequest's: the key's x-ratelimit-* headers once admission has decided. */
+  onLimits?(headers: Record<string, string>): void;
 }
 
 export interface EmbedResult {

@@ -30,11 +30,13 @@ beforeAll(async () => {
   db = await createTestDatabase();
   const env = { DATABASE_URL: db.url };
   expect((await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'], env)).code).toBe(0);
-  for (const name of ['rpm', 'tpm', 'retry', 'quota', 'free', 'stream']) keys[name] = (await cli(['keys', 'create', '--name', name], env)).stdout.trim();
+  expect((await cli(['models', 'add', 'mini', '--task', 'embedding', '--source', 'tiny-embed'], env)).code).toBe(0);
+  for (const name of ['rpm', 'tpm', 'retry', 'quota', 'free', 'stream', 'embed']) keys[name] = (await cli(['keys', 'create', '--name', name], env)).stdout.trim();
   await query(db.url, `update ai.api_keys set rpm_limit = 20 where name = 'rpm'`);
   await query(db.url, `update ai.api_keys set rpm_limit = 1 where name = 'retry'`);
   await query(db.url, `update ai.api_keys set tpm_limit = 200 where name = 'tpm'`);
   await query(db.url, `update ai.api_keys set rpm_limit = 100, tpm_limit = 100000 where name = 'stream'`);
+  await query(db.url, `update ai.api_keys set rpm_limit = 2 where name = 'embed'`);
   await query(db.url, `update ai.api_keys set budget_tokens = 1, budget_period = 'day' where name = 'quota'`);
   serves = await Promise.all([startServe(db.url), startServe(db.url)]);
   procs.push(...serves, await startWorker(db.url));
@@ -128,6 +130,25 @@ it('a streamed answer carries the headers too (they go out with the 200, before 
   expect(Number(res.headers.get('x-ratelimit-remaining-tokens'))).toBeLessThan(100000);
   expect(await res.text()).toMatch(/data: \[DONE\]/);
 });
+
+it('embeddings count too: each request of a coalesced group is admitted on its own', async () => {
+  const embed = (base: string) =>
+    fetch(`${base}/v1/embeddings`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${keys.embed}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'mini', input: 'hello' }),
+    }).then(async (res) => ({ status: res.status, headers: res.headers, body: (await res.json()) as Record<string, any> }));
+  const results = await Promise.all([embed(serves[0]!.url), embed(serves[0]!.url), embed(serves[1]!.url), embed(serves[1]!.url)]);
+  const ok = results.filter((r) => r.status === 200);
+  expect(ok).toHaveLength(2);
+  for (const r of ok) expect(r.headers.get('x-ratelimit-limit-requests')).toBe('2');
+  expect(ok.map((r) => r.headers.get('x-ratelimit-remaining-requests')).sort()).toEqual(['0', '1']);
+  for (const r of results.filter((x) => x.status !== 200)) {
+    expect(r.status).toBe(429);
+    expect(r.body.error.code).toBe('rate_limit_exceeded');
+    expect(Number(r.headers.get('retry-after'))).toBeGreaterThan(0);
+  }
+}, 60_000);
 
 it('sends no x-ratelimit-* headers for a key without limits', async () => {
   const r = await post(serves[1]!.url, keys.free!);

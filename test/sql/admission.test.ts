@@ -113,3 +113,24 @@ it('a refused admission writes nothing, and the queue bound comes first', async 
   expect(Number((await pool.query(`select count(*) from ai.requests`)).rows[0].count)).toBe(before);
   expect(await spend(k)).toBeUndefined(); // not even the counter row: the refusal rolled it all back
 });
+
+it('the embedding queue admits each limited request on its own, in the one statement of its group', async () => {
+  const t = await team(25);
+  const limited = await key(t);
+  const free = await key(null);
+  const ids = Array.from({ length: 5 }, () => randomUUID());
+  const keys = [free, limited, limited, free, limited];
+  const rows = (await pool.query(
+    `select id::text, refusal, limits from ai.enqueue_embeddings($1::uuid[], 'e', array_fill('e'::text, array[5]), '[["a"],["b"],["c"],["d"],["e"]]',
+                                                      array_fill('{}'::jsonb, array[5]), $2::uuid[], 5, null, 100, array[10, 10, 10, 10, 10]::bigint[], '1 minute')`,
+    [ids, keys])).rows;
+  // The team's 25 tokens hold two of its three requests of 10; the free key's requests are not counted.
+  expect(rows.map((r) => r.refusal?.code ?? 'ok')).toEqual(['ok', 'ok', 'ok', 'ok', 'budget_exceeded']);
+  const written = (await pool.query(`select id::text, team_id::text, reservation from ai.requests where id = any($1::uuid[]) order by id`, [ids])).rows;
+  expect(written.map((r) => r.id).sort()).toEqual(ids.slice(0, 4).sort());
+  expect(written.filter((r) => r.team_id === t)).toHaveLength(2);
+  expect(await spend(t)).toEqual({ reserved: 20, spent: 0 });
+  // Settled by the embedding finish path's status update, like chat.
+  await pool.query(`update ai.requests set status = 'completed', usage = '{"prompt_tokens": 4}' where id = any($1::uuid[])`, [ids]);
+  expect(await spend(t)).toEqual({ reserved: 0, spent: 8 });
+});
