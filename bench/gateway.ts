@@ -11,6 +11,7 @@ import type { BenchModels } from './models.js';
 export const CHAT = 'smollm2';
 export const EMBED = 'minilm';
 export const TINY = 'tiny';
+export const CHAT_Q8 = 'smollm2-q8';
 
 export interface Stack {
   db: BenchDb;
@@ -31,15 +32,18 @@ export async function startStack(models: BenchModels, workerCount = 1): Promise<
   const db = await benchDatabase();
   const stack: Partial<Stack> & { workers: CliProcess[] } = { db, workers: [] };
   try {
-    await cli(db.url, ['models', 'add', CHAT, '--task', 'chat', '--source', models.chat]).done;
-    await cli(db.url, ['models', 'add', EMBED, '--task', 'embedding', '--source', models.embed]).done;
-    await cli(db.url, ['models', 'add', TINY, '--task', 'chat', '--source', models.tiny]).done;
+    // fp32, pinned: the in-process side loads fp32, and these figures compare with it. CHAT_Q8 is
+    // the same model in int8 (what `models add` picks on CPU by default), for the int8 section.
+    await cli(db.url, ['models', 'add', CHAT, '--task', 'chat', '--source', models.chat, '--dtype', 'fp32']).done;
+    await cli(db.url, ['models', 'add', CHAT_Q8, '--task', 'chat', '--source', models.chat, '--dtype', 'q8']).done;
+    await cli(db.url, ['models', 'add', EMBED, '--task', 'embedding', '--source', models.embed, '--dtype', 'fp32']).done;
+    await cli(db.url, ['models', 'add', TINY, '--task', 'chat', '--source', models.tiny, '--dtype', 'fp32']).done;
     const key = (await cli(db.url, ['keys', 'create', '--name', 'bench']).done).trim().split('\n').pop()!;
     const serve = cli(db.url, ['serve'], SERVE_ENV);
     const startWorker = async () => {
       const w = cli(db.url, ['worker'], { SWITCHYARD_MODELS_DIR: models.dir });
       stack.workers.push(w);
-      for (const name of [CHAT, EMBED, TINY]) await w.waitFor(new RegExp(`model ${name} ready in`));
+      for (const name of [CHAT, CHAT_Q8, EMBED, TINY]) await w.waitFor(new RegExp(`model ${name} ready in`));
       return w;
     };
     const [listening] = await Promise.all([serve.waitFor(/listening on (http:\/\/\S+)/), ...Array.from({ length: workerCount }, startWorker)]);
@@ -113,8 +117,9 @@ export interface StreamResult {
   endAt: number | null;
   completionTokens: number;
   promptTokens: number;
-  /** Chunks that carried text (a chunk may hold several tokens). */
+  /** Chunks that carried text (a chunk may hold several tokens), and the text (choice 0's). */
   textChunks: number;
+  text: string;
   done: boolean;
   /** Cancelled by the caller's `signal` (on purpose, e.g. after the first token): not an error. */
   cancelled: boolean;
@@ -137,7 +142,7 @@ export async function chatStream(
 ): Promise<StreamResult> {
   const r: StreamResult = {
     status: 0, sentAt: performance.now(), headersAt: null, firstTokenAt: null, lastTokenAt: null, endAt: null,
-    completionTokens: 0, promptTokens: 0, textChunks: 0, done: false, cancelled: false, error: null, body: null, requestId: null,
+    completionTokens: 0, promptTokens: 0, textChunks: 0, text: '', done: false, cancelled: false, error: null, body: null, requestId: null,
   };
   const stallMs = opts.stallMs ?? 30_000;
   const deadlineAt = opts.deadlineAt ?? r.sentAt + 600_000;
@@ -203,6 +208,7 @@ export async function chatStream(
           }
           r.lastTokenAt = now;
           r.textChunks++;
+          r.text += chunk.choices[0].delta.content;
         }
         if (chunk.usage) {
           r.completionTokens = chunk.usage.completion_tokens;

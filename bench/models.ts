@@ -71,6 +71,21 @@ async function sweep(keep: string[]): Promise<void> {
   }
 }
 
+/**
+ * The int8 export beside a generated model's fp32 one (onnx/model_quantized.onnx, dtype q8), as
+ * the hub's transformers.js repositories ship it: what `models add` picks on CPU by default.
+ */
+async function ensureQuantized(name: string, progress: (msg: string) => void): Promise<boolean> {
+  const dir = join(BENCH_MODELS_DIR, name, 'onnx');
+  if (existsSync(join(dir, 'model_quantized.onnx'))) return false;
+  progress(`quantizing ${name} to int8 (once)`);
+  const { quantizeQ8 } = (await import(pathToFileURL(join(GENERATOR, 'quantize-q8.mjs')).href)) as { quantizeQ8(bytes: Uint8Array): Uint8Array };
+  const tmp = join(dir, `.model_quantized-${randomBytes(4).toString('hex')}.onnx`);
+  await writeFile(tmp, quantizeQ8(readFileSync(join(dir, 'model.onnx'))));
+  await rename(tmp, join(dir, 'model_quantized.onnx'));
+  return true;
+}
+
 export async function ensureBenchModels(progress: (msg: string) => void = () => {}): Promise<BenchModels> {
   await mkdir(BENCH_MODELS_DIR, { recursive: true });
   const fixtures = await ensureFixtureModels();
@@ -108,6 +123,7 @@ export async function ensureBenchModels(progress: (msg: string) => void = () => 
     await writeFile(join(dir, 'onnx/model.onnx'), buildBert(e));
   });
   if (wroteEmbed) generated.push(embed);
+  for (const name of [chat, embed]) if (await ensureQuantized(name, progress)) generated.push(`${name} (int8)`);
   if (generated.length) {
     progress(`generated ${generated.join(', ')} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     await sweep([chat, embed]);

@@ -40,15 +40,20 @@ $$;
 -- (p_max_attempts: how many claims a request gets before it is failed; p_listener: the LISTEN
 -- channel of the process waiting on it, see sql/010_events.sql.)
 drop function if exists ai.enqueue_embedding(uuid, text, text, jsonb, jsonb, uuid, integer);
+-- p_priority: 0 interactive (HTTP, SDK, ai.embed), 1 batch work (ai.submit_embed; Batch API
+-- lines are written by src/db/batches-repo.ts with 1 too). The eight-argument signature came
+-- first: dropped so that calls with eight arguments are not ambiguous.
+drop function if exists ai.enqueue_embedding(uuid, text, text, jsonb, jsonb, uuid, integer, text);
 create or replace function ai.enqueue_embedding(
   p_id uuid, p_model text, p_requested_model text, p_inputs jsonb, p_params jsonb default '{}',
-  p_key uuid default null, p_max_attempts integer default 5, p_listener text default null
+  p_key uuid default null, p_max_attempts integer default 5, p_listener text default null,
+  p_priority smallint default 0
 ) returns void language plpgsql as $$
 begin
   -- team_id: the key's team, as for chat (ai.enqueue_request), so a team's role sees it (0042_tenant_rls.sql).
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener, team_id)
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener, priority, team_id)
   values (p_id, 'embeddings', p_model, p_requested_model, jsonb_build_object('input', p_inputs),
-          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role', p_listener,
+          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role', p_listener, p_priority,
           (select k.team_id from ai.api_keys k where k.id = p_key));
   perform pg_notify('ai_embed', p_model);
 end $$;
@@ -213,13 +218,21 @@ begin
   return cardinality(ids);
 end $$;
 
--- Claims up to p_limit queued embedding requests of a model for a worker, oldest first, and
--- also reclaims requests left 'running' longer than p_stale (their worker died: a batch takes
--- seconds). A request out of attempts is failed instead, with an error its waiter receives.
-create or replace function ai.claim_embeddings(p_model text, p_worker text, p_limit integer, p_stale interval default '2 minutes')
+-- Claims up to p_limit queued embedding requests of a model for a worker, interactive ones
+-- (priority 0) first, then batch work (priority 1: ai.submit_embed, Batch API lines), each oldest
+-- first, and also reclaims requests left 'running' longer than p_stale (their worker died: a
+-- batch takes seconds). A request out of attempts is failed instead, with an error its waiter
+-- receives. Batch rows are capped at p_batch_limit per claim: the model runs one call at a time,
+-- so an interactive request that arrives during a backlog waits for at most one call of that
+-- many batch rows, not for one of p_limit (issue 17: batch work never starves interactive work).
+drop function if exists ai.claim_embeddings(text, text, integer, interval);
+create or replace function ai.claim_embeddings(p_model text, p_worker text, p_limit integer, p_stale interval default '2 minutes',
+                                               p_batch_limit integer default null)
 returns table (id uuid, input jsonb) language plpgsql as $$
 declare
   gone record;
+  interactive uuid[];
+  batch uuid[];
 begin
   -- Asynchronous commit (see ai.finish_embeddings): a lost claim leaves the rows queued.
   perform set_config('synchronous_commit', 'off', true);
@@ -236,16 +249,26 @@ begin
     perform ai.publish_final(gone.id, jsonb_build_object('type', 'error', 'status', 500, 'error', gone.error));
   end loop;
 
+  -- Interactive rows first, then batch rows into the room left (at most p_batch_limit); each
+  -- locked as it is chosen (FOR UPDATE SKIP LOCKED: workers share the queue).
+  interactive := array(
+    select q.id from ai.requests q
+     where q.model = p_model and q.endpoint = 'embeddings' and q.priority = 0
+       and (q.status = 'queued' or (q.status = 'running' and q.started_at < clock_timestamp() - p_stale))
+     order by q.queued_at
+     limit p_limit
+     for update skip locked);
+  batch := array(
+    select q.id from ai.requests q
+     where q.model = p_model and q.endpoint = 'embeddings' and q.priority > 0
+       and (q.status = 'queued' or (q.status = 'running' and q.started_at < clock_timestamp() - p_stale))
+     order by q.priority, q.queued_at
+     limit least(p_limit - cardinality(interactive), coalesce(p_batch_limit, p_limit))
+     for update skip locked);
   return query
   update ai.requests r
      set status = 'running', started_at = clock_timestamp(), worker = p_worker, attempts = r.attempts + 1
-   where r.id in (
-     select q.id from ai.requests q
-      where q.model = p_model and q.endpoint = 'embeddings'
-        and (q.status = 'queued' or (q.status = 'running' and q.started_at < clock_timestamp() - p_stale))
-      order by q.queued_at
-      limit p_limit
-      for update skip locked)
+   where r.id = any(interactive || batch)
   returning r.id, r.input;
 end $$;
 

@@ -1,11 +1,16 @@
 -- Idempotent: re-applied by every `switchyard migrate`.
 --
--- ai.search(vectorizer, query, k): the k source rows nearest to a query, each with its best
--- chunk, in one call (issue 21):
+-- ai.search(vectorizer, query, k, filter): the k source rows nearest to a query, each with its
+-- best chunk, in one call (issue 21):
 --
 --   select s.source_pk->>'id' as id, s.chunk, s.distance, d.title
---     from ai.search(1, 'how do I rotate the keys?', 5) s
+--     from ai.search(1, 'how do I rotate the keys?', 5, filter => '{"lang": "en"}') s
 --     join docs d on d.id = (s.source_pk->>'id')::bigint;
+--
+-- `filter` (jsonb, default none) keeps only source rows that contain it, as `to_jsonb(row) @>
+-- filter` does: equality on any source columns, e.g. {"lang": "en", "tenant_id": 7}. It is
+-- applied where chunks meet their source rows, so a filter that few rows pass widens the
+-- candidate search below like any other shortfall, and k rows still come back when k exist.
 --
 -- The query is embedded by ai.embed (through the embedding cache, by the vectorizer's model).
 -- It runs with the caller's rights: the vectorizer must be one the caller may see (its own, or
@@ -18,7 +23,10 @@
 -- crowd the candidates, or the caller sees few of the rows), L grows 4× up to the index's
 -- search width (hnsw.ef_search, set to 1000 for the call), then one exact pass over every
 -- chunk decides. A one-vector-per-row vectorizer answers too: chunk_seq 0 and the row's text.
-create or replace function ai.search(vectorizer integer, query text, k integer default 10)
+-- The three-argument signature came first: dropped, so that calls with three arguments are not
+-- ambiguous between it and this one (099_security.sql re-grants the new one).
+drop function if exists ai.search(integer, text, integer);
+create or replace function ai.search(vectorizer integer, query text, k integer default 10, filter jsonb default null)
 returns table (source_pk jsonb, chunk_seq integer, chunk text, distance float8)
 language plpgsql volatile as $$
 declare
@@ -44,6 +52,9 @@ begin
   if search.query is null then
     return;
   end if;
+  if search.filter is not null and pg_catalog.jsonb_typeof(search.filter) <> 'object' then
+    raise exception 'ai.search: filter must be a jsonb object of source column values, e.g. {"lang": "en"}' using errcode = 'invalid_parameter_value';
+  end if;
   select n.nspname into vector_schema from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector';
   q := (select ai.embed(v.model, search.query))::text;
   -- The index's search width, for this call only (a function's own SET clause would need a
@@ -58,7 +69,7 @@ begin
               from (select d.*, %7$s, d.embedding operator(%3$I.<=>) $1::%3$I.vector as distance
                       from %4$s d %%s) d
              order by %2$s, d.distance, d.chunk_seq) n
-      join %5$s s on %6$s
+      join %5$s s on %6$s and ($3::jsonb is null or pg_catalog.to_jsonb(s) operator(pg_catalog.@>) $3::jsonb)
      order by n.distance, n.chunk_seq
      limit $2$q$,
     ai._vectorizer_pk_json(v.pk_columns, 's'), keys, vector_schema, v.destination, v.source,
@@ -74,11 +85,11 @@ begin
   -- Rows are gathered as jsonb, so that a pass that finds too few returns nothing yet.
   loop
     candidates := format('order by d.embedding operator(%I.<=>) $1::%I.vector limit %s', vector_schema, vector_schema, width);
-    execute format('select coalesce(pg_catalog.jsonb_agg(r), ''[]'') from (%s) r', format(sql, candidates)) into res using q, want;
+    execute format('select coalesce(pg_catalog.jsonb_agg(r), ''[]'') from (%s) r', format(sql, candidates)) into res using q, want, search.filter;
     exit when jsonb_array_length(res) >= want or width >= total;
     if width >= 1000 then
       -- Exact: every chunk.
-      execute format('select coalesce(pg_catalog.jsonb_agg(r), ''[]'') from (%s) r', format(sql, '')) into res using q, want;
+      execute format('select coalesce(pg_catalog.jsonb_agg(r), ''[]'') from (%s) r', format(sql, '')) into res using q, want, search.filter;
       exit;
     end if;
     width := least(width * 4, 1000);

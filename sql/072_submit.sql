@@ -14,7 +14,8 @@
 -- row is written in the caller's transaction (no side connection, no backend held while it
 -- runs), and the notification that wakes the workers is sent at commit. Chat work is batch work
 -- (priority 1): interactive requests go first, with a share of every worker reserved for it.
--- Embedding work joins the embedding queue, which workers claim in arrival order (no priority).
+-- Embedding work is batch work too: workers claim interactive embedding requests first, and at
+-- most a quarter of a claim's rows from batch work (ai.claim_embeddings).
 --
 -- With a target, the worker writes the result into into_table.into_column of the rows whose
 -- key_column = key_value, in the transaction that completes the request (ai.finish_request), so
@@ -143,6 +144,6 @@ begin
     raise exception 'ai.submit_embed: input is null' using errcode = 'null_value_not_allowed';
   end if;
   perform ai.enqueue_embedding(id, registered, model, jsonb_build_array(input),
-                               jsonb_strip_nulls(jsonb_build_object('source', 'sql', 'db_role', caller, 'target', target)), null, 5, null);
+                               jsonb_strip_nulls(jsonb_build_object('source', 'sql', 'db_role', caller, 'target', target)), null, 5, null, 1::smallint);
   return id;
 end $$;

@@ -132,7 +132,8 @@ begin
     'ai.submit_chat(text, jsonb, jsonb, regclass, name, name, text)',
     'ai.submit_embed(text, text, regclass, name, name, text)',
     'ai.create_vectorizer(regclass, name, text, name, integer, integer, integer, interval, jsonb, text)',
-    'ai.drop_vectorizer(integer, boolean)', 'ai.search(integer, text, integer)',
+    'ai.drop_vectorizer(integer, boolean)', 'ai.search(integer, text, integer, jsonb)',
+    'ai.moderate(text, text)',
     'ai.chunking_none()', 'ai.chunking_recursive(integer, integer, text[])', 'ai.chunking_tokens(integer, integer)',
     -- What those run as the caller: helpers, and a batch's steps (workers run them as the owner).
     'ai._embedding_model(text, text)', 'ai._vectorizer_install(integer)', 'ai._vectorizer_wake(integer)',

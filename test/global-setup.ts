@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import pg from 'pg';
 import { provision } from '../src/db/provision.js';
 import { ensureFixtureModels } from '../fixtures/models/index.mjs';
+import { ensureBuilt } from '../scripts/build.mjs';
 import { TEMPLATE_DB, adminUrl, dbUrl } from './helpers/db.js';
 
 /** A digest of everything `migrate` applies: the template is rebuilt whenever it changes. */
@@ -20,9 +21,11 @@ function schemaVersion(): string {
  * and the random-weight fixture models generated into .cache/ (no network, no ../shared).
  * The template outlives the run (the machine's PostgreSQL is shared with later runs), so it
  * carries the schema version it was built from and is rebuilt when the schema files change:
- * an edited migration never leaves a stale template behind.
+ * an edited migration never leaves a stale template behind. dist/ is (re)built from src/ first:
+ * the CLI the tests spawn, and the worker threads, run what ships.
  */
 export default async function setup({ provide }: { provide: (key: string, value: unknown) => void }) {
+  ensureBuilt();
   const version = schemaVersion();
   const admin = new pg.Client({ connectionString: adminUrl() });
   await admin.connect();

@@ -3,6 +3,9 @@ import type { Db } from '../db/pool.js';
 import type { ModelRow, NewModel } from '../db/types.js';
 import { ApiError, errors } from '../protocol/errors.js';
 import { REASONING_FORMATS, reasoningFormatProblem } from '../protocol/reasoning.js';
+import { moderationMappingProblem } from '../protocol/moderations.js';
+// Pure rules (which ONNX export a source ships), shared with `up`; no CLI machinery comes with it.
+import { defaultDtype } from '../cli/dtype.js';
 import { TOOL_FORMATS, toolFormatProblem } from '../protocol/tools.js';
 import { asBody, flag, limit, names, only, text, type Body } from './input.js';
 
@@ -14,7 +17,7 @@ const toObject = (m: ModelRow): ModelObject => ({ ...m, id: m.name, object: 'mod
 
 const FIELDS = [
   'name', 'task', 'source', 'revision', 'dtype', 'device', 'aliases', 'chat_template', 'context_length', 'defaults',
-  'pooling', 'normalize', 'dimensions', 'truncate', 'max_queue', 'tool_call_format', 'reasoning_format',
+  'pooling', 'normalize', 'dimensions', 'truncate', 'max_queue', 'tool_call_format', 'reasoning_format', 'moderation',
 ] as const;
 
 function oneOf<T extends string>(body: Body, k: string, allowed: readonly T[]): T | undefined {
@@ -43,13 +46,30 @@ function format(body: Body, k: 'tool_call_format' | 'reasoning_format'): string 
   return JSON.stringify(value);
 }
 
-/** Registers a model (as `switchyard models add`); workers serve it once they (re)start. */
-export async function addModelFrom(db: Db, input: unknown): Promise<ModelObject> {
+/** Moderation models: how a classifier's labels map to OpenAI's categories (protocol/moderations.ts). */
+function moderationOf(body: Body, task: string): string | null {
+  const v = body.moderation;
+  if (v === undefined || v === null) return null;
+  if (task !== 'moderation') throw errors.invalid("'moderation' is for models of task 'moderation'.", 'moderation');
+  const problem = moderationMappingProblem(v);
+  if (problem) throw errors.invalid(`'moderation': ${problem} ({"labels": {"LABEL": ["harassment"]}, "thresholds": {"harassment": 0.5}, "threshold": 0.5})`, 'moderation');
+  return JSON.stringify(v);
+}
+
+/**
+ * Registers a model (as `switchyard models add`); workers serve it once they (re)start. Without
+ * `dtype`: int8 where the model ships it and runs on CPU (cli/dtype.ts); `onDtype` hears why.
+ */
+export async function addModelFrom(
+  db: Db,
+  input: unknown,
+  opts: { modelsDir?: string; onDtype?(why: string): void } = {},
+): Promise<ModelObject> {
   const body = asBody(input);
   only(body, FIELDS);
   const name = text(body, 'name', true, 256);
-  const task = oneOf(body, 'task', ['chat', 'embedding'] as const);
-  if (!task) throw errors.invalid("'task' is required: 'chat' or 'embedding'.", 'task');
+  const task = oneOf(body, 'task', ['chat', 'embedding', 'moderation'] as const);
+  if (!task) throw errors.invalid("'task' is required: 'chat', 'embedding' or 'moderation'.", 'task');
   const source = text(body, 'source', true, 1000);
   const chatTemplate = body.chat_template;
   if (chatTemplate !== undefined && chatTemplate !== null && typeof chatTemplate !== 'string') throw errors.invalid("'chat_template' must be a string.", 'chat_template');
@@ -59,10 +79,16 @@ export async function addModelFrom(db: Db, input: unknown): Promise<ModelObject>
   const pooling = oneOf(body, 'pooling', ['mean', 'cls', 'none'] as const);
   const normalize = flag(body, 'normalize');
   const truncate = flag(body, 'truncate');
+  const moderation = moderationOf(body, task);
+  const chosen = dtype
+    ? null
+    : await defaultDtype(source, { ...(revision ? { revision } : {}), ...(device ? { device } : {}), ...((opts.modelsDir ?? process.env.SWITCHYARD_MODELS_DIR) ? { modelsDir: opts.modelsDir ?? process.env.SWITCHYARD_MODELS_DIR } : {}) });
+  opts.onDtype?.(chosen ? chosen.why : `${dtype} (--dtype)`);
   const row: NewModel = {
     name, task, source,
     ...(revision ? { revision } : {}),
-    ...(dtype ? { dtype } : {}),
+    dtype: dtype ?? chosen!.dtype,
+    moderation,
     ...(device ? { device } : {}),
     aliases: names(body, 'aliases') ?? [],
     chat_template: (chatTemplate as string | null | undefined) ?? null,

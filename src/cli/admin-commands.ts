@@ -81,6 +81,7 @@ export async function models(config: Config, args: string[]): Promise<void> {
       'context-length': { type: 'string' }, defaults: { type: 'string' }, json: { type: 'boolean' },
       pooling: { type: 'string' }, 'no-normalize': { type: 'boolean' }, dimensions: { type: 'string' }, truncate: { type: 'boolean' },
       'max-queue': { type: 'string' }, 'tool-call-format': { type: 'string' }, 'reasoning-format': { type: 'string' },
+      'moderation-map': { type: 'string' },
     },
   });
   const json = (s: string | undefined, flag: string) => {
@@ -96,8 +97,9 @@ export async function models(config: Config, args: string[]): Promise<void> {
   if (sub === 'add') {
     const name = positionals[0];
     if (!name) throw new UsageError('models add needs a NAME');
-    const task = oneOf(values.task, ['chat', 'embedding'] as const, '--task');
-    if (!task || !values.source) throw new UsageError('models add needs --task chat|embedding and --source HF_ID_OR_PATH');
+    const task = oneOf(values.task, ['chat', 'embedding', 'moderation'] as const, '--task');
+    if (!task || !values.source) throw new UsageError('models add needs --task chat|embedding|moderation and --source HF_ID_OR_PATH');
+    if (values['moderation-map'] && task !== 'moderation') throw new UsageError('--moderation-map is for --task moderation');
     const body = Object.fromEntries(Object.entries({
       name, task, source: values.source, revision: values.revision, dtype: values.dtype,
       device: oneOf(values.device, ['cpu', 'cuda'] as const, '--device'),
@@ -112,10 +114,13 @@ export async function models(config: Config, args: string[]): Promise<void> {
       tool_call_format: json(values['tool-call-format'], '--tool-call-format'),
       reasoning_format: json(values['reasoning-format'], '--reasoning-format'),
       truncate: values.truncate ? true : undefined,
+      moderation: values['moderation-map'] ? moderationMap(values['moderation-map']) : undefined,
     }).filter(([, v]) => v !== undefined));
-    const m = await withDb(config, (db) => addModelFrom(db, body));
+    let dtypeWhy = '';
+    const m = await withDb(config, (db) => addModelFrom(db, body, { ...(config.modelsDir ? { modelsDir: config.modelsDir } : {}), onDtype: (why) => (dtypeWhy = why) }));
     if (values.json) return void console.log(JSON.stringify(m, null, 2));
     console.log(`registered ${m.name} (${m.task}) from ${m.source}${m.aliases.length ? `, aliases ${m.aliases.join(', ')}` : ''}`);
+    console.log(`dtype ${dtypeWhy}`);
     console.log('Workers pick up new models when they start: restart running workers to serve it.');
   } else if (sub === 'list') {
     const { data } = await withDb(config, listModelObjects);
@@ -133,6 +138,15 @@ export async function models(config: Config, args: string[]): Promise<void> {
     const m = await withDb(config, (db) => setModelDefaults(db, name, { defaults: json(defaults, 'the defaults') }));
     console.log(values.json ? JSON.stringify(m, null, 2) : `defaults of ${m.name}: ${JSON.stringify(m.defaults)}`);
   } else throw new UsageError('models: expected add, list, remove or defaults');
+}
+
+/** --moderation-map: a JSON object, or a file holding one (checked by the shared rule in src/admin/models.ts). */
+function moderationMap(value: string): unknown {
+  try {
+    return JSON.parse(value.trimStart().startsWith('{') ? value : readFileSync(value, 'utf8'));
+  } catch (err) {
+    throw new UsageError(`--moderation-map must be a JSON object or a file holding one: ${(err as Error).message}`);
+  }
 }
 
 export async function keys(config: Config, args: string[]): Promise<void> {

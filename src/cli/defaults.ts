@@ -1,12 +1,15 @@
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import type { NewModel } from '../db/types.js';
+import { CPU_QUANTIZED, folderShipsQuantized } from './dtype.js';
 
-/** What `up` registers on a machine that can reach the model hub. */
+/**
+ * What `up` registers on a machine that can reach the model hub: both repositories ship an int8
+ * export (onnx/model_quantized.onnx), which `up` runs on CPU (see dtype.ts for why).
+ */
 export const HUB_DEFAULTS: NewModel[] = [
-  // The ONNX export in the hub repository (onnx/model.onnx) runs as-is in transformers.js.
-  { name: 'smollm2', task: 'chat', source: 'HuggingFaceTB/SmolLM2-135M-Instruct', dtype: 'fp32' },
-  { name: 'minilm', task: 'embedding', source: 'Xenova/all-MiniLM-L6-v2', dtype: 'fp32' },
+  { name: 'smollm2', task: 'chat', source: 'HuggingFaceTB/SmolLM2-135M-Instruct', dtype: CPU_QUANTIZED },
+  { name: 'minilm', task: 'embedding', source: 'Xenova/all-MiniLM-L6-v2', dtype: CPU_QUANTIZED },
 ];
 
 function taskOf(configPath: string): 'chat' | 'embedding' | null {
@@ -24,7 +27,7 @@ function taskOf(configPath: string): 'chat' | 'embedding' | null {
 /**
  * Models found in SWITCHYARD_MODELS_DIR (folders with a config.json, up to two levels deep,
  * e.g. `org/name`), registered under their folder's last name with the path below the
- * folder as source.
+ * folder as source, in int8 where the folder holds the int8 export.
  */
 export function discoverModels(dir: string): NewModel[] {
   const found: NewModel[] = [];
@@ -33,7 +36,7 @@ export function discoverModels(dir: string): NewModel[] {
     if (existsSync(config)) {
       const task = taskOf(config);
       const source = relative(dir, path);
-      if (task && source) found.push({ name: source.split('/').pop()!, task, source, dtype: 'fp32' });
+      if (task && source) found.push({ name: source.split('/').pop()!, task, source, dtype: folderShipsQuantized(path) ? CPU_QUANTIZED : 'fp32' });
       return;
     }
     if (depth === 0) return;

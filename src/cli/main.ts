@@ -5,18 +5,20 @@ import { provision, redact } from '../db/provision.js';
 import { logger } from '../log.js';
 import { ApiError } from '../protocol/errors.js';
 import { keys, models, oneOf, positiveInt, teams, UsageError } from './admin-commands.js';
+import { startTracing } from '../tracing.js';
 
 const HELP = `switchyard: an OpenAI-compatible gateway that runs open models, coordinated through PostgreSQL
 
 Usage: switchyard <command> [options]
 
   migrate                               create the database if needed, ensure pgvector, apply migrations
-  models add NAME --task chat|embedding --source HF_ID_OR_PATH [--json]
+  models add NAME --task chat|embedding|moderation --source HF_ID_OR_PATH [--json]
              [--dtype fp32|fp16|q8|q4|...] [--device cpu|cuda] [--revision REV]
              [--alias A,B] [--chat-template-file F] [--context-length N] [--defaults JSON] [--max-queue N]
              chat models: [--tool-call-format hermes|JSON] (how the model writes tool calls)
                           [--reasoning-format think|think-open|JSON] (how it marks reasoning)
              embedding models: [--pooling mean|cls|none] [--no-normalize] [--dimensions N] [--truncate]
+             moderation models: [--moderation-map JSON|FILE] (labels → OpenAI categories, thresholds)
   models list [--json]
   models remove NAME
   models defaults NAME JSON             the default request parameters, e.g. '{"temperature":0.7}'
@@ -31,7 +33,7 @@ Usage: switchyard <command> [options]
       LIMITS: [--budget TOKENS|none] [--budget-period day|month|total] [--rpm N|none] [--tpm N|none]
   serve [--no-auth]                     the HTTP gateway (HOST, PORT)
   worker [--models A,B] [--device cpu|cuda] [--concurrency N] [--embed-concurrency N (vectorizer jobs)]
-  up [--no-auth]                        migrate, register default models if none, run serve + worker
+  up [--no-auth] [--dtype D]            migrate, register default models if none (int8 on CPU where shipped), run serve + worker
   prune                                 delete what the retention settings expire (ai.settings retention_*)
   roles setup [--prefix P]              as a superuser: non-superuser roles P_migrate (owner), P_serve and
                                         P_worker (default P: switchyard), extensions, migrations, grants;
@@ -78,8 +80,9 @@ export async function main(argv: string[]): Promise<number> {
         const { values } = parseArgs({ args, options: { 'no-auth': { type: 'boolean' } } });
         // Heavy modules (Fastify, transformers.js) load only for the commands that run them.
         const { startServer } = await import('../http/server.js');
+        const stopTracing = await startTracing('switchyard-serve');
         const server = await startServer({ databaseUrl: config.databaseUrl, host: config.host, port: config.port, auth: !values['no-auth'] });
-        await untilSignal(server.stop);
+        await untilSignal(() => server.stop().finally(stopTracing));
         return 0;
       }
       case 'worker': {
@@ -88,6 +91,7 @@ export async function main(argv: string[]): Promise<number> {
           options: { models: { type: 'string' }, device: { type: 'string' }, concurrency: { type: 'string' }, 'embed-concurrency': { type: 'string' } },
         });
         const { startWorker } = await import('../worker/run.js');
+        const stopTracing = await startTracing('switchyard-worker');
         const worker = await startWorker({
           databaseUrl: config.databaseUrl,
           modelsDir: config.modelsDir,
@@ -96,7 +100,7 @@ export async function main(argv: string[]): Promise<number> {
           concurrency: positiveInt(values.concurrency, '--concurrency'),
           embedConcurrency: positiveInt(values['embed-concurrency'], '--embed-concurrency'),
         });
-        await untilSignal(worker.stop);
+        await untilSignal(() => worker.stop().finally(stopTracing));
         return 0;
       }
       case 'prune': {
@@ -145,10 +149,11 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       }
       case 'up': {
-        const { values } = parseArgs({ args, options: { 'no-auth': { type: 'boolean' } } });
+        const { values } = parseArgs({ args, options: { 'no-auth': { type: 'boolean' }, dtype: { type: 'string' } } });
         const { up } = await import('./up.js');
-        const stack = await up(config, { auth: !values['no-auth'] });
-        await untilSignal(stack.stop);
+        const stopTracing = await startTracing('switchyard');
+        const stack = await up(config, { auth: !values['no-auth'], ...(values.dtype ? { dtype: values.dtype } : {}) });
+        await untilSignal(() => stack.stop().finally(stopTracing));
         return 0;
       }
       case undefined:

@@ -13,7 +13,7 @@ import { discoverModels, HUB_DEFAULTS } from './defaults.js';
  * are registered, create a first key, then run the gateway and a worker in this process
  * (the worker's models run in their own thread).
  */
-export async function up(config: Config, opts: { auth: boolean }): Promise<{ stop(): Promise<void> }> {
+export async function up(config: Config, opts: { auth: boolean; dtype?: string }): Promise<{ stop(): Promise<void> }> {
   const log = logger('up');
   await provision(config.databaseUrl, log.info);
   const database = openDatabase(config.databaseUrl, { max: 2, applicationName: 'switchyard-up' });
@@ -22,9 +22,10 @@ export async function up(config: Config, opts: { auth: boolean }): Promise<{ sto
     if ((await countModels(database.db)) === 0) {
       const defaults = config.modelsDir ? discoverModels(config.modelsDir) : HUB_DEFAULTS;
       if (defaults.length === 0) throw new Error(`no model folders (with config.json) found in SWITCHYARD_MODELS_DIR=${config.modelsDir}`);
-      for (const m of defaults) {
+      for (const found of defaults) {
+        const m = opts.dtype ? { ...found, dtype: opts.dtype } : found;
         await addModel(database.db, m);
-        log.info(`registered model ${m.name} (${m.task}) from ${m.source}`);
+        log.info(`registered model ${m.name} (${m.task}) from ${m.source}, dtype ${m.dtype}`);
       }
     }
     if (opts.auth && (await countActiveKeys(database.db)) === 0) firstKey = (await createKey(database.db, 'default', null)).key;

@@ -19,6 +19,8 @@ export interface NewRequest {
   reservedTokens: number;
   /** The rate limits' window (60: per minute). */
   rateWindowSeconds: number;
+  /** The trace the worker continues (W3C traceparent); null: none. */
+  traceparent?: string | null;
 }
 
 /**
@@ -38,7 +40,7 @@ export async function enqueueRequest(db: Db, r: NewRequest): Promise<{ queued: b
   const res = await sql<{ r: { queued: boolean; limits?: Record<string, unknown> } }>`
     select ai.enqueue_request(${r.id}::uuid, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
                               ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}::uuid, ${r.maxAttempts}, ${r.listener},
-                              ${r.queueBound}, ${r.reservedTokens}, make_interval(secs => ${r.rateWindowSeconds})) as r
+                              ${r.queueBound}, ${r.reservedTokens}, make_interval(secs => ${r.rateWindowSeconds}), ${r.traceparent ?? null}) as r
   `.execute(db);
   const out = res.rows[0]!.r;
   return { queued: out.queued, limits: out.limits ?? {} };

@@ -15,7 +15,7 @@ type Json<T = unknown> = ColumnType<T, string | T, string | T>;
 
 export interface ModelsTable {
   name: string;
-  task: 'chat' | 'embedding';
+  task: 'chat' | 'embedding' | 'moderation';
   source: string;
   revision: Generated<string>;
   dtype: Generated<string>;
@@ -35,6 +35,8 @@ export interface ModelsTable {
   reasoning_format: ColumnType<unknown, string | null | undefined, string | null>;
   /** Written by the worker that loads the model (protocol/limits.ts InputBound); read at run time. */
   input_bound: ColumnType<unknown, string | null | undefined, string | null>;
+  /** Moderation models: label → category mapping and thresholds (migrations/0050_moderation.sql). */
+  moderation: ColumnType<unknown, string | null | undefined, string | null>;
 }
 export type ModelRow = Selectable<ModelsTable>;
 export type NewModel = Insertable<ModelsTable>;
@@ -96,6 +98,8 @@ export interface RequestsTable {
   finished_at: Timestamp | null;
   /** A completed embedding request's vectors: little-endian float32, input after input (migration 0015). */
   vectors: Buffer | null;
+  /** The W3C trace context the request was queued under (migration 0065); null: untraced. */
+  traceparent: Generated<string | null>;
 }
 export type RequestRow = Selectable<RequestsTable>;
 

@@ -26,6 +26,16 @@ export interface WorkerBatchStats {
   /** Requests admitted, and their summed wait between arriving and being admitted. */
   admitted: number;
   admitWaitMs: number;
+  /**
+   * The prefix cache (worker/generation/prefix-cache.ts): prompts looked up, those that reused
+   * cached blocks, prompt tokens not prefilled thanks to it, blocks evicted, and bytes held now.
+   * Absent from heartbeats of workers older than the cache.
+   */
+  prefixLookups?: number;
+  prefixHits?: number;
+  prefixTokensSaved?: number;
+  prefixEvictions?: number;
+  prefixBytes?: number;
   /** Now: sequences decoding, requests waiting for a slot, requests being prefilled. */
   decoding: number;
   waiting: number;

@@ -13,7 +13,7 @@ export const newEventsChannel = (): string => `ai_events_${randomBytes(8).toStri
 /** A subscription that heard nothing for this long re-reads its rows (a notification may be lost). */
 const IDLE_RECHECK_MS = 2000;
 
-const isTerminal = (e: EngineEvent) => e.type === 'done' || e.type === 'embedded' || e.type === 'error';
+const isTerminal = (e: EngineEvent) => e.type === 'done' || e.type === 'embedded' || e.type === 'moderated' || e.type === 'error';
 
 /** Events of one request, in `seq` order, exactly once, ending after `done` or `error`. */
 export class Subscription implements AsyncIterable<EngineEvent> {

@@ -11,7 +11,9 @@ import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
 import { ApiError } from '../protocol/errors.js';
 import { admissionError, rateLimitHeaders, rateWindowSeconds, reservedEmbeddingTokens, reservedTokens, type Limits } from './admission.js';
-import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo } from './types.js';
+import { SpanStatusCode, context } from '@opentelemetry/api';
+import { contextFrom, traceparentOf, tracer } from '../tracing.js';
+import type { EmbedRequest, EmbedResult, Engine, EngineEvent, GenerateRequest, Generation, ModelInfo, ModerateRequest, ModerateResult } from './types.js';
 
 /**
  * A crashed worker's generation is retried a few times, not forever: each try costs a full
@@ -89,7 +91,28 @@ export class PgEngine implements Engine {
     return (await listModels(this.database.db)).map(toInfo);
   }
 
+  /**
+   * Traced as `admission` (the model looked up, the queue's bound checked, the row written),
+   * under the caller's context: the given `traceparent` (serve's request span), else the active
+   * context (an application calling the SDK inside a span of its own). The row carries the
+   * span's context, so the worker's spans (queue wait, prefill, decode) continue the same trace.
+   */
   async generate(req: GenerateRequest): Promise<Generation> {
+    const parent = req.traceparent === undefined ? context.active() : contextFrom(req.traceparent);
+    const span = tracer().startSpan('admission', { attributes: { 'switchyard.endpoint': req.endpoint, 'gen_ai.request.model': req.model } }, parent);
+    try {
+      const gen = await this.admit(req, traceparentOf(span));
+      span.setAttribute('switchyard.request_id', gen.requestId);
+      return gen;
+    } catch (err) {
+      span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message : String(err) });
+      throw err;
+    } finally {
+      span.end();
+    }
+  }
+
+  private async admit(req: GenerateRequest, traceparent: string | null): Promise<Generation> {
     const row = await this.lookup(req.model);
     if (!row) throw errors.modelNotFound(req.model);
     if (row.task !== 'chat') {
@@ -115,6 +138,7 @@ export class PgEngine implements Engine {
         queueBound: this.queueBound(row),
         reservedTokens: reservedTokens(req.prompt, req.params, readInputBound(row.input_bound)?.contextLength ?? null),
         rateWindowSeconds: rateWindowSeconds(),
+        traceparent,
       });
       queued = admitted.queued;
       if (queued) req.onLimits?.(rateLimitHeaders(admitted.limits as Limits));
@@ -207,6 +231,32 @@ export class PgEngine implements Engine {
       return { requestId, model: row.name, vectors, promptTokens: e.promptTokens };
     }
     throw errors.internal('The embedding request ended without a result.');
+  }
+
+  async moderate(req: ModerateRequest, onQueued?: (requestId: string) => void): Promise<ModerateResult> {
+    const row = await this.lookup(req.model);
+    if (!row) throw errors.modelNotFound(req.model);
+    if (row.task !== 'moderation') {
+      throw errors.invalid(`The model '${req.requestedModel}' is a ${row.task} model and cannot be used for moderations.`, 'model', 'model_not_supported');
+    }
+    const requestId = randomUUID();
+    const events = this.hub.subscribe(requestId);
+    try {
+      const { rows } = await this.database.pool.query<{ queued: boolean }>(
+        'select ai.enqueue_moderation($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8) as queued',
+        [requestId, row.name, req.requestedModel, JSON.stringify(req.texts), '{}', req.keyId, this.hub.channel, this.queueBound(row)],
+      );
+      if (!rows[0]?.queued) throw errors.queueFull(row.name, 1);
+    } catch (err) {
+      events.close();
+      throw err;
+    }
+    onQueued?.(requestId);
+    for await (const e of events) {
+      if (e.type === 'error') throw ApiError.fromBody(e.status, e.error);
+      if (e.type === 'moderated') return { requestId, results: e.results, promptTokens: e.promptTokens };
+    }
+    throw errors.internal('The moderation request ended without a result.');
   }
 
   async cancel(requestId: string): Promise<void> {

@@ -2,6 +2,7 @@ import type { InputBound } from '../protocol/limits.js';
 import type { ToolCallFormat } from '../protocol/tools.js';
 import type { ReasoningFormat } from '../protocol/reasoning.js';
 import type { ErrorBody } from '../protocol/errors.js';
+import type { ModerationResult } from '../protocol/moderations.js';
 import type { Prompt, PromptMessage, SamplingParams, ToolDefinition } from '../protocol/chat.js';
 import type { FinishReason, TokenLogprob, Usage } from '../protocol/shared.js';
 
@@ -24,6 +25,8 @@ export type EngineEvent =
    * the request row's `vectors` (float32 bytes), which the event hub reads with the event.
    */
   | { type: 'embedded'; promptTokens: number; vectors?: Buffer | null }
+  /** A moderation request's results, one per input (small: they travel in the event row). */
+  | { type: 'moderated'; promptTokens: number; results: ModerationResult[] }
   | { type: 'error'; status: number; error: ErrorBody };
 
 export interface ChoiceDelta {
@@ -54,6 +57,8 @@ export interface GenerateRequest {
   meta: Record<string, unknown>;
   /** Told the key's rate-limit headers (x-ratelimit-*, and Retry-After on a refusal) once admission has decided. */
   onLimits?(headers: Record<string, string>): void;
+  /** The caller's W3C trace context: admission is traced under it, and the worker continues it (absent: the active context; null: none). */
+  traceparent?: string | null;
 }
 
 export interface Generation {
@@ -67,7 +72,7 @@ export interface Generation {
 
 export interface ModelInfo {
   name: string;
-  task: 'chat' | 'embedding';
+  task: 'chat' | 'embedding' | 'moderation';
   aliases: string[];
   created: number;
   defaults: Record<string, unknown>;
@@ -103,6 +108,21 @@ export interface EmbedResult {
   promptTokens: number;
 }
 
+export interface ModerateRequest {
+  /** The registered name of a moderation model (serving has resolved it and checked the key's scope). */
+  model: string;
+  /** As the client sent it, for the log. */
+  requestedModel: string;
+  texts: string[];
+  keyId: string | null;
+}
+
+export interface ModerateResult {
+  requestId: string;
+  results: ModerationResult[];
+  promptTokens: number;
+}
+
 /** The interface serving uses: it never sees queues, SQL or processes. */
 export interface Engine {
   /** Resolves a model name or alias; null when none is registered. */
@@ -112,6 +132,8 @@ export interface Engine {
   generate(req: GenerateRequest): Promise<Generation>;
   /** Embeds inputs (queued, batched with other requests by the worker); throws ApiError on failure. */
   embed(req: EmbedRequest, onQueued?: (requestId: string) => void): Promise<EmbedResult>;
+  /** Classifies texts with a moderation model (queued, batched by the worker); absent where no moderation can run (test fakes). */
+  moderate?(req: ModerateRequest, onQueued?: (requestId: string) => void): Promise<ModerateResult>;
   /** Stops a generation (client gone); queued work for it is skipped. */
   cancel(requestId: string): Promise<void>;
 }

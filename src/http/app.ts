@@ -8,6 +8,7 @@ import { embeddingRoutes } from './routes/embeddings.js';
 import { completionRoutes } from './routes/completions.js';
 import { CompletionsServing } from '../serving/completions.js';
 import { decorateRequests, KeyCache, registerAuth } from './auth.js';
+import { registerTracing } from './tracing.js';
 import { notFound, registerErrorHandling } from './errors.js';
 import { errors } from '../protocol/errors.js';
 import { Metrics } from './metrics.js';
@@ -27,6 +28,11 @@ import { TokenizeServing } from '../serving/tokenize.js';
 import { tokenizeRoutes } from './routes/tokenize.js';
 import { messagesRoutes } from './routes/messages.js';
 import { MessagesServing } from '../serving/messages.js';
+import { moderationRoutes } from './routes/moderations.js';
+import { ModerationsServing } from '../serving/moderations.js';
+import { legacyRoutes } from './routes/legacy.js';
+import { EditsServing } from '../serving/edits.js';
+import { EnginesServing } from '../serving/engines.js';
 import { registerAdmin } from './admin/index.js';
 
 export interface AppOptions {
@@ -100,6 +106,7 @@ export function buildApp(opts: AppOptions): FastifyInstance {
     }
   });
   decorateRequests(app);
+  registerTracing(app);
   const metrics = new Metrics();
   registerObservability(app, metrics, opts.database.pool);
   const observer = metricsObserver(metrics);
@@ -115,11 +122,16 @@ export function buildApp(opts: AppOptions): FastifyInstance {
       const chat = new ChatServing(opts.engine, observer);
       chatRoutes(v1, chat, opts.engine);
       messagesRoutes(v1, new MessagesServing(opts.engine, chat, opts.tokenizers ?? null), opts.engine);
-      embeddingRoutes(v1, new EmbeddingsServing(opts.engine, observer), opts.engine);
-      completionRoutes(v1, new CompletionsServing(opts.engine, observer), opts.engine);
-      modelRoutes(v1, new ModelsServing(opts.engine));
+      const embeddings = new EmbeddingsServing(opts.engine, observer);
+      const completions = new CompletionsServing(opts.engine, observer);
+      const models = new ModelsServing(opts.engine);
+      embeddingRoutes(v1, embeddings, opts.engine);
+      completionRoutes(v1, completions, opts.engine);
+      modelRoutes(v1, models);
       responseRoutes(v1, new ResponsesServing(opts.engine, opts.responseStore ?? new PgResponseStore(opts.database.db), observer), opts.engine);
       batchRoutes(v1, new BatchServing(opts.engine, new PgBatchStore(opts.database.pool)));
+      moderationRoutes(v1, new ModerationsServing(opts.engine, observer), opts.engine);
+      legacyRoutes(v1, new EditsServing(chat), new EnginesServing(models, completions, embeddings), opts.engine);
     },
     { prefix: '/v1' },
   );

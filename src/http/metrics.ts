@@ -93,6 +93,11 @@ export class Metrics {
       ...perBatch('switchyard_batch_prefill_seconds_total', 'counter', 'Time spent prefilling.', (b) => b.prefillMs / 1000),
       ...perBatch('switchyard_batch_admit_wait_seconds_total', 'counter', 'Time requests waited in a worker for a batch slot.', (b) => b.admitWaitMs / 1000),
       ...perBatch('switchyard_batch_admitted_total', 'counter', 'Requests admitted to a decode batch.', (b) => b.admitted),
+      ...perBatch('switchyard_prefix_cache_lookups_total', 'counter', 'Prompts looked up in the prefix cache (hit rate = hits / this).', (b) => b.prefixLookups ?? 0),
+      ...perBatch('switchyard_prefix_cache_hits_total', 'counter', 'Prompts that reused cached KV blocks.', (b) => b.prefixHits ?? 0),
+      ...perBatch('switchyard_prefix_cache_tokens_saved_total', 'counter', 'Prompt tokens not prefilled: their KV came from the prefix cache.', (b) => b.prefixTokensSaved ?? 0),
+      ...perBatch('switchyard_prefix_cache_evictions_total', 'counter', 'Prefix cache blocks evicted to stay within SWITCHYARD_PREFIX_CACHE_MB.', (b) => b.prefixEvictions ?? 0),
+      ...perBatch('switchyard_prefix_cache_bytes', 'gauge', 'Bytes of KV the prefix cache holds.', (b) => b.prefixBytes ?? 0),
       ...perBatch('switchyard_batch_sequences', 'gauge', 'Sequences decoding now.', (b) => b.decoding),
       ...perBatch('switchyard_batch_waiting', 'gauge', 'Requests a worker holds that wait for a batch slot.', (b) => b.waiting),
     ];

@@ -2,6 +2,8 @@ import type { FastifyReply } from 'fastify';
 import { toApiError } from './errors.js';
 import type { ApiError } from '../protocol/errors.js';
 import { logFailure } from './observability.js';
+import { ROOT_CONTEXT, trace, type Span } from '@opentelemetry/api';
+import { tracer } from '../tracing.js';
 
 /**
  * Writes an SSE stream in OpenAI's format: `data: <json>` events and a final `data: [DONE]`.
@@ -40,14 +42,21 @@ export async function sendSse(
       lastWrite = Date.now();
     }
   }, Math.min(keepAliveMs, 1000));
+  // Traced from the first event to the end of the stream, under the request's span.
+  let delivery = null as Span | null;
+  let sent = 0;
+  const deliver = () => (delivery ??= reply.request.span ? tracer().startSpan('stream delivery', {}, trace.setSpan(ROOT_CONTEXT, reply.request.span)) : null);
   try {
     for await (const item of items) {
       if (res.destroyed) break;
+      deliver();
+      sent++;
       const name = opts.named ? (item as { type?: unknown }).type : undefined;
       await write(`${typeof name === 'string' ? `event: ${name}\n` : ''}data: ${JSON.stringify(item)}\n\n`);
       lastWrite = Date.now();
     }
   } catch (err) {
+    deliver();
     const api = toApiError(err);
     if (api.status >= 500) logFailure(reply.request, reply, err, api.status, 'stream failed');
     // `errorBody`: an API with an error envelope of its own (Anthropic's).
@@ -57,4 +66,6 @@ export async function sendSse(
   clearInterval(keepAlive);
   if (!opts.named) await write('data: [DONE]\n\n');
   res.end();
+  delivery?.setAttributes({ 'switchyard.events_sent': sent, 'switchyard.client_gone': res.destroyed && !res.writableFinished });
+  delivery?.end();
 }

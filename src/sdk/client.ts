@@ -11,6 +11,8 @@ import type { Model, ModelList } from '../protocol/models.js';
 import { ChatServing } from '../serving/chat.js';
 import type { RequestContext } from '../serving/context.js';
 import { EmbeddingsServing } from '../serving/embeddings.js';
+import { ModerationsServing } from '../serving/moderations.js';
+import type { ModerationRequest, ModerationResponse } from '../protocol/moderations.js';
 import { ModelsServing } from '../serving/models.js';
 import { toSdkError } from './errors.js';
 import { PgResponseStore } from '../db/responses-repo.js';
@@ -135,6 +137,12 @@ export class OpenSourceAI {
   readonly embeddings = {
     create: (body: EmbeddingRequest): Promise<EmbeddingList> =>
       this.run(async (engine, onQueued) => (await new EmbeddingsServing(engine).create(body, SDK_CONTEXT, onQueued)).body),
+  };
+
+  /** POST /v1/moderations without HTTP: a registered moderation model (`--task moderation`) classifies the input. */
+  readonly moderations = {
+    create: (body: ModerationRequest): Promise<ModerationResponse> =>
+      this.run(async (engine, onQueued) => (await new ModerationsServing(engine).create(body, SDK_CONTEXT, onQueued)).body),
   };
 
   readonly models = {

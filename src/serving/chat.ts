@@ -84,6 +84,7 @@ export class ChatServing {
       stream: req.stream === true,
       keyId: ctx.keyId,
       onLimits: ctx.onLimits,
+      traceparent: ctx.traceparent,
       meta: {
         ...(req.user ? { user: req.user } : {}),
         ...(req.metadata ? { metadata: req.metadata } : {}),

@@ -58,6 +58,7 @@ export class CompletionsServing {
           stream: req.stream === true,
           keyId: ctx.keyId,
           onLimits: ctx.onLimits,
+          traceparent: ctx.traceparent,
           meta: req.user ? { user: req.user } : {},
         });
         onQueued?.(gen.requestId);

@@ -11,6 +11,8 @@ export interface RequestContext {
   onModel?(name: string): void;
   /** Told the headers admission set (x-ratelimit-*): the HTTP layer sends them with the response. */
   onLimits?(headers: Record<string, string>): void;
+  /** The W3C trace context to queue work under (the HTTP request's span); absent: a new trace. */
+  traceparent?: string | null;
 }
 
 export function mayUse(ctx: RequestContext, model: ModelInfo): boolean {

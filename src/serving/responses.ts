@@ -261,6 +261,7 @@ export class ResponsesServing {
       stream: stream || background,
       keyId: ctx.keyId,
       onLimits: ctx.onLimits,
+      traceparent: ctx.traceparent,
       meta: {
         ...(req.user ? { user: req.user } : {}),
         ...(req.metadata ? { metadata: req.metadata } : {}),

@@ -7,6 +7,7 @@ import type { ModelSpec } from './models-source.js';
 import { EventFlusher } from './flusher.js';
 import { EventPublisher, OwnershipLost } from './publisher.js';
 import { finish, type ClaimedRow } from './request-row.js';
+import { RequestSpans } from './request-spans.js';
 import { readChatRequest, StoredRequestError } from './stored-request.js';
 import { retryWhileUnavailable } from '../db/errors.js';
 import { ApiError } from '../protocol/errors.js';
@@ -52,6 +53,7 @@ export async function runChatRequest(spec: ModelSpec, deps: ChatTaskDeps, row: C
   const flusher = deps.flusher ?? new EventFlusher(deps.pool);
   const owner = { requestId, workerId: deps.workerId, attempt };
   let publisher: EventPublisher | null = null;
+  let spans: RequestSpans | null = null;
   const abandon = () => deps.host.cancel(requestId);
   deps.signal?.addEventListener('abort', abandon);
   try {
@@ -59,10 +61,13 @@ export async function runChatRequest(spec: ModelSpec, deps: ChatTaskDeps, row: C
     publisher = await EventPublisher.open(deps.pool, flusher, owner, row.stream);
     // Whatever the model does from here on would be refused: stop it.
     publisher.onRefused = abandon;
-    await runChat(spec, deps, requestId, row, publisher, attempt);
+    // A trace that cannot be read costs the request nothing but its spans.
+    spans = await RequestSpans.open(deps.pool, requestId, row.model, attempt).catch(() => null);
+    await runChat(spec, deps, requestId, row, publisher, attempt, spans);
   } catch (err) {
-    if (err instanceof OwnershipLost || deps.signal?.aborted) return; // someone else's now
     const reason = err instanceof Error ? err.message : String(err);
+    spans?.end({ failure: reason });
+    if (err instanceof OwnershipLost || deps.signal?.aborted) return; // someone else's now
     await retryWhileUnavailable(async () => {
       if (attempt < maxAttempts) {
         deps.log.warn(`request ${requestId} attempt ${attempt} failed (${reason}); re-queued`);
@@ -81,8 +86,9 @@ export async function runChatRequest(spec: ModelSpec, deps: ChatTaskDeps, row: C
   }
 }
 
-async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, row: ClaimedRow, publisher: EventPublisher, attempt: number): Promise<void> {
+async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, row: ClaimedRow, publisher: EventPublisher, attempt: number, spans: RequestSpans | null): Promise<void> {
   const end = async (status: 'completed' | 'failed', fields: { output?: unknown; usage?: unknown; error?: unknown }, event: EngineEvent) => {
+    spans?.end(event.type === 'done' ? { completionTokens: event.usage.completion_tokens } : { failure: event.type === 'error' ? event.error.message : status });
     if (!(await finish(deps.pool, publisher, status, fields, event))) throw new OwnershipLost(requestId);
   };
   // An earlier attempt died part-way: whoever is waiting must drop what it received.
@@ -112,8 +118,12 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
     result = await deps.host.generate(requestId, spec, request.prompt, request.params, {
       // Not urgent: it goes out with the first text when that follows within a flush interval
       // (one statement, not two, and none competing with the prefill for the cores).
-      onStarted: (promptTokens) => publisher.publish({ type: 'start', promptTokens, at: Date.now() }, false),
+      onStarted: (promptTokens) => {
+        spans?.started(promptTokens);
+        publisher.publish({ type: 'start', promptTokens, at: Date.now() }, false);
+      },
       onDelta: (index, text, finishReason, logprobs) => {
+        spans?.token();
         if (openai && logprobs) (kept[index] ??= []).push(...logprobs);
         publisher.delta(index, text, finishReason, logprobs);
       },
@@ -129,7 +139,10 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
         deps.workerId,
         attempt,
       ]);
-      if (r.rowCount) return;
+      if (r.rowCount) {
+        spans?.end({ completionTokens: e.generatedTokens, failure: 'cancelled' });
+        return;
+      }
       throw deps.signal?.aborted ? reaped() : new OwnershipLost(requestId);
     }
     if (e.kind === 'server') deps.log.error(`request ${requestId} failed: ${e.message}`);

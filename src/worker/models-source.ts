@@ -5,7 +5,7 @@ import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 /** What a worker needs to load a model; built from an ai.models row. */
 export interface ModelSpec {
   name: string;
-  task: 'chat' | 'embedding';
+  task: 'chat' | 'embedding' | 'moderation';
   source: string;
   revision: string;
   dtype: string;
@@ -16,6 +16,8 @@ export interface ModelSpec {
   pooling: 'mean' | 'cls' | 'none';
   normalize: boolean;
   truncate: boolean;
+  /** Moderation models: ai.models.moderation, the label mapping (protocol/moderations.ts). */
+  moderation?: unknown;
 }
 
 export type ResolvedSource =

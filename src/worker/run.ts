@@ -15,6 +15,8 @@ import { sweepBatches } from '../serving/batches.js';
 import { runChatRequest } from './chat-task.js';
 import { ChatClaimer } from './chat-claimer.js';
 import { EmbedClaimer } from './embedding/claimer.js';
+import { ModerationClaimer, moderationLoader, type LoadedModeration } from './moderation/claimer.js';
+import { ModerationHost } from './moderation/host.js';
 import { vectorizeTask, vectorizeTaskName } from './vectorize-task.js';
 import type { ChunkTokenizer } from './vectorize/chunking.js';
 import { EmbedBatcher } from './embedding/batcher.js';
@@ -58,6 +60,7 @@ function toSpec(row: ModelRow, device: 'cpu' | 'cuda' | undefined): ModelSpec {
     pooling: row.pooling,
     normalize: row.normalize,
     truncate: row.truncate,
+    ...(row.task === 'moderation' ? { moderation: row.moderation } : {}),
   };
 }
 
@@ -87,6 +90,9 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     }
   }
   const host = new ModelHost(opts.modelsDir, log);
+  const moderation = new ModerationHost(opts.modelsDir, log);
+  /** Moderation models' claimers load them (and resolve their label mapping) once, for every shift. */
+  const moderators = new Map<string, () => Promise<LoadedModeration>>();
   const served = new Map<string, ModelSpec>();
   const batchers = new Map<string, EmbedBatcher>();
   let stopping = false;
@@ -106,7 +112,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     id: string;
     abort: AbortController;
     runners: Set<JobRunner>;
-    claimers: Map<string, EmbedClaimer>;
+    /** Per embedding or moderation model: woken by 'ai_embed' notifications naming it. */
+    claimers: Map<string, Pick<EmbedClaimer, 'start' | 'wake' | 'stop'>>;
     /** Claims and runs the chat and completions requests of every chat model served here. */
     chat: ChatClaimer;
     /** Writes the stream events of all its chat requests, many per statement. */
@@ -153,6 +160,12 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     const specs = rows.filter((r) => !served.has(r.name)).map((r) => toSpec(r, opts.device));
     for (const spec of specs) {
       served.set(spec.name, spec);
+      if (spec.task === 'moderation') {
+        const load = moderationLoader(moderation, spec);
+        moderators.set(spec.name, load);
+        load().catch((err: Error) => log.error(err.message));
+        continue;
+      }
       if (spec.task === 'embedding') batchers.set(spec.name, new EmbedBatcher(host, spec));
       // Load now, so a misconfiguration shows at once, not at the first request. A failure is
       // logged, not fatal: requests for that model then fail with the same message.
@@ -186,7 +199,11 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     const chatModels = specs.filter((spec) => spec.task === 'chat').map((spec) => spec.name);
     if (chatModels.length) s.chat.serve(chatModels);
     for (const spec of specs) {
-      if (spec.task !== 'chat') {
+      if (spec.task === 'moderation') {
+        const claimer = new ModerationClaimer({ ...deps, spec, host: moderation, load: moderators.get(spec.name)! });
+        s.claimers.set(spec.name, claimer);
+        claimer.start();
+      } else if (spec.task !== 'chat') {
         const batcher = batchers.get(spec.name)!;
         const claimer = new EmbedClaimer({ ...deps, model: spec.name, fingerprint: modelFingerprint(spec), embed: (inputs) => batcher.submit(inputs, true) });
         s.claimers.set(spec.name, claimer);
@@ -407,6 +424,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     await unregister(database.pool, s.id).catch(() => {});
     await listener.stop();
     await host.close();
+    await moderation.close();
     await database.close();
   };
 

@@ -16,7 +16,7 @@ let client: OpenAI;
 beforeAll(async () => {
   db = await createTestDatabase();
   const env = { DATABASE_URL: db.url };
-  expect((await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'], env)).code).toBe(0);
+  expect((await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat', '--dtype', 'fp32'], env)).code).toBe(0);
   const key = (await cli(['keys', 'create', '--name', 'b'], env)).stdout.trim();
   [serve, worker] = await Promise.all([startServe(db.url), startWorker(db.url)]);
   client = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: key, maxRetries: 0 });

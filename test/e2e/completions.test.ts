@@ -15,7 +15,7 @@ let model: PreTrainedModel;
 beforeAll(async () => {
   db = await createTestDatabase();
   const e = { DATABASE_URL: db.url };
-  expect((await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat', '--alias', 'gpt-3.5-turbo-instruct'], e)).code).toBe(0);
+  expect((await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat', '--dtype', 'fp32', '--alias', 'gpt-3.5-turbo-instruct'], e)).code).toBe(0);
   const key = (await cli(['keys', 'create', '--name', 'legacy'], e)).stdout.trim();
   [serve, worker] = await Promise.all([startServe(db.url), startWorker(db.url)]);
   client = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: key, maxRetries: 0 });

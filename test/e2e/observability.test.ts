@@ -88,3 +88,22 @@ it('reports usage per key, model and day in SQL', async () => {
   // The first test's request, then the four of the batch test.
   expect(rows).toEqual([{ key_name: 'observer', model: 'tiny', requests: 5, completion_tokens: 7 + 4 * 64 }]);
 });
+
+it('exports the prefix cache: a repeated system prompt is a hit, and its tokens are not prefilled again', async () => {
+  const value = (text: string, name: string) => Number(text.match(new RegExp(`^${name}\\{model="tiny",worker="[^"]+"\\} (\\S+)$`, 'm'))?.[1] ?? NaN);
+  const before = await (await fetch(`${serve.url}/metrics`)).text();
+  const system = 'You answer questions about lighthouses, their keepers and the winter storms on the northern coast. '.repeat(4);
+  for (const q of ['first question', 'second question']) {
+    await client.chat.completions.create({ model: 'tiny', messages: [{ role: 'system', content: system }, { role: 'user', content: q }], max_tokens: 2 });
+  }
+  let text = '';
+  for (const t0 = Date.now(); Date.now() - t0 < 20_000; await new Promise((r) => setTimeout(r, 500))) {
+    text = await (await fetch(`${serve.url}/metrics`)).text();
+    if (value(text, 'switchyard_prefix_cache_lookups_total') >= value(before, 'switchyard_prefix_cache_lookups_total') + 2) break;
+  }
+  expect(value(text, 'switchyard_prefix_cache_hits_total') - value(before, 'switchyard_prefix_cache_hits_total')).toBe(1);
+  // The system prompt is well over 16 tokens: at least one whole block was reused.
+  expect(value(text, 'switchyard_prefix_cache_tokens_saved_total') - value(before, 'switchyard_prefix_cache_tokens_saved_total')).toBeGreaterThanOrEqual(16);
+  expect(value(text, 'switchyard_prefix_cache_bytes')).toBeGreaterThan(0);
+  expect(text).toContain('# TYPE switchyard_prefix_cache_evictions_total counter');
+});

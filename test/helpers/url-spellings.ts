@@ -102,6 +102,15 @@ export const V1_ROUTES: { method: string; route: string; path: string; body?: un
   { method: 'POST', route: '/v1/batches/:id/cancel', path: '/v1/batches/batch_0123/cancel' },
   { method: 'POST', route: '/v1/messages', path: '/v1/messages', body: { model: 'tiny-chat', max_tokens: 1, messages: [{ role: 'user', content: 'hi' }] } },
   { method: 'POST', route: '/v1/messages/count_tokens', path: '/v1/messages/count_tokens', body: { model: 'tiny-chat', messages: [{ role: 'user', content: 'hi' }] } },
+  // Issue 22: moderations, and the retired endpoints old applications still call.
+  { method: 'POST', route: '/v1/moderations', path: '/v1/moderations', body: { input: 'x' } },
+  { method: 'POST', route: '/v1/edits', path: '/v1/edits', body: { model: 'tiny-chat', instruction: 'x', input: 'y' } },
+  { method: 'GET', route: '/v1/engines', path: '/v1/engines' },
+  { method: 'HEAD', route: '/v1/engines', path: '/v1/engines' },
+  { method: 'GET', route: '/v1/engines/*', path: '/v1/engines/tiny-chat' },
+  { method: 'HEAD', route: '/v1/engines/*', path: '/v1/engines/tiny-chat' },
+  { method: 'POST', route: '/v1/engines/*', path: '/v1/engines/tiny-chat/completions', body: { prompt: 'x', max_tokens: 1 } },
+  { method: 'POST', route: '/v1/engines/*', path: '/v1/engines/tiny-embed/embeddings', body: { input: 'x' } },
   // vLLM's token endpoints live at the root, behind the same key hook.
   { method: 'POST', route: '/tokenize', path: '/tokenize', body: { model: 'tiny-chat', prompt: 'hi' } },
   { method: 'POST', route: '/detokenize', path: '/detokenize', body: { model: 'tiny-chat', tokens: [1, 2] } },

@@ -168,7 +168,7 @@ it('a process that makes one call and closes the client exits by itself within a
   const script = join(tmpdir(), `sdk-exit-${process.pid}.mjs`);
   writeFileSync(
     script,
-    `import { OpenSourceAI } from ${JSON.stringify(new URL('../../sdk.mjs', import.meta.url).pathname)};
+    `import { OpenSourceAI } from ${JSON.stringify(new URL('../../dist/sdk/index.js', import.meta.url).pathname)};
      const client = new OpenSourceAI(${JSON.stringify(db.url)});
      const r = await client.chat_completions_create_async('tiny', [{ role: 'user', content: 'hi' }], { max_tokens: 3 });
      const s = client.chat_completions_create('tiny', [{ role: 'user', content: 'hi' }], { max_tokens: 3 });

@@ -335,6 +335,12 @@ describe('chunking vectorizers', () => {
 
     const own = await as(APP, `select * from ai.search($1, $2, 3)`, [id, secretChunk]);
     expect(own[0]).toMatchObject({ source_pk: { id: 3 }, chunk_seq: 1 });
+    // A filter on source columns: the nearest row is left out, and k rows still come back when k pass it.
+    const open = await as(APP, `select * from ai.search($1, $2, 10, filter => '{"secret": false}')`, [id, secretChunk]);
+    expect(open.map((h) => h.source_pk.id).sort()).toEqual([1, 2, 4, 5, 6]);
+    const onlySecret = await as(APP, `select * from ai.search($1, $2, 3, filter => $3)`, [id, openChunk, { secret: true }]);
+    expect(onlySecret.map((h) => h.source_pk.id)).toEqual([3]);
+    expect(await failAs(APP, `select * from ai.search($1, 'x', 3, '[1]')`, [id])).toMatch(/filter must be a jsonb object/);
     const admin = await as(ADMIN, `select * from ai.search($1, $2, 10)`, [id, secretChunk]);
     expect(admin.map((h) => h.source_pk.id).sort()).toEqual([1, 2, 4, 5, 6]);
     expect((await as(ADMIN, `select * from ai.search($1, $2, 1)`, [id, openChunk]))[0]).toMatchObject({ source_pk: { id: 4 }, chunk_seq: 1 });

@@ -20,6 +20,12 @@ export interface ClaimerDeps {
 
 /** Requests claimed per statement: a model call's worth of single-input requests. */
 const CLAIM_LIMIT = MAX_CALL_INPUTS;
+/**
+ * Of those, at most this many batch-work requests (ai.submit_embed, Batch API lines): the model
+ * runs one call at a time, so an interactive request that arrives during a batch backlog waits
+ * for a call of at most a quarter of the usual size before it is claimed.
+ */
+const BATCH_CLAIM_LIMIT = CLAIM_LIMIT / 4;
 /** Notifications can be lost (reconnects): look for work this often anyway. */
 const POLL_MS = 2000;
 /** Batches between claim and finish at once: one in the model, one being written. */
@@ -187,14 +193,14 @@ export class EmbedClaimer {
    */
   private async claim(): Promise<{ rows: { id: string; input: unknown }[]; cached: CachedRow[] }> {
     const { rows } = await this.deps.pool.query<{ kind: 'r' | 'c'; id: string | null; input: unknown; input_hash: Buffer | null; embedding: Buffer | null; tokens: number | null }>(
-      `with c as materialized (select id, input from ai.claim_embeddings($1, $2, $3)),
+      `with c as materialized (select id, input from ai.claim_embeddings($1, $2, $3, p_batch_limit => $5)),
             k as (select distinct ai.embedding_cache_key($4::bytea, x) as h
                     from c, jsonb_array_elements(case when jsonb_typeof(c.input->'input') = 'array' then c.input->'input' else '[]' end) x)
        select 'r' as kind, c.id::text as id, c.input, null::bytea as input_hash, null::bytea as embedding, null::int as tokens from c
        union all
        select 'c', null, null, e.input_hash, vector_send(e.embedding), e.tokens
          from k join ai.embedding_cache e on e.model = $1 and e.input_hash = k.h`,
-      [this.deps.model, this.deps.workerId, CLAIM_LIMIT, this.deps.fingerprint],
+      [this.deps.model, this.deps.workerId, CLAIM_LIMIT, this.deps.fingerprint, BATCH_CLAIM_LIMIT],
     );
     return {
       rows: rows.filter((r) => r.kind === 'r').map((r) => ({ id: r.id!, input: r.input })),

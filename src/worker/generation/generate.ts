@@ -30,7 +30,23 @@ export type Feeds = Record<string, Tensor>;
 
 export const int64 = (values: number[], dims: number[]) => new Tensor('int64', BigInt64Array.from(values, BigInt), dims);
 
-/** `present.N.key` outputs become the next step's `past_key_values.N.key` inputs. */
+/**
+ * `present.N.key` outputs become the next step's `past_key_values.N.key` inputs.
+ *
+ * This is where each step's copy of the whole KV cache comes from, and onnxruntime-node 1.30
+ * gives no way around it (issue 15, measured with onnxruntime-node directly on the
+ * SmolLM2-135M-shaped bench model, 2 cores at load average ~20):
+ * - outputs always come back as new JS-owned buffers: the Node binding exposes no IO binding,
+ *   and a pre-allocated output passed in `fetches` is written to, yet `run` still returns the
+ *   output in a buffer of its own (so the copy remains, and the pre-allocated one is extra);
+ * - the exported graph concatenates past and new keys/values itself (present = concat(past,
+ *   new)), so even without the binding's copy each step reads and writes the whole cache.
+ * What the copy out costs: 45 MiB a step at batch 1 and 1,024 tokens (allocating and filling
+ * that much in JS: 22 ms of a 752 ms step), 360 MiB at batch 8 and 1,024 tokens (901 ms of a
+ * 3,264 ms step). Keeping the cache in place needs a graph with a fixed-size, shared KV buffer
+ * (onnxruntime's GroupQueryAttention with past_present_share_buffer) fed through IO binding,
+ * which the Node binding does not offer; until it does, the copy stays.
+ */
 export function toPast(outputs: Feeds): Feeds {
   const past: Feeds = {};
   for (const [name, t] of Object.entries(outputs)) {

@@ -1,4 +1,5 @@
 import type { SamplingParams } from '../../protocol/chat.js';
+import { largestK, nucleus, scratch } from './select.js';
 
 /**
  * Seeded PRNG (splitmix32-style mixing of a 53-bit seed, then mulberry32). The same seed and
@@ -21,7 +22,8 @@ export function makeRng(seed: number, stream = 0): () => number {
 /** Temperatures below this are greedy: dividing logits by ~0 only amplifies float noise. */
 const GREEDY_BELOW = 1e-5;
 
-export type Sampling = Pick<SamplingParams, 'temperature' | 'topP' | 'frequencyPenalty' | 'presencePenalty'>;
+/** `topK`: keep the k most likely tokens before top_p (vLLM's extension; 0 or absent: all). */
+export type Sampling = Pick<SamplingParams, 'temperature' | 'topP' | 'frequencyPenalty' | 'presencePenalty'> & { topK?: number };
 
 /**
  * OpenAI's penalties: logit[t] -= count[t] * frequency_penalty + (count[t] > 0) * presence_penalty,
@@ -46,28 +48,88 @@ function argmax(logits: Float32Array): number {
 
 /**
  * Picks the next token from one row of logits (mutated in place). Greedy at temperature 0;
- * otherwise softmax(logits / T), restricted to the smallest set of tokens whose mass reaches
- * top_p, sampled with `rng`.
+ * otherwise softmax(logits / T), restricted to the top_k most likely tokens, then to the smallest
+ * set of tokens whose mass reaches top_p, sampled with `rng`.
  */
 export function sampleToken(logits: Float32Array, counts: Map<number, number>, p: Sampling, rng: () => number): number {
   applyPenalties(logits, counts, p);
   return drawToken(logits, p, rng);
 }
 
-/** `sampleToken` without the penalties: greedy, or temperature and top_p (mutates `logits`). */
+/**
+ * `sampleToken` without the penalties (mutates `logits`: weights replace the logits they came from).
+ *
+ * What it costs per token, outside one read of the row: no allocation (two index buffers the size
+ * of the vocabulary are kept per thread, see `scratch`), and nothing sorted. top_k is a heap of k
+ * over the raw logits, so only k exponentials are taken; without it the weights are the one O(V)
+ * pass (the total mass needs every token). The nucleus is found by partial selection (weighted
+ * quickselect, expected linear in the candidates) over the tokens that can be in it at all: those
+ * above (1 − top_p)·total / V, which are a handful for a trained model's peaked rows. Sorting the
+ * 49k vocabulary per token took up to 90 ms; the bucketed pass that replaced it allocated two
+ * vocabulary-sized arrays per token.
+ *
+ * The draw walks the kept tokens in id order, as the draw over the whole vocabulary always has,
+ * so with top_p = 1 and no top_k a seeded request gives the tokens it gave before; with top_p < 1
+ * the kept set and its distribution are the same as before, the order the rng walks them is not.
+ */
 export function drawToken(logits: Float32Array, p: Sampling, rng: () => number): number {
   if (p.temperature < GREEDY_BELOW) return argmax(logits);
+  const V = logits.length;
   const max = logits[argmax(logits)]!;
   const inv = 1 / p.temperature;
+  const topK = p.topK !== undefined && p.topK > 0 && p.topK < V ? Math.floor(p.topK) : 0;
+  if (topK > 0) {
+    const { cand } = scratch(V);
+    const n = largestK(logits, topK, cand);
+    let total = 0;
+    for (let j = 0; j < n; j++) {
+      const i = cand[j]!;
+      logits[i] = weight(logits[i]!, max, inv);
+      total += logits[i]!;
+    }
+    return drawAmong(logits, cand, n, total, p.topP, rng);
+  }
   let total = 0;
-  for (let i = 0; i < logits.length; i++) {
-    logits[i] = Math.exp((logits[i]! - max) * inv);
+  for (let i = 0; i < V; i++) {
+    logits[i] = weight(logits[i]!, max, inv);
     // Sum what is stored (float32), not the float64 exponential: the draw walks the stored
     // values, and a total larger than their sum would fall off the end of the vocabulary.
     total += logits[i]!;
   }
   if (p.topP >= 1) return drawFrom(logits, total, rng);
-  return drawTopP(logits, total, p.topP, rng);
+  // Tokens at or below θ hold at most V·θ = total − target of the mass, so the nucleus lies
+  // above it (the margin keeps rounding on the safe side: more candidates, never fewer).
+  const theta = ((1 - p.topP) * total * (1 - 1e-6)) / V;
+  const { cand } = scratch(V);
+  let n = 0;
+  for (let i = 0; i < V; i++) if (logits[i]! > theta) cand[n++] = i;
+  return nucleus(logits, cand, n, p.topP * total, rng);
+}
+
+/** exp((l − max) / T); below e^-104 a float32 is 0 anyway (and −∞, a masked token, is skipped). */
+function weight(logit: number, max: number, inv: number): number {
+  const s = (logit - max) * inv;
+  return s < -104 ? 0 : Math.exp(s);
+}
+
+/** Draws among `cand[0..n)` (ascending ids, weights in `w`), after top_p if it is below 1. */
+function drawAmong(w: Float32Array, cand: Int32Array, n: number, total: number, topP: number, rng: () => number): number {
+  if (topP < 1) {
+    const theta = ((1 - topP) * total * (1 - 1e-6)) / n;
+    let kept = 0;
+    for (let j = 0; j < n; j++) if (w[cand[j]!]! > theta) cand[kept++] = cand[j]!;
+    return nucleus(w, cand, kept, topP * total, rng);
+  }
+  let u = rng() * total;
+  let last = cand[0]!;
+  for (let j = 0; j < n; j++) {
+    const i = cand[j]!;
+    if (w[i]! === 0) continue;
+    last = i;
+    u -= w[i]!;
+    if (u <= 0) return i;
+  }
+  return last;
 }
 
 function drawFrom(weights: Float32Array, total: number, rng: () => number): number {
@@ -80,84 +142,4 @@ function drawFrom(weights: Float32Array, total: number, rng: () => number): numb
     if (u <= 0) return i;
   }
   return last; // rounding left a sliver: the last token that can be drawn at all
-}
-
-/**
- * Nucleus sampling without sorting the whole vocabulary: when the tokens above the mean weight
- * are few and hold top_p of the mass, only they are sorted; otherwise (a flat distribution, as a
- * random-weight model's) `flatNucleus` finds the boundary by buckets.
- */
-function drawTopP(weights: Float32Array, total: number, topP: number, rng: () => number): number {
-  const target = topP * total;
-  const mean = total / weights.length;
-  const heavy: number[] = [];
-  let heavyMass = 0;
-  for (let i = 0; i < weights.length; i++) {
-    if (weights[i]! > mean) {
-      heavy.push(i);
-      heavyMass += weights[i]!;
-    }
-  }
-  // A peaked distribution (a trained model's, mostly): a few heavy tokens hold the nucleus.
-  if (heavyMass < target || heavy.length > MAX_SORTED) return flatNucleus(weights, target, rng);
-  heavy.sort((x, y) => weights[y]! - weights[x]! || x - y);
-  let mass = 0;
-  let end = 0;
-  while (end < heavy.length && mass < target) mass += weights[heavy[end++]!]!;
-  let u = rng() * mass;
-  for (let i = 0; i < end; i++) {
-    u -= weights[heavy[i]!]!;
-    if (u <= 0) return heavy[i]!;
-  }
-  return heavy[end - 1]!;
-}
-
-/** Above this many candidates, sorting them costs more than `flatNucleus`'s linear passes. */
-const MAX_SORTED = 2048;
-
-/** Buckets per halving of the weight, and how many: weights below max·2^-128 share the last. */
-const PER_OCTAVE = 8;
-const BUCKETS = 128 * PER_OCTAVE;
-
-/**
- * The nucleus of a flat distribution in linear time (sorting a 49k vocabulary per token took
- * up to 90 ms): tokens are bucketed by weight (1/8 of an octave per bucket), the bucket where the
- * mass from the top reaches `target` is found, and only that bucket is sorted. Every token in a
- * higher bucket outweighs every token in it, so the set is the sorted prefix, as before.
- */
-function flatNucleus(weights: Float32Array, target: number, rng: () => number): number {
-  let max = 0;
-  for (let i = 0; i < weights.length; i++) if (weights[i]! > max) max = weights[i]!;
-  const bucket = new Int16Array(weights.length);
-  const mass = new Float64Array(BUCKETS);
-  for (let i = 0; i < weights.length; i++) {
-    const w = weights[i]!;
-    const b = w > 0 ? Math.min(BUCKETS - 1, Math.floor(-Math.log2(w / max) * PER_OCTAVE)) : -1;
-    bucket[i] = b;
-    if (b >= 0) mass[b] = mass[b]! + w;
-  }
-  let above = 0;
-  let cut = 0;
-  while (cut < BUCKETS - 1 && above + mass[cut]! < target) above += mass[cut++]!;
-  const inside: number[] = [];
-  const boundary: number[] = [];
-  for (let i = 0; i < weights.length; i++) {
-    if (bucket[i]! < 0 || bucket[i]! > cut) continue;
-    (bucket[i]! < cut ? inside : boundary).push(i);
-  }
-  boundary.sort((x, y) => weights[y]! - weights[x]! || x - y);
-  let nucleus = above;
-  let end = 0;
-  // Summation-order rounding may leave a sliver short of target with every token in: take them all.
-  while (end < boundary.length && nucleus < target) nucleus += weights[boundary[end++]!]!;
-  let u = rng() * nucleus;
-  for (const i of inside) {
-    u -= weights[i]!;
-    if (u <= 0) return i;
-  }
-  for (let k = 0; k < end; k++) {
-    u -= weights[boundary[k]!]!;
-    if (u <= 0) return boundary[k]!;
-  }
-  return end > 0 ? boundary[end - 1]! : inside[inside.length - 1]!;
 }

@@ -9,6 +9,7 @@ import { batchLimitsFromEnv, type BatchLimits } from './limits.js';
 import type { TokenConstraint } from './constrain/index.js';
 import type { WorkerBatchStats } from '../../db/workers-repo.js';
 import { ThreadError } from './thread-error.js';
+import { PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
 
 /**
  * Continuous batching, as vLLM and TGI schedule decoding: every sequence that is decoding on a
@@ -21,12 +22,15 @@ import { ThreadError } from './thread-error.js';
  * position ids counted per row. So a row sees exactly the keys and positions it would see alone:
  * its output does not depend on what it is batched with. The cache is re-laid out (rows added or
  * dropped, common padding trimmed) only when the batch's membership changes.
+ *
+ * A prompt that starts with blocks a finished sequence or an earlier prompt left in the prefix
+ * cache (prefix-cache.ts) is prefilled from the end of those blocks only.
  */
 
 export type { BatchLimits } from './limits.js';
 
 /** The scheduler's counters (the stored shape less the gauges, which `load` gives). */
-export type SchedulerStats = Omit<WorkerBatchStats, 'decoding' | 'waiting' | 'prefilling'>;
+export type SchedulerStats = Omit<WorkerBatchStats, 'decoding' | 'waiting' | 'prefilling'> & PrefixCacheStats;
 
 export interface SubmitOptions extends GenerateOptions {
   /** One per choice, when the request is constrained. */
@@ -51,6 +55,8 @@ interface Request {
   arrived: number;
   /** Holds a reservation (admitted, not yet answered). */
   admitted: boolean;
+  /** Looked up in the prefix cache (once, just before its prefill starts). */
+  looked: boolean;
   settled: boolean;
   resolve(choices: ChoiceResult[]): void;
   reject(err: ThreadError): void;
@@ -84,7 +90,8 @@ export class BatchScheduler {
   private L = 0;
   private reserved = 0;
   private running = false;
-  readonly stats: SchedulerStats = { steps: 0, stepSequences: 0, maxBatch: 0, decodeTokens: 0, prefillTokens: 0, prefills: 0, decodeMs: 0, prefillMs: 0, admitted: 0, admitWaitMs: 0 };
+  private readonly counters = { steps: 0, stepSequences: 0, maxBatch: 0, decodeTokens: 0, prefillTokens: 0, prefills: 0, decodeMs: 0, prefillMs: 0, admitted: 0, admitWaitMs: 0 };
+  private readonly prefix: PrefixCache;
   private readonly decode: (ids: number[]) => string;
   private readonly pieceOf: (id: number) => string;
 
@@ -94,6 +101,12 @@ export class BatchScheduler {
   ) {
     this.decode = (ids) => (ids.length ? m.tokenizer.decode(ids, { skip_special_tokens: true }) : '');
     this.pieceOf = (id) => m.tokenizer.decode([id], { skip_special_tokens: false });
+    this.prefix = new PrefixCache(limits.prefixCacheBytes ?? 0);
+  }
+
+  /** Counters since the thread started, the prefix cache's among them. */
+  get stats(): SchedulerStats {
+    return { ...this.counters, ...this.prefix.stats };
   }
 
   /** Sequences decoding now, and requests waiting for a slot or being prefilled. */
@@ -114,7 +127,7 @@ export class BatchScheduler {
         promptIds, params, opts, maxNew,
         reserve: params.n * (promptIds.length + maxNew),
         rows: [], prefilled: 0, past: null, pastRow: 0, lastLogits: null,
-        arrived: performance.now(), admitted: false, settled: false, resolve, reject,
+        arrived: performance.now(), admitted: false, looked: false, settled: false, resolve, reject,
       };
       this.waiting.push(req);
       if (!this.running) {
@@ -164,9 +177,32 @@ export class BatchScheduler {
       req.admitted = true;
       this.reserved += req.reserve;
       this.prefilling.push(req);
-      this.stats.admitted++;
-      this.stats.admitWaitMs += performance.now() - req.arrived;
+      this.counters.admitted++;
+      this.counters.admitWaitMs += performance.now() - req.arrived;
     }
+  }
+
+  /**
+   * Starts the request's prefill after the longest cached prefix of its prompt (never its last
+   * token, whose logits give the first token). Looked up when its prefill is about to start, not
+   * at admission: requests that arrive together with one system prompt are prefilled one after
+   * the other, so the second finds what the first left. Echoed prompts are prefilled whole: their
+   * logprobs need every position's logits.
+   */
+  private reuse(req: Request): void {
+    if (req.looked) return;
+    req.looked = true;
+    if (req.params.echo) return;
+    const hit = this.prefix.lookup(req.promptIds, req.promptIds.length - 1);
+    if (!hit) return;
+    req.past = hit.past;
+    req.pastRow = 0;
+    req.prefilled = hit.tokens;
+  }
+
+  /** What a row has in the batch's cache: its prompt and the tokens fed back so far. */
+  private cachedIds(row: Row): number[] {
+    return row.req.promptIds.concat(row.tokenIds.slice(0, row.len - row.req.promptIds.length));
   }
 
   private settle(req: Request, outcome: { choices: ChoiceResult[] } | { error: ThreadError }): void {
@@ -203,6 +239,9 @@ export class BatchScheduler {
   /** Finished rows leave the batch; a request is answered when its last row finishes. */
   private retire(): void {
     if (!this.rows.some((row) => row.finishReason !== null || row.req.settled)) return;
+    // A finished sequence leaves its blocks for the next turn of its chat (its reply, as the next
+    // prompt will hold it, when the template renders the same tokens).
+    if (this.prefix.enabled) this.rows.forEach((row, b) => row.finishReason !== null && this.prefix.store(this.cachedIds(row), this.past!, b));
     for (const req of new Set(this.rows.filter((row) => row.finishReason !== null).map((row) => row.req))) this.answerIfDone(req);
     this.keepRows((row) => row.finishReason === null && !row.req.settled);
   }
@@ -271,6 +310,7 @@ export class BatchScheduler {
       if (req.prefilled === req.promptIds.length) {
         this.prefilling.shift();
         try {
+          this.prefix.store(req.promptIds, req.past!, req.pastRow);
           this.join(req);
         } catch (err) {
           // Before its rows were laid into the batch (sampling comes first): only it fails.
@@ -288,6 +328,7 @@ export class BatchScheduler {
     const group: Request[] = [];
     let longest = 0;
     for (const req of this.prefilling) {
+      this.reuse(req);
       if (req.prefilled > 0 || req.params.echo) break;
       const L = Math.max(longest, req.promptIds.length);
       if ((group.length + 1) * L > budget) break;
@@ -327,9 +368,9 @@ export class BatchScheduler {
       }
       return;
     }
-    this.stats.prefillMs += performance.now() - t0;
-    this.stats.prefills++;
-    this.stats.prefillTokens += group.reduce((n, r) => n + r.promptIds.length, 0);
+    this.counters.prefillMs += performance.now() - t0;
+    this.counters.prefills++;
+    this.counters.prefillTokens += group.reduce((n, r) => n + r.promptIds.length, 0);
     const logits = outputs.logits!.data as Float32Array;
     const V = outputs.logits!.dims[2]!;
     const past = toPast(outputs);
@@ -340,6 +381,7 @@ export class BatchScheduler {
       req.pastRow = j;
       req.prefilled = req.promptIds.length;
       try {
+        this.prefix.store(req.promptIds, past, j);
         this.join(req);
       } catch (err) {
         this.settle(req, { error: ThreadError.from(err) });
@@ -358,9 +400,9 @@ export class BatchScheduler {
       position_ids: int64(ids.map((_, i) => start + i), [1, take]),
       ...(req.past ? { past_key_values: req.past } : {}),
     })) as Feeds;
-    this.stats.prefillMs += performance.now() - t0;
-    this.stats.prefills++;
-    this.stats.prefillTokens += take;
+    this.counters.prefillMs += performance.now() - t0;
+    this.counters.prefills++;
+    this.counters.prefillTokens += take;
     const logits = outputs.logits!.data as Float32Array;
     const V = outputs.logits!.dims[2]!;
     if (req.params.echo && req.params.logprobs !== null) {
@@ -436,11 +478,11 @@ export class BatchScheduler {
       this.relayout([]);
       return;
     }
-    this.stats.decodeMs += performance.now() - t0;
-    this.stats.steps++;
-    this.stats.stepSequences += B;
-    this.stats.decodeTokens += B;
-    if (B > this.stats.maxBatch) this.stats.maxBatch = B;
+    this.counters.decodeMs += performance.now() - t0;
+    this.counters.steps++;
+    this.counters.stepSequences += B;
+    this.counters.decodeTokens += B;
+    if (B > this.counters.maxBatch) this.counters.maxBatch = B;
     this.past = toPast(outputs);
     this.L = total;
     const V = outputs.logits!.dims[2]!;

@@ -1,0 +1,155 @@
+import { createHash } from 'node:crypto';
+import { Tensor } from '@huggingface/transformers';
+import type { Feeds } from './generate.js';
+
+/**
+ * Prefix caching, as vLLM's automatic prefix caching and llama.cpp's prompt cache do it: the KV
+ * of every full block of `BLOCK` tokens a sequence has had in the cache is kept, keyed by a hash
+ * of all the tokens up to the block's end (so a block's key names its whole prefix, and a hit
+ * on block j means blocks 0..j-1 hit too). A request whose prompt starts with cached blocks
+ * skips prefilling them: a shared system prompt, or a chat's history at its next turn.
+ *
+ * A token's keys and values depend only on the tokens before it and its position, so a cached
+ * block is what prefilling those tokens again would compute; the scheduler's tests compare the
+ * tokens with the cache and without it.
+ *
+ * Bounded by `budgetBytes` (SWITCHYARD_PREFIX_CACHE_MB), least recently used evicted first. A
+ * chain is touched from its end back to its root, so a prefix's later blocks are evicted before
+ * its earlier ones and what stays is always reachable from the start. Blocks are copies, never
+ * views of the batch's cache: they outlive any re-layout, cancellation or failed step. The cache
+ * lives in the model thread and dies with it (a crashed thread starts empty).
+ */
+
+/** Tokens per block: the granularity of a hit (a prompt reuses whole blocks only). */
+export const BLOCK = 16;
+
+export interface PrefixCacheStats {
+  /** Prompts looked up, those that reused at least one block, and the prompt tokens not prefilled. */
+  prefixLookups: number;
+  prefixHits: number;
+  prefixTokensSaved: number;
+  prefixEvictions: number;
+  /** Bytes held now. */
+  prefixBytes: number;
+}
+
+interface Block {
+  /** Per cache input (`past_key_values.N.key`…): [kv heads, BLOCK, head dim]. */
+  data: Record<string, Float32Array>;
+  bytes: number;
+}
+
+type Shape = { names: string[]; heads: number[]; dim: number[] };
+
+export class PrefixCache {
+  private readonly blocks = new Map<string, Block>();
+  private shape: Shape | null = null;
+  readonly stats: PrefixCacheStats = { prefixLookups: 0, prefixHits: 0, prefixTokensSaved: 0, prefixEvictions: 0, prefixBytes: 0 };
+
+  constructor(private readonly budgetBytes: number) {}
+
+  get enabled(): boolean {
+    return this.budgetBytes > 0;
+  }
+
+  /** Keys of the first `count` full blocks of `ids`: each one hashes its predecessor's key and its own tokens. */
+  private keys(ids: readonly number[], count: number): string[] {
+    const out: string[] = [];
+    let prev = '';
+    for (let j = 0; j < count; j++) {
+      const tokens = Int32Array.from(ids.slice(j * BLOCK, (j + 1) * BLOCK));
+      prev = createHash('sha256').update(prev).update(new Uint8Array(tokens.buffer)).digest('base64');
+      out.push(prev);
+    }
+    return out;
+  }
+
+  /** Most recent last; `keys` in chain order, touched back to front (see the class comment). */
+  private touch(keys: string[]): void {
+    for (let j = keys.length - 1; j >= 0; j--) {
+      const block = this.blocks.get(keys[j]!);
+      if (!block) continue;
+      this.blocks.delete(keys[j]!);
+      this.blocks.set(keys[j]!, block);
+    }
+  }
+
+  /**
+   * The cache for the longest run of cached blocks that `ids` starts with, at most `limit` tokens
+   * (the scheduler leaves at least the prompt's last token to prefill: its logits give the first
+   * token). A [1, heads, tokens, dim] tensor per cache input, or null on a miss.
+   */
+  lookup(ids: readonly number[], limit: number): { tokens: number; past: Feeds } | null {
+    if (!this.enabled) return null;
+    this.stats.prefixLookups++;
+    const keys = this.keys(ids, Math.floor(Math.min(limit, ids.length) / BLOCK));
+    let hit = 0;
+    while (hit < keys.length && this.blocks.has(keys[hit]!)) hit++;
+    if (hit === 0 || !this.shape) return null;
+    this.touch(keys.slice(0, hit));
+    const tokens = hit * BLOCK;
+    const past: Feeds = {};
+    this.shape.names.forEach((name, n) => {
+      const H = this.shape!.heads[n]!;
+      const D = this.shape!.dim[n]!;
+      const data = new Float32Array(H * tokens * D);
+      for (let j = 0; j < hit; j++) {
+        const src = this.blocks.get(keys[j]!)!.data[name]!;
+        for (let h = 0; h < H; h++) data.set(src.subarray(h * BLOCK * D, (h + 1) * BLOCK * D), (h * tokens + j * BLOCK) * D);
+      }
+      past[name] = new Tensor('float32', data, [1, H, tokens, D]);
+    });
+    this.stats.prefixHits++;
+    this.stats.prefixTokensSaved += tokens;
+    return { tokens, past };
+  }
+
+  /**
+   * Keeps the full blocks of a sequence whose `ids` (every token it has in the cache, in order)
+   * are row `b` of `past`, right-aligned ([rows, heads, L, dim], the batch's layout). Blocks
+   * already cached are only touched; a prefix longer than the whole budget keeps its start.
+   */
+  store(ids: readonly number[], past: Feeds, b: number): void {
+    if (!this.enabled) return;
+    const names = Object.keys(past).filter((k) => k.startsWith('past_key_values'));
+    const first = past[names[0]!];
+    // float16 caches (GPU) are not kept: the blocks are float32 copies.
+    if (!first || first.type !== 'float32') return;
+    this.shape ??= { names, heads: names.map((k) => past[k]!.dims[1]!), dim: names.map((k) => past[k]!.dims[3]!) };
+    const bytes = this.shape.names.reduce((s, _, n) => s + this.shape!.heads[n]! * BLOCK * this.shape!.dim[n]! * 4, 0);
+    const count = Math.min(Math.floor(ids.length / BLOCK), Math.floor(this.budgetBytes / bytes));
+    const keys = this.keys(ids, count);
+    // The chain's cached blocks first become the most recent, so making room for its new ones
+    // evicts other prefixes, never its own start.
+    this.touch(keys);
+    keys.forEach((key, j) => {
+      if (this.blocks.has(key)) return;
+      this.evictFor(bytes);
+      const data: Record<string, Float32Array> = {};
+      this.shape!.names.forEach((name, n) => {
+        const t = past[name]!;
+        const [, H, L, D] = t.dims as [number, number, number, number];
+        const src = t.data as Float32Array;
+        const out = new Float32Array(H * BLOCK * D);
+        const at = L - ids.length + j * BLOCK;
+        for (let h = 0; h < H; h++) {
+          const from = ((b * H + h) * L + at) * D;
+          out.set(src.subarray(from, from + BLOCK * D), h * BLOCK * D);
+        }
+        data[name] = out;
+      });
+      this.blocks.set(key, { data, bytes });
+      this.stats.prefixBytes += bytes;
+    });
+    this.touch(keys);
+  }
+
+  private evictFor(bytes: number): void {
+    while (this.stats.prefixBytes + bytes > this.budgetBytes && this.blocks.size > 0) {
+      const [key, block] = this.blocks.entries().next().value as [string, Block];
+      this.blocks.delete(key);
+      this.stats.prefixBytes -= block.bytes;
+      this.stats.prefixEvictions++;
+    }
+  }
+}

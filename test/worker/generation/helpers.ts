@@ -1,0 +1,71 @@
+import { inject } from 'vitest';
+import type { SamplingParams } from '../../../src/protocol/chat.js';
+import { loadChatModel, type LoadedChatModel } from '../../../src/worker/loader.js';
+import { BatchScheduler, type BatchLimits } from '../../../src/worker/generation/scheduler.js';
+import type { ChoiceResult } from '../../../src/worker/generation/generate.js';
+import { makeRng } from '../../../src/worker/generation/sampler.js';
+
+/** What the scheduler's tests share: the tiny synthetic chat model, prompts, and a staggered submit. */
+
+export const LIMITS: BatchLimits = { maxSequences: 16, maxTokens: 65_536, prefillChunk: 128 };
+
+export async function loadTiny(): Promise<LoadedChatModel> {
+  const spec = {
+    name: 'tiny-chat', task: 'chat' as const, source: 'tiny-chat', revision: 'main', dtype: 'fp32', device: 'cpu' as const,
+    chatTemplate: null, contextLength: null, pooling: 'mean' as const, normalize: true, truncate: false,
+  };
+  return loadChatModel(spec, inject('modelsDir' as never) as string, () => {});
+}
+
+export const params = (over: Partial<SamplingParams> = {}): SamplingParams => ({
+  maxTokens: 12, temperature: 0, topP: 1, n: 1, stop: [], seed: null,
+  frequencyPenalty: 0, presencePenalty: 0, logprobs: null, echo: false, constraint: null, ...over,
+});
+
+/** Prompts of different lengths (token ids drawn from the vocabulary, seeded). */
+export function prompts(count: number, seed = 7): number[][] {
+  const rng = makeRng(seed);
+  return Array.from({ length: count }, (_, i) => Array.from({ length: 3 + i * 5 + Math.floor(rng() * 4) }, () => 100 + Math.floor(rng() * 40_000)));
+}
+
+export const never = new AbortController().signal;
+export const noop = () => {};
+
+/** One request on a scheduler of its own (no prefix cache: LIMITS leaves it off). */
+export async function alone(m: LoadedChatModel, prompt: number[], p: SamplingParams): Promise<ChoiceResult[]> {
+  return new BatchScheduler(m, LIMITS).submit(prompt, p, { signal: never, onDelta: noop });
+}
+
+/**
+ * Submits request i+1 once request i has produced `gap` tokens: each joins a batch that is
+ * already decoding, at a different step.
+ */
+export async function staggered(s: BatchScheduler, ps: number[][], p: (i: number) => SamplingParams, gap = 2, signals: AbortSignal[] = []) {
+  const results: Promise<ChoiceResult[]>[] = [];
+  const submit = (i: number) => {
+    let deltas = 0;
+    let next = false;
+    // A delta may carry no text (a token that ends mid-character): count calls, and go on at
+    // the latest when request i finishes.
+    const go = () => {
+      if (!next && i + 1 < ps.length) submit(i + 1);
+      next = true;
+    };
+    results[i] = s.submit(ps[i]!, p(i), {
+      signal: signals[i] ?? never,
+      onDelta: (_index, _text, finish) => {
+        if (++deltas >= gap || finish) go();
+      },
+    });
+    void results[i].finally(go);
+  };
+  submit(0);
+  // Every request has been submitted by the time the first one can finish its gap.
+  const settled: (ChoiceResult[] | Error)[] = [];
+  for (let i = 0; i < ps.length; i++) {
+    while (!results[i]) await new Promise((r) => setTimeout(r, 5));
+    settled[i] = await results[i]!.catch((e: Error) => e);
+  }
+  return settled;
+}
+

@@ -1,0 +1,146 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { SamplingParams } from '../../../src/protocol/chat.js';
+import type { LoadedChatModel } from '../../../src/worker/loader.js';
+import { BatchScheduler } from '../../../src/worker/generation/scheduler.js';
+import type { ChoiceResult } from '../../../src/worker/generation/generate.js';
+import { BLOCK } from '../../../src/worker/generation/prefix-cache.js';
+import { ThreadError } from '../../../src/worker/generation/thread-error.js';
+import { makeRng } from '../../../src/worker/generation/sampler.js';
+import { alone, LIMITS, loadTiny, never, noop, params, staggered } from './helpers.js';
+
+// The prefix cache on the synthetic chat model: every request's tokens must be the tokens it
+// gets on a scheduler without the cache (LIMITS leaves it off), whether its prompt came from the
+// cache or not, batched, joining, leaving or cancelled, and under a budget that evicts.
+
+let m: LoadedChatModel;
+beforeAll(async () => {
+  m = await loadTiny();
+});
+
+const CACHED = { ...LIMITS, prefixCacheBytes: 64 * 1024 * 1024 };
+const ids = (rs: ChoiceResult[]) => rs.map((c) => c.tokenIds);
+
+/** Prompts that share a `shared`-token prefix (a system prompt), each with its own tail. */
+function sharing(count: number, shared: number, seed: number): number[][] {
+  const rng = makeRng(seed);
+  const tok = () => 100 + Math.floor(rng() * 40_000);
+  const head = Array.from({ length: shared }, tok);
+  return Array.from({ length: count }, (_, i) => [...head, ...Array.from({ length: 2 + i * 3 }, tok)]);
+}
+
+async function expected(ps: number[][], p: (i: number) => SamplingParams): Promise<number[][][]> {
+  return Promise.all(ps.map(async (prompt, i) => ids(await alone(m, prompt, p(i)))));
+}
+
+describe('prefix cache', () => {
+  it('greedy and seeded sampling: a shared prefix is reused, joining at different steps, and the tokens are those without the cache', async () => {
+    const ps = sharing(6, 5 * BLOCK + 3, 1);
+    const p = (i: number) => params({ maxTokens: 14, ...(i % 2 ? { temperature: 0.9, topP: 0.9, seed: 40 + i, n: 2 } : {}) });
+    const want = await expected(ps, p);
+    const s = new BatchScheduler(m, CACHED);
+    const got = await staggered(s, ps, p, 2);
+    expect(got.map((r) => ids(r as ChoiceResult[]))).toEqual(want);
+    // Every prompt after the first found the 5 shared blocks.
+    expect(s.stats.prefixHits).toBe(5);
+    expect(s.stats.prefixTokensSaved).toBeGreaterThanOrEqual(5 * 5 * BLOCK);
+    expect(s.stats.maxBatch).toBeGreaterThan(4);
+  });
+
+  it('requests that arrive together with one long system prompt: the first prefills it, the others reuse it', async () => {
+    const ps = sharing(3, 6 * BLOCK, 10);
+    const p = () => params({ maxTokens: 6 });
+    const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 32 });
+    const got = await Promise.all(ps.map((prompt) => s.submit(prompt, p(), { signal: never, onDelta: noop })));
+    expect(got.map(ids)).toEqual(await expected(ps, p));
+    expect(s.stats.prefixHits).toBe(2);
+    expect(s.stats.prefillTokens).toBe(ps.reduce((n, x) => n + x.length, 0) - 2 * 6 * BLOCK);
+  });
+
+  it('prompts prefilled together (one padded forward) leave blocks a later prompt reuses exactly', async () => {
+    const ps = sharing(5, 3 * BLOCK, 2).map((x, i) => (i === 2 ? x.slice(0, 4 * BLOCK + 5) : x));
+    ps[0] = [...ps[0]!, ...ps[1]!.slice(3 * BLOCK)]; // different lengths: the rows are left-padded differently
+    const p = () => params({ maxTokens: 8 });
+    const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 1024 });
+    const first = await Promise.all(ps.slice(0, 3).map((prompt) => s.submit(prompt, p(), { signal: never, onDelta: noop })));
+    expect(s.stats.prefills).toBe(1);
+    expect(first.map(ids)).toEqual(await expected(ps.slice(0, 3), p));
+    // The same prompts again (every block cached) and the two others (the shared blocks).
+    const again = await Promise.all(ps.map((prompt) => s.submit(prompt, p(), { signal: never, onDelta: noop })));
+    expect(again.map(ids)).toEqual(await expected(ps, p));
+    expect(s.stats.prefixHits).toBe(5);
+  });
+
+  it("a chat's next turn reuses its history and the reply the model gave, and gives the tokens without the cache", async () => {
+    const [turn1] = sharing(1, 3 * BLOCK + 7, 3);
+    // Seeded sampling at T 1: on a random model's flat rows, any change to the logits moves the draws.
+    const p = params({ maxTokens: 2 * BLOCK + 3, temperature: 1, seed: 3 });
+    const s = new BatchScheduler(m, CACHED);
+    const reply = (await s.submit(turn1!, p, { signal: never, onDelta: noop }))[0]!.tokenIds;
+    expect(ids(await alone(m, turn1!, p))[0]).toEqual(reply);
+    const turn2 = [...turn1!, ...reply, 101, 102, 103];
+    const saved = s.stats.prefixTokensSaved;
+    const next = await s.submit(turn2, p, { signal: never, onDelta: noop });
+    expect(ids(next)).toEqual(ids(await alone(m, turn2, p)));
+    // The prompt and all but the last sampled token of the reply were in the cache: whole blocks of them.
+    const inCache = turn1!.length + reply.length - 1;
+    expect(s.stats.prefixTokensSaved - saved).toBe(Math.floor(inCache / BLOCK) * BLOCK);
+  });
+
+  it('cancelled requests (while prefilling, while decoding) leave nothing wrong behind: later requests get the tokens without the cache', async () => {
+    const ps = sharing(4, 4 * BLOCK + 1, 4);
+    const p = () => params({ maxTokens: 10, temperature: 1, seed: 4 });
+    const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 8 });
+    const inPrefill = new AbortController();
+    const inDecode = new AbortController();
+    const a = s.submit(ps[0]!, p(), { signal: inPrefill.signal, onDelta: noop }).catch((e: unknown) => e);
+    setImmediate(() => inPrefill.abort()); // after its first chunk or two
+    const b = s.submit(ps[1]!, p(), { signal: inDecode.signal, onDelta: () => inDecode.abort() }).catch((e: unknown) => e);
+    const c = s.submit(ps[2]!, p(), { signal: never, onDelta: noop });
+    const [ra, rb, rc] = await Promise.all([a, b, c]);
+    expect(ra).toBeInstanceOf(ThreadError);
+    expect((ra as ThreadError).kind).toBe('cancelled');
+    expect((rb as ThreadError).kind).toBe('cancelled');
+    const want = await expected(ps, p);
+    expect(ids(rc)).toEqual(want[2]);
+    const after = await Promise.all(ps.map((prompt) => s.submit(prompt, p(), { signal: never, onDelta: noop })));
+    expect(after.map(ids)).toEqual(want);
+    expect(s.stats.prefixHits).toBeGreaterThan(0);
+  });
+
+  it('stays within a small budget by evicting the least recently used blocks, and still gives the same tokens', async () => {
+    const probe = new BatchScheduler(m, CACHED);
+    const [one] = sharing(1, 2 * BLOCK, 5);
+    await probe.submit(one!, params({ maxTokens: 1 }), { signal: never, onDelta: noop });
+    const perBlock = probe.stats.prefixBytes / 2;
+    expect(perBlock).toBeGreaterThan(0);
+
+    const budget = 6 * perBlock;
+    const s = new BatchScheduler(m, { ...CACHED, prefixCacheBytes: budget });
+    const groups = [sharing(3, 4 * BLOCK, 6), sharing(3, 4 * BLOCK, 7), sharing(3, 4 * BLOCK, 8)];
+    const p = () => params({ maxTokens: 6 });
+    for (const g of groups) {
+      for (const prompt of g) {
+        const got = await s.submit(prompt, p(), { signal: never, onDelta: noop });
+        expect(ids(got)).toEqual(ids(await alone(m, prompt, p())));
+        expect(s.stats.prefixBytes).toBeLessThanOrEqual(budget);
+      }
+    }
+    expect(s.stats.prefixEvictions).toBeGreaterThan(0);
+    // The most recent group's prefix is still there; the first one's was evicted.
+    const hits = s.stats.prefixHits;
+    await s.submit(groups[2]![0]!, p(), { signal: never, onDelta: noop });
+    expect(s.stats.prefixHits).toBe(hits + 1);
+    const saved = s.stats.prefixTokensSaved;
+    const old = await s.submit(groups[0]![0]!, p(), { signal: never, onDelta: noop });
+    expect(s.stats.prefixTokensSaved).toBe(saved);
+    expect(ids(old)).toEqual(ids(await alone(m, groups[0]![0]!, p())));
+  });
+
+  it('is off at budget 0: nothing is stored or reused', async () => {
+    const s = new BatchScheduler(m, { ...LIMITS, prefixCacheBytes: 0 });
+    const [prompt] = sharing(1, 3 * BLOCK, 9);
+    await s.submit(prompt!, params({ maxTokens: 3 }), { signal: never, onDelta: noop });
+    await s.submit(prompt!, params({ maxTokens: 3 }), { signal: never, onDelta: noop });
+    expect(s.stats).toMatchObject({ prefixLookups: 0, prefixHits: 0, prefixBytes: 0 });
+  });
+});
