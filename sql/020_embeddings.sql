@@ -50,9 +50,11 @@ create or replace function ai.enqueue_embedding(
   p_priority smallint default 0
 ) returns void language plpgsql as $$
 begin
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener, priority)
+  -- team_id: the key's team, as for chat (ai.enqueue_request), so a team's role sees it (0042_tenant_rls.sql).
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener, priority, team_id)
   values (p_id, 'embeddings', p_model, p_requested_model, jsonb_build_object('input', p_inputs),
-          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role', p_listener, p_priority);
+          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role', p_listener, p_priority,
+          (select k.team_id from ai.api_keys k where k.id = p_key));
   perform pg_notify('ai_embed', p_model);
 end $$;
 
@@ -60,29 +62,80 @@ end $$;
 -- one statement, one transaction and one notification for the group, still one row per API
 -- request (its own id, key, usage and timings in the log). The queue bound is checked here, in
 -- the statement that inserts: of the group, only as many rows as the model's queue has room for
--- (fewer than p_bound queued) are written, in order; the ids written are returned, and the rest
--- are refused (429) by the caller. p_inputs is a jsonb array of input lists, p_params an array
--- of objects, both in the order of p_ids.
+-- (fewer than p_bound queued) are written, in order. Then each request of a key with a budget
+-- or a rate limit (or whose team has one) is admitted on its own (ai._admit, sql/074_admission.sql,
+-- charging p_tokens[i], what its inputs may use at most): a refusal fails that request alone.
+-- Returns a row per request written or refused: (id, refusal, limits); a request neither
+-- written nor refused found the queue full. p_inputs is a jsonb array of input lists, p_params
+-- an array of objects, both in the order of p_ids.
+drop function if exists ai.enqueue_embeddings(uuid[], text, text[], jsonb, jsonb[], uuid[], integer, text, integer);
 create or replace function ai.enqueue_embeddings(
   p_ids uuid[], p_model text, p_requested_models text[], p_inputs jsonb, p_params jsonb[],
-  p_keys uuid[], p_max_attempts integer, p_listener text, p_bound integer
-) returns setof uuid language plpgsql as $$
+  p_keys uuid[], p_max_attempts integer, p_listener text, p_bound integer,
+  p_tokens bigint[] default null, p_window interval default '1 minute'
+) returns table (id uuid, refusal jsonb, limits jsonb) language plpgsql as $$
+#variable_conflict use_column
 declare
-  room integer := p_bound - (select count(*) from (select 1 from ai.requests
-                                where model = p_model and status = 'queued' limit p_bound) q);
-  written uuid[];
+  room integer := p_bound - (select count(*) from (select 1 from ai.requests r
+                                where r.model = p_model and r.status = 'queued' limit p_bound) q);
+  at_ timestamptz := clock_timestamp();
+  limited uuid[];
+  adm jsonb;
+  written integer := 0;
+  i integer;
 begin
-  with w as (
-    insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, listener)
-    select t.id, 'embeddings', p_model, t.requested, jsonb_build_object('input', p_inputs->(t.ord::int - 1)),
-           t.params || jsonb_build_object('max_attempts', p_max_attempts), t.key, p_listener
-      from unnest(p_ids, p_requested_models, p_params, p_keys) with ordinality t(id, requested, params, key, ord)
-     where t.ord <= room
-    returning id)
-  select array_agg(id) into written from w;
-  if written is not null then
+  if room <= 0 then
+    return;
+  end if;
+  -- The keys that need admission: most have no limits, and their requests go in one insert.
+  select array_agg(k.id) into limited
+    from ai.api_keys k left join ai.teams t on t.id = k.team_id
+   where k.id = any(p_keys)
+     and (k.budget_tokens is not null or k.rpm_limit is not null or k.tpm_limit is not null
+          or t.budget_tokens is not null or t.rpm_limit is not null or t.tpm_limit is not null);
+  if limited is null then
+    -- None: the whole group (as much as there is room for) in one insert.
+    return query
+    with w as (
+      insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, listener, team_id)
+      select t.id, 'embeddings', p_model, t.requested, jsonb_build_object('input', p_inputs->(t.ord::int - 1)),
+             t.params || jsonb_build_object('max_attempts', p_max_attempts), t.key, p_listener,
+             (select k.team_id from ai.api_keys k where k.id = t.key)
+        from unnest(p_ids, p_requested_models, p_params, p_keys) with ordinality t(id, requested, params, key, ord)
+       where t.ord <= room
+      returning ai.requests.id)
+    select w.id, null::jsonb, null::jsonb from w;
+    if found then
+      perform pg_notify('ai_embed', p_model);
+    end if;
+    return;
+  end if;
+  for i in 1 .. least(coalesce(array_length(p_ids, 1), 0), room) loop
+    adm := null;
+    refusal := null;
+    if limited is not null and p_keys[i] = any(limited) then
+      begin
+        adm := ai._admit(p_keys[i], coalesce(p_tokens[i], 0), p_window, at_);
+      exception when sqlstate 'SY429' then
+        -- The block's subtransaction is rolled back: nothing of this request was charged.
+        get stacked diagnostics refusal = pg_exception_detail;
+      end;
+    end if;
+    id := p_ids[i];
+    limits := adm->'limits';
+    if refusal is null then
+      -- team_id: the key's team, as for chat, so a team's role sees it (0042_tenant_rls.sql).
+      insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, listener, team_id, reservation)
+      values (p_ids[i], 'embeddings', p_model, p_requested_models[i], jsonb_build_object('input', p_inputs->(i - 1)),
+              p_params[i] || jsonb_build_object('max_attempts', p_max_attempts), p_keys[i], p_listener,
+              coalesce((adm->>'team')::uuid, (select k.team_id from ai.api_keys k where k.id = p_keys[i])),
+              nullif(adm->'reservation', 'null'::jsonb));
+      written := written + 1;
+    end if;
+    return next;
+  end loop;
+  if written > 0 then
     perform pg_notify('ai_embed', p_model);
-    return query select unnest(written);
   end if;
 end $$;
 

@@ -28,6 +28,80 @@ begin
   end loop;
 end $$;
 
+-- Lets `role` read (or, with p_write, also write) every row of the tables that show a team
+-- role only its own (migrations/0042_tenant_rls.sql), once.
+create or replace function ai._tenant_policies(p_policy name, p_role name, p_write boolean)
+returns void language plpgsql as $$
+declare
+  t text;
+begin
+  foreach t in array array['requests', 'responses', 'api_keys'] loop
+    if not exists (select from pg_policies p where p.schemaname = 'ai' and p.tablename = t and p.policyname = p_policy) then
+      execute format('create policy %I on ai.%I for %s to %I using (true)%s', p_policy, t,
+                     case when p_write then 'all' else 'select' end, p_role, case when p_write then ' with check (true)' else '' end);
+    end if;
+  end loop;
+end $$;
+
+-- A team's database role: it may read the request log (ai.requests), usage (ai.usage_daily) and
+-- stored responses (ai.responses) of its team's keys, and the names of those keys, and nothing
+-- else in schema ai (row-level security, migrations/0042_tenant_rls.sql). Roles that are members
+-- of it see the same. One team per role. Run it as the owner of schema ai or a superuser.
+create or replace function ai.grant_team(role name, team text)
+returns void language plpgsql as $$
+#variable_conflict use_column
+declare
+  r name := grant_team.role;
+  t uuid;
+begin
+  if not pg_has_role(current_user, (select n.nspowner from pg_namespace n where n.nspname = 'ai'), 'USAGE') then
+    raise exception 'ai.grant_team: only the owner of schema ai (or a superuser) may grant' using errcode = 'insufficient_privilege';
+  end if;
+  if not exists (select from pg_roles x where x.rolname = r) then
+    raise exception 'ai.grant_team: role "%" does not exist', r using errcode = 'undefined_object';
+  end if;
+  select x.id into t from ai.teams x where x.id::text = grant_team.team or x.name = grant_team.team;
+  if t is null then
+    raise exception 'ai.grant_team: no team "%"', grant_team.team using errcode = 'undefined_object';
+  end if;
+  execute format('grant usage on schema ai to %I', r);
+  execute format('grant select on ai.requests, ai.responses, ai.usage_daily to %I', r);
+  -- Never key_hash: a team sees which of its keys did what, not anything that could be one.
+  execute format('grant select (id, name, prefix, team_id, created_at, revoked_at) on ai.api_keys to %I', r);
+  -- Policies for this role alone, comparing with a constant: no lookup per row, and no right to
+  -- read or run anything else needed for them.
+  perform ai._drop_team_policies(r);
+  execute format('create policy %I on ai.requests for select to %I using (team_id = %L::uuid)', 'team_' || r, r, t);
+  execute format('create policy %I on ai.responses for select to %I using (exists (select from ai.requests q where q.id = responses.id and q.team_id = %L::uuid))', 'team_' || r, r, t);
+  execute format('create policy %I on ai.api_keys for select to %I using (team_id = %L::uuid)', 'team_' || r, r, t);
+  insert into ai.team_roles as x (role, team_id) values (r, t) on conflict (role) do update set team_id = excluded.team_id;
+end $$;
+
+create or replace function ai._drop_team_policies(p_role name)
+returns void language plpgsql as $$
+declare
+  t text;
+begin
+  foreach t in array array['requests', 'responses', 'api_keys'] loop
+    execute format('drop policy if exists %I on ai.%I', 'team_' || p_role, t);
+  end loop;
+end $$;
+
+-- Ends what ai.grant_team gave.
+create or replace function ai.revoke_team(role name)
+returns void language plpgsql as $$
+#variable_conflict use_column
+declare
+  r name := revoke_team.role;
+begin
+  delete from ai.team_roles x where x.role = r;
+  perform ai._drop_team_policies(r);
+  if exists (select from pg_roles x where x.rolname = r) then
+    execute format('revoke select on ai.requests, ai.responses, ai.usage_daily from %I', r);
+    execute format('revoke select (id, name, prefix, team_id, created_at, revoked_at) on ai.api_keys from %I', r);
+  end if;
+end $$;
+
 -- What an application role needs: ai.embed, ai.chat_complete, ai.submit_chat, ai.submit_embed, vectorizers on tables it owns (and
 -- their status, ai.search over them), the registered models, its own SQL requests and SDK responses. `admin` adds reading everything in
 -- schema ai (requests of every role and key, usage, workers) and every vectorizer. Also makes
@@ -77,6 +151,7 @@ begin
     execute format('grant select on all tables in schema ai to %I', r);
     execute format('revoke all on ai.settings from %I', r);  -- may hold the owner's password
     perform ai._vectorizer_read_policies('admin_' || r, r);
+    perform ai._tenant_policies('admin_' || r, r, false);
   end if;
   for w in select s.role from ai.service_roles s join pg_roles x on x.rolname = s.role where s.kind = 'worker' and s.role <> r loop
     begin
@@ -120,6 +195,8 @@ begin
   execute format('revoke all on ai.settings from %I', r);  -- may hold the owner's password
   -- Vectorizer rows (row-level security): read, to run their jobs; their batches run as their owner.
   perform ai._vectorizer_read_policies('service_' || r, r);
+  -- The request log, responses and keys (row-level security for team roles): every row.
+  perform ai._tenant_policies('service_' || r, r, true);
   -- graphile-worker turns row-level security on for its private tables, with no policy (only
   -- their owner may use them): every row, for this role.
   for s in select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -158,4 +235,11 @@ begin
   for x in select role, admin from ai.usage_roles loop
     perform ai.grant_usage(x.role, x.admin);
   end loop;
+  delete from ai.team_roles t where not exists (select from pg_roles r where r.rolname = t.role);
+  for x in select role, team_id from ai.team_roles loop
+    perform ai.grant_team(x.role, x.team_id::text);
+  end loop;
 end $$;
+
+-- Usage is read with the reader's rights, so a team role's usage is its team's rows only.
+alter view ai.usage_daily set (security_invoker = true);

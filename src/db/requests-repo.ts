@@ -15,6 +15,10 @@ export interface NewRequest {
   listener: string | null;
   /** Refuse (return false, write nothing) when this many requests of the model are queued. */
   queueBound: number;
+  /** What the request may use at most, reserved against budgets and charged to tokens-per-minute limits. */
+  reservedTokens: number;
+  /** The rate limits' window (60: per minute). */
+  rateWindowSeconds: number;
   /** The trace the worker continues (W3C traceparent); null: none. */
   traceparent?: string | null;
 }
@@ -27,22 +31,19 @@ const roomFor = (model: string, bound: number) =>
   sql`(select count(*) from (select 1 from ai.requests where model = ${model} and status = 'queued' limit ${bound}) q) < ${bound}`;
 
 /**
- * Checks the queue bound and records the request in one statement, hence one round trip and
- * one transaction; the notification (sent at commit) wakes the workers serving the model, which
- * claim it from the row (ai.claim_chat). False (nothing written) when the model's queue is full.
+ * ai.enqueue_request (sql/074_admission.sql): the queue bound, the key's and team's budgets and
+ * rate limits, and the row, in one statement, hence one round trip and one transaction; the
+ * notification (sent at commit) wakes the workers serving the model. `queued: false` (nothing
+ * written or charged) when the model's queue is full; a refusal throws SQLSTATE SY429.
  */
-export async function enqueueRequest(db: Db, r: NewRequest): Promise<boolean> {
-  const res = await sql<{ notified: unknown }>`
-    with ins as (
-      insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, max_attempts, listener, traceparent)
-      select ${r.id}, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
-             ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}, ${r.maxAttempts}, ${r.listener}, ${r.traceparent ?? null}
-       where ${roomFor(r.model, r.queueBound)}
-      returning model
-    )
-    select pg_notify('ai_chat', model) as notified from ins
+export async function enqueueRequest(db: Db, r: NewRequest): Promise<{ queued: boolean; limits: Record<string, unknown> }> {
+  const res = await sql<{ r: { queued: boolean; limits?: Record<string, unknown> } }>`
+    select ai.enqueue_request(${r.id}::uuid, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
+                              ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}::uuid, ${r.maxAttempts}, ${r.listener},
+                              ${r.queueBound}, ${r.reservedTokens}, make_interval(secs => ${r.rateWindowSeconds}), ${r.traceparent ?? null}) as r
   `.execute(db);
-  return res.rows.length > 0;
+  const out = res.rows[0]!.r;
+  return { queued: out.queued, limits: out.limits ?? {} };
 }
 
 export interface NewEmbedding {
@@ -55,6 +56,8 @@ export interface NewEmbedding {
   maxAttempts: number;
   listener: string | null;
   queueBound: number;
+  /** What its inputs may use at most, for budgets and token limits (ai.enqueue_embeddings). */
+  reservedTokens?: number;
 }
 
 /** An embedding request (ai.enqueue_embedding) behind the same queue-bound test; false when full. */
@@ -66,22 +69,31 @@ export async function enqueueEmbedding(db: Db, r: NewEmbedding): Promise<boolean
   return res.rows.length > 0;
 }
 
+/** What the embedding enqueue answered for one request: written (with its limits), refused by admission, or absent (queue full). */
+export interface EmbeddingAdmission {
+  refusal: string | null;
+  limits: Record<string, unknown> | null;
+}
+
 /**
  * Several embedding requests of one model in one statement (ai.enqueue_embeddings: one
  * transaction, one notification, still a row each). The queue bound is checked inside that
- * statement; returns the ids written, in order: the rest found the queue full.
+ * statement, then each limited key's request is admitted alone; returns, per request written or
+ * refused, its outcome (a refusal: the SY429 detail); the rest found the queue full.
  */
 export async function enqueueEmbeddings(
   db: Db,
   model: string,
   rs: Omit<NewEmbedding, 'model' | 'maxAttempts' | 'listener' | 'queueBound'>[],
-  opts: { maxAttempts: number; listener: string | null; queueBound: number },
-): Promise<Set<string>> {
-  const res = await sql<{ id: string }>`
-    select id::text from ai.enqueue_embeddings(${rs.map((r) => r.id)}::uuid[], ${model}, ${rs.map((r) => r.requestedModel)}::text[],
-                                               ${JSON.stringify(rs.map((r) => r.inputs))}::jsonb, ${rs.map((r) => JSON.stringify(r.meta))}::jsonb[],
-                                               ${rs.map((r) => r.keyId)}::uuid[], ${opts.maxAttempts}, ${opts.listener}, ${opts.queueBound}) as id`.execute(db);
-  return new Set(res.rows.map((r) => r.id));
+  opts: { maxAttempts: number; listener: string | null; queueBound: number; rateWindowSeconds: number },
+): Promise<Map<string, EmbeddingAdmission>> {
+  const res = await sql<{ id: string; refusal: string | null; limits: Record<string, unknown> | null }>`
+    select id::text, refusal::text, limits
+      from ai.enqueue_embeddings(${rs.map((r) => r.id)}::uuid[], ${model}, ${rs.map((r) => r.requestedModel)}::text[],
+                                 ${JSON.stringify(rs.map((r) => r.inputs))}::jsonb, ${rs.map((r) => JSON.stringify(r.meta))}::jsonb[],
+                                 ${rs.map((r) => r.keyId)}::uuid[], ${opts.maxAttempts}, ${opts.listener}, ${opts.queueBound},
+                                 ${rs.map((r) => r.reservedTokens ?? 0)}::bigint[], make_interval(secs => ${opts.rateWindowSeconds}))`.execute(db);
+  return new Map(res.rows.map((r) => [r.id, { refusal: r.refusal, limits: r.limits }]));
 }
 
 export async function cancelRequest(db: Db, id: string): Promise<boolean> {

@@ -5,6 +5,7 @@ import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
 export interface DB {
   'ai.models': ModelsTable;
   'ai.api_keys': ApiKeysTable;
+  'ai.teams': TeamsTable;
   'ai.requests': RequestsTable;
   'ai.request_events': RequestEventsTable;
   'ai.embedding_cache': EmbeddingCacheTable;
@@ -52,8 +53,27 @@ export interface ApiKeysTable {
   created_at: Timestamp;
   last_used_at: Timestamp | null;
   revoked_at: Timestamp | null;
+  /** Budgets and limits (migration 0041; null: none). */
+  team_id: string | null;
+  budget_tokens: ColumnType<number | null, number | null | undefined, number | null>;
+  budget_period: Generated<BudgetPeriod>;
+  rpm_limit: number | null;
+  tpm_limit: ColumnType<number | null, number | null | undefined, number | null>;
 }
 export type ApiKeyRow = Selectable<ApiKeysTable>;
+
+export type BudgetPeriod = 'day' | 'month' | 'total';
+
+export interface TeamsTable {
+  id: Generated<string>;
+  name: string;
+  created_at: Generated<Date>;
+  budget_tokens: ColumnType<number | null, number | null | undefined, number | null>;
+  budget_period: Generated<BudgetPeriod>;
+  rpm_limit: number | null;
+  tpm_limit: ColumnType<number | null, number | null | undefined, number | null>;
+}
+export type TeamRow = Selectable<TeamsTable>;
 
 export type RequestStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
 

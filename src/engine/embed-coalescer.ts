@@ -1,14 +1,17 @@
 import type { Db } from '../db/pool.js';
 import { enqueueEmbeddings, type NewEmbedding } from '../db/requests-repo.js';
 
-type Item = Omit<NewEmbedding, 'model' | 'maxAttempts' | 'listener' | 'queueBound'>;
+type Item = Omit<NewEmbedding, 'model' | 'maxAttempts' | 'listener' | 'queueBound'> & {
+  /** Told the key's rate-limit state once admitted (budgets and limits, sql/074_admission.sql). */
+  onLimits?(limits: Record<string, unknown>): void;
+};
 interface Waiter {
   item: Item;
   resolve(queued: boolean): void;
   reject(err: unknown): void;
 }
 interface Group {
-  opts: { maxAttempts: number; listener: string | null; queueBound: number };
+  opts: { maxAttempts: number; listener: string | null; queueBound: number; rateWindowSeconds?: number };
   waiting: Waiter[];
   flushing: boolean;
 }
@@ -59,8 +62,16 @@ export class EmbedEnqueueCoalescer {
    */
   private async send(model: string, batch: Waiter[], opts: Group['opts']): Promise<void> {
     try {
-      const written = await enqueueEmbeddings(this.db, model, batch.map((w) => w.item), opts);
-      for (const w of batch) w.resolve(written.has(w.item.id));
+      const outcomes = await enqueueEmbeddings(this.db, model, batch.map((w) => w.item), { ...opts, rateWindowSeconds: opts.rateWindowSeconds ?? 60 });
+      for (const w of batch) {
+        const o = outcomes.get(w.item.id);
+        // A budget or rate limit refused this one alone: the error ai.enqueue_request would raise.
+        if (o?.refusal) w.reject(Object.assign(new Error('admission refused'), { code: 'SY429', detail: o.refusal }));
+        else {
+          if (o?.limits) w.item.onLimits?.(o.limits);
+          w.resolve(o !== undefined);
+        }
+      }
     } catch (err) {
       const code = (err as { code?: unknown }).code;
       if (batch.length > 1 && typeof code === 'string' && code.startsWith('22')) {

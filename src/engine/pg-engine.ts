@@ -10,6 +10,7 @@ import { readInputBound } from '../protocol/limits.js';
 import { errors } from '../protocol/errors.js';
 import type { EventHub } from './event-hub.js';
 import { ApiError } from '../protocol/errors.js';
+import { admissionError, rateLimitHeaders, rateWindowSeconds, reservedEmbeddingTokens, reservedTokens, type Limits } from './admission.js';
 import { SpanStatusCode, context } from '@opentelemetry/api';
 import { contextFrom, traceparentOf, tracer } from '../tracing.js';
 import { enqueueRerank } from '../db/rerank-repo.js';
@@ -124,7 +125,7 @@ export class PgEngine implements Engine {
     const events = this.hub.subscribe(requestId);
     let queued: boolean;
     try {
-      queued = await enqueueRequest(this.database.db, {
+      const admitted = await enqueueRequest(this.database.db, {
         id: requestId,
         endpoint: req.endpoint,
         model: row.name,
@@ -137,11 +138,17 @@ export class PgEngine implements Engine {
         maxAttempts: CHAT_MAX_ATTEMPTS,
         listener: this.hub.channel,
         queueBound: this.queueBound(row),
+        reservedTokens: reservedTokens(req.prompt, req.params, readInputBound(row.input_bound)?.contextLength ?? null),
+        rateWindowSeconds: rateWindowSeconds(),
         traceparent,
       });
+      queued = admitted.queued;
+      if (queued) req.onLimits?.(rateLimitHeaders(admitted.limits as Limits));
     } catch (err) {
       events.close();
-      throw err;
+      const refusal = admissionError(err);
+      if (refusal !== err) req.onLimits?.((refusal as { headers: Record<string, string> }).headers);
+      throw refusal;
     }
     if (!queued) {
       events.close();
@@ -199,12 +206,18 @@ export class PgEngine implements Engine {
     try {
       queued = await this.embedQueue.enqueue(
         row.name,
-        { id: requestId, requestedModel: req.model, inputs: req.inputs, meta: req.meta, keyId: req.keyId },
-        { maxAttempts: EMBED_MAX_ATTEMPTS, listener: this.hub.channel, queueBound: this.queueBound(row) },
+        {
+          id: requestId, requestedModel: req.model, inputs: req.inputs, meta: req.meta, keyId: req.keyId,
+          reservedTokens: reservedEmbeddingTokens(req.inputs),
+          onLimits: (limits) => req.onLimits?.(rateLimitHeaders(limits as Limits)),
+        },
+        { maxAttempts: EMBED_MAX_ATTEMPTS, listener: this.hub.channel, queueBound: this.queueBound(row), rateWindowSeconds: rateWindowSeconds() },
       );
     } catch (err) {
       events.close();
-      throw err;
+      const refusal = admissionError(err);
+      if (refusal !== err) req.onLimits?.((refusal as { headers: Record<string, string> }).headers);
+      throw refusal;
     }
     if (!queued) {
       events.close();

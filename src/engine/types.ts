@@ -60,6 +60,8 @@ export interface GenerateRequest {
   keyId: string | null;
   /** Request fields that do not steer generation (user, metadata), kept in the log. */
   meta: Record<string, unknown>;
+  /** Told the key's rate-limit headers (x-ratelimit-*, and Retry-After on a refusal) once admission has decided. */
+  onLimits?(headers: Record<string, string>): void;
   /** The caller's W3C trace context: admission is traced under it, and the worker continues it (absent: the active context; null: none). */
   traceparent?: string | null;
 }
@@ -99,6 +101,8 @@ export interface EmbedRequest {
   keyId: string | null;
   /** Recorded in ai.requests.params (dimensions, user, ...). */
   meta: Record<string, unknown>;
+  /** As GenerateRequest's: the key's x-ratelimit-* headers once admission has decided. */
+  onLimits?(headers: Record<string, string>): void;
 }
 
 export interface EmbedResult {

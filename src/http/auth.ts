@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Db } from '../db/pool.js';
 import { findActiveKey, hashKey } from '../db/keys-repo.js';
 import type { ApiKeyRow } from '../db/types.js';
@@ -13,8 +13,13 @@ declare module 'fastify' {
   }
 }
 
-function context(request: FastifyRequest, keyId: string | null, allowedModels: string[] | null, admin: boolean): RequestContext {
-  return { keyId, allowedModels, admin, onModel: (name) => void (request.resolvedModel = name) };
+function context(request: FastifyRequest, reply: FastifyReply, keyId: string | null, allowedModels: string[] | null, admin: boolean): RequestContext {
+  return {
+    keyId, allowedModels, admin,
+    onModel: (name) => void (request.resolvedModel = name),
+    // Set on the reply before it is sent: a JSON body, an SSE stream (sse.ts copies them) or an error all carry them.
+    onLimits: (headers) => void reply.headers(headers),
+  };
 }
 
 declare module 'fastify' {
@@ -33,9 +38,9 @@ declare module 'fastify' {
  * `keys: null` turns it off, for local experiments only: then every caller may use every model.
  */
 export function registerAuth(scope: FastifyInstance, keys: KeyCache | null): void {
-  scope.addHook('onRequest', async (request: FastifyRequest) => {
+  scope.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     if (!keys) {
-      request.ctx = context(request, null, null, true);
+      request.ctx = context(request, reply, null, null, true);
       return;
     }
     const header = request.headers.authorization;
@@ -45,7 +50,7 @@ export function registerAuth(scope: FastifyInstance, keys: KeyCache | null): voi
     if (!given) throw errors.unauthenticated();
     const key = await keys.find(given);
     if (!key) throw errors.invalidKey();
-    request.ctx = context(request, key.id, key.models, key.admin);
+    request.ctx = context(request, reply, key.id, key.models, key.admin);
   });
 }
 

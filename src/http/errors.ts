@@ -31,7 +31,10 @@ export function registerErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err, request, reply) => {
     const api = toApiError(err);
     if (api.status >= 500) logFailure(request, reply, err, api.status);
-    if (api.status === 503 || api.status === 429) reply.header('retry-after', String((api as { retryAfter?: number }).retryAfter ?? 1));
+    // A budget or rate-limit refusal brings its own (Retry-After, x-ratelimit-*, x-should-retry).
+    const own = (api as { headers?: Record<string, string> }).headers;
+    if (own) reply.headers(own);
+    else if (api.status === 503 || api.status === 429) reply.header('retry-after', String((api as { retryAfter?: number }).retryAfter ?? 1));
     return reply.status(api.status).send(api.toBody());
   });
   app.setNotFoundHandler(notFound);

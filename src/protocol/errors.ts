@@ -9,6 +9,8 @@ export type ErrorType =
   | 'permission_error'
   | 'not_found_error'
   | 'rate_limit_error'
+  /** A budget is spent (OpenAI's type for an exhausted quota; still a 429). */
+  | 'insufficient_quota'
   | 'server_error'
   | 'service_unavailable_error'
   | 'timeout_error';

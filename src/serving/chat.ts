@@ -89,6 +89,7 @@ export class ChatServing {
       params,
       stream: req.stream === true,
       keyId: ctx.keyId,
+      onLimits: ctx.onLimits,
       traceparent: ctx.traceparent,
       meta: {
         ...(req.user ? { user: req.user } : {}),

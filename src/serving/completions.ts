@@ -57,6 +57,7 @@ export class CompletionsServing {
           params: internal,
           stream: req.stream === true,
           keyId: ctx.keyId,
+          onLimits: ctx.onLimits,
           traceparent: ctx.traceparent,
           meta: req.user ? { user: req.user } : {},
         });

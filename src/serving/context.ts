@@ -9,6 +9,8 @@ export interface RequestContext {
   admin?: boolean;
   /** Told the registered name once the request's model resolves (the HTTP layer labels metrics with it). */
   onModel?(name: string): void;
+  /** Told the headers admission set (x-ratelimit-*): the HTTP layer sends them with the response. */
+  onLimits?(headers: Record<string, string>): void;
   /** The W3C trace context to queue work under (the HTTP request's span); absent: a new trace. */
   traceparent?: string | null;
 }

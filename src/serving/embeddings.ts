@@ -26,6 +26,7 @@ export class EmbeddingsServing {
           model: req.model,
           inputs: toInputs(req),
           keyId: ctx.keyId,
+          onLimits: ctx.onLimits,
           meta: { ...(req.dimensions ? { dimensions: req.dimensions } : {}), ...(req.user ? { user: req.user } : {}) },
         },
         (id) => {

@@ -260,6 +260,7 @@ export class ResponsesServing {
       // A background response publishes its text as it goes: it may be polled or streamed again.
       stream: stream || background,
       keyId: ctx.keyId,
+      onLimits: ctx.onLimits,
       traceparent: ctx.traceparent,
       meta: {
         ...(req.user ? { user: req.user } : {}),

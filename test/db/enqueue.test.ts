@@ -28,8 +28,8 @@ it('queues chat requests up to the bound, announcing each to the workers, then r
   const chat = (id: string) =>
     enqueueRequest(database.db, {
       id, endpoint: 'chat.completions', model: 'm', requestedModel: 'm', input: { messages: [] }, params: {},
-      stream: false, keyId: null, maxAttempts: 3, listener: null, queueBound: 2,
-    });
+      stream: false, keyId: null, maxAttempts: 3, listener: null, queueBound: 2, reservedTokens: 10, rateWindowSeconds: 60,
+    }).then((r) => r.queued);
   expect(await chat(randomUUID())).toBe(true);
   expect(await chat(randomUUID())).toBe(true);
   const refused = randomUUID();

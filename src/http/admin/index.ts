@@ -7,6 +7,9 @@ import { notFound } from '../errors.js';
 import { adminRequestRoutes } from './requests.js';
 import { adminUsageRoutes } from './usage.js';
 import { adminWorkerRoutes } from './workers.js';
+import { registerKeyRoutes } from './keys.js';
+import { registerModelRoutes } from './models.js';
+import { registerTeamRoutes } from './teams.js';
 
 /** What the /admin routes may use. */
 export interface AdminDeps {
@@ -29,4 +32,7 @@ export function registerAdmin(scope: FastifyInstance, keys: KeyCache | null, dep
   adminRequestRoutes(scope, deps);
   adminUsageRoutes(scope, deps);
   adminWorkerRoutes(scope, deps);
+  registerKeyRoutes(scope, deps);
+  registerTeamRoutes(scope, deps);
+  registerModelRoutes(scope, deps);
 }
