@@ -19,7 +19,7 @@ interface UsageColumn {
  * entry here plus, if it needs one, a join in USAGE_FROM (a team: `left join ai.teams t on
  * t.id = k.team_id`, grouping on k.team_id and t.name).
  */
-export const USAGE_DIMENSIONS: Record<'day' | 'model' | 'key', UsageColumn[]> = {
+export const USAGE_DIMENSIONS: Record<'day' | 'model' | 'key' | 'team', UsageColumn[]> = {
   // Grouped on the date, formatted once per group: with to_char on every row a 30-day day
   // grouping over 1M rows took 3.3× as long as one by model (2.8 s against 0.85 s), now 2.0×
   // (1.36 s against 0.67 s; bench/admin-log.ts, two runs at different machine load).
@@ -29,17 +29,25 @@ export const USAGE_DIMENSIONS: Record<'day' | 'model' | 'key', UsageColumn[]> = 
     { group: 'r.key_id', name: 'key_id' },
     { group: 'k.name', name: 'key_name' },
   ],
+  // The team the request was made for (ai.requests.team_id, recorded at admission), not the
+  // key's team now: moving a key to another team does not move its past usage.
+  team: [
+    { group: 'r.team_id', name: 'team_id' },
+    { group: 't.name', name: 'team_name' },
+  ],
 };
 
 export type UsageDimension = keyof typeof USAGE_DIMENSIONS;
 
-const USAGE_FROM = 'ai.requests r left join ai.api_keys k on k.id = r.key_id';
+const USAGE_FROM = 'ai.requests r left join ai.api_keys k on k.id = r.key_id left join ai.teams t on t.id = r.team_id';
 
 export interface UsageRow {
   day?: string;
   model?: string;
   key_id?: string | null;
   key_name?: string | null;
+  team_id?: string | null;
+  team_name?: string | null;
   requests: number;
   completed: number;
   failed: number;

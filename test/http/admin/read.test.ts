@@ -177,8 +177,24 @@ describe('GET /admin/usage', () => {
     expect(byKey.map((d: { key_name: string }) => d.key_name).sort()).toEqual(['app-a', 'app-b']);
   });
 
+  it('groups by the team a request was made for, not the key\'s team now', async () => {
+    const team = (await database.pool.query<{ id: string }>(`insert into ai.teams (name) values ('research') returning id`)).rows[0]!.id;
+    // Key B's requests were made for the team; key B then leaves it: its past usage stays the team's.
+    await database.pool.query(`update ai.requests set team_id = $1 where key_id = $2`, [team, keyB]);
+    try {
+      const byTeam = (await get('/admin/usage?group_by=team&since=2026-01-01')).json().data as { team_id: string | null; team_name: string | null; requests: number }[];
+      expect(byTeam).toEqual([
+        expect.objectContaining({ team_id: team, team_name: 'research', requests: rows.filter((r) => r.key === keyB).length }),
+        expect.objectContaining({ team_id: null, team_name: null, requests: rows.filter((r) => r.key !== keyB).length }),
+      ]);
+    } finally {
+      await database.pool.query(`update ai.requests set team_id = null`);
+      await database.pool.query(`delete from ai.teams where id = $1`, [team]);
+    }
+  });
+
   it('refuses a dimension it does not know, and a backwards window', async () => {
-    for (const [qs, param] of [['group_by=team', 'group_by'], ['group_by=day,day', 'group_by'], ['since=2026-03-02&until=2026-03-01', 'since'], ['limit=3', 'limit']]) {
+    for (const [qs, param] of [['group_by=tenant', 'group_by'], ['group_by=day,day', 'group_by'], ['since=2026-03-02&until=2026-03-01', 'since'], ['limit=3', 'limit']]) {
       const res = await get(`/admin/usage?${qs}`);
       expect(res.statusCode, qs).toBe(400);
       expect(res.json().error.param, qs).toBe(param);
