@@ -12,6 +12,7 @@ ENV ONNXRUNTIME_NODE_INSTALL=${ONNXRUNTIME_NODE_INSTALL}
 COPY package.json package-lock.json .npmrc tsconfig.json tsconfig.build.json ./
 COPY scripts/build.mjs scripts/build-console.mjs scripts/build-console.d.mts ./scripts/
 COPY src ./src
+COPY console ./console
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev --no-audit --no-fund
 
 # Runtime stage: the package's files, owned by root and read-only to the user that runs them.
@@ -22,10 +23,8 @@ COPY package.json README.md ./
 COPY bin ./bin
 COPY migrations ./migrations
 COPY sql ./sql
+# build-console.mjs finds the console built into dist/console (serve imports it).
 COPY scripts/ensure-pgvector.sh scripts/build-console.mjs scripts/README.md ./scripts/
-# The web console's sources: serve bundles them (esbuild) on first start, into the temporary
-# folder, as /app is not the node user's to write.
-COPY console ./console
 COPY --from=build /app/dist ./dist
 COPY --from=build /app/node_modules ./node_modules
 # The downloaded-models cache is the one place the process writes (a named volume inherits this owner).

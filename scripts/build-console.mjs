@@ -2,9 +2,12 @@
 // build-console.mjs — bundles the web console (console/) with esbuild into
 // .cache/console/<source hash>/ (git-ignored): index.html plus content-hashed assets.
 //
-//   node scripts/build-console.mjs           build unless an up-to-date build exists
-//   node scripts/build-console.mjs --force   build anyway
+//   node scripts/build-console.mjs             build unless an up-to-date build exists
+//   node scripts/build-console.mjs --force     build anyway
+//   node scripts/build-console.mjs --into DIR  build into DIR (scripts/build.mjs: dist/console)
 //
+// The package ships no console sources: `npm run build` (and so `prepare`, the Docker image's
+// build stage) puts a built console into dist/console, which an installed package serves.
 // `serve`, `up` and the test setup call ensureConsole() below, so a checkout never serves a
 // missing or stale console. The folder is named by a digest of everything the bundle is made
 // from (console/, this script, the bundled packages' versions): a fresh build is a folder that
@@ -117,6 +120,12 @@ async function build(outDir) {
  * `log` gets one line when a build runs.
  */
 export async function ensureConsole({ force = false, log = () => {} } = {}) {
+  // An installed package: no sources, the console that `npm run build` put into dist/.
+  if (!existsSync(SRC)) {
+    const shipped = join(ROOT, 'dist', 'console');
+    if (existsSync(join(shipped, 'index.html'))) return shipped;
+    throw new Error('neither the console sources nor a built dist/console are here');
+  }
   const hash = sourceHash();
   const OUT_ROOT = outRoot();
   const dir = join(OUT_ROOT, hash);
@@ -146,7 +155,11 @@ export async function ensureConsole({ force = false, log = () => {} } = {}) {
   return dir;
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1] && process.argv.includes('--into')) {
+  const into = process.argv[process.argv.indexOf('--into') + 1];
+  if (!into) throw new Error('--into needs a folder');
+  await build(into);
+} else if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   const dir = await ensureConsole({ force: process.argv.includes('--force'), log: (m) => console.log(m) });
   console.log(dir);
 }

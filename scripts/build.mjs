@@ -43,6 +43,12 @@ export function build() {
     rmSync(at(out), { recursive: true, force: true });
     throw new Error(`build failed: tsc -p tsconfig.build.json exited with ${r.status ?? r.signal}`);
   }
+  // The web console, bundled (the package ships it built, not its sources).
+  const c = spawnSync(process.execPath, [at('scripts/build-console.mjs'), '--into', `${out}/console`], { cwd: ROOT, stdio: 'inherit' });
+  if (c.status !== 0) {
+    rmSync(at(out), { recursive: true, force: true });
+    throw new Error(`build failed: the console's bundle (scripts/build-console.mjs) exited with ${c.status ?? c.signal}`);
+  }
   const old = `dist.old-${process.pid}`;
   if (existsSync(at('dist'))) renameSync(at('dist'), at(old));
   renameSync(at(out), at('dist'));

@@ -172,7 +172,9 @@ export async function main(argv: string[]): Promise<number> {
     }
     // The admin API's answer (src/admin/): bad input and unknown names exit 2, as usage errors do.
     if (err instanceof ApiError) {
-      console.error(`switchyard: ${err.message}`);
+      // The body field it names is a flag here (reasoning_format → --reasoning-format).
+      const flag = err.param ? `--${err.param.replace(/_/g, '-')}: ` : '';
+      console.error(`switchyard: ${flag}${err.message}`);
       return err.status === 400 || err.status === 404 ? 2 : 1;
     }
     const e = err as { code?: string; message: string };

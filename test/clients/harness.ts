@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { expect } from 'vitest';
 import { createTestDatabase, TEST_SERVER_URL, type TestDatabase } from '../helpers/db.js';
-import { cli, query, startServe, startWorker, type Proc } from '../helpers/stack.js';
+import { cli, query, startServe, startWorker, until, type Proc } from '../helpers/stack.js';
 
 /**
  * What the client-compatibility tests share: a gateway started as a user starts it (`serve` and
@@ -107,6 +107,10 @@ export async function startGateway(): Promise<Gateway> {
   const key = adds[3]!.stdout.trim();
   // The worker serves tiny and minilm only: nothing ever takes `held`'s queue.
   const [serve, worker] = await Promise.all([startServe(db.url), startWorker(db.url, ['--models', 'tiny,minilm'])]);
+  // The worker records what its models take (ai.models.input_bound) once it has loaded them; serve
+  // refuses an over-long request early only from then on (a test of that must not race the load).
+  await until('the worker to record its models\' input bounds', async () =>
+    (await query<{ n: string }>(db.url, `select count(*) as n from ai.models where name in ('tiny', 'minilm') and input_bound is not null`))[0]!.n === '2');
   const baseURL = `${serve.url}/v1`;
   return {
     db,

@@ -122,6 +122,9 @@ describe('the Dockerfile', () => {
     }
     const { stdout } = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT });
     const packed = (JSON.parse(stdout)[0].files as { path: string }[]).map((f) => f.path);
-    expect([...image].sort()).toEqual(packed.sort());
+    // The console's bundle names carry a content hash, and esbuild's differs between the two
+    // build folders: the same files, compared without it.
+    const unhashed = (files: string[]) => files.map((f) => f.replace(/^(dist\/console\/assets\/[a-z]+)-[A-Za-z0-9]+(\.\w+)$/, '$1-HASH$2')).sort();
+    expect(unhashed([...image])).toEqual(unhashed(packed));
   }, 120_000);
 });

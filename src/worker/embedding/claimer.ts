@@ -7,6 +7,7 @@ import { MAX_CALL_INPUTS } from './batcher.js';
 import { retryWhileUnavailable } from '../../db/errors.js';
 import { toJsonb } from '../../db/jsonb.js';
 import { cacheKey } from './cache-key.js';
+import { Waker } from '../waker.js';
 
 export interface ClaimerDeps {
   pool: pg.Pool;
@@ -107,8 +108,7 @@ interface Prepared {
  */
 export class EmbedClaimer {
   private stopped = false;
-  private wakeUp: (() => void) | null = null;
-  private woken = false;
+  private readonly waker = new Waker();
   private inFlight = new Set<Promise<void>>();
   private loopDone: Promise<void> | null = null;
 
@@ -120,8 +120,7 @@ export class EmbedClaimer {
 
   /** A request for this model was queued (pg_notify 'ai_embed'). */
   wake(): void {
-    this.woken = true;
-    this.wakeUp?.();
+    this.waker.wake();
   }
 
   async stop(): Promise<void> {
@@ -131,35 +130,23 @@ export class EmbedClaimer {
     await Promise.all(this.inFlight);
   }
 
-  private sleep(ms: number): Promise<void> {
-    if (this.woken) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.wakeUp = done;
-    });
-  }
-
   private async loop(): Promise<void> {
     while (!this.stopped) {
       // At most one batch finishing while the next one is claimed: a database slower than the
       // model must slow the claims down, not pile up batches (and their pool connections).
       while (this.inFlight.size >= MAX_BATCHES) await Promise.race(this.inFlight);
-      this.woken = false;
+      this.waker.arm();
       let rows: { id: string; input: unknown }[];
       let cached: CachedRow[];
       try {
         ({ rows, cached } = await this.claim());
       } catch (err) {
         this.deps.log.warn(`claiming ${this.deps.model} embedding requests failed: ${(err as Error).message}`);
-        await this.sleep(POLL_MS);
+        await this.waker.sleep(POLL_MS);
         continue;
       }
       if (rows.length === 0) {
-        await this.sleep(POLL_MS);
+        await this.waker.sleep(POLL_MS);
         continue;
       }
       // Resolves when this batch's model call is over: the next claim goes out then, while

@@ -7,6 +7,7 @@ import { toJsonb } from '../../db/jsonb.js';
 import { ThreadError } from '../generation/thread-error.js';
 import type { ModelSpec } from '../models-source.js';
 import type { ModerationHost } from './host.js';
+import { BatchClaimer } from '../batch-claimer.js';
 
 export interface ModerationClaimerDeps {
   pool: pg.Pool;
@@ -50,8 +51,6 @@ export function moderationLoader(host: ModerationHost, spec: ModelSpec): () => P
 
 /** Requests per claim: a few model calls' worth of single-input requests. */
 const CLAIM_LIMIT = 64;
-/** Notifications can be lost (reconnects, a reaper's re-queue): look for work this often anyway. */
-const POLL_MS = 2000;
 
 interface Claimed {
   id: string;
@@ -87,68 +86,18 @@ const failed = (r: Claimed, status: number, error: ErrorBody): Outcome => ({
  * batch is milliseconds, so overlapping the database work (as the embedding claimer does) would
  * buy little.
  */
-export class ModerationClaimer {
-  private stopped = false;
-  private woken = false;
-  private wakeUp: (() => void) | null = null;
-  private loopDone: Promise<void> | null = null;
-
-  constructor(private readonly deps: ModerationClaimerDeps) {}
-
-  start(): void {
-    this.loopDone = this.loop();
+export class ModerationClaimer extends BatchClaimer<Claimed> {
+  constructor(private readonly deps: ModerationClaimerDeps) {
+    super(deps, `${deps.spec.name} moderation`);
   }
 
-  /** A request for this model was queued ('ai_embed' names the model). */
-  wake(): void {
-    this.woken = true;
-    this.wakeUp?.();
+  protected async claim(): Promise<Claimed[]> {
+    const { pool, spec, workerId } = this.deps;
+    return (await pool.query<Claimed>('select id::text, input, attempt from ai.claim_moderations($1, $2, $3)', [spec.name, workerId, CLAIM_LIMIT])).rows;
   }
 
-  async stop(): Promise<void> {
-    this.stopped = true;
-    this.wake();
-    await this.loopDone;
-  }
-
-  private sleep(ms: number): Promise<void> {
-    if (this.woken) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.wakeUp = done;
-    });
-  }
-
-  private async loop(): Promise<void> {
-    const { pool, spec, workerId, log } = this.deps;
-    while (!this.stopped) {
-      this.woken = false;
-      let rows: Claimed[];
-      try {
-        ({ rows } = await pool.query<Claimed>('select id::text, input, attempt from ai.claim_moderations($1, $2, $3)', [spec.name, workerId, CLAIM_LIMIT]));
-      } catch (err) {
-        log.warn(`claiming ${spec.name} moderation requests failed: ${(err as Error).message}`);
-        await this.sleep(POLL_MS);
-        continue;
-      }
-      if (rows.length === 0) {
-        await this.sleep(POLL_MS);
-        continue;
-      }
-      try {
-        await this.finish(await this.process(rows));
-      } catch (err) {
-        log.error(`moderation batch of ${rows.length} failed: ${(err as Error).message}; re-queueing it`);
-        // Back to the queue; if even that fails, the rows are reclaimed once stale.
-        await retryWhileUnavailable(() =>
-          pool.query(`update ai.requests set status = 'queued' where id = any($1) and status = 'running' and worker = $2`, [rows.map((r) => r.id), workerId]),
-        ).catch(() => {});
-      }
-    }
+  protected async run(rows: Claimed[]): Promise<void> {
+    await this.finish(await this.process(rows));
   }
 
   private async process(rows: Claimed[]): Promise<Outcome[]> {

@@ -4,6 +4,7 @@ import type { ErrorBody } from '../../protocol/errors.js';
 import { retryWhileUnavailable } from '../../db/errors.js';
 import { toJsonb } from '../../db/jsonb.js';
 import type { RerankInput, RerankOutput } from './score.js';
+import { BatchClaimer } from '../batch-claimer.js';
 
 export interface RerankClaimerDeps {
   pool: pg.Pool;
@@ -19,8 +20,6 @@ export interface RerankClaimerDeps {
  * model call at 32,000 pairs; typical requests (tens of documents) share one call by the dozen.
  */
 const CLAIM_LIMIT = 32;
-/** Notifications can be lost (reconnects, a reaper's re-queue wakes chat claimers): look anyway. */
-const POLL_MS = 2000;
 
 /** A stored request can outlive the code that stored it; the model thread checks the rest. */
 function readInput(input: unknown): RerankInput | null {
@@ -34,69 +33,18 @@ function readInput(input: unknown): RerankInput | null {
  * scores all their pairs in one model call (batching across requests), and finishes the batch
  * with one statement (ai.finish_embeddings, which any endpoint's batch can use).
  */
-export class RerankClaimer {
-  private stopped = false;
-  private woken = false;
-  private wakeUp: (() => void) | null = null;
-  private loopDone: Promise<void> | null = null;
-
-  constructor(private readonly deps: RerankClaimerDeps) {}
-
-  start(): void {
-    this.loopDone = this.loop();
+export class RerankClaimer extends BatchClaimer<{ id: string; input: unknown }> {
+  constructor(private readonly deps: RerankClaimerDeps) {
+    super(deps, `${deps.model} rerank`);
   }
 
-  /** A request for this model was queued (pg_notify 'ai_embed' with the model's name). */
-  wake(): void {
-    this.woken = true;
-    this.wakeUp?.();
+  protected async claim(): Promise<{ id: string; input: unknown }[]> {
+    const { pool, model, workerId } = this.deps;
+    return (await pool.query<{ id: string; input: unknown }>('select id::text, input from ai.claim_rerank($1, $2, $3)', [model, workerId, CLAIM_LIMIT])).rows;
   }
 
-  async stop(): Promise<void> {
-    this.stopped = true;
-    this.wake();
-    await this.loopDone;
-  }
-
-  private sleep(ms: number): Promise<void> {
-    if (this.woken) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.wakeUp = done;
-    });
-  }
-
-  private async loop(): Promise<void> {
-    const { pool, model, workerId, log } = this.deps;
-    while (!this.stopped) {
-      this.woken = false;
-      let rows: { id: string; input: unknown }[];
-      try {
-        ({ rows } = await pool.query<{ id: string; input: unknown }>('select id::text, input from ai.claim_rerank($1, $2, $3)', [model, workerId, CLAIM_LIMIT]));
-      } catch (err) {
-        log.warn(`claiming ${model} rerank requests failed: ${(err as Error).message}`);
-        await this.sleep(POLL_MS);
-        continue;
-      }
-      if (rows.length === 0) {
-        await this.sleep(POLL_MS);
-        continue;
-      }
-      try {
-        await this.process(rows);
-      } catch (err) {
-        log.error(`rerank batch of ${rows.length} failed: ${(err as Error).message}; re-queueing it`);
-        // Reclaimed once stale (ai.claim_rerank) even if this fails, so nothing is lost.
-        await retryWhileUnavailable(() =>
-          pool.query(`update ai.requests set status = 'queued' where id = any($1) and status = 'running' and worker = $2`, [rows.map((r) => r.id), workerId]),
-        ).catch(() => {});
-        await this.sleep(POLL_MS);
-      }
-    }
+  protected run(rows: { id: string; input: unknown }[]): Promise<void> {
+    return this.process(rows);
   }
 
   private async process(rows: { id: string; input: unknown }[]): Promise<void> {
