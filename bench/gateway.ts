@@ -188,8 +188,10 @@ export async function chatStream(
       while ((i = buf.indexOf('\n\n')) !== -1) {
         const event = buf.slice(0, i);
         buf = buf.slice(i + 2);
-        if (!event.startsWith('data: ')) continue;
-        const data = event.slice(6);
+        // An event's data line, wherever it is among its fields (chat frames lead with `id:`).
+        const line = event.split('\n').find((l) => l.startsWith('data: '));
+        if (line === undefined) continue;
+        const data = line.slice(6);
         if (data === '[DONE]') {
           r.done = true;
           r.endAt = now;

@@ -68,9 +68,10 @@ for (let r = 0; r < RUNS + 1; r++) {
     buf += decoder.decode(part as Uint8Array, { stream: true });
     let i;
     while ((i = buf.indexOf('\n\n')) !== -1) {
-      const line = buf.slice(0, i);
+      // An event's data line, wherever it is among its fields (chat frames lead with `id:`).
+      const line = buf.slice(0, i).split('\n').find((l) => l.startsWith('data: {'));
       buf = buf.slice(i + 2);
-      if (!line.startsWith('data: {')) continue;
+      if (line === undefined) continue;
       const chunk = JSON.parse(line.slice(6));
       if (chunk.choices?.[0]?.delta?.content) arrivals.push(Date.now());
     }
