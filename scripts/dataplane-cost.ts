@@ -112,7 +112,8 @@ try {
     const text = await res.text();
     if (res.status !== 200) throw new Error(`${res.status}: ${text}`);
     if (!stream) return JSON.parse(text).usage.completion_tokens;
-    const last = text.split('\n\n').filter((l) => l.startsWith('data: {')).pop()!;
+    // The last event's data line (chat frames lead with an `id:` line).
+    const last = text.split('\n').filter((l) => l.startsWith('data: {')).pop()!;
     return JSON.parse(last.slice(6)).usage.completion_tokens;
   };
   /** Postgres backends serving this database (pools keep theirs open), this probe's excepted. */
