@@ -21,8 +21,11 @@ export function chatRoutes(app: FastifyInstance, chat: ChatServing, engine: Engi
     reply.header('x-request-id', result.stream.requestId);
     // Our extension: a stream asked for as resumable runs to its end whether or not its client
     // stays, so that a client that lost its connection can resume it (GET below).
-    if (request.headers['x-switchyard-resumable'] === 'true') lifecycle.finished();
-    await sendSse(reply, result.stream.chunks, { ids: { after: -1 } });
+    // Only such a stream numbers its frames (`id:`): a plain stream stays byte for byte what
+    // OpenAI sends, for clients whose own SSE parsing expects every event to start with `data:`.
+    const resumable = request.headers['x-switchyard-resumable'] === 'true';
+    if (resumable) lifecycle.finished();
+    await sendSse(reply, result.stream.chunks, resumable ? { ids: { after: -1 } } : {});
     lifecycle.finished();
   });
 
