@@ -142,7 +142,8 @@ begin
   insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, max_attempts, listener, team_id, reservation, traceparent)
   values (p_id, p_endpoint, p_model, p_requested, p_input, p_params, p_stream, p_key, p_max_attempts, p_listener,
           (adm->>'team')::uuid, nullif(adm->'reservation', 'null'::jsonb), p_traceparent);
-  perform pg_notify('ai_chat', p_model);
+  -- `<model> <id>`: a worker whose claim already took the request skips a claim of its own.
+  perform pg_notify('ai_chat', p_model || ' ' || p_id);
   return jsonb_strip_nulls(jsonb_build_object('queued', true, 'limits', adm->'limits'));
 end $$;
 

@@ -141,6 +141,7 @@ export class PgEngine implements Engine {
         reservedTokens: reservedTokens(req.prompt, req.params, readInputBound(row.input_bound)?.contextLength ?? null),
         rateWindowSeconds: rateWindowSeconds(),
         traceparent,
+        durable: req.durable === true,
       });
       queued = admitted.queued;
       if (queued) req.onLimits?.(rateLimitHeaders(admitted.limits as Limits));

@@ -64,6 +64,8 @@ export interface GenerateRequest {
   onLimits?(headers: Record<string, string>): void;
   /** The caller's W3C trace context: admission is traced under it, and the worker continues it (absent: the active context; null: none). */
   traceparent?: string | null;
+  /** Acknowledged before its result (a background response): its enqueue waits for the WAL flush (requests-repo.ts). */
+  durable?: boolean;
 }
 
 export interface Generation {

@@ -262,6 +262,8 @@ export class ResponsesServing {
       keyId: ctx.keyId,
       onLimits: ctx.onLimits,
       traceparent: ctx.traceparent,
+      // A background response is answered `queued` before it runs: that answer must survive a crash.
+      durable: background,
       meta: {
         ...(req.user ? { user: req.user } : {}),
         ...(req.metadata ? { metadata: req.metadata } : {}),

@@ -37,6 +37,8 @@ export class ChatClaimer {
   /** A request may have been queued since the last claim started. */
   private woken = true;
   private loopDone: Promise<void> | null = null;
+  /** Ids claimed here whose notification has not come yet (bounded: one lost stays at most until the set is cleared). */
+  private readonly claimed = new Set<string>();
   /** Batch work (priority > 0) running here: it is owed `reserve` slots (see ai.claim_chat). */
   private batchRunning = 0;
   /** A quarter of the capacity (at least one slot) is reserved for batch work while it is queued. */
@@ -67,11 +69,23 @@ export class ChatClaimer {
     this.wake();
   }
 
-  /** A request of `model` was queued (or of some model, when `model` is absent). */
-  wake(model?: string): void {
+  /**
+   * A request of `model` was queued (or of some model, when `model` is absent). `id`, when the
+   * notification names it: a request this worker's last claims already took (committed before
+   * its notification arrived, so an earlier claim found it) needs no claim of its own; under a
+   * burst most notifications are of such requests, and each empty claim was a transaction.
+   */
+  wake(model?: string, id?: string): void {
     if (model !== undefined && !this.models.has(model)) return;
+    if (id !== undefined && this.claimed.delete(id)) return;
     this.woken = true;
     this.wakeUp?.();
+  }
+
+  /** A notification's payload: `<model>` or `<model> <request id>` (ai.enqueue_request). */
+  wakeFor(payload: string): void {
+    const [model, id] = payload.split(' ', 2);
+    this.wake(model || undefined, id);
   }
 
   get running(): number {
@@ -135,7 +149,9 @@ export class ChatClaimer {
         this.woken = true;
         continue;
       }
+      if (this.claimed.size + rows.length > 4096) this.claimed.clear();
       for (const row of rows) {
+        this.claimed.add(row.id);
         const batch = (row.priority ?? 0) > 0;
         if (batch) this.batchRunning++;
         const run = this.deps.run(row).finally(() => {

@@ -314,7 +314,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
           toCancel.add(payload);
           checkCancels();
         }
-      } else if (channel === 'ai_chat') shift.chat.wake(payload);
+      } else if (channel === 'ai_chat') shift.chat.wakeFor(payload);
       else if (channel === 'ai_embed') shift.claimers.get(payload)?.wake();
       else pickUpNewModels();
     },

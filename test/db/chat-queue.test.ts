@@ -142,3 +142,48 @@ it('batch work (priority 1) takes the slots interactive requests leave, never mo
   expect(batchShare({ SWITCHYARD_BATCH_SHARE: '0.5' })).toBe(0.5);
   for (const bad of ['0', '-1', '2', 'x', '']) expect(batchShare({ SWITCHYARD_BATCH_SHARE: bad })).toBe(0.25);
 });
+
+it('ai.enqueue_request announces `<model> <id>`, and a claimer skips the claim for a request its last claim already took', async () => {
+  const { ChatClaimer } = await import('../../src/worker/chat-claimer.js');
+  const listen = new pg.Client({ connectionString: tdb.url });
+  await listen.connect();
+  const heard: string[] = [];
+  listen.on('notification', (n) => n.channel === 'ai_chat' && heard.push(n.payload ?? ''));
+  await listen.query('listen ai_chat');
+  const id = randomUUID();
+  const one = (await pool.query(
+    `select ai.enqueue_request($1::uuid, 'chat.completions', 'k', 'k', '{}'::jsonb, '{}'::jsonb, false, null, 2, null, 100, 1, '1 minute'::interval) as r`, [id],
+  )).rows[0].r;
+  expect(one).toEqual({ queued: true });
+  await expect.poll(() => heard).toEqual([`k ${id}`]);
+  await listen.end();
+
+  // A claimer whose statements are counted; runs end at once.
+  let claims = 0;
+  const counting = { query: (text: string, values: unknown[]) => ((claims += text.includes('claim_chat') ? 1 : 0), pool.query(text, values)) } as unknown as pg.Pool;
+  const ran: string[] = [];
+  const claimer = new ChatClaimer({ pool: counting, workerId: 'wk', log: { warn: () => {} }, capacity: 8, stopping: () => [], run: async (row) => void ran.push(row.id), pollMs: 60_000 });
+  const second = randomUUID();
+  await pool.query(`select ai.enqueue_request($1::uuid, 'chat.completions', 'k', 'k', '{}'::jsonb, '{}'::jsonb, false, null, 2, null, 100, 1, '1 minute'::interval)`, [second]);
+  claimer.serve(['k']);
+  await expect.poll(() => ran.sort()).toEqual([id, second].sort());
+  const before = claims;
+  // Their notifications arrive after the claim took both: no claim for them.
+  claimer.wakeFor(`k ${id}`);
+  claimer.wakeFor(`k ${second}`);
+  await new Promise((r) => setTimeout(r, 150));
+  expect(claims).toBe(before);
+  // Another request, or a bare model name (a re-queue, a batch), claims.
+  const third = randomUUID();
+  await pool.query(`select ai.enqueue_request($1::uuid, 'chat.completions', 'k', 'k', '{}'::jsonb, '{}'::jsonb, false, null, 2, null, 100, 1, '1 minute'::interval)`, [third]);
+  claimer.wakeFor(`k ${third}`);
+  await expect.poll(() => ran).toContain(third);
+  expect(claims).toBe(before + 1);
+  claimer.wakeFor('k');
+  await expect.poll(() => claims).toBe(before + 2);
+  // Another model's notification does not wake it.
+  claimer.wakeFor(`other ${randomUUID()}`);
+  await new Promise((r) => setTimeout(r, 150));
+  expect(claims).toBe(before + 2);
+  await claimer.stop();
+});
