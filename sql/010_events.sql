@@ -2,8 +2,12 @@
 
 -- Stream events: a row per event (for replay and for reading) and a notification saying that
 -- some exist. Any role that can connect may LISTEN to and NOTIFY any channel, whatever it was
--- granted, so a notification carries only `<request id>:<seq>` items, never content, and
--- listeners treat it as a hint to read the rows (which only granted roles can).
+-- granted, so a notification item `<request id>:<seq>` is a hint to read the rows (which only
+-- granted roles can). An item may also carry the events themselves, sealed (AES-GCM) with the
+-- request's notify_key, a secret only its waiter and its worker know (migrations/0095,
+-- src/engine/notice.ts): `<request id>:<seq>:<seal>:<events>`.
+-- The waiter takes sealed events as they come, without reading them back; an item that does
+-- not open is only a hint. The rows are written all the same (replay, catch-up).
 --
 -- Postgres pays per flush, not per token: a worker writes the events of all its requests that
 -- advanced since its last flush in one call of ai.publish_events (one transaction), and each
@@ -23,19 +27,28 @@
 drop function if exists ai.publish_event(uuid, integer, jsonb);
 drop function if exists ai.publish_event(uuid, text, integer, integer, jsonb);
 
--- Announces events to the listener of each request: `items` are (request, highest seq) pairs.
--- One notification per channel, items separated by spaces; a payload must stay under 8000 bytes,
--- so past 150 items (47 bytes each at most) a channel gets a second one.
-create or replace function ai._notify_events(p_requests uuid[], p_seqs integer[])
+-- Announces events to the listener of each request: `p_items` are the requests' items (see
+-- above). One notification per channel, items separated by spaces; a payload must stay under
+-- 8000 bytes, so a channel's items are cut into runs of about 4000 bytes (an item is at most
+-- 2,100: a run stays under 6,200), each its own notification.
+create or replace function ai._notify_items(p_requests uuid[], p_items text[])
 returns void language sql as $$
   select count(pg_notify(t.listener, t.payload)) from (
-    select i.listener, string_agg(i.item, ' ') as payload
-      from (select r.listener, x.id::text || ':' || x.seq as item,
-                   (row_number() over (partition by r.listener order by x.id) - 1) / 150 as chunk
-              from unnest(p_requests, p_seqs) as x(id, seq)
+    select i.listener, string_agg(i.item, ' ' order by i.id) as payload
+      from (select r.listener, x.id, x.item,
+                   (sum(length(x.item) + 1) over (partition by r.listener order by x.id) - 1) / 4000 as chunk
+              from (select y.id, case when length(y.item) <= 2100 then y.item  -- else only its `<id>:<seq>`
+                                      else split_part(y.item, ':', 1) || ':' || split_part(y.item, ':', 2) end as item
+                      from unnest(p_requests, p_items) as y(id, item)) x
               join ai.requests r on r.id = x.id
              where r.listener is not null) i
      group by i.listener, i.chunk) t;
+$$;
+
+-- The plain form: (request, highest seq) pairs, announced as `<request id>:<seq>` hints.
+create or replace function ai._notify_events(p_requests uuid[], p_seqs integer[])
+returns void language sql as $$
+  select ai._notify_items(p_requests, array(select x.id::text || ':' || x.seq from unnest(p_requests, p_seqs) with ordinality as x(id, seq, n) order by x.n));
 $$;
 
 -- Who may write a request's events is settled under an advisory lock per request, which costs
@@ -62,7 +75,8 @@ returns void language sql as $$
 $$;
 
 -- Publishes stream events of running attempts, for any number of requests at once:
--- p_events is an array of {request, attempt, seq, data}. Only the events of requests this
+-- p_events is an array of {request, attempt, seq, data, notice?}; a request's last event may
+-- carry `notice`, the item that announces it (sealed events, see above; else `<id>:<seq>`). Only the events of requests this
 -- worker's attempt still owns are written; returns the requests refused (cancelled, re-queued by
 -- a reaper, or claimed by another attempt), whose generation should stop. A retry of a call that
 -- committed fails with unique_violation, and writes nothing twice (callers take it for done: no
@@ -73,7 +87,7 @@ declare
   owned uuid[];
   refused uuid[];
   ids uuid[];
-  seqs integer[];
+  items text[];
 begin
   -- Shared, in id order (see ai._request_lock): whoever takes a request over waits for these
   -- events to commit, so a new attempt numbers its events after them; one that committed first
@@ -91,10 +105,12 @@ begin
       from jsonb_array_elements(p_events) e
      where (e->>'request')::uuid = any(owned)
     returning request_id, seq)
-  select array_agg(g.request_id), array_agg(g.seq) into ids, seqs
-    from (select request_id, max(seq) as seq from w group by request_id) g;
+  select array_agg(g.request_id), array_agg(coalesce(n.notice, g.request_id::text || ':' || g.seq)) into ids, items
+    from (select request_id, max(seq) as seq from w group by request_id) g
+    left join lateral (select e->>'notice' as notice from jsonb_array_elements(p_events) e
+                        where (e->>'request')::uuid = g.request_id and (e->>'seq')::int = g.seq) n on true;
   if ids is not null then
-    perform ai._notify_events(ids, seqs);
+    perform ai._notify_items(ids, items);
   end if;
   select coalesce(array_agg(distinct (e->>'request')::uuid), '{}') into refused
     from jsonb_array_elements(p_events) e
@@ -106,10 +122,13 @@ end $$;
 -- final event, or an array of events written at p_seq, p_seq + 1, ... (what the attempt had not
 -- flushed yet, e.g. the whole text of a request that does not stream, then the final event).
 -- Returns false when the request is no longer this attempt's (nothing written); true when it is
--- ended, by this call, an earlier try of it, or a cancellation that stands.
+-- ended, by this call, an earlier try of it, or a cancellation that stands. p_notice: the item
+-- that announces these events (sealed, carrying them: see above); null, `<id>:<last seq>`.
+drop function if exists ai.finish_request(uuid, text, integer, text, jsonb, jsonb, jsonb, timestamptz, integer, jsonb);
 create or replace function ai.finish_request(
   p_request uuid, p_worker text, p_attempt integer, p_status text,
-  p_output jsonb, p_usage jsonb, p_error jsonb, p_first_token_at timestamptz, p_seq integer, p_event jsonb
+  p_output jsonb, p_usage jsonb, p_error jsonb, p_first_token_at timestamptz, p_seq integer, p_event jsonb,
+  p_notice text default null
 ) returns boolean language plpgsql as $$
 declare
   events jsonb := case when jsonb_typeof(p_event) = 'array' then p_event else jsonb_build_array(p_event) end;
@@ -130,11 +149,12 @@ begin
       if failure is not null then
         update ai.requests set status = 'failed', error = failure where id = p_request;
         events := (events - (jsonb_array_length(events) - 1)) || jsonb_build_array(jsonb_build_object('type', 'error', 'status', 400, 'error', failure));
+        p_notice := null; -- the notice carries the events as the worker sent them
       end if;
     end if;
     insert into ai.request_events (request_id, seq, data)
     select p_request, p_seq + e.n - 1, e.data from jsonb_array_elements(events) with ordinality as e(data, n);
-    perform ai._notify_events(array[p_request], array[p_seq + jsonb_array_length(events) - 1]);
+    perform ai._notify_items(array[p_request], array[coalesce(p_notice, p_request::text || ':' || (p_seq + jsonb_array_length(events) - 1))]);
     return true;
   end if;
   return exists (select 1 from ai.requests

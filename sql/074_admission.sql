@@ -124,11 +124,14 @@ end $$;
 -- "limits": {"requests": {...}, "tokens": {...}}}. Raises SY429 on a refusal.
 -- `p_tokens`: what the request may use at most (prompt + max_tokens, as the gateway estimates).
 -- p_traceparent: the trace the worker continues (migrations/0065_request_traceparent.sql).
+-- p_notify_key: the secret the worker seals the events in its notifications with
+-- (migrations/0095_request_notify_key.sql, sql/010_events.sql).
 drop function if exists ai.enqueue_request(uuid, text, text, text, jsonb, jsonb, boolean, uuid, integer, text, integer, bigint, interval);
+drop function if exists ai.enqueue_request(uuid, text, text, text, jsonb, jsonb, boolean, uuid, integer, text, integer, bigint, interval, text);
 create or replace function ai.enqueue_request(
   p_id uuid, p_endpoint text, p_model text, p_requested text, p_input jsonb, p_params jsonb, p_stream boolean,
   p_key uuid, p_max_attempts integer, p_listener text, p_queue_bound integer, p_tokens bigint, p_window interval,
-  p_traceparent text default null
+  p_traceparent text default null, p_notify_key bytea default null
 ) returns jsonb language plpgsql as $$
 declare
   adm jsonb := '{}';
@@ -139,9 +142,9 @@ begin
   if p_key is not null then
     adm := ai._admit(p_key, p_tokens, p_window, clock_timestamp());
   end if;
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, max_attempts, listener, team_id, reservation, traceparent)
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, stream, key_id, max_attempts, listener, team_id, reservation, traceparent, notify_key)
   values (p_id, p_endpoint, p_model, p_requested, p_input, p_params, p_stream, p_key, p_max_attempts, p_listener,
-          (adm->>'team')::uuid, nullif(adm->'reservation', 'null'::jsonb), p_traceparent);
+          (adm->>'team')::uuid, nullif(adm->'reservation', 'null'::jsonb), p_traceparent, p_notify_key);
   -- `<model> <id>`: a worker whose claim already took the request skips a claim of its own.
   perform pg_notify('ai_chat', p_model || ' ' || p_id);
   return jsonb_strip_nulls(jsonb_build_object('queued', true, 'limits', adm->'limits'));

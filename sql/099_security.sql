@@ -65,7 +65,8 @@ begin
     raise exception 'ai.grant_team: no team "%"', grant_team.team using errcode = 'undefined_object';
   end if;
   execute format('grant usage on schema ai to %I', r);
-  execute format('grant select on ai.requests, ai.responses, ai.usage_daily to %I', r);
+  execute format('grant select on ai.responses, ai.usage_daily to %I', r);
+  perform ai._grant_request_columns(r);
   -- Never key_hash: a team sees which of its keys did what, not anything that could be one.
   execute format('grant select (id, name, prefix, team_id, created_at, revoked_at) on ai.api_keys to %I', r);
   -- Policies for this role alone, comparing with a constant: no lookup per row, and no right to
@@ -75,6 +76,25 @@ begin
   execute format('create policy %I on ai.responses for select to %I using (exists (select from ai.requests q where q.id = responses.id and q.team_id = %L::uuid))', 'team_' || r, r, t);
   execute format('create policy %I on ai.api_keys for select to %I using (team_id = %L::uuid)', 'team_' || r, r, t);
   insert into ai.team_roles as x (role, team_id) values (r, t) on conflict (role) do update set team_id = excluded.team_id;
+end $$;
+
+-- A team role reads every column of the request log but notify_key, the secret a request's
+-- worker seals the events in its notifications with (sql/010_events.sql): whoever holds it could
+-- put words in a teammate's answer. Column privileges, as for ai.api_keys' hashes; a column
+-- added to ai.requests later is granted again here (see the loop at the end of this file).
+create or replace function ai._grant_request_columns(p_role name)
+returns void language plpgsql as $$
+begin
+  -- The table's owner (and a superuser) reads every column whatever is granted: nothing to do,
+  -- and nothing to revoke from it.
+  if exists (select from pg_roles x where x.rolname = p_role and (x.rolsuper or x.oid = (select c.relowner from pg_class c where c.oid = 'ai.requests'::regclass))) then
+    return;
+  end if;
+  execute format('revoke select on ai.requests from %I', p_role);
+  execute format('grant select (%s) on ai.requests to %I',
+                 (select string_agg(quote_ident(a.attname), ', ' order by a.attnum) from pg_attribute a
+                   where a.attrelid = 'ai.requests'::regclass and a.attnum > 0 and not a.attisdropped and a.attname <> 'notify_key'),
+                 p_role);
 end $$;
 
 create or replace function ai._drop_team_policies(p_role name)
@@ -150,6 +170,7 @@ begin
   if admin then
     execute format('grant select on all tables in schema ai to %I', r);
     execute format('revoke all on ai.settings from %I', r);  -- may hold the owner's password
+    perform ai._grant_request_columns(r);  -- never notify_key
     perform ai._vectorizer_read_policies('admin_' || r, r);
     perform ai._tenant_policies('admin_' || r, r, false);
   end if;
@@ -243,3 +264,19 @@ end $$;
 
 -- Usage is read with the reader's rights, so a team role's usage is its team's rows only.
 alter view ai.usage_daily set (security_invoker = true);
+
+-- Team roles granted before a column was added to ai.requests (or before notify_key was kept
+-- from them): their column grants, as ai.grant_team gives them now.
+do $$
+declare
+  r name;
+begin
+  for r in select x.role from ai.team_roles x join pg_roles p on p.rolname = x.role
+             where not p.rolsuper and p.oid <> (select c.relowner from pg_class c where c.oid = 'ai.requests'::regclass) loop
+    if has_column_privilege(r, 'ai.requests', 'notify_key', 'select')
+       or exists (select from pg_attribute a where a.attrelid = 'ai.requests'::regclass and a.attnum > 0 and not a.attisdropped
+                    and a.attname <> 'notify_key' and not has_column_privilege(r, 'ai.requests', a.attname, 'select')) then
+      perform ai._grant_request_columns(r);
+    end if;
+  end loop;
+end $$;

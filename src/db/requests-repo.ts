@@ -26,6 +26,8 @@ export interface NewRequest {
    * before their result (a background response's `queued`). Default false: see lightCommit.
    */
   durable?: boolean;
+  /** The secret the worker seals the events in its notifications with (engine/notice.ts); absent: none. */
+  notifyKey?: Buffer | null;
 }
 
 /**
@@ -56,7 +58,8 @@ export async function enqueueRequest(db: Db, r: NewRequest): Promise<{ queued: b
   const res = await sql<{ r: { queued: boolean; limits?: Record<string, unknown> } }>`
     select ai.enqueue_request(${r.id}::uuid, ${r.endpoint}, ${r.model}, ${r.requestedModel}, ${JSON.stringify(r.input)}::jsonb,
                               ${JSON.stringify(r.params)}::jsonb, ${r.stream}, ${r.keyId}::uuid, ${r.maxAttempts}, ${r.listener},
-                              ${r.queueBound}, ${r.reservedTokens}, make_interval(secs => ${r.rateWindowSeconds}), ${r.traceparent ?? null}) as r
+                              ${r.queueBound}, ${r.reservedTokens}, make_interval(secs => ${r.rateWindowSeconds}), ${r.traceparent ?? null},
+                              ${r.notifyKey ?? null}::bytea) as r
                               ${lightCommit(r.durable)}
   `.execute(db);
   const out = res.rows[0]!.r;

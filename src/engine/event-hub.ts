@@ -3,6 +3,7 @@ import type pg from 'pg';
 import { PgListener } from '../db/listener.js';
 import type { LogFn } from '../log.js';
 import type { EngineEvent } from './types.js';
+import { openNotice } from './notice.js';
 
 /**
  * Each hub listens on a channel of its own, named on the requests it waits on (ai.requests.listener):
@@ -27,6 +28,8 @@ export class Subscription implements AsyncIterable<EngineEvent> {
   constructor(
     readonly requestId: string,
     private readonly release: (s: Subscription) => void,
+    /** The request's notify_key: events sealed with it are taken from notifications (notice.ts). */
+    readonly key: Buffer | null = null,
   ) {}
 
   /** Accepts an event with its seq; out-of-order events wait for the gap to be filled. */
@@ -92,9 +95,10 @@ export class Subscription implements AsyncIterable<EngineEvent> {
 
 /**
  * What a notification may say, in items separated by spaces (one notification per flush names
- * every request it advanced): `<request id>` (read its state) or `<request id>:<seq>` (events up to seq).
+ * every request it advanced): `<request id>` (read its state), `<request id>:<seq>` (events up
+ * to seq), or `<request id>:<seq>:<seal>:<events>` (the events themselves, sealed: notice.ts).
  */
-const NOTIFICATION_ITEM = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?::(\d{1,9}))?$/;
+const NOTIFICATION_ITEM = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?::(\d{1,9})(?::([A-Za-z0-9_-]{38}):([A-Za-z0-9_-]+))?)?$/;
 /** A payload is at most 8000 bytes: a longer one is not ours. */
 const MAX_ITEMS = 200;
 
@@ -117,8 +121,9 @@ export class EventHub {
   private reading: Promise<void> | null = null;
   /** This hub's LISTEN channel: enqueue writes it on each request (ai.requests.listener). */
   readonly channel = newEventsChannel();
-  /** Notifications received (for tests and metrics). */
+  /** Notifications received, and sealed items taken from them without a read (for tests and metrics). */
   notifications = 0;
+  sealed = 0;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -151,11 +156,11 @@ export class EventHub {
     return this.listener.connected;
   }
 
-  /** Subscribe before the request is committed, so no event can slip past. */
-  subscribe(requestId: string): Subscription {
+  /** Subscribe before the request is committed, so no event can slip past. `key`: its notify_key, if it has one. */
+  subscribe(requestId: string, key: Buffer | null = null): Subscription {
     const sub = new Subscription(requestId, (s) => {
       if (this.subs.get(s.requestId) === s) this.subs.delete(s.requestId);
-    });
+    }, key);
     this.subs.set(requestId, sub);
     return sub;
   }
@@ -170,9 +175,23 @@ export class EventHub {
       if (!sub) continue;
       const seq = m[2] === undefined ? Infinity : Number(m[2]);
       if (seq < sub.nextSeq) continue; // its row came with an earlier read
+      if (m[3] !== undefined && sub.key && this.takeSealed(sub, seq, m[3], m[4]!)) continue;
       this.due.set(sub, Math.max(seq, this.due.get(sub) ?? -1));
     }
     this.schedule();
+  }
+
+  /**
+   * Offers the events a sealed item carries; true when the subscription has them all, up to
+   * `seq`, and needs no read (false: an item that does not open, or a gap before them, which a read fills).
+   */
+  private takeSealed(sub: Subscription, seq: number, mac: string, body: string): boolean {
+    const events = openNotice(sub.key!, sub.requestId, seq, mac, body);
+    if (!events) return false;
+    const first = seq - events.length + 1;
+    events.forEach((e, i) => sub.offer(first + i, e));
+    this.sealed++;
+    return sub.finished || sub.nextSeq > seq;
   }
 
   private schedule(): void {

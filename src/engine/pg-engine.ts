@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { Database } from '../db/pool.js';
 import { findModel, listModels } from '../db/models-repo.js';
 import { cancelRequest, enqueueRequest, redactRequest } from '../db/requests-repo.js';
@@ -121,8 +121,10 @@ export class PgEngine implements Engine {
       throw errors.invalid(`The model '${req.model}' is an ${row.task} model and cannot be used for ${req.endpoint === 'chat.completions' ? 'chat completions' : req.endpoint}.`, 'model', 'model_not_supported');
     }
     const requestId = req.id ?? randomUUID();
+    // The secret its worker seals the events in its notifications with (notice.ts).
+    const notifyKey = randomBytes(16);
     // Subscribe first: the worker may publish before enqueue() even returns.
-    const events = this.hub.subscribe(requestId);
+    const events = this.hub.subscribe(requestId, notifyKey);
     let queued: boolean;
     try {
       const admitted = await enqueueRequest(this.database.db, {
@@ -141,6 +143,7 @@ export class PgEngine implements Engine {
         reservedTokens: reservedTokens(req.prompt, req.params, readInputBound(row.input_bound)?.contextLength ?? null),
         rateWindowSeconds: rateWindowSeconds(),
         traceparent,
+        notifyKey,
         durable: req.durable === true,
       });
       queued = admitted.queued;

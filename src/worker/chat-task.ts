@@ -36,6 +36,8 @@ export interface ClaimedChat extends ClaimedRow {
   max_attempts: number;
   /** 0: interactive; 1: batch work (ai.submit_chat, Batch API lines). */
   priority?: number;
+  /** The secret its events are sealed into their notifications with (engine/notice.ts); null: none. */
+  notify_key?: Buffer | null;
 }
 
 const reaped = () =>
@@ -51,7 +53,7 @@ const reaped = () =>
 export async function runChatRequest(spec: ModelSpec, deps: ChatTaskDeps, row: ClaimedChat): Promise<void> {
   const { id: requestId, attempts: attempt, max_attempts: maxAttempts } = row;
   const flusher = deps.flusher ?? new EventFlusher(deps.pool);
-  const owner = { requestId, workerId: deps.workerId, attempt };
+  const owner = { requestId, workerId: deps.workerId, attempt, notifyKey: row.notify_key ?? null };
   let publisher: EventPublisher | null = null;
   let spans: RequestSpans | null = null;
   const abandon = () => deps.host.cancel(requestId);

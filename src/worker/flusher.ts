@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { retryWhileUnavailable } from '../db/errors.js';
 import { toJsonb } from '../db/jsonb.js';
-import type { EventPublisher } from './publisher.js';
+import { noticeFor, type EventPublisher } from './publisher.js';
 
 /**
  * How often a worker writes stream events under load (SWITCHYARD_FLUSH_MS, default 100 ms). The
@@ -84,7 +84,11 @@ export class EventFlusher {
       const group = byWorker.get(p.owner.workerId) ?? { publishers: [], events: [] };
       byWorker.set(p.owner.workerId, group);
       group.publishers.push(p);
-      for (const e of events) group.events.push({ request: p.requestId, attempt: p.owner.attempt, seq: e.seq, data: e.data });
+      const notice = noticeFor(p.owner, events);
+      events.forEach((e, i) => group.events.push({
+        request: p.requestId, attempt: p.owner.attempt, seq: e.seq, data: e.data,
+        ...(notice && i === events.length - 1 ? { notice } : {}),
+      }));
     }
     await Promise.all(
       [...byWorker].map(async ([workerId, { publishers, events }]) => {

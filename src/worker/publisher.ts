@@ -4,12 +4,23 @@ import type { TokenLogprob } from './generation/logprobs.js';
 import type { FinishReason } from '../protocol/shared.js';
 import { retryWhileUnavailable } from '../db/errors.js';
 import type { EventFlusher } from './flusher.js';
+import { sealNotice } from '../engine/notice.js';
+import { toJsonb } from '../db/jsonb.js';
 
 /** Who writes a request's events: one attempt of its job, in one worker. */
 export interface Owner {
   requestId: string;
   workerId: string;
   attempt: number;
+  /** The request's notify_key (ai.claim_chat): events are sealed into their notifications with it (engine/notice.ts). */
+  notifyKey?: Buffer | null;
+}
+
+/** The item announcing `events` (the last of a request's events in one write) to its waiter, sealed; null: the plain `<id>:<seq>`. */
+export function noticeFor(owner: Owner, events: Numbered[]): string | null {
+  const last = events[events.length - 1];
+  if (!owner.notifyKey || !last) return null;
+  return sealNotice(owner.notifyKey, owner.requestId, last.seq, toJsonb(events.map((e) => e.data)));
 }
 
 /** The request is no longer this attempt's (a reaper re-queued it, another attempt took it). */

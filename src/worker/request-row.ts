@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { EngineEvent } from '../engine/types.js';
-import type { EventPublisher } from './publisher.js';
+import { noticeFor, type EventPublisher } from './publisher.js';
 import { retryWhileUnavailable } from '../db/errors.js';
 import { toJsonb, toJsonbOrNull } from '../db/jsonb.js';
 
@@ -30,11 +30,13 @@ export async function finish(
   await publisher.settled();
   const events = publisher.closing(event);
   const { requestId, workerId, attempt } = publisher.owner;
+  // The waiter takes these from the notification, sealed, without reading them back.
+  const notice = noticeFor(publisher.owner, events);
   // Retried through a database restart: a retry after an earlier try committed finds the
   // request ended by this attempt, and writes nothing.
   const r = await retryWhileUnavailable(() => pool.query<{ owned: boolean }>(
-    'select ai.finish_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) as owned',
-    [requestId, workerId, attempt, status, toJsonbOrNull(fields.output), toJsonbOrNull(fields.usage), toJsonbOrNull(fields.error), publisher.firstTokenAt, events[0]!.seq, toJsonb(events.map((e) => e.data))],
+    'select ai.finish_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) as owned',
+    [requestId, workerId, attempt, status, toJsonbOrNull(fields.output), toJsonbOrNull(fields.usage), toJsonbOrNull(fields.error), publisher.firstTokenAt, events[0]!.seq, toJsonb(events.map((e) => e.data)), notice],
   ));
   return r.rows[0]!.owned;
 }

@@ -44,7 +44,7 @@ async function streamed(res: Response): Promise<string> {
   return text;
 }
 
-it('two serves: each hears only the events of its own requests, in notifications naming only ids', async () => {
+it('two serves: each hears only the events of its own requests, in notifications naming only ids (their events sealed)', async () => {
   const [a, b, worker] = await Promise.all([startServe(db.url), startServe(db.url), startWorker(db.url)]);
   procs.push(a, b, worker);
   // Each serve's channel, from a request it made.
@@ -92,7 +92,8 @@ it('two serves: each hears only the events of its own requests, in notifications
     const mine = heard.filter((h) => h.channel === channels[s]);
     expect(mine.length).toBeGreaterThan(0);
     for (const h of mine) {
-      expect(h.payload).toMatch(/^[0-9a-f-]{36}:\d+( [0-9a-f-]{36}:\d+)*$/);
+      // `<id>:<seq>`, or with the events sealed by the request's key (src/engine/notice.ts).
+      expect(h.payload).toMatch(/^[0-9a-f-]{36}:\d+(:[A-Za-z0-9_-]{38}:[A-Za-z0-9_-]+)?( [0-9a-f-]{36}:\d+(:[A-Za-z0-9_-]{38}:[A-Za-z0-9_-]+)?)*$/);
       // Every request named on a serve's channel is one that serve waits on.
       for (const item of h.payload.split(' ')) expect(listenerOf.get(item.split(':')[0]!)).toBe(channels[s]);
     }

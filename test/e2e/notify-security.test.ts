@@ -88,6 +88,8 @@ it('a role with no grants hears no content and cannot steer a stream, cancel it 
       [channel, 'junk'],
       [channel, 'x'.repeat(7000)],
       [channel, `${id}:1 `.repeat(180)],
+      // Shaped as sealed events, but sealed with no key the worker holds: hints at most.
+      [channel, `${id}:${seq}:${randomBytes(28).toString('base64url')}:${Buffer.from(JSON.stringify([{ type: 'delta', choices: [{ index: 0, text: injected, finishReason: null }], at: 0 }])).toString('base64url')}`],
       [channel, JSON.stringify({ r: id, s: seq, d: { type: 'delta', choices: [{ index: 0, text: injected, finishReason: null }], at: 0 } })],
       [channel, JSON.stringify({ r: id, s: seq + 1, d: { type: 'done', choices: [{ index: 0, finishReason: 'stop' }], usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } } })],
       [channel, JSON.stringify({ r: id, s: seq, d: { type: 'error', status: 500, error: { message: 'forged', type: 'server_error', param: null, code: 'forged' } } })],
@@ -151,12 +153,30 @@ it('a role with no grants hears no content and cannot steer a stream, cancel it 
   expect(genuine.some((h) => h.channel === listener)).toBe(true);
   expect(genuine.some((h) => h.channel === 'ai_events')).toBe(false);
   const words = [prompt, ...row!.output.choices[0]!.text.split(/\s+/).filter((w) => w.length >= 4 && !/^[0-9a-f-]+$/.test(w))];
+  // Items on the serve's channel: `<id>:<seq>`, or events sealed with the request's secret
+  // (`<id>:<seq>:<seal>:<ciphertext>`, src/engine/notice.ts), which read as random bytes.
+  const item = /^([0-9a-f-]{36})(:\d+)?(?::[A-Za-z0-9_-]{38}:([A-Za-z0-9_-]+))?$/;
+  let sealed = 0;
   for (const h of genuine) {
-    if (h.channel === listener) expect(h.payload).toMatch(/^[0-9a-f-]{36}(:\d+)?( [0-9a-f-]{36}(:\d+)?)*$/);
-    else if (h.channel === 'ai_cancel') expect(h.payload).toMatch(/^[0-9a-f-]{36}$/);
+    let plain = h.payload;
+    if (h.channel === listener) {
+      plain = h.payload.split(' ').map((it) => {
+        const m = item.exec(it);
+        expect(m, it.slice(0, 80)).not.toBeNull();
+        if (m![3] !== undefined) {
+          sealed++;
+          const bytes = Buffer.from(m![3], 'base64url').toString('latin1');
+          for (const clear of ['"type"', 'delta', 'choices', 'usage']) expect(bytes).not.toContain(clear);
+        }
+        return `${m![1]}${m![2] ?? ''}`;
+      }).join(' ');
+    } else if (h.channel === 'ai_cancel') expect(h.payload).toMatch(/^[0-9a-f-]{36}$/);
     else if (h.channel === 'ai_embed' || h.channel === 'ai_models') expect(['tiny', 'minilm']).toContain(h.payload);
-    for (const w of words) expect(h.payload).not.toContain(w);
+    for (const w of words) expect(plain).not.toContain(w);
   }
+  // The stream's events did travel sealed (and the forged items above, unsealed or sealed
+  // without the key, put nothing into it).
+  expect(sealed).toBeGreaterThan(0);
   // And it still shuts down cleanly (its restarted runners included).
   await worker.stop();
   expect([worker.child.exitCode, worker.child.signalCode]).toEqual([0, null]);

@@ -85,6 +85,10 @@ it("a team role sees only its team's requests, responses, usage and key names", 
     expect((await c.query(`select name from ai.api_keys`)).rows).toEqual([{ name: `key ${t}` }]);
     // Not what could be a key, not the stream events, not other tables.
     await expect(c.query(`select key_hash from ai.api_keys`)).rejects.toThrow(/permission denied/);
+    // Every column of the log but notify_key, the secret that seals a request's events in its
+    // notifications (src/engine/notice.ts): a teammate could otherwise forge or read them.
+    await expect(c.query(`select notify_key from ai.requests`)).rejects.toThrow(/permission denied/);
+    expect((await c.query(`select id, model, status, usage, listener, team_id from ai.requests`)).rows.length).toBeGreaterThan(0);
     await expect(c.query(`select count(*) from ai.request_events`)).rejects.toThrow(/permission denied/);
     await expect(c.query(`select count(*) from ai.spend`)).rejects.toThrow(/permission denied/);
     // Reading is all: the log cannot be changed.
@@ -97,6 +101,7 @@ it('a role granted nothing reads nothing; an admin usage role reads every team',
   await expect(nobody.query(`select count(*) from ai.requests`)).rejects.toThrow(/permission denied/);
   const admin = await as(ADMIN);
   expect((await ids(admin, 'requests')).length).toBe(12);
+  await expect(admin.query(`select notify_key from ai.requests`)).rejects.toThrow(/permission denied/);
   expect((await admin.query(`select count(*)::int as n from ai.usage_daily`)).rows[0].n).toBe(6);
 });
 
