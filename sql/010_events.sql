@@ -51,6 +51,14 @@ returns void language sql as $$
   select ai._notify_items(p_requests, array(select x.id::text || ':' || x.seq from unnest(p_requests, p_seqs) with ordinality as x(id, seq, n) order by x.n));
 $$;
 
+-- The channel that wakes the claimers of a request's endpoint when it is queued again (by a
+-- reaper, or a worker leaving): embeddings, moderations and rerank requests are claimed in
+-- batches by the claimers woken on 'ai_embed', chat-like requests by the one on 'ai_chat'.
+create or replace function ai._queue_channel(p_endpoint text)
+returns text language sql immutable as $$
+  select case when p_endpoint in ('embeddings', 'moderations', 'rerank') then 'ai_embed' else 'ai_chat' end
+$$;
+
 -- Who may write a request's events is settled under an advisory lock per request, which costs
 -- no WAL (a FOR SHARE row lock wrote a record per request per flush): a writer holds it shared
 -- while it checks ownership and inserts; whoever takes a request from its attempt (a reaper

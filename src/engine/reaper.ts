@@ -140,7 +140,7 @@ export class Reaper {
         const q = await client.query<{ n: number }>(
           `with q as (update ai.requests set status = 'queued' where worker = any($1) and status = 'running' returning endpoint, model)
            select count(*)::int as n,
-                  (select count(pg_notify(case when e = 'embeddings' then 'ai_embed' else 'ai_chat' end, m))
+                  (select count(pg_notify(ai._queue_channel(e), m))
                      from (select distinct endpoint, model from q) d(e, m)) as notified
              from q`,
           [ids],

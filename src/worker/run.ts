@@ -417,7 +417,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         .query(
           `with q as (update ai.requests set status = 'queued' where worker = $1 and status = 'running' returning id, endpoint, model)
            select ai._fence_requests(array(select id from q)),
-                  (select count(pg_notify(case when endpoint = 'embeddings' then 'ai_embed' else 'ai_chat' end, model)) from (select distinct endpoint, model from q) d)`,
+                  (select count(pg_notify(ai._queue_channel(endpoint), model)) from (select distinct endpoint, model from q) d)`,
           [s.id],
         )
         .catch(() => {});

@@ -187,3 +187,11 @@ it('ai.enqueue_request announces `<model> <id>`, and a claimer skips the claim f
   expect(claims).toBe(before + 2);
   await claimer.stop();
 });
+
+it('a request queued again wakes the claimers of its endpoint: batch claimers on ai_embed, chat on ai_chat', async () => {
+  const r = await pool.query(`select e, ai._queue_channel(e) as c from unnest(array['embeddings', 'moderations', 'rerank', 'chat.completions', 'completions', 'responses']) e`);
+  expect(Object.fromEntries(r.rows.map((x) => [x.e, x.c]))).toEqual({
+    embeddings: 'ai_embed', moderations: 'ai_embed', rerank: 'ai_embed',
+    'chat.completions': 'ai_chat', completions: 'ai_chat', responses: 'ai_chat',
+  });
+});
