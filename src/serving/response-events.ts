@@ -34,10 +34,21 @@ export function responseErrorCode(status: number, code: string | null | undefine
   return 'server_error';
 }
 
-/** The response object of `base` and `outcome`: no `usage` key until there is usage. */
+const ERROR_CODES = new Set<string>(['server_error', 'rate_limit_exceeded', 'invalid_prompt']);
+
+/**
+ * The response object of `base` and `outcome`: no `usage` key until there is usage. An outcome
+ * stored before the wire shape followed OpenAI's schema (an error code of ours, usage without
+ * `cache_write_tokens`) is shown in today's shape.
+ */
 export function responseObject(base: Omit<ResponseObject, keyof ResponseOutcome>, outcome: ResponseOutcome): ResponseObject {
-  const { usage, ...rest } = outcome;
-  return { ...base, ...rest, ...(usage ? { usage } : {}) };
+  const { usage, error, ...rest } = outcome;
+  return {
+    ...base,
+    ...rest,
+    error: error && { code: ERROR_CODES.has(error.code) ? error.code : 'server_error', message: error.message },
+    ...(usage ? { usage: { ...usage, input_tokens_details: { cached_tokens: usage.input_tokens_details?.cached_tokens ?? 0, cache_write_tokens: usage.input_tokens_details?.cache_write_tokens ?? 0 } } } : {}),
+  };
 }
 
 type MessageItem = Extract<OutputItem, { type: 'message' }>;

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { EngineEvent } from '../../src/engine/types.js';
 import type { ResponseObject, ResponseStreamEvent } from '../../src/protocol/responses.js';
 import { HERMES_TOOL_FORMAT } from '../../src/protocol/tools.js';
-import { ResponseEventBuilder, responseErrorCode, type ResponseOutcome } from '../../src/serving/response-events.js';
+import { ResponseEventBuilder, responseErrorCode, responseObject, type ResponseOutcome } from '../../src/serving/response-events.js';
 import { openaiSchemas } from '../helpers/openai-schema.js';
 
 /**
@@ -103,5 +103,23 @@ describe('ResponseEventBuilder against OpenAI’s schema', () => {
     expect(r.snapshot).not.toHaveProperty('user');
     expect(r.events[0]!.response).not.toHaveProperty('usage');
     expect(run([done()]).snapshot.usage).toEqual({ input_tokens: 3, input_tokens_details: { cached_tokens: 0, cache_write_tokens: 0 }, output_tokens: 2, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: 5 });
+  });
+
+  it('an outcome stored in the older shape (our error code, no cache_write_tokens, usage null) is shown in today’s', () => {
+    const old = {
+      status: 'failed',
+      output: [],
+      usage: { input_tokens: 3, input_tokens_details: { cached_tokens: 0 }, output_tokens: 0, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: 3 },
+      error: { code: 'internal_error', message: 'boom' },
+      incomplete_details: null,
+      completed_at: 1_700_000_002,
+    } as unknown as ResponseOutcome;
+    const r = responseObject(base(), old);
+    expect(schemas.errors('OpenAIResponse', r)).toEqual([]);
+    expect(r.error).toEqual({ code: 'server_error', message: 'boom' });
+    expect(r.usage!.input_tokens_details).toEqual({ cached_tokens: 0, cache_write_tokens: 0 });
+    const none = responseObject(base(), { ...old, status: 'cancelled', usage: null, error: null });
+    expect(schemas.errors('OpenAIResponse', none)).toEqual([]);
+    expect(none).not.toHaveProperty('usage');
   });
 });
