@@ -4,14 +4,14 @@ import type { EngineEvent } from '../engine/types.js';
 import type { ChatReplayStore, ReplayFields, StoredChat } from '../serving/chat-replay.js';
 import type { ToolDefinition } from '../protocol/chat.js';
 
-/** Streamed chat requests in ai.requests, by the key that made them (as stored responses). */
+/** Streamed chat requests in ai.requests, seen by the keys of their owner (ai.visible_to_key, as stored responses). */
 export class PgChatReplayStore implements ChatReplayStore {
   constructor(private readonly db: Db) {}
 
   async find(id: string, keyId: string | null): Promise<StoredChat | null> {
     const { rows } = await sql<{ model: string; requested_model: string; tools: ToolDefinition[] | null; replay: ReplayFields | null }>`
       select model, requested_model, input->'tools' as tools, params->'replay' as replay from ai.requests
-       where id = ${id}::uuid and endpoint = 'chat.completions' and stream and key_id is not distinct from ${keyId}::uuid`.execute(this.db);
+       where id = ${id}::uuid and endpoint = 'chat.completions' and stream and ai.visible_to_key(key_id, team_id, ${keyId}::uuid)`.execute(this.db);
     const r = rows[0];
     if (!r || !r.replay || typeof r.replay !== 'object') return null;
     return { id, model: r.model, requestedModel: r.requested_model, tools: Array.isArray(r.tools) ? r.tools : null, replay: r.replay };

@@ -53,7 +53,7 @@ function toStored(r: Row): StoredResponse {
   };
 }
 
-/** Responses in ai.responses (migrations/0016_responses.sql), each seen only by the key that made it. */
+/** Responses in ai.responses (migrations/0016_responses.sql), each seen by the keys of its owner (ai.visible_to_key). */
 export class PgResponseStore implements ResponseStore {
   constructor(private readonly db: Db) {}
 
@@ -67,7 +67,7 @@ export class PgResponseStore implements ResponseStore {
   async find(id: string, keyId: string | null): Promise<StoredResponse | null> {
     const { rows } = await sql<Row>`
       select ${columns} from ai.responses s join ai.requests r on r.id = s.id
-       where s.id = ${id}::uuid and s.key_id is not distinct from ${keyId}::uuid`.execute(this.db);
+       where s.id = ${id}::uuid and ai.visible_to_key(s.key_id, r.team_id, ${keyId}::uuid)`.execute(this.db);
     return rows[0] ? toStored(rows[0]) : null;
   }
 
@@ -76,11 +76,11 @@ export class PgResponseStore implements ResponseStore {
     // a depth limit costs nothing.
     const { rows } = await sql<Row & { depth: number }>`
       with recursive chain as (
-        select s.id, s.previous_id, 0 as depth from ai.responses s
-         where s.id = ${id}::uuid and s.key_id is not distinct from ${keyId}::uuid
+        select s.id, s.previous_id, 0 as depth from ai.responses s join ai.requests r on r.id = s.id
+         where s.id = ${id}::uuid and ai.visible_to_key(s.key_id, r.team_id, ${keyId}::uuid)
         union all
-        select p.id, p.previous_id, c.depth + 1 from ai.responses p join chain c on p.id = c.previous_id
-         where p.key_id is not distinct from ${keyId}::uuid and c.depth < 10000
+        select p.id, p.previous_id, c.depth + 1 from ai.responses p join chain c on p.id = c.previous_id join ai.requests r on r.id = p.id
+         where ai.visible_to_key(p.key_id, r.team_id, ${keyId}::uuid) and c.depth < 10000
       )
       select ${columns}, c.depth from chain c join ai.responses s on s.id = c.id join ai.requests r on r.id = s.id
        order by c.depth desc`.execute(this.db);

@@ -237,7 +237,7 @@ export type ResponseStatus = 'queued' | 'in_progress' | 'completed' | 'incomplet
 
 export interface ResponseUsage {
   input_tokens: number;
-  input_tokens_details: { cached_tokens: number };
+  input_tokens_details: { cached_tokens: number; cache_write_tokens: number };
   output_tokens: number;
   output_tokens_details: { reasoning_tokens: number };
   total_tokens: number;
@@ -245,7 +245,7 @@ export interface ResponseUsage {
 
 export const toResponseUsage = (u: Usage): ResponseUsage => ({
   input_tokens: u.prompt_tokens,
-  input_tokens_details: { cached_tokens: 0 },
+  input_tokens_details: { cached_tokens: 0, cache_write_tokens: 0 },
   output_tokens: u.completion_tokens,
   output_tokens_details: { reasoning_tokens: 0 },
   total_tokens: u.total_tokens,
@@ -289,11 +289,17 @@ export function requestFields(req: ResponseCreateRequest, temperature: number, t
 }
 
 export interface ResponseError {
-  code: string;
+  /** Of OpenAI's codes, the ones a text generation here can end with (serving/response-events.ts). */
+  code: 'server_error' | 'rate_limit_exceeded' | 'invalid_prompt';
   message: string;
 }
 
-export interface ResponseObject extends ResponseRequestFields {
+/**
+ * A response object on the wire. `usage` and `user` are absent rather than null when there is
+ * none: OpenAI's schema makes them optional and not nullable (checked against openai-node's
+ * types in test/e2e/openai-schema.test.ts).
+ */
+export interface ResponseObject extends Omit<ResponseRequestFields, 'user'> {
   id: string;
   object: 'response';
   created_at: number;
@@ -309,7 +315,8 @@ export interface ResponseObject extends ResponseRequestFields {
   reasoning: { effort: null; summary: null };
   service_tier: 'default';
   store: boolean;
-  usage: ResponseUsage | null;
+  usage?: ResponseUsage;
+  user?: string;
 }
 
 /** A streamed event: its type, its place in the response's stream, and its fields. */

@@ -36,7 +36,7 @@ export interface StoredChat {
 
 /** Where streamed chat requests and their events are read (src/db/chat-replay-repo.ts). */
 export interface ChatReplayStore {
-  /** Null unless the request is a streamed chat completion made with this key (null: no auth). */
+  /** Null unless the request is a streamed chat completion the key may see (as stored responses: made with it or a key of its team; null: no auth). */
   find(id: string, keyId: string | null): Promise<StoredChat | null>;
   events(id: string, fromSeq: number): Promise<{ events: { seq: number; data: EngineEvent }[]; status: string | null }>;
 }

@@ -22,6 +22,35 @@ export interface ResponseOutcome {
   completed_at: number | null;
 }
 
+/**
+ * A failed response's `error.code`: OpenAI's schema allows a fixed set (server_error,
+ * rate_limit_exceeded, invalid_prompt and image and policy codes), so our own codes
+ * (internal_error, context_length_exceeded, timeout, ...) are told as the nearest of them; the
+ * message keeps the detail.
+ */
+export function responseErrorCode(status: number, code: string | null | undefined): ResponseError['code'] {
+  if (status === 429 || code === 'rate_limit_exceeded') return 'rate_limit_exceeded';
+  if (status >= 400 && status < 500) return 'invalid_prompt';
+  return 'server_error';
+}
+
+const ERROR_CODES = new Set<string>(['server_error', 'rate_limit_exceeded', 'invalid_prompt']);
+
+/**
+ * The response object of `base` and `outcome`: no `usage` key until there is usage. An outcome
+ * stored before the wire shape followed OpenAI's schema (an error code of ours, usage without
+ * `cache_write_tokens`) is shown in today's shape.
+ */
+export function responseObject(base: Omit<ResponseObject, keyof ResponseOutcome>, outcome: ResponseOutcome): ResponseObject {
+  const { usage, error, ...rest } = outcome;
+  return {
+    ...base,
+    ...rest,
+    error: error && { code: ERROR_CODES.has(error.code) ? error.code : 'server_error', message: error.message },
+    ...(usage ? { usage: { ...usage, input_tokens_details: { cached_tokens: usage.input_tokens_details?.cached_tokens ?? 0, cache_write_tokens: usage.input_tokens_details?.cache_write_tokens ?? 0 } } } : {}),
+  };
+}
+
 type MessageItem = Extract<OutputItem, { type: 'message' }>;
 const clone = <T>(v: T): T => structuredClone(v);
 
@@ -69,7 +98,7 @@ export class ResponseEventBuilder {
   }
 
   snapshot(): ResponseObject {
-    return clone({ ...this.base, ...this.outcome() });
+    return clone(responseObject(this.base, this.outcome()));
   }
 
   private event(type: string, fields: Record<string, unknown>): ResponseStreamEvent {
@@ -130,9 +159,11 @@ export class ResponseEventBuilder {
         const out = this.closeMessage('incomplete');
         const cancelled = e.error.code === 'cancelled';
         this.status = cancelled ? 'cancelled' : 'failed';
-        this.error = cancelled ? null : { code: e.error.code ?? 'server_error', message: e.error.message };
+        this.error = cancelled ? null : { code: responseErrorCode(e.status, e.error.code), message: e.error.message };
         this.ended = true;
-        out.push(this.event(cancelled ? 'response.cancelled' : 'response.failed', { response: this.snapshot() }));
+        // OpenAI's stream event types have none for a cancellation: a cancelled response ends its
+        // stream as one that did not complete, `response.failed`, its response saying `cancelled`.
+        out.push(this.event('response.failed', { response: this.snapshot() }));
         return out;
       }
       default:

@@ -38,7 +38,11 @@ export interface NewStoredResponse {
   createdAt: number;
 }
 
-/** Where responses are kept (src/db/responses-repo.ts). Every lookup is by the caller's key. */
+/**
+ * Where responses are kept (src/db/responses-repo.ts). Every lookup is by the caller's key: a
+ * response is seen by every key of its owner (the key that made it, and the keys of the team it
+ * was made for; ai.visible_to_key in sql/080_responses.sql), and by no other.
+ */
 export interface ResponseStore {
   insert(r: NewStoredResponse): Promise<void>;
   /** The response, if the key may see it. */

@@ -19,7 +19,7 @@ import {
 import { HERMES_TOOL_FORMAT, type ToolCallFormat } from '../protocol/tools.js';
 import { beforeDeadline, requestTimeoutMs, resolveModel, type RequestContext } from './context.js';
 import { noObserver, type Observer } from './observer.js';
-import { ResponseEventBuilder, type ResponseOutcome } from './response-events.js';
+import { ResponseEventBuilder, responseObject, type ResponseOutcome } from './response-events.js';
 import type { ResponseStore, StoredResponse } from './response-store.js';
 
 export type ResponseResult =
@@ -61,12 +61,14 @@ export class ResponsesServing {
   }
 
   private base(s: Pick<StoredResponse, 'id' | 'model' | 'background' | 'request' | 'createdAt' | 'previousId'>, store = true): Omit<ResponseObject, keyof ResponseOutcome> {
+    const { user, ...request } = s.request;
     return {
       id: responseWireId(s.id),
       object: 'response',
       created_at: s.createdAt,
       background: s.background,
-      ...s.request,
+      ...request,
+      ...(user !== null ? { user } : {}),
       max_tool_calls: null,
       model: s.model,
       previous_response_id: s.previousId ? responseWireId(s.previousId) : null,
@@ -95,7 +97,7 @@ export class ResponsesServing {
 
   /** The response object as it stands now; one that has ended is recorded as such. */
   private async render(s: StoredResponse): Promise<ResponseObject> {
-    if (s.final) return { ...this.base(s), ...s.final };
+    if (s.final) return responseObject(this.base(s), s.final);
     const b = this.builder(s, await this.toolFormat(s.model), 'render');
     b.begin();
     const { events, status } = await this.store.events(s.id, 0);

@@ -69,7 +69,7 @@ describe('responses: create, retrieve, delete', () => {
     expect(row.input.messages).toEqual([{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Name three colours.' }]);
     expect(r.usage).toEqual({
       input_tokens: row.usage!.prompt_tokens,
-      input_tokens_details: { cached_tokens: 0 },
+      input_tokens_details: { cached_tokens: 0, cache_write_tokens: 0 },
       output_tokens: 12,
       output_tokens_details: { reasoning_tokens: 0 },
       total_tokens: row.usage!.total_tokens,
