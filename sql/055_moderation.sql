@@ -13,18 +13,27 @@
 -- ai.finish_request, writing {"results": [...]} into output and the results into its final event.
 
 -- Records a moderation request, unless the model already has p_bound requests queued (then
--- false, and the caller answers 429). p_inputs: a jsonb array of texts.
+-- false, and the caller answers 429). p_inputs: a jsonb array of texts. A key's request is
+-- admitted like any other (sql/074_admission.sql: its and its team's budgets and rate limits,
+-- `p_tokens` reserved; SQLSTATE SY429 on a refusal), so /v1/moderations is no way around them.
+drop function if exists ai.enqueue_moderation(uuid, text, text, jsonb, jsonb, uuid, text, integer);
 create or replace function ai.enqueue_moderation(
   p_id uuid, p_model text, p_requested_model text, p_inputs jsonb, p_params jsonb default '{}',
-  p_key uuid default null, p_listener text default null, p_bound integer default 1000
+  p_key uuid default null, p_listener text default null, p_bound integer default 1000,
+  p_tokens bigint default 0, p_window interval default '1 minute'
 ) returns boolean language plpgsql as $$
+declare
+  adm jsonb := '{}';
 begin
   if (select count(*) from (select 1 from ai.requests where model = p_model and status = 'queued' limit p_bound) q) >= p_bound then
     return false;
   end if;
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener, max_attempts)
+  if p_key is not null then
+    adm := ai._admit(p_key, p_tokens, p_window, clock_timestamp());
+  end if;
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener, max_attempts, team_id, reservation)
   values (p_id, 'moderations', p_model, p_requested_model, jsonb_build_object('input', p_inputs), p_params, p_key,
-          p_params->>'db_role', p_listener, 3);
+          p_params->>'db_role', p_listener, 3, (adm->>'team')::uuid, nullif(adm->'reservation', 'null'::jsonb));
   perform pg_notify('ai_embed', p_model);
   return true;
 end $$;

@@ -9,17 +9,27 @@
 -- Queues one rerank request (the gateway's call): false when the model's queue is full. Wakes the
 -- worker's claimer of this model on the channel embedding claimers listen on (ai_embed), whose
 -- payload is a model name.
+-- A key's request is admitted like any other (sql/074_admission.sql: budgets and rate limits,
+-- `p_tokens` reserved, SQLSTATE SY429 on a refusal).
+drop function if exists ai.enqueue_rerank(uuid, text, text, text, jsonb, jsonb, uuid, integer, text, integer);
 create or replace function ai.enqueue_rerank(
   p_id uuid, p_model text, p_requested_model text, p_query text, p_documents jsonb, p_params jsonb,
-  p_key uuid, p_max_attempts integer, p_listener text, p_bound integer
+  p_key uuid, p_max_attempts integer, p_listener text, p_bound integer,
+  p_tokens bigint default 0, p_window interval default '1 minute'
 ) returns boolean language plpgsql as $$
+declare
+  adm jsonb := '{}';
 begin
   if (select count(*) from (select 1 from ai.requests where model = p_model and status = 'queued' limit p_bound) q) >= p_bound then
     return false;
   end if;
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener)
+  if p_key is not null then
+    adm := ai._admit(p_key, p_tokens, p_window, clock_timestamp());
+  end if;
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener, team_id, reservation)
   values (p_id, 'rerank', p_model, p_requested_model, jsonb_build_object('query', p_query, 'documents', p_documents),
-          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role', p_listener);
+          p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role', p_listener,
+          (adm->>'team')::uuid, nullif(adm->'reservation', 'null'::jsonb));
   perform pg_notify('ai_embed', p_model);
   return true;
 end $$;

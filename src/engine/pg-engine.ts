@@ -260,10 +260,15 @@ export class PgEngine implements Engine {
         maxAttempts: EMBED_MAX_ATTEMPTS,
         listener: this.hub.channel,
         queueBound: this.queueBound(row),
+        // Each document is read beside the query: a pair's tokens are at most their bytes and a few specials.
+        reservedTokens: reservedEmbeddingTokens(req.documents.map((d) => `${req.query} ${d}`)),
+        rateWindowSeconds: rateWindowSeconds(),
       });
     } catch (err) {
       events.close();
-      throw err;
+      const refusal = admissionError(err);
+      if (refusal !== err) req.onLimits?.((refusal as { headers: Record<string, string> }).headers);
+      throw refusal;
     }
     if (!queued) {
       events.close();
@@ -289,13 +294,16 @@ export class PgEngine implements Engine {
     const events = this.hub.subscribe(requestId);
     try {
       const { rows } = await this.database.pool.query<{ queued: boolean }>(
-        'select ai.enqueue_moderation($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8) as queued',
-        [requestId, row.name, req.requestedModel, JSON.stringify(req.texts), '{}', req.keyId, this.hub.channel, this.queueBound(row)],
+        'select ai.enqueue_moderation($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, make_interval(secs => $10)) as queued',
+        [requestId, row.name, req.requestedModel, JSON.stringify(req.texts), '{}', req.keyId, this.hub.channel, this.queueBound(row),
+          reservedEmbeddingTokens(req.texts), rateWindowSeconds()],
       );
       if (!rows[0]?.queued) throw errors.queueFull(row.name, 1);
     } catch (err) {
       events.close();
-      throw err;
+      const refusal = admissionError(err);
+      if (refusal !== err) req.onLimits?.((refusal as { headers: Record<string, string> }).headers);
+      throw refusal;
     }
     onQueued?.(requestId);
     for await (const e of events) {

@@ -123,6 +123,8 @@ export interface RerankRequest {
   keyId: string | null;
   /** Recorded in ai.requests.params (user, ...). */
   meta: Record<string, unknown>;
+  /** Told the rate-limit headers of a refusal (Retry-After, x-ratelimit-*). */
+  onLimits?(headers: Record<string, string>): void;
 }
 
 export interface RerankResult {
@@ -140,6 +142,8 @@ export interface ModerateRequest {
   requestedModel: string;
   texts: string[];
   keyId: string | null;
+  /** Told the rate-limit headers of a refusal (Retry-After, x-ratelimit-*). */
+  onLimits?(headers: Record<string, string>): void;
 }
 
 export interface ModerateResult {

@@ -42,7 +42,7 @@ export class ModerationsServing {
     if (!this.engine.moderate) throw errors.unavailable('This server cannot run moderation models.');
     let requestId: string | null = null;
     const result = await beforeDeadline(
-      this.engine.moderate({ model: model.name, requestedModel: req.model ?? model.name, texts: req.texts, keyId: ctx.keyId }, (id) => {
+      this.engine.moderate({ model: model.name, requestedModel: req.model ?? model.name, texts: req.texts, keyId: ctx.keyId, onLimits: ctx.onLimits }, (id) => {
         requestId = id;
         onQueued?.(id);
       }),

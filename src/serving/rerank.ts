@@ -37,7 +37,7 @@ export class RerankServing {
     let requestId: string | null = null;
     const result = await beforeDeadline(
       this.engine.rerank(
-        { model: req.model, query: req.query, documents, keyId: ctx.keyId, meta: req.user ? { user: req.user } : {} },
+        { model: req.model, query: req.query, documents, keyId: ctx.keyId, meta: req.user ? { user: req.user } : {}, onLimits: ctx.onLimits },
         (id) => {
           requestId = id;
           onQueued?.(id);

@@ -31,7 +31,11 @@ beforeAll(async () => {
   const env = { DATABASE_URL: db.url };
   expect((await cli(['models', 'add', 'tiny', '--task', 'chat', '--source', 'tiny-chat'], env)).code).toBe(0);
   expect((await cli(['models', 'add', 'mini', '--task', 'embedding', '--source', 'tiny-embed'], env)).code).toBe(0);
-  for (const name of ['rpm', 'tpm', 'retry', 'quota', 'free', 'stream', 'embed']) keys[name] = (await cli(['keys', 'create', '--name', name], env)).stdout.trim();
+  expect((await cli(['models', 'add', 'guard', '--task', 'moderation', '--source', 'tiny-moderation'], env)).code).toBe(0);
+  expect((await cli(['models', 'add', 'ranker', '--task', 'rerank', '--source', 'tiny-rerank'], env)).code).toBe(0);
+  for (const name of ['rpm', 'tpm', 'retry', 'quota', 'free', 'stream', 'embed', 'side', 'sidequota']) keys[name] = (await cli(['keys', 'create', '--name', name], env)).stdout.trim();
+  await query(db.url, `update ai.api_keys set rpm_limit = 2 where name = 'side'`);
+  await query(db.url, `update ai.api_keys set budget_tokens = 60, budget_period = 'day' where name = 'sidequota'`);
   await query(db.url, `update ai.api_keys set rpm_limit = 20 where name = 'rpm'`);
   await query(db.url, `update ai.api_keys set rpm_limit = 1 where name = 'retry'`);
   await query(db.url, `update ai.api_keys set tpm_limit = 200 where name = 'tpm'`);
@@ -148,6 +152,35 @@ it('embeddings count too: each request of a coalesced group is admitted on its o
     expect(r.body.error.code).toBe('rate_limit_exceeded');
     expect(Number(r.headers.get('retry-after'))).toBeGreaterThan(0);
   }
+}, 60_000);
+
+it('moderations and rerank are admitted like the rest: no way around a key\'s rate limit or budget', async () => {
+  const call = (key: string, path: string, body: Record<string, unknown>) =>
+    fetch(`${serves[0]!.url}${path}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    }).then(async (res) => ({ status: res.status, headers: res.headers, body: (await res.json()) as Record<string, any> }));
+  const moderate = (key: string, input: string) => call(key, '/v1/moderations', { model: 'guard', input });
+  const rerank = (key: string, documents: string[]) => call(key, '/v1/rerank', { model: 'ranker', query: 'which one', documents });
+  // Two requests per window, whichever endpoint spends them.
+  const results = [await moderate(keys.side!, 'one'), await rerank(keys.side!, ['a', 'b']), await moderate(keys.side!, 'three'), await rerank(keys.side!, ['c'])];
+  expect(results.map((r) => r.status)).toEqual([200, 200, 429, 429]);
+  for (const r of results.slice(2)) {
+    expect(r.body.error.code).toBe('rate_limit_exceeded');
+    expect(Number(r.headers.get('retry-after'))).toBeGreaterThan(0);
+  }
+  // A 60-token budget: what a request may use (its bytes) is reserved, its usage spent.
+  const big = 'x'.repeat(100);
+  const over = [await moderate(keys.sidequota!, big), await rerank(keys.sidequota!, [big])];
+  expect(over.map((r) => r.status)).toEqual([429, 429]);
+  for (const r of over) expect(r.body.error.code).toBe('budget_exceeded');
+  expect((await moderate(keys.sidequota!, 'short')).status).toBe(200);
+  const [spend] = await query<{ spent: number; reserved: number }>(db.url,
+    `select s.spent::int, s.reserved::int from ai.spend s join ai.api_keys k on k.id = s.subject where k.name = 'sidequota'`);
+  expect(spend!.reserved).toBe(0);
+  expect(spend!.spent).toBeGreaterThan(0);
+  expect(spend!.spent).toBeLessThanOrEqual(60);
 }, 60_000);
 
 it('sends no x-ratelimit-* headers for a key without limits', async () => {
