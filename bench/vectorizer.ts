@@ -44,6 +44,7 @@ interface JobTimes {
   chunks: number;
   ms: number;
   claim: number;
+  claimWaited: number;
   split: number;
   model: number;
   write: number;
@@ -52,10 +53,10 @@ interface JobTimes {
   batches: number;
 }
 
-const JOB_LINE = /vectorizer (\d+): (\d+) rows, (\d+) chunks in (\d+) ms \(batches (\d+); claim (\d+) ms, split (\d+) ms, model (\d+) ms, write (\d+) ms of which (\d+) ms waited on; index (\d+) ms\)/g;
+const JOB_LINE = /vectorizer (\d+): (\d+) rows, (\d+) chunks in (\d+) ms \(batches (\d+); claim (\d+) ms of which (\d+) ms waited on, split (\d+) ms, model (\d+) ms, write (\d+) ms of which (\d+) ms waited on; index (\d+) ms\)/g;
 
 function jobTimes(output: string, id: number): JobTimes {
-  const t: JobTimes = { rows: 0, chunks: 0, ms: 0, claim: 0, split: 0, model: 0, write: 0, waited: 0, index: 0, batches: 0 };
+  const t: JobTimes = { rows: 0, chunks: 0, ms: 0, claim: 0, claimWaited: 0, split: 0, model: 0, write: 0, waited: 0, index: 0, batches: 0 };
   for (const m of output.matchAll(JOB_LINE)) {
     if (Number(m[1]) !== id) continue;
     t.rows += Number(m[2]);
@@ -63,11 +64,12 @@ function jobTimes(output: string, id: number): JobTimes {
     t.ms += Number(m[4]);
     t.batches += Number(m[5]);
     t.claim += Number(m[6]);
-    t.split += Number(m[7]);
-    t.model += Number(m[8]);
-    t.write += Number(m[9]);
-    t.waited += Number(m[10]);
-    t.index += Number(m[11]);
+    t.claimWaited += Number(m[7]);
+    t.split += Number(m[8]);
+    t.model += Number(m[9]);
+    t.write += Number(m[10]);
+    t.waited += Number(m[11]);
+    t.index += Number(m[12]);
   }
   return t;
 }
@@ -151,6 +153,8 @@ async function backfillRounds(c: Ctx, side: Side, rand: () => number) {
   const db = c.stack.pool;
   const rates: Record<Variant | 'inproc', number[]> = { deferred: [], at_once: [], inproc: [] };
   const detail: RoundDetail[] = [];
+  /** CPU seconds of this process over each round's in-process side. */
+  const inprocCpu: number[] = [];
   await embedInProcess(side.inproc, ['warm up the in-process model']);
   for (let r = 0; r < side.rounds; r++) {
     const bodies = Array.from({ length: side.docs }, (_, i) => documentText(r, i + 1, rand));
@@ -171,8 +175,11 @@ async function backfillRounds(c: Ctx, side: Side, rand: () => number) {
     for (const what of order) {
       if (what === 'inproc') {
         const t = performance.now();
+        const c0 = process.cpuUsage();
         for (let i = 0; i < texts.length; i += MAX_CALL_INPUTS) await embedInProcess(side.inproc, texts.slice(i, i + MAX_CALL_INPUTS));
         rates.inproc.push(perSec(texts.length, performance.now() - t));
+        const c1 = process.cpuUsage(c0);
+        inprocCpu.push((c1.user + c1.system) / 1e6);
       } else {
         const d = await backfill(c, side, what, `bench_vdocs_${side.tag}_${what}_${r}`, texts.length, side.docs, r);
         rates[what].push(d.per_s);
@@ -185,15 +192,15 @@ async function backfillRounds(c: Ctx, side: Side, rand: () => number) {
   const ratio = roundRatio(rates.deferred, rates.inproc);
   const last = detail.filter((d) => d.variant === 'deferred').pop()!;
   const j = last.job;
-  let note = `last round: ${last.chunks} chunks in ${num(last.cpu_s.wallS)} s; the job: ${j.batches} batches, claim ${num(j.claim)} ms, split ${num(j.split)} ms, model ${num(j.model)} ms, ` +
+  let note = `last round: ${last.chunks} chunks in ${num(last.cpu_s.wallS)} s; the job: ${j.batches} batches, claim ${num(j.claim)} ms (${num(j.claimWaited)} ms of it waited on), split ${num(j.split)} ms, model ${num(j.model)} ms, ` +
     `write ${num(j.write)} ms (${num(j.waited)} ms of it waited on), index build ${num(j.index)} ms; CPU s: worker ${num(last.cpu_s.workerS)}, postgres ${num(last.cpu_s.postgresS)}`;
   if (side.variants.includes('at_once')) {
     const a = detail.filter((d) => d.variant === 'at_once').pop()!;
     note += `; with the index made at once (before migration 0080): ${roundRatio(rates.at_once, rates.inproc).value.toFixed(2)}× in-process, ` +
       `the deferred index ${roundRatio(rates.deferred, rates.at_once).value.toFixed(2)}× its rate (medians of per-round ratios), last round postgres CPU ${num(a.cpu_s.postgresS)} s, write ${num(a.job.write)} ms (${num(a.job.waited)} ms waited on)`;
   }
-  note += `; in-process: calls of ${MAX_CALL_INPUTS}; threads per model ${process.env.SWITCHYARD_THREADS || 'onnxruntime default'} on both sides`;
-  return { rates, ratio, note, detail };
+  note += `; in-process: calls of ${MAX_CALL_INPUTS}, last round ${num(inprocCpu[inprocCpu.length - 1] ?? NaN)} CPU s; threads per model ${process.env.SWITCHYARD_THREADS || 'onnxruntime default'} on both sides`;
+  return { rates, ratio, note, detail, inproc_cpu_s: inprocCpu };
 }
 
 const TINY_EMBED = 'tiny-embed';
@@ -203,7 +210,7 @@ export async function vectorizer(c: Ctx): Promise<SectionResult> {
   const figure = (docs: number, what: string) =>
     `backfill of a chunking vectorizer (${docs} documents of 2–20 KB, ${SIZE}/${OVERLAP} recursive, '${TEMPLATE}'), ${what}, vs in-process batched embedding of the same chunks`;
   // 1. The bench's MiniLM-L6-shaped model: the model is most of the time.
-  const main: Side = { model: EMBED, worker: c.stack.workers[0]!, inproc: c.embed, docs: c.quick ? 10 : 40, rounds: c.quick ? 2 : 4, tag: 'm', variants: ['deferred'] };
+  const main: Side = { model: EMBED, worker: c.stack.workers[0]!, inproc: c.embed, docs: c.quick ? 8 : 40, rounds: c.quick ? 2 : 4, tag: 'm', variants: ['deferred'] };
   const a = await backfillRounds(c, main, rand);
   // 2. The test suite's tiny-embed (32 dimensions, 2 layers): the model costs little, so what
   // the vectorizer adds (claims, splitting, writes, the HNSW index) shows. The running worker
@@ -211,7 +218,7 @@ export async function vectorizer(c: Ctx): Promise<SectionResult> {
   const fixtures = await ensureFixtureModels();
   const path = fixtures.models[TINY_EMBED];
   const worker = c.stack.workers[0]!;
-  const tinyDocs = c.quick ? 150 : 500;
+  const tinyDocs = c.quick ? 120 : 500;
   await cli(c.stack.db.url, ['models', 'add', TINY_EMBED, '--task', 'embedding', '--source', path, '--dtype', 'fp32']).done;
   let b: Awaited<ReturnType<typeof backfillRounds>>;
   const tiny = await loadInProcessEmbed(dirname(path), basename(path));
@@ -233,6 +240,6 @@ export async function vectorizer(c: Ctx): Promise<SectionResult> {
         gateway: stat(b.rates.deferred), inproc: stat(b.rates.inproc), compare: b.ratio, target: '≥ 0.7× (issue 21)', met: b.ratio.value >= 0.7, note: b.note,
       },
     ],
-    raw: { chunk_size: SIZE, chunk_overlap: OVERLAP, template: TEMPLATE, [EMBED]: { documents: main.docs, per_s: a.rates, detail: a.detail }, [TINY_EMBED]: { per_s: b.rates, detail: b.detail } },
+    raw: { chunk_size: SIZE, chunk_overlap: OVERLAP, template: TEMPLATE, [EMBED]: { documents: main.docs, per_s: a.rates, detail: a.detail, inproc_cpu_s: a.inproc_cpu_s }, [TINY_EMBED]: { documents: tinyDocs, per_s: b.rates, detail: b.detail, inproc_cpu_s: b.inproc_cpu_s } },
   };
 }

@@ -157,6 +157,8 @@ interface JobClock {
   write: number;
   /** Of `write`: the time the next batch waited for it, the model done. */
   waited: number;
+  /** Of `claim`: the time the job waited for a claim (the rest overlapped the model). */
+  waitedClaim: number;
   /** Building the deferred HNSW index. */
   index: number;
 }
@@ -249,7 +251,7 @@ export function vectorizeTask(spec: ModelSpec, deps: VectorizeTaskDeps): Task {
     if (shape.chunking?.implementation === 'tokens' && !deps.tokenizer) throw new Error(`vectorizer ${id}: the token splitter needs the model's tokenizer`);
     if (row.model !== spec.name) deps.log.warn(`vectorizer ${id} now uses model ${row.model}, but this job was queued for ${spec.name}`);
     const started = Date.now();
-    const clock: JobClock = { batches: 0, chunks: 0, claim: 0, split: 0, model: 0, write: 0, waited: 0, index: 0 };
+    const clock: JobClock = { batches: 0, chunks: 0, claim: 0, waitedClaim: 0, split: 0, model: 0, write: 0, waited: 0, index: 0 };
     let handled = 0;
     let idleRounds = 0;
     let dropped = false;
@@ -260,13 +262,31 @@ export function vectorizeTask(spec: ModelSpec, deps: VectorizeTaskDeps): Task {
       let gone = false;
       let progressed = false;
       let thrown: unknown = null;
+      // The next batch, claimed while this one is with the model (so that the model does not
+      // wait for the claim's round trips): null when none was claimed ahead.
+      // Settled to a value, so that a claim failing while the model runs is never an unhandled rejection.
+      let next: Promise<{ batch: Batch | 'gone' | 'empty' } | { error: unknown }> | null = null;
+      const claim = () => {
+        const t = performance.now();
+        return claimBatch(deps.pool, id, row.owner, shape.chunking !== null).then(
+          (batch) => ((clock.claim += performance.now() - t), { batch }),
+          (error: unknown) => ({ error: error ?? new Error('the claim failed') }),
+        );
+      };
       try {
-        while (Date.now() - started < sliceMs) {
+        if (Date.now() - started < sliceMs) next = claim();
+        while (next) {
           let t = performance.now();
-          const batch = await claimBatch(deps.pool, id, row.owner, shape.chunking !== null);
-          clock.claim += performance.now() - t;
+          const claimed = await next;
+          clock.waitedClaim += performance.now() - t;
+          next = null;
+          if ('error' in claimed) throw claimed.error;
+          const batch = claimed.batch;
           if (batch === 'gone') gone = true;
           if (typeof batch === 'string') break;
+          // Claimed in its own transaction: the items this batch holds are skipped, and a key
+          // with an item held here is not taken (ai._vectorizer_claim_rows).
+          if (Date.now() - started < sliceMs) next = claim();
           let results: ItemResult[] = [];
           let failure: unknown = null;
           try {
@@ -298,6 +318,12 @@ export function vectorizeTask(spec: ModelSpec, deps: VectorizeTaskDeps): Task {
       } catch (err) {
         thrown = err;
       }
+      // A batch claimed ahead and not run (a failure): rolled back, its items due again.
+      if (next) {
+        const ahead = await (next as Promise<{ batch: Batch | 'gone' | 'empty' } | { error: unknown }>);
+        if ('error' in ahead) thrown ??= ahead.error;
+        else if (typeof ahead.batch !== 'string') await abort(ahead.batch.client);
+      }
       // Whatever happened, the last batch is committed (or rolled back) before going on.
       const t = performance.now();
       const lastFailure = writing && (await writing);
@@ -325,7 +351,7 @@ export function vectorizeTask(spec: ModelSpec, deps: VectorizeTaskDeps): Task {
     if (indexed) deps.log.info(`vectorizer ${id}: built the HNSW index of its destination in ${ms(clock.index)} ms (backfill done)`);
     if (handled > 0) {
       deps.log.info(
-        `vectorizer ${id}: ${handled} rows, ${clock.chunks} chunks in ${Date.now() - started} ms (batches ${clock.batches}; claim ${ms(clock.claim)} ms, ` +
+        `vectorizer ${id}: ${handled} rows, ${clock.chunks} chunks in ${Date.now() - started} ms (batches ${clock.batches}; claim ${ms(clock.claim)} ms of which ${ms(clock.waitedClaim)} ms waited on, ` +
           `split ${ms(clock.split)} ms, model ${ms(clock.model)} ms, write ${ms(clock.write)} ms of which ${ms(clock.waited)} ms waited on; index ${ms(clock.index)} ms)`,
       );
     }
