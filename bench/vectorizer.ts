@@ -210,7 +210,7 @@ export async function vectorizer(c: Ctx): Promise<SectionResult> {
   const figure = (docs: number, what: string) =>
     `backfill of a chunking vectorizer (${docs} documents of 2–20 KB, ${SIZE}/${OVERLAP} recursive, '${TEMPLATE}'), ${what}, vs in-process batched embedding of the same chunks`;
   // 1. The bench's MiniLM-L6-shaped model: the model is most of the time.
-  const main: Side = { model: EMBED, worker: c.stack.workers[0]!, inproc: c.embed, docs: c.quick ? 8 : 40, rounds: c.quick ? 2 : 4, tag: 'm', variants: ['deferred'] };
+  const main: Side = { model: EMBED, worker: c.stack.workers[0]!, inproc: c.embed, docs: c.quick ? 6 : 40, rounds: c.quick ? 2 : 4, tag: 'm', variants: ['deferred'] };
   const a = await backfillRounds(c, main, rand);
   // 2. The test suite's tiny-embed (32 dimensions, 2 layers): the model costs little, so what
   // the vectorizer adds (claims, splitting, writes, the HNSW index) shows. The running worker

@@ -319,7 +319,8 @@ $$;
 --   model        an embedding model's name or alias
 --   destination  the table to create in the source's schema (default <source>_embeddings):
 --                the source's key columns, embedding vector(d), model, updated_at; HNSW index
---                (vector_cosine_ops)
+--                (vector_cosine_ops): over a source with rows, built when the backfill is done
+--                (index_pending until then; ai._vectorizer_build_index)
 --   batch_size   rows per batch (one transaction, one model call)
 --   max_attempts failed rows are retried after retry_delay, 2×, 4×, ... (at most an hour
 --                apart), then parked in ai.vectorizer_failed
@@ -807,7 +808,8 @@ end $$;
 -- counts twice), of which retrying: failed at least once and waiting for their next attempt;
 -- failed: parked items; last_error: the newest error message among both; done: source rows with
 -- their vector(s), chunks: destination rows (see ai._vectorizer_counts); chunking and view (null
--- for one vector per row).
+-- for one vector per row); index_pending: the destination's HNSW index waits for the backfill
+-- to be done (ai.search scans every chunk until then).
 -- Read with the caller's rights (security_invoker), so the vectorizer tables' row-level
 -- security decides what each role sees: its own vectorizers, or all of them for the owner,
 -- service roles and admins.
