@@ -210,7 +210,7 @@ export async function vectorizer(c: Ctx): Promise<SectionResult> {
   const figure = (docs: number, what: string) =>
     `backfill of a chunking vectorizer (${docs} documents of 2–20 KB, ${SIZE}/${OVERLAP} recursive, '${TEMPLATE}'), ${what}, vs in-process batched embedding of the same chunks`;
   // 1. The bench's MiniLM-L6-shaped model: the model is most of the time.
-  const main: Side = { model: EMBED, worker: c.stack.workers[0]!, inproc: c.embed, docs: c.quick ? 6 : 40, rounds: c.quick ? 2 : 4, tag: 'm', variants: ['deferred'] };
+  const main: Side = { model: EMBED, worker: c.stack.workers[0]!, inproc: c.embed, docs: c.quick ? 6 : 16, rounds: c.quick ? 2 : 4, tag: 'm', variants: ['deferred'] };
   const a = await backfillRounds(c, main, rand);
   // 2. The test suite's tiny-embed (32 dimensions, 2 layers): the model costs little, so what
   // the vectorizer adds (claims, splitting, writes, the HNSW index) shows. The running worker
@@ -218,7 +218,7 @@ export async function vectorizer(c: Ctx): Promise<SectionResult> {
   const fixtures = await ensureFixtureModels();
   const path = fixtures.models[TINY_EMBED];
   const worker = c.stack.workers[0]!;
-  const tinyDocs = c.quick ? 120 : 500;
+  const tinyDocs = c.quick ? 120 : 400;
   await cli(c.stack.db.url, ['models', 'add', TINY_EMBED, '--task', 'embedding', '--source', path, '--dtype', 'fp32']).done;
   let b: Awaited<ReturnType<typeof backfillRounds>>;
   const tiny = await loadInProcessEmbed(dirname(path), basename(path));

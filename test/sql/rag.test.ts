@@ -301,6 +301,9 @@ describe('chunking vectorizers', () => {
     }
     expect(workers[0]!.exited()).toBe(true);
     await until('the notes to settle', async () => (await statusOf(id)).pending === '0', 200_000);
+    // The deferred HNSW index is built, whichever worker ran the job that ended the backfill.
+    await until('the notes index', async () => (await statusOf(id)).index_pending === false);
+    expect((await one(`select ai._vectorizer_has_index('notes_embeddings'::regclass) as x`)).x).toBe(true);
     const rows = (await sql.query(`select id, body from notes order by id`)).rows as { id: number; body: string }[];
     const expected = rows.reduce((n, r) => n + splitRecursive(r.body, 300, 50, ['\n\n', '\n', ' ', '']).length, 0);
     console.log(`${ops} concurrent writes across a SIGKILL: ${rows.length} rows, ${expected} chunks`);
