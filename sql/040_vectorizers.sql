@@ -711,7 +711,14 @@ begin
   end if;
   if not ai._vectorizer_has_index(v.destination) then
     select n.nspname into vector_schema from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector';
-    execute format('create index on %s using hnsw (embedding %I.vector_cosine_ops)', v.destination, vector_schema);
+    begin
+      execute format('create index on %s using hnsw (embedding %I.vector_cosine_ops)', v.destination, vector_schema);
+    exception when out_of_memory or disk_full then
+      -- A parallel build shares its graph through dynamic shared memory, which a container's
+      -- small /dev/shm (64 MB by default) may not hold: then serially, in this process's memory.
+      perform set_config('max_parallel_maintenance_workers', '0', true);
+      execute format('create index on %s using hnsw (embedding %I.vector_cosine_ops)', v.destination, vector_schema);
+    end;
   end if;
   perform ai._vectorizer_index_built(p_id);
   return true;

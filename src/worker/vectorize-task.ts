@@ -225,9 +225,10 @@ async function buildIndex(pool: pg.Pool, id: number, owner: string): Promise<boo
 /**
  * The graphile-worker task `vectorize:<model>` (payload {"vectorizer_id": N}): runs batches of
  * that vectorizer until nothing is due, then settles (see ai._vectorizer_settle: the handshake
- * with writers, the retry job for backed-off items). Batches are pipelined: while one batch's
- * rows are written (the HNSW inserts cost as much as the model here), the next one is claimed
- * and embedded in its own transaction. After `sliceMs` the job hands over to a fresh job, so a
+ * with writers, the retry job for backed-off items). Batches are pipelined, each in its own
+ * transaction: while one batch is with the model, the next one is claimed, and the previous
+ * one's rows are written, so the model waits for neither (the job logs where its time went:
+ * claim, split, model, write, index). After `sliceMs` the job hands over to a fresh job, so a
  * long backfill does not hold a worker slot (and its job lock) for hours.
  *
  * A batch that throws (the model thread died, the database went away) is rolled back, so its
