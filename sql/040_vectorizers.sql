@@ -319,7 +319,8 @@ $$;
 --   model        an embedding model's name or alias
 --   destination  the table to create in the source's schema (default <source>_embeddings):
 --                the source's key columns, embedding vector(d), model, updated_at; HNSW index
---                (vector_cosine_ops)
+--                (vector_cosine_ops): over a source with rows, built when the backfill is done
+--                (index_pending until then; ai._vectorizer_build_index)
 --   batch_size   rows per batch (one transaction, one model call)
 --   max_attempts failed rows are retried after retry_delay, 2×, 4×, ... (at most an hour
 --                apart), then parked in ai.vectorizer_failed
@@ -367,6 +368,7 @@ declare
                           else array['chunk_seq', 'chunk', 'embedding', 'model', 'updated_at']::name[] end;
   view_name name;
   bad text;
+  index_later boolean;
 begin
   select n.nspname, c.relname into src_schema, src_name
     from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -444,7 +446,13 @@ begin
                    (select string_agg(quote_ident(c), ', ') from unnest(pk_cols) c));
   end if;
   dest := format('%I.%I', src_schema, dest_name)::regclass;
-  execute format('create index on %s using hnsw (embedding %I.vector_cosine_ops)', dest, vector_schema);
+  -- The HNSW index: at once over an empty source; over one with rows, once the backfill is done
+  -- (ai._vectorizer_build_index): built over all the rows at once it costs a fraction of
+  -- inserting them into it one by one. ai.search scans every chunk until then.
+  execute format('select exists (select from %s)', create_vectorizer.source) into index_later;
+  if not index_later then
+    execute format('create index on %s using hnsw (embedding %I.vector_cosine_ops)', dest, vector_schema);
+  end if;
   if chunks is not null then
     -- The view: every source column, then the chunk's. security_invoker: a reader sees the
     -- source rows its own rights (and the source's row-level security) let it see.
@@ -461,10 +469,11 @@ begin
   end if;
 
   insert into ai.vectorizers (source, source_column, destination, pk_columns, pk_types, model, dimensions,
-                              batch_size, max_attempts, retry_delay, fn_schema, chunking, formatting, view)
+                              batch_size, max_attempts, retry_delay, fn_schema, chunking, formatting, view, index_pending)
   values (create_vectorizer.source, column_name, dest, pk_cols, pk_types, model_name, dims,
           create_vectorizer.batch_size, create_vectorizer.max_attempts, create_vectorizer.retry_delay, src_schema,
-          chunks, create_vectorizer.formatting, case when view_name is not null then format('%I.%I', src_schema, view_name)::regclass end)
+          chunks, create_vectorizer.formatting, case when view_name is not null then format('%I.%I', src_schema, view_name)::regclass end,
+          index_later)
   returning id into new_id;
 
   perform ai._vectorizer_install(new_id);
@@ -678,6 +687,59 @@ begin
    where q.id = r.ids[1] and r.error is not null and r.attempts + 1 < v.max_attempts;
 end $$;
 
+-- A deferred HNSW index (see ai.create_vectorizer): built by the worker at the end of a job,
+-- in a transaction of its own as the vectorizer's owner (who owns the destination), once every
+-- item the backfill queued has been tried (items waiting for a retry do not hold it back: their
+-- rows join the index as they are written). Returns whether it built the index. Batches wait
+-- for the build (its SHARE lock on the destination); readers do not.
+create or replace function ai._vectorizer_build_index(p_id integer)
+returns boolean language plpgsql as $$
+declare
+  v ai.vectorizers;
+  vector_schema name;
+begin
+  perform pg_advisory_xact_lock_shared(7306121, p_id);
+  -- One builder at a time; the second finds the flag cleared.
+  perform pg_advisory_xact_lock(7306122, p_id);
+  select * into v from ai.vectorizers x where x.id = p_id;
+  if not found or not v.index_pending or not exists (select from pg_class c where c.oid = v.destination) then
+    return false;
+  end if;
+  if exists (select from ai.vectorizer_queue q
+              where q.vectorizer_id = p_id and q.attempts = 0 and q.queued_at <= v.created_at) then
+    return false;
+  end if;
+  if not ai._vectorizer_has_index(v.destination) then
+    select n.nspname into vector_schema from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector';
+    begin
+      execute format('create index on %s using hnsw (embedding %I.vector_cosine_ops)', v.destination, vector_schema);
+    exception when out_of_memory or disk_full then
+      -- A parallel build shares its graph through dynamic shared memory, which a container's
+      -- small /dev/shm (64 MB by default) may not hold: then serially, in this process's memory.
+      perform set_config('max_parallel_maintenance_workers', '0', true);
+      execute format('create index on %s using hnsw (embedding %I.vector_cosine_ops)', v.destination, vector_schema);
+    end;
+  end if;
+  perform ai._vectorizer_index_built(p_id);
+  return true;
+end $$;
+
+-- Whether a table has an HNSW index on its embedding column.
+create or replace function ai._vectorizer_has_index(p_table regclass)
+returns boolean language sql stable as $$
+  select exists (select from pg_index i join pg_class c on c.oid = i.indexrelid join pg_am a on a.oid = c.relam
+                  where i.indrelid = p_table and a.amname = 'hnsw')
+$$;
+
+-- Clears index_pending once the destination has its index (the vectorizer's owner may not
+-- update ai.vectorizers; a flag of a destination without the index stays).
+create or replace function ai._vectorizer_index_built(p_id integer)
+returns void language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+begin
+  update ai.vectorizers x set index_pending = false
+   where x.id = p_id and x.index_pending and ai._vectorizer_has_index(x.destination);
+end $$;
+
 -- When a job finds nothing due. p_continue: the job used its time slice, hand over to a new
 -- job. Returns 'more' (items became due: go on), 'deferred' (a writer is still open: a
 -- follow-up job is scheduled), 'continued', or 'idle'. Schedules the retry job for
@@ -753,7 +815,8 @@ end $$;
 -- counts twice), of which retrying: failed at least once and waiting for their next attempt;
 -- failed: parked items; last_error: the newest error message among both; done: source rows with
 -- their vector(s), chunks: destination rows (see ai._vectorizer_counts); chunking and view (null
--- for one vector per row).
+-- for one vector per row); index_pending: the destination's HNSW index waits for the backfill
+-- to be done (ai.search scans every chunk until then).
 -- Read with the caller's rights (security_invoker), so the vectorizer tables' row-level
 -- security decides what each role sees: its own vectorizers, or all of them for the owner,
 -- service roles and admins.
@@ -773,7 +836,8 @@ select v.id,
        v.chunking,
        v.view,
        n.done,
-       n.chunks
+       n.chunks,
+       v.index_pending
   from ai.vectorizers v
   left join lateral ai._vectorizer_counts(v.id) n on true
   left join lateral (

@@ -22,7 +22,8 @@
 -- row, joined to the source. When that yields fewer than k rows (documents with many chunks
 -- crowd the candidates, or the caller sees few of the rows), L grows 4× up to the index's
 -- search width (hnsw.ef_search, set to 1000 for the call), then one exact pass over every
--- chunk decides. A one-vector-per-row vectorizer answers too: chunk_seq 0 and the row's text.
+-- chunk decides; while the index is not built yet (index_pending: a backfill in progress),
+-- that exact pass alone. A one-vector-per-row vectorizer answers too: chunk_seq 0 and the row's text.
 -- The three-argument signature came first: dropped, so that calls with three arguments are not
 -- ambiguous between it and this one (099_security.sql re-grants the new one).
 drop function if exists ai.search(integer, text, integer);
@@ -84,6 +85,12 @@ begin
   width := least(greatest(want * 4, 40), 1000);
   -- Rows are gathered as jsonb, so that a pass that finds too few returns nothing yet.
   loop
+    -- No index yet (built when the backfill is done, see ai.create_vectorizer): every pass
+    -- would scan every chunk, so the exact pass alone.
+    if v.index_pending then
+      execute format('select coalesce(pg_catalog.jsonb_agg(r), ''[]'') from (%s) r', format(sql, '')) into res using q, want, search.filter;
+      exit;
+    end if;
     candidates := format('order by d.embedding operator(%I.<=>) $1::%I.vector limit %s', vector_schema, vector_schema, width);
     execute format('select coalesce(pg_catalog.jsonb_agg(r), ''[]'') from (%s) r', format(sql, candidates)) into res using q, want, search.filter;
     exit when jsonb_array_length(res) >= want or width >= total;

@@ -163,6 +163,7 @@ begin
     'ai._vectorizer_pk_match_json(name[], regtype[], text, text)', 'ai._vectorizer_pk_values(name[], regtype[], text)',
     'ai._vectorizer_begin(integer)', 'ai._vectorizer_claim(integer)', 'ai._vectorizer_finish(integer, jsonb)',
     'ai._vectorizer_claim_rows(integer)', 'ai._vectorizer_chunking(jsonb)', 'ai._vectorizer_counts(integer)',
+    'ai._vectorizer_build_index(integer)', 'ai._vectorizer_has_index(regclass)', 'ai._vectorizer_index_built(integer)',
     'ai._interval_setting(text, interval)'
   ] loop
     execute format('grant execute on function %s to %I', f, r);

@@ -144,10 +144,16 @@ describe('chunking vectorizers', () => {
       await one(`select ai.create_vectorizer('docs', 'body', 'minilm', chunking => ai.chunking_recursive($1, $2), formatting => '$title: $chunk', batch_size => 8) as id`, [SIZE, OVERLAP])
     ).id;
     const expected = [...bodies.values()].reduce((n, b) => n + splitRecursive(b, SIZE, OVERLAP, ['\n\n', '\n', ' ', '']).length, 0);
-    await until('the backfill', async () => (await statusOf(docsId)).pending === '0', 850_000);
+    // Done: every item tried and the HNSW index built (deferred until then, migration 0080).
+    await until('the backfill', async () => {
+      const s = await statusOf(docsId);
+      return s.pending === '0' && s.index_pending === false;
+    }, 850_000);
     const ms = performance.now() - t0;
     const s = await statusOf(docsId);
-    console.log(`chunked backfill: ${DOCS} documents, ${expected} chunks in ${(ms / 1000).toFixed(1)} s (${((expected / ms) * 1000).toFixed(1)} chunks/s)`);
+    console.log(`chunked backfill: ${DOCS} documents, ${expected} chunks in ${(ms / 1000).toFixed(1)} s (${((expected / ms) * 1000).toFixed(1)} chunks/s), index built`);
+    // The worker's account of its jobs: where the time went.
+    for (const line of workers.flatMap((w) => w.output().split('\n')).filter((l) => l.includes(`vectorizer ${docsId}: `))) console.log(line.trim());
     expect(s).toMatchObject({ failed: '0', done: String(DOCS), chunks: String(expected), view: 'docs_embeddings_view' });
     expect(s.chunking).toEqual({ implementation: 'recursive', chunk_size: SIZE, chunk_overlap: OVERLAP, separators: ['\n\n', '\n', ' ', ''] });
     expect(await count(`select count(*) from docs_embeddings`)).toBe(expected);
@@ -295,6 +301,9 @@ describe('chunking vectorizers', () => {
     }
     expect(workers[0]!.exited()).toBe(true);
     await until('the notes to settle', async () => (await statusOf(id)).pending === '0', 200_000);
+    // The deferred HNSW index is built, whichever worker ran the job that ended the backfill.
+    await until('the notes index', async () => (await statusOf(id)).index_pending === false);
+    expect((await one(`select ai._vectorizer_has_index('notes_embeddings'::regclass) as x`)).x).toBe(true);
     const rows = (await sql.query(`select id, body from notes order by id`)).rows as { id: number; body: string }[];
     const expected = rows.reduce((n, r) => n + splitRecursive(r.body, 300, 50, ['\n\n', '\n', ' ', '']).length, 0);
     console.log(`${ops} concurrent writes across a SIGKILL: ${rows.length} rows, ${expected} chunks`);
@@ -325,6 +334,9 @@ describe('chunking vectorizers', () => {
     await as(APP, `insert into ${APP}.kb select g, g = 3, 'entry ' || g || ' ' || repeat(md5(g::text) || ' ', 20) from generate_series(1, 6) g`);
     const [{ id }] = await as(APP, `select ai.create_vectorizer('${APP}.kb', 'body', 'minilm', chunking => ai.chunking_recursive(200, 20)) as id`);
     await until('the kb', async () => (await statusOf(id)).pending === '0' && (await statusOf(id)).done === '6');
+    // Its HNSW index, deferred while the backfill ran, built by the worker as the owner.
+    await until('the kb index', async () => (await statusOf(id)).index_pending === false);
+    expect((await as(APP, `select ai._vectorizer_has_index('${APP}.kb_embeddings') as x`))[0].x).toBe(true);
     // Readers other than the owner see only rows that are not secret.
     await as(APP, `alter table ${APP}.kb enable row level security`);
     await as(APP, `create policy open on ${APP}.kb for select using (not secret)`);

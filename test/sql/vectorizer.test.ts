@@ -87,9 +87,11 @@ describe('ai.create_vectorizer', () => {
     const created = performance.now() - t0;
     expect(await count(`select count(*) from ai.vectorizer_queue`)).toBe(10003);
 
+    // The HNSW index is built when the backfill is done (migration 0080), not before.
+    expect(await one(`select index_pending, ai._vectorizer_has_index(destination) as indexed from ai.vectorizers where id = $1`, [vectorizer])).toEqual({ index_pending: true, indexed: false });
     await until('the backfill', async () => {
       const s = await status();
-      return s.pending === '0' && s.failed === '2';
+      return s.pending === '0' && s.failed === '2' && s.index_pending === false;
     }, 200_000);
     const ms = performance.now() - t0;
     console.log(`vectorizer backfill: 10,003 rows queued in ${created.toFixed(0)} ms; 10,000 embedded + 2 failed after ${(ms / 1000).toFixed(1)} s (${((10_000 / ms) * 1000).toFixed(0)} rows/s)`);
