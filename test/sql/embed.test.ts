@@ -149,6 +149,74 @@ describe('ai.embed(model, text)', () => {
     expect(await requests()).toBe(before);
   });
 
+  it("takes any text: quotes, backslashes and format() directives travel as data", async () => {
+    const text = `100% o'clock %s %1$L %I \\ "x" $$ ;`;
+    const v = (await sql.query(`select ai.embed('minilm', $1)::text as v`, [text])).rows[0].v;
+    expect(parse(v)).toHaveLength(32);
+    const [{ input }] = (await sql.query(`select input from ai.requests where input->'input'->>0 = $1`, [text])).rows;
+    expect(input).toEqual({ input: [text] });
+    await sql.query('begin isolation level repeatable read');
+    try {
+      const [w] = (await sql.query(`select ai.embed('minilm', array[$1, $1 || ' rr'])::text[] as v`, [text])).rows[0].v;
+      expect(w).toBe(v);
+    } finally {
+      await sql.query('rollback');
+    }
+  });
+
+  it('waits under READ COMMITTED by reading the row: the request names no listener, under REPEATABLE READ its side connection', async () => {
+    await sql.query(`select ai.embed('minilm', 'read committed waiter')`);
+    const rc = (await sql.query(`select listener from ai.requests where input->'input'->>0 = 'read committed waiter'`)).rows;
+    expect(rc).toEqual([{ listener: null }]);
+    await sql.query('begin isolation level repeatable read');
+    await sql.query(`select ai.embed('minilm', 'repeatable read waiter')`);
+    await sql.query('commit');
+    const [{ listener }] = (await sql.query(`select listener from ai.requests where input->'input'->>0 = 'repeatable read waiter'`)).rows;
+    expect(listener).toMatch(/^ai_events_sql_[0-9a-f]{16}_\d+$/);
+  });
+
+  it('reopens its side connection when the server ended it, under either isolation level', async () => {
+    const side = async () =>
+      (await sql.query<{ pid: number }>(`select pid from pg_stat_activity where application_name = 'switchyard ai.embed' and datname = current_database()`)).rows.map((r) => r.pid);
+    await sql.query(`select ai.embed('minilm', 'before the side connection ends')`);
+    for (const [i, isolation] of ['read committed', 'repeatable read'].entries()) {
+      const before = await side();
+      expect(before.length).toBeGreaterThan(0);
+      const admin = new pg.Client({ connectionString: db.url });
+      await admin.connect();
+      await admin.query(`select pg_terminate_backend(pid) from unnest($1::int[]) pid`, [before]);
+      await admin.end();
+      await sql.query(`begin isolation level ${isolation}`);
+      const v = (await sql.query(`select ai.embed('minilm', $1)::text as v`, [`after the side connection ended ${i}`])).rows[0].v;
+      await sql.query('commit');
+      expect(parse(v)).toHaveLength(32);
+      const after = await side();
+      expect(after.some((pid) => !before.includes(pid))).toBe(true);
+    }
+  });
+
+  it('reads the cache through its primary key, however many vectors it holds (a cached generic plan included)', async () => {
+    // Many cached vectors of the model: a plan that joined the cache by hashing it read them all.
+    await sql.query(`insert into ai.embedding_cache (model, input_hash, embedding, tokens)
+                     select 'minilm', ai.embedding_input_hash('minilm', to_jsonb('filler ' || i)), array_fill(0.1::real, array[32])::vector, 3
+                       from generate_series(1, 3000) i on conflict do nothing`);
+    await sql.query('analyze ai.embedding_cache');
+    await sql.query(`set plan_cache_mode = force_generic_plan`);
+    try {
+      await sql.query(`prepare cached_probe(text, bytea, jsonb) as select * from ai._embed_cached($1, $2, $3)`);
+      const plan = (await sql.query(`explain (costs off) execute cached_probe('minilm', ai.embedding_model_fingerprint('minilm'), '["filler 1", "filler 2", "nope"]')`)).rows
+        .map((r) => r['QUERY PLAN'] as string)
+        .join('\n');
+      expect(plan).toContain('Index Scan using embedding_cache_pkey');
+      expect(plan).not.toMatch(/Hash|Seq Scan/);
+      const [{ hits, n }] = (await sql.query(`select c.hits, cardinality(c.result) as n from ai._embed_cached('minilm', ai.embedding_model_fingerprint('minilm'), '["filler 1", "filler 2", "nope"]') c`)).rows;
+      expect([hits, n]).toEqual([2, 3]);
+    } finally {
+      await sql.query('deallocate all');
+      await sql.query('reset plan_cache_mode');
+    }
+  });
+
   it('is null for a null input', async () => {
     expect((await sql.query(`select ai.embed('minilm', null::text) as v`)).rows[0].v).toBeNull();
   });

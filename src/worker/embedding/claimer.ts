@@ -29,6 +29,8 @@ const CLAIM_LIMIT = MAX_CALL_INPUTS;
 const BATCH_CLAIM_LIMIT = CLAIM_LIMIT / 4;
 /** Notifications can be lost (reconnects): look for work this often anyway. */
 const POLL_MS = 2000;
+/** The finishing statement is prepared (per connection) when it caches at most this many vectors. */
+const PREPARED_FINISH_MAX = 8;
 /** Batches between claim and finish at once: one in the model, one being written. */
 const MAX_BATCHES = 2;
 
@@ -177,18 +179,27 @@ export class EmbedClaimer {
    * 'c' cached vectors of their inputs, keyed as cache-key.ts keys them (the SQL function is the
    * same digest), in pgvector's send format (bytes, as hex on the wire; node-pg cannot take
    * binary-mode results: it decodes every column as UTF-8 text).
+   *
+   * The cache is probed once per key through its primary key (the LATERAL ... LIMIT 1, which
+   * the planner cannot flatten into a join): as a plain join, the planner hashed the model's
+   * whole cache (a claim of one request read every cached vector of the model: 5 ms with 500
+   * vectors, growing with the cache).
    */
   private async claim(): Promise<{ rows: { id: string; input: unknown }[]; cached: CachedRow[] }> {
-    const { rows } = await this.deps.pool.query<{ kind: 'r' | 'c'; id: string | null; input: unknown; input_hash: Buffer | null; embedding: Buffer | null; tokens: number | null }>(
-      `with c as materialized (select id, input from ai.claim_embeddings($1, $2, $3, p_batch_limit => $5)),
+    const { rows } = await this.deps.pool.query<{ kind: 'r' | 'c'; id: string | null; input: unknown; input_hash: Buffer | null; embedding: Buffer | null; tokens: number | null }>({
+      // Prepared once per connection: the statement is the same every time, and parsing and
+      // planning it (a CTE, a union, a function scan) cost as much as running it on an empty queue.
+      name: 'switchyard-embed-claim',
+      text: `with c as materialized (select id, input from ai.claim_embeddings($1, $2, $3, p_batch_limit => $5)),
             k as (select distinct ai.embedding_cache_key($4::bytea, x) as h
                     from c, jsonb_array_elements(case when jsonb_typeof(c.input->'input') = 'array' then c.input->'input' else '[]' end) x)
        select 'r' as kind, c.id::text as id, c.input, null::bytea as input_hash, null::bytea as embedding, null::int as tokens from c
        union all
        select 'c', null, null, e.input_hash, vector_send(e.embedding), e.tokens
-         from k join ai.embedding_cache e on e.model = $1 and e.input_hash = k.h`,
-      [this.deps.model, this.deps.workerId, CLAIM_LIMIT, this.deps.fingerprint, BATCH_CLAIM_LIMIT],
-    );
+         from k cross join lateral (select e.input_hash, e.embedding, e.tokens from ai.embedding_cache e
+                                     where e.model = $1 and e.input_hash = k.h limit 1) e`,
+      values: [this.deps.model, this.deps.workerId, CLAIM_LIMIT, this.deps.fingerprint, BATCH_CLAIM_LIMIT],
+    });
     return {
       rows: rows.filter((r) => r.kind === 'r').map((r) => ({ id: r.id!, input: r.input })),
       cached: rows.filter((r) => r.kind === 'c').map((r) => ({ hash: r.input_hash!, embedding: r.embedding!, tokens: r.tokens! })),
@@ -295,6 +306,10 @@ export class EmbedClaimer {
     });
     const text = `${rowsSql.length > 0 ? `with c as (insert into ai.embedding_cache (model, input_hash, embedding, tokens) values ${rowsSql.join(', ')} on conflict do nothing) ` : ''}
       select ai.finish_embeddings($1, $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::jsonb[], $8::bytea, $9::int[], $10::int[]), $11::text`;
-    await retryWhileUnavailable(() => pool.query(text, values));
+    // Prepared once per connection for the usual shapes (a few fresh vectors: ai.embed per row,
+    // a few concurrent requests), whose text is then the same every time; a larger batch's
+    // statement is parsed and planned each time (its planning is small beside its model call).
+    const name = fresh.length <= PREPARED_FINISH_MAX ? `switchyard-embed-finish-${fresh.length}` : undefined;
+    await retryWhileUnavailable(() => pool.query({ name, text, values }));
   }
 }
