@@ -12,7 +12,7 @@
 -- 2. Otherwise the request must reach a worker while this statement is still running. A row
 --    and a job written in the caller's own transaction stay invisible to the workers until it
 --    commits, which it cannot do while waiting for them. So the request is enqueued through a
---    loopback dblink connection: ai.enqueue_embedding runs there in autocommit mode, i.e. in a
+--    loopback dblink connection: ai._enqueue_sql_embedding runs there in autocommit mode, i.e. in a
 --    side transaction that commits at once (the same request row the HTTP gateway writes).
 --    Alternatives considered: pg_background (not in Debian's contrib), autonomous transactions
 --    (PostgreSQL has none), NOTIFY (delivered only at commit), non-transactional tricks such as
@@ -208,6 +208,23 @@ returns text language sql stable as $$
   select 'ai_events_sql_' || substr(p_conn, 12) || '_' || pg_backend_pid()
 $$;
 
+-- Records ai.embed's request, as ai.enqueue_embedding records one with no key (sql/020_embeddings.sql:
+-- interactive priority, five attempts), and wakes the workers with a notification that names it:
+-- 'model request-id' instead of the model alone. A worker then claims it by id, through the
+-- primary key, instead of walking the queue's index from its oldest entry, which during an
+-- update that calls ai.embed per row holds an entry for every request finished since the update
+-- began (its snapshot keeps them from being removed): n rows cost n² (issue 14). Run on the side
+-- connection, as the owner.
+create or replace function ai._enqueue_sql_embedding(p_id uuid, p_model text, p_requested_model text, p_inputs jsonb,
+                                                     p_params jsonb, p_listener text)
+returns void language plpgsql as $$
+begin
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, db_role, listener, priority)
+  values (p_id, 'embeddings', p_model, p_requested_model, jsonb_build_object('input', p_inputs),
+          p_params || jsonb_build_object('max_attempts', 5), p_params->>'db_role', p_listener, 0);
+  perform pg_notify('ai_embed', p_model || ' ' || p_id);
+end $$;
+
 -- The cached vectors of inputs (a jsonb list) in input order, null where not cached, and how
 -- many were found. One probe of the cache's primary key per input: the LATERAL ... LIMIT 1 keeps
 -- the planner from flattening it into a join, which in a cached (generic) plan it ran as a hash
@@ -292,7 +309,7 @@ begin
   -- for the WAL flush, ~2 ms here): a crash that could lose it also ends this session, whose
   -- statement is the only one waiting for the request.
   for attempt in 1 .. 2 loop
-    enqueue := format('%s select ai.enqueue_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb, null, 5, %L)::text'
+    enqueue := format('%s select ai._enqueue_sql_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb, %L)::text'
                       ' from (select set_config(''synchronous_commit'', ''off'', true)) s',
                       case when channel is null then '' else format('listen %I;', channel) end, request, p_model, p_requested, p_inputs, params, channel);
     begin
