@@ -17,13 +17,16 @@
 --    Alternatives considered: pg_background (not in Debian's contrib), autonomous transactions
 --    (PostgreSQL has none), NOTIFY (delivered only at commit), non-transactional tricks such as
 --    sequences or advisory locks (carry no payload). dblink is the standard way.
---    Before enqueueing, the cache is read once more through the side connection: its fresh
---    snapshot sees vectors committed after the caller's snapshot was taken (by an earlier call
---    in the same statement or transaction, or by another session).
--- 3. It then waits for the worker's notification on the side connection, which LISTENs on a
---    channel of its own that the request row names (see ai._embed_remote), and reads the
---    outcome: directly under READ COMMITTED, through the side connection otherwise (its fresh
---    snapshot sees the worker's commit whatever the caller's isolation level).
+--    Under REPEATABLE READ and SERIALIZABLE, the cache is read once more before enqueueing,
+--    through the side connection: its fresh snapshot sees vectors committed after the caller's
+--    snapshot was taken (by an earlier call in the same transaction, or by another session).
+--    The enqueue notifies the workers with the request's id ('model id' on channel ai_embed),
+--    so that a worker claims it through the primary key (see ai._enqueue_sql_embedding).
+-- 3. It then waits for the worker (see ai._embed_remote): under READ COMMITTED by reading the
+--    request row once a millisecond, then its vectors from the cache, in binary form; otherwise
+--    for a notification on the side connection, which LISTENs on a channel of its own that the
+--    request row names, and reads the outcome through it (its fresh snapshot sees the worker's
+--    commit whatever the caller's isolation level).
 -- 4. Failure: the worker's error becomes an SQL error with its message (SQLSTATE 22023 for
 --    input errors such as context_length_exceeded or empty_input). Timeout: after
 --    ai.embed_timeout (default 30s; seconds or an interval, e.g. set ai.embed_timeout = '5s'),
@@ -246,9 +249,12 @@ $$;
 -- this backend looks once a millisecond (pg_sleep's granularity) at whatever can tell it first:
 -- * Under READ COMMITTED (the default): the request row itself. This function is VOLATILE, so
 --   each statement sees what committed before it, and the worker's finishing commit (which
---   also fills the cache) is visible as soon as it happens, whatever its WAL flush. One look is
---   a primary-key read; the one that finds the request completed reads its vectors from the
---   cache in the same statement, in binary form (no text through dblink). No LISTEN and no
+--   also fills the cache) is visible as soon as it happens, before its WAL flush (it commits
+--   asynchronously; a crash that loses it leaves the request to be claimed again, and a caller
+--   whose own commit is synchronous flushes the WAL past it, vectors included). One look is
+--   a primary-key read of the status (~10 µs; a look that joined the cache as well cost 0.7 ms,
+--   on every tick); once completed, the vectors are read from the cache (ai._embed_cached), in
+--   binary form (no text through dblink). No LISTEN and no
 --   notification: a notification reaches this backend only through its side connection's
 --   backend, which must itself be woken and scheduled to forward it, a hop that the row does
 --   without. The request names no listener, so the worker's finish sends none.

@@ -266,6 +266,31 @@ describe('errors', () => {
     expect(inArray.message).toMatch(/input\[1\].*empty string/);
   });
 
+  it("announces its request by id; a forged announcement claims nothing that is not the worker's to claim", async () => {
+    const heard: string[] = [];
+    const ear = new pg.Client({ connectionString: db.url });
+    await ear.connect();
+    try {
+      ear.on('notification', (m) => m.channel === 'ai_embed' && heard.push(m.payload ?? ''));
+      await ear.query('listen ai_embed');
+      await sql.query(`select ai.embed('minilm', 'announced by id')`);
+      const [{ id }] = (await sql.query(`select id::text from ai.requests where input->'input'->>0 = 'announced by id'`)).rows;
+      for (let i = 0; i < 100 && !heard.includes(`minilm ${id}`); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(heard).toContain(`minilm ${id}`);
+      // A queued request that minilm's worker must not take, announced as if it were minilm's
+      // (any role may NOTIFY): another model's.
+      const other = '00000000-0000-4000-8000-00000000000a';
+      await sql.query(`select ai.enqueue_embedding($1::uuid, 'orphan', 'orphan', '["not minilm\u0027s"]'::jsonb)`, [other]);
+      await ear.query(`select pg_notify('ai_embed', 'minilm ' || $1)`, [other]);
+      await ear.query(`select pg_notify('ai_embed', 'minilm not-a-uuid')`);
+      await new Promise((r) => setTimeout(r, 500));
+      expect((await sql.query(`select status from ai.requests where id = $1`, [other])).rows[0].status).toBe('queued');
+      await sql.query(`select ai.cancel_request($1::uuid)`, [other]);
+    } finally {
+      await ear.end();
+    }
+  });
+
   it('times out with a clear error when no worker serves the model, and cancels the request', async () => {
     await sql.query(`set ai.embed_timeout = '300ms'`);
     try {
