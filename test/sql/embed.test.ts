@@ -280,7 +280,7 @@ describe('errors', () => {
       // A queued request that minilm's worker must not take, announced as if it were minilm's
       // (any role may NOTIFY): another model's.
       const other = '00000000-0000-4000-8000-00000000000a';
-      await sql.query(`select ai.enqueue_embedding($1::uuid, 'orphan', 'orphan', '["not minilm\u0027s"]'::jsonb)`, [other]);
+      await sql.query(`select ai.enqueue_embedding($1::uuid, 'orphan', 'orphan', '["not for minilm"]'::jsonb)`, [other]);
       await ear.query(`select pg_notify('ai_embed', 'minilm ' || $1)`, [other]);
       await ear.query(`select pg_notify('ai_embed', 'minilm not-a-uuid')`);
       await new Promise((r) => setTimeout(r, 500));
