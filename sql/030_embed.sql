@@ -12,18 +12,21 @@
 -- 2. Otherwise the request must reach a worker while this statement is still running. A row
 --    and a job written in the caller's own transaction stay invisible to the workers until it
 --    commits, which it cannot do while waiting for them. So the request is enqueued through a
---    loopback dblink connection: ai.enqueue_embedding runs there in autocommit mode, i.e. in a
+--    loopback dblink connection: ai._enqueue_sql_embedding runs there in autocommit mode, i.e. in a
 --    side transaction that commits at once (the same request row the HTTP gateway writes).
 --    Alternatives considered: pg_background (not in Debian's contrib), autonomous transactions
 --    (PostgreSQL has none), NOTIFY (delivered only at commit), non-transactional tricks such as
 --    sequences or advisory locks (carry no payload). dblink is the standard way.
---    Before enqueueing, the cache is read once more through the side connection: its fresh
---    snapshot sees vectors committed after the caller's snapshot was taken (by an earlier call
---    in the same statement or transaction, or by another session).
--- 3. It then waits for the worker's notification on the side connection, which LISTENs on a
---    channel of its own that the request row names (see ai._embed_remote), and reads the
---    outcome: directly under READ COMMITTED, through the side connection otherwise (its fresh
---    snapshot sees the worker's commit whatever the caller's isolation level).
+--    Under REPEATABLE READ and SERIALIZABLE, the cache is read once more before enqueueing,
+--    through the side connection: its fresh snapshot sees vectors committed after the caller's
+--    snapshot was taken (by an earlier call in the same transaction, or by another session).
+--    The enqueue notifies the workers with the request's id ('model id' on channel ai_embed),
+--    so that a worker claims it through the primary key (see ai._enqueue_sql_embedding).
+-- 3. It then waits for the worker (see ai._embed_remote): under READ COMMITTED by reading the
+--    request row once a millisecond, then its vectors from the cache, in binary form; otherwise
+--    for a notification on the side connection, which LISTENs on a channel of its own that the
+--    request row names, and reads the outcome through it (its fresh snapshot sees the worker's
+--    commit whatever the caller's isolation level).
 -- 4. Failure: the worker's error becomes an SQL error with its message (SQLSTATE 22023 for
 --    input errors such as context_length_exceeded or empty_input). Timeout: after
 --    ai.embed_timeout (default 30s; seconds or an interval, e.g. set ai.embed_timeout = '5s'),
@@ -208,33 +211,79 @@ returns text language sql stable as $$
   select 'ai_events_sql_' || substr(p_conn, 12) || '_' || pg_backend_pid()
 $$;
 
+-- Records ai.embed's request, as ai.enqueue_embedding records one with no key (sql/020_embeddings.sql:
+-- interactive priority, five attempts), and wakes the workers with a notification that names it:
+-- 'model request-id' instead of the model alone. A worker then claims it by id, through the
+-- primary key, instead of walking the queue's index from its oldest entry, which during an
+-- update that calls ai.embed per row holds an entry for every request finished since the update
+-- began (its snapshot keeps them from being removed): n rows cost n² (issue 14). Run on the side
+-- connection, as the owner.
+create or replace function ai._enqueue_sql_embedding(p_id uuid, p_model text, p_requested_model text, p_inputs jsonb,
+                                                     p_params jsonb, p_listener text)
+returns void language plpgsql as $$
+begin
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, db_role, listener, priority)
+  values (p_id, 'embeddings', p_model, p_requested_model, jsonb_build_object('input', p_inputs),
+          p_params || jsonb_build_object('max_attempts', 5), p_params->>'db_role', p_listener, 0);
+  perform pg_notify('ai_embed', p_model || ' ' || p_id);
+end $$;
+
+-- The cached vectors of inputs (a jsonb list) in input order, null where not cached, and how
+-- many were found. One probe of the cache's primary key per input: the LATERAL ... LIMIT 1 keeps
+-- the planner from flattening it into a join, which in a cached (generic) plan it ran as a hash
+-- join over every cached vector of the model (2 ms with 500 vectors, and growing with the cache:
+-- an update that embeds row after row grew the cache it read in full for each row).
+create or replace function ai._embed_cached(p_model text, p_fingerprint bytea, p_inputs jsonb)
+returns table (result vector[], hits integer) language sql stable as $$
+  select array_agg(c.embedding order by u.i), count(c.embedding)::integer
+    from jsonb_array_elements(p_inputs) with ordinality u(x, i)
+    left join lateral (select c.embedding from ai.embedding_cache c
+                        where c.model = p_model and c.input_hash = ai.embedding_cache_key(p_fingerprint, u.x) limit 1) c on true
+$$;
+
 -- Enqueues one embedding request on the side connection (committed at once) and waits for it.
--- Returns the vectors in input order.
+-- Returns the vectors in input order. p_fingerprint: the model's (ai.embedding_model_fingerprint),
+-- which the caller has already read for its own look in the cache.
 --
--- The wait (issue 14): the side connection LISTENs on its channel (ai._embed_channel) in the
--- same round trip that enqueues, and the worker's finishing statement notifies it. While it
--- waits, this backend reads that connection's socket with dblink_get_notify (no query, no
--- round trip) once a millisecond (pg_sleep's granularity: a function cannot block on a socket).
--- A notification is only a hint (any role may NOTIFY any channel): the request row decides.
--- Every 250 ms without one, the row is read anyway (a lost notification, or a connection opened
--- before an upgrade). Under READ COMMITTED the row and the cache are then read directly (this
--- function is VOLATILE, so each statement sees what committed before it): the vectors stay in
--- binary form, no text goes through dblink. Under REPEATABLE READ and SERIALIZABLE the caller's
--- snapshot cannot see the worker's commit, so they are read through the side connection.
-create or replace function ai._embed_remote(p_model text, p_requested text, p_inputs jsonb)
+-- The wait (issue 14). A function cannot block on a socket or on another backend's commit, so
+-- this backend looks once a millisecond (pg_sleep's granularity) at whatever can tell it first:
+-- * Under READ COMMITTED (the default): the request row itself. This function is VOLATILE, so
+--   each statement sees what committed before it, and the worker's finishing commit (which
+--   also fills the cache) is visible as soon as it happens, before its WAL flush (it commits
+--   asynchronously; a crash that loses it leaves the request to be claimed again, and a caller
+--   whose own commit is synchronous flushes the WAL past it, vectors included). One look is
+--   a primary-key read of the status (~10 µs; a look that joined the cache as well cost 0.7 ms,
+--   on every tick); once completed, the vectors are read from the cache (ai._embed_cached), in
+--   binary form (no text through dblink). No LISTEN and no
+--   notification: a notification reaches this backend only through its side connection's
+--   backend, which must itself be woken and scheduled to forward it, a hop that the row does
+--   without. The request names no listener, so the worker's finish sends none.
+-- * Under REPEATABLE READ and SERIALIZABLE the caller's snapshot cannot see the worker's commit:
+--   the side connection LISTENs on its channel (ai._embed_channel) in the round trip that
+--   enqueues, the worker's finishing statement notifies it, and this backend reads that
+--   connection's socket with dblink_get_notify (no query, no round trip). A notification is
+--   only a hint (any role may NOTIFY any channel): the request row, read through the side
+--   connection (whose fresh snapshot sees the commit), decides; it is read anyway every 250 ms
+--   without one (a lost notification, or a connection opened before an upgrade).
+-- Its three-argument form (before the caller passed the fingerprint) would make calls ambiguous.
+drop function if exists ai._embed_remote(text, text, jsonb);
+create or replace function ai._embed_remote(p_model text, p_requested text, p_inputs jsonb, p_fingerprint bytea)
 returns vector[] language plpgsql volatile as $$
 declare
   request uuid := gen_random_uuid();
-  fingerprint bytea := ai.embedding_model_fingerprint(p_model);
   fresh boolean := current_setting('transaction_isolation') = 'read committed';
-  lookup text := format(
-    'select u.i, c.embedding::text from jsonb_array_elements(%1$L::jsonb) with ordinality u(x, i)
-       left join ai.embedding_cache c on c.model = %2$L and c.input_hash = ai.embedding_input_hash(%2$L, u.x)',
-    p_inputs, p_model);
   -- Read first: a malformed setting must fail before anything is enqueued.
   timeout interval := ai._interval_setting('ai.embed_timeout', interval '30 seconds');
   deadline timestamptz;
   conn text := ai._embed_connection();
+  params jsonb := jsonb_build_object('source', 'sql', 'db_role', ai._caller());
+  -- What the side connection runs to read the cache (not under READ COMMITTED): one probe of
+  -- its primary key per input (see ai._embed_cached).
+  lookup text := format(
+    'select u.i, c.embedding::text from jsonb_array_elements(%1$L::jsonb) with ordinality u(x, i)
+       left join lateral (select c.embedding from ai.embedding_cache c
+                           where c.model = %2$L and c.input_hash = ai.embedding_cache_key(%3$L::bytea, u.x) limit 1) c on true',
+    p_inputs, p_model, p_fingerprint);
   channel text;
   enqueue text;
   st text;
@@ -259,47 +308,52 @@ begin
     if hits = jsonb_array_length(p_inputs) then
       return result;
     end if;
-  end if;
-  channel := ai._embed_channel(conn);
-  -- LISTEN and the enqueue in one round trip (one implicit transaction on the side connection),
-  -- committed asynchronously (no wait for the WAL flush, ~2 ms here): a crash that could lose
-  -- it also ends this session, whose statement is the only one waiting for the request.
-  enqueue := format('listen %I; select ai.enqueue_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb, null, 5, %L)::text'
-                    ' from (select set_config(''synchronous_commit'', ''off'', true)) s',
-                    channel, request, p_model, p_requested, p_inputs,
-                    jsonb_build_object('source', 'sql', 'db_role', ai._caller()), channel);
-  begin
-    perform from dblink(conn, enqueue) as t(done text);
-  exception when connection_exception then
-    -- The kept connection was closed under us (idle_session_timeout, a terminated backend):
-    -- reopen it once.
-    conn := ai._embed_connection(true);
     channel := ai._embed_channel(conn);
-    perform from dblink(conn, enqueue) as t(done text);
-  end;
+  end if;
+  -- The enqueue (and, when this backend waits for a notification, the LISTEN) in one round
+  -- trip (one implicit transaction on the side connection), committed asynchronously (no wait
+  -- for the WAL flush, ~2 ms here): a crash that could lose it also ends this session, whose
+  -- statement is the only one waiting for the request.
+  for attempt in 1 .. 2 loop
+    enqueue := format('%s select ai._enqueue_sql_embedding(%L::uuid, %L, %L, %L::jsonb, %L::jsonb, %L)::text'
+                      ' from (select set_config(''synchronous_commit'', ''off'', true)) s',
+                      case when channel is null then '' else format('listen %I;', channel) end, request, p_model, p_requested, p_inputs, params, channel);
+    begin
+      perform from dblink(conn, enqueue) as t(done text);
+      exit;
+    exception when connection_exception then
+      -- The kept connection was closed under us (idle_session_timeout, a terminated backend):
+      -- reopen it once (a new connection, so a new channel).
+      if attempt = 2 then
+        raise;
+      end if;
+      conn := ai._embed_connection(true);
+      if not fresh then
+        channel := ai._embed_channel(conn);
+      end if;
+    end;
+  end loop;
   deadline := clock_timestamp() + timeout;
   next_check := clock_timestamp() + interval '250 ms';
   loop
-    select count(*) > 0 into heard from dblink_get_notify(conn) n
-     where n.notify_name = channel and position(request::text in n.extra) > 0;
-    if heard or clock_timestamp() >= next_check then
-      if fresh then
-        -- The outcome and, once completed, the vectors (cached in the transaction that completed
-        -- it) in one read.
-        select r.status, r.error, v.result, v.hits into st, err, result, hits
-          from ai.requests r
-          left join lateral (
-            select array_agg(c.embedding order by u.i) as result, count(c.embedding)::integer as hits
-              from jsonb_array_elements(p_inputs) with ordinality u(x, i)
-              left join ai.embedding_cache c on c.model = p_model and c.input_hash = ai.embedding_cache_key(fingerprint, u.x)) v
-            on r.status = 'completed'
-         where r.id = request;
-      else
+    if fresh then
+      -- A look at the row alone (a few microseconds), many times per request.
+      select r.status, r.error into st, err from ai.requests r where r.id = request;
+      if st = 'completed' then
+        -- The vectors, cached in the transaction that completed it.
+        select c.result, c.hits into result, hits from ai._embed_cached(p_model, p_fingerprint, p_inputs) c;
+        exit;
+      end if;
+      exit when st in ('failed', 'cancelled');
+    else
+      select count(*) > 0 into heard from dblink_get_notify(conn) n
+       where n.notify_name = channel and position(request::text in n.extra) > 0;
+      if heard or clock_timestamp() >= next_check then
         select t.status, t.error::jsonb into st, err
           from dblink(conn, format('select status, error::text from ai.requests where id = %L', request)) as t(status text, error text);
+        exit when st in ('completed', 'failed', 'cancelled');
+        next_check := clock_timestamp() + interval '250 ms';
       end if;
-      exit when st in ('completed', 'failed', 'cancelled');
-      next_check := clock_timestamp() + interval '250 ms';
     end if;
     if clock_timestamp() >= deadline then
       perform from dblink(conn, format('select ai.cancel_request(%L::uuid)', request)) as t(cancelled boolean);
@@ -363,18 +417,19 @@ begin
   if cardinality(inputs) = 0 then
     return '{}';
   end if;
+  -- One probe of the cache's primary key per input (see ai._embed_cached).
   select array_agg(c.embedding order by u.ord),
          count(*) filter (where u.x is not null and c.embedding is null)
     into cached, misses
     from unnest(inputs) with ordinality u(x, ord)
-    left join ai.embedding_cache c
-      on c.model = m and c.input_hash = ai.embedding_cache_key(fingerprint, to_jsonb(u.x));
+    left join lateral (select c.embedding from ai.embedding_cache c
+                        where c.model = m and c.input_hash = ai.embedding_cache_key(fingerprint, to_jsonb(u.x)) limit 1) c on true;
   if misses = 0 then
     return cached;
   end if;
   -- Send every non-null input (the worker reads its cache too): the output is then in input order.
   wanted := array(select x from unnest(inputs) x where x is not null);
-  computed := ai._embed_remote(m, model, to_jsonb(wanted));
+  computed := ai._embed_remote(m, model, to_jsonb(wanted), fingerprint);
   return array(
     select case when u.x is null then null else computed[(count(u.x) over (order by u.ord))::integer] end
       from unnest(inputs) with ordinality u(x, ord)
@@ -387,12 +442,13 @@ returns vector language plpgsql volatile strict parallel unsafe
 security definer set search_path = pg_catalog, public, pg_temp as $$
 declare
   m text := ai._embedding_model(model);
+  fingerprint bytea := ai.embedding_model_fingerprint(m);
   v vector;
 begin
   select c.embedding into v from ai.embedding_cache c
-   where c.model = m and c.input_hash = ai.embedding_input_hash(m, to_jsonb(input));
+   where c.model = m and c.input_hash = ai.embedding_cache_key(fingerprint, to_jsonb(input));
   if found then
     return v;
   end if;
-  return (ai._embed_remote(m, model, jsonb_build_array(input)))[1];
+  return (ai._embed_remote(m, model, jsonb_build_array(input), fingerprint))[1];
 end $$;

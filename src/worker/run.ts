@@ -315,7 +315,13 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
           checkCancels();
         }
       } else if (channel === 'ai_chat') shift.chat.wakeFor(payload);
-      else if (channel === 'ai_embed') shift.claimers.get(payload)?.wake();
+      else if (channel === 'ai_embed') {
+        // 'model', or 'model request-id' for one request (ai.embed from SQL): a hint the claimer
+        // may claim by id (sql/030_embed.sql).
+        const [model, id] = payload.split(' ', 2) as [string, string | undefined];
+        if (id === undefined) shift.claimers.get(model)?.wake();
+        else if (UUID.test(id)) shift.claimers.get(model)?.wake(id);
+      }
       else pickUpNewModels();
     },
     onConnected: () => {

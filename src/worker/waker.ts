@@ -19,15 +19,17 @@ export class Waker {
     this.woken = false;
   }
 
-  sleep(ms: number): Promise<void> {
-    if (this.woken) return Promise.resolve();
+  /** Resolves true when woken, false when `ms` passed without a wake. */
+  sleep(ms: number): Promise<boolean> {
+    if (this.woken) return Promise.resolve(true);
     return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
+      const timer = setTimeout(() => done(false), ms);
+      const done = (woken: boolean) => {
         clearTimeout(timer);
-        resolve();
-      }
-      this.wakeUp = done;
+        this.wakeUp = null;
+        resolve(woken);
+      };
+      this.wakeUp = () => done(true);
     });
   }
 }

@@ -29,6 +29,8 @@ const CLAIM_LIMIT = MAX_CALL_INPUTS;
 const BATCH_CLAIM_LIMIT = CLAIM_LIMIT / 4;
 /** Notifications can be lost (reconnects): look for work this often anyway. */
 const POLL_MS = 2000;
+/** The finishing statement is prepared (per connection) when it caches at most this many vectors. */
+const PREPARED_FINISH_MAX = 8;
 /** Batches between claim and finish at once: one in the model, one being written. */
 const MAX_BATCHES = 2;
 
@@ -101,7 +103,8 @@ interface Prepared {
  * Keeping the model busy (issue 14): it claims as soon as it is woken, without lingering for
  * company (serve already sends a burst's requests in a few multi-row statements, see
  * src/engine/embed-coalescer.ts), and the database work of consecutive batches overlaps the
- * model: as soon as a model call returns, the next claim and cache read go out while the
+ * model: as soon as a model call returns, the next claim and cache read go out (when there may be
+ * more work: a notification came since the last claim, or that claim was full) while the
  * finished batch is being written, so the model waits only for one claim round trip between
  * calls. One model call at a time (the batcher's): with two, a burst split into many small calls
  * on a loaded machine (a CI run saw 61 calls for 256 requests).
@@ -111,6 +114,11 @@ export class EmbedClaimer {
   private readonly waker = new Waker();
   private inFlight = new Set<Promise<void>>();
   private loopDone: Promise<void> | null = null;
+  /** Requests announced by id since the last claim (ai.embed from SQL). */
+  private readonly announced = new Set<string>();
+  /** Whether the next claim looks at the whole queue (a notification naming only the model,
+   *  a poll, a start) rather than at the announced requests alone. */
+  private wholeQueue = true;
 
   constructor(private readonly deps: ClaimerDeps) {}
 
@@ -118,8 +126,14 @@ export class EmbedClaimer {
     this.loopDone = this.loop();
   }
 
-  /** A request for this model was queued (pg_notify 'ai_embed'). */
-  wake(): void {
+  /**
+   * A request for this model was queued (pg_notify 'ai_embed'): `id` when the notification named
+   * one request (ai.embed from SQL, sql/030_embed.sql). A hint only (anyone may NOTIFY): a claim
+   * by id takes only a queued interactive request of this model, as the whole-queue claim would.
+   */
+  wake(id?: string): void {
+    if (id !== undefined && this.announced.size < CLAIM_LIMIT) this.announced.add(id);
+    else this.wholeQueue = true;
     this.waker.wake();
   }
 
@@ -131,24 +145,40 @@ export class EmbedClaimer {
   }
 
   private async loop(): Promise<void> {
+    // Whether the queue may hold more than the last claim took. When it cannot (the last claim
+    // took less than it could, and no notification came since it went out), the next claim
+    // waits for a notification instead of going out as soon as the model is free: an ai.embed
+    // called per row would otherwise pay for an empty claim after each request, run beside the
+    // statement that finishes it, on the same two cores.
+    let more = true;
     while (!this.stopped) {
       // At most one batch finishing while the next one is claimed: a database slower than the
       // model must slow the claims down, not pile up batches (and their pool connections).
       while (this.inFlight.size >= MAX_BATCHES) await Promise.race(this.inFlight);
+      // At once if a notification came since the last claim went out (see Waker.arm); after a
+      // poll interval without one, the whole queue (a lost notification, a stale request).
+      if (!more && !(await this.waker.sleep(POLL_MS))) this.wholeQueue = true;
+      if (this.stopped) break;
       this.waker.arm();
+      // Only announced requests since the last claim: claimed by id, through the primary key.
+      const ids: string[] | null = this.wholeQueue || more ? null : [...this.announced];
+      this.announced.clear();
+      this.wholeQueue = false;
       let rows: { id: string; input: unknown }[];
       let cached: CachedRow[];
       try {
-        ({ rows, cached } = await this.claim());
+        ({ rows, cached } = await this.claim(ids));
       } catch (err) {
         this.deps.log.warn(`claiming ${this.deps.model} embedding requests failed: ${(err as Error).message}`);
-        await this.waker.sleep(POLL_MS);
+        more = false;
+        this.wholeQueue = true;
         continue;
       }
-      if (rows.length === 0) {
-        await this.waker.sleep(POLL_MS);
-        continue;
-      }
+      // A claim takes every claimable request up to its limits (BATCH_CLAIM_LIMIT of batch work
+      // among them); one that took fewer than that left none behind, but for rows another
+      // worker's claim had locked (that worker takes them).
+      more = ids === null && rows.length >= BATCH_CLAIM_LIMIT;
+      if (rows.length === 0) continue;
       // Resolves when this batch's model call is over: the next claim goes out then, while
       // this batch is still being written.
       let modelDone!: () => void;
@@ -164,6 +194,8 @@ export class EmbedClaimer {
             this.deps.workerId,
           ]),
         ).catch(() => {});
+        // Claim them again (attempts count each claim, so a batch that keeps failing ends failed).
+        this.wake();
       });
       this.inFlight.add(batch);
       void batch.finally(() => this.inFlight.delete(batch));
@@ -177,18 +209,51 @@ export class EmbedClaimer {
    * 'c' cached vectors of their inputs, keyed as cache-key.ts keys them (the SQL function is the
    * same digest), in pgvector's send format (bytes, as hex on the wire; node-pg cannot take
    * binary-mode results: it decodes every column as UTF-8 text).
+   *
+   * The cache is probed once per key through its primary key (the LATERAL ... LIMIT 1, which
+   * the planner cannot flatten into a join): as a plain join, the planner hashed the model's
+   * whole cache (a claim of one request read every cached vector of the model: 5 ms with 500
+   * vectors, growing with the cache).
    */
-  private async claim(): Promise<{ rows: { id: string; input: unknown }[]; cached: CachedRow[] }> {
-    const { rows } = await this.deps.pool.query<{ kind: 'r' | 'c'; id: string | null; input: unknown; input_hash: Buffer | null; embedding: Buffer | null; tokens: number | null }>(
-      `with c as materialized (select id, input from ai.claim_embeddings($1, $2, $3, p_batch_limit => $5)),
-            k as (select distinct ai.embedding_cache_key($4::bytea, x) as h
+  private async claim(ids: string[] | null): Promise<{ rows: { id: string; input: unknown }[]; cached: CachedRow[] }> {
+    // The cache's vectors for the claimed inputs (the same for both claims; $1 the model, $3 the fingerprint).
+    const withCache = `k as (select distinct ai.embedding_cache_key($3::bytea, x) as h
                     from c, jsonb_array_elements(case when jsonb_typeof(c.input->'input') = 'array' then c.input->'input' else '[]' end) x)
        select 'r' as kind, c.id::text as id, c.input, null::bytea as input_hash, null::bytea as embedding, null::int as tokens from c
        union all
        select 'c', null, null, e.input_hash, vector_send(e.embedding), e.tokens
-         from k join ai.embedding_cache e on e.model = $1 and e.input_hash = k.h`,
-      [this.deps.model, this.deps.workerId, CLAIM_LIMIT, this.deps.fingerprint, BATCH_CLAIM_LIMIT],
-    );
+         from k cross join lateral (select e.input_hash, e.embedding, e.tokens from ai.embedding_cache e
+                                     where e.model = $1 and e.input_hash = k.h limit 1) e`;
+    // Prepared once per connection: the statements are the same every time, and parsing and
+    // planning one (a CTE, a union, a function scan) cost as much as running it on an empty queue.
+    const query =
+      ids === null
+        ? {
+            name: 'switchyard-embed-claim',
+            text: `with c as materialized (select id, input from ai.claim_embeddings($1, $2, $4, p_batch_limit => $5)), ${withCache}`,
+            values: [this.deps.model, this.deps.workerId, this.deps.fingerprint, CLAIM_LIMIT, BATCH_CLAIM_LIMIT],
+          }
+        : {
+            // Announced requests by id: what ai.claim_embeddings does for a queued interactive
+            // request (running, this worker, an attempt more; committed asynchronously), found
+            // through the primary key. ai.claim_embeddings walks the queue's index from its
+            // oldest entry, and while a statement runs (an update that calls ai.embed per row)
+            // no entry of the requests finished since it started can be removed: each claim
+            // walked them all, so an update of n rows cost n² (1,000 rows: 4.5 ms per claim).
+            name: 'switchyard-embed-claim-ids',
+            text: `with s as (select set_config('synchronous_commit', 'off', true)),
+            c as materialized (
+              update ai.requests r
+                 set status = 'running', started_at = clock_timestamp(), worker = $2, attempts = r.attempts + 1
+                from s
+               where r.id in (select q.id from ai.requests q
+                               where q.id = any($4::uuid[]) and q.model = $1 and q.endpoint = 'embeddings'
+                                 and q.status = 'queued' and q.priority = 0
+                                 for update skip locked)
+              returning r.id, r.input), ${withCache}`,
+            values: [this.deps.model, this.deps.workerId, this.deps.fingerprint, ids],
+          };
+    const { rows } = await this.deps.pool.query<{ kind: 'r' | 'c'; id: string | null; input: unknown; input_hash: Buffer | null; embedding: Buffer | null; tokens: number | null }>(query);
     return {
       rows: rows.filter((r) => r.kind === 'r').map((r) => ({ id: r.id!, input: r.input })),
       cached: rows.filter((r) => r.kind === 'c').map((r) => ({ hash: r.input_hash!, embedding: r.embedding!, tokens: r.tokens! })),
@@ -295,6 +360,10 @@ export class EmbedClaimer {
     });
     const text = `${rowsSql.length > 0 ? `with c as (insert into ai.embedding_cache (model, input_hash, embedding, tokens) values ${rowsSql.join(', ')} on conflict do nothing) ` : ''}
       select ai.finish_embeddings($1, $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::jsonb[], $8::bytea, $9::int[], $10::int[]), $11::text`;
-    await retryWhileUnavailable(() => pool.query(text, values));
+    // Prepared once per connection for the usual shapes (a few fresh vectors: ai.embed per row,
+    // a few concurrent requests), whose text is then the same every time; a larger batch's
+    // statement is parsed and planned each time (its planning is small beside its model call).
+    const name = fresh.length <= PREPARED_FINISH_MAX ? `switchyard-embed-finish-${fresh.length}` : undefined;
+    await retryWhileUnavailable(() => pool.query({ name, text, values }));
   }
 }
