@@ -86,6 +86,46 @@ interface Source {
   end: number;
 }
 
+/** A request about to be prefilled, and the tokens of its prompt the prefix cache holds. */
+interface Member {
+  req: Request;
+  cached: number;
+}
+
+/**
+ * Tokens the rests of a group's prompts start with alike, when they have the same cached prefix
+ * (0 otherwise, for one request, and with nothing cached: prompts that arrive together cold are
+ * prefilled as they are, in one forward): at most all but the last token of the shortest rest.
+ */
+function sharedHead(group: readonly Member[]): number {
+  if (group.length < 2) return 0;
+  const C = group[0]!.cached;
+  if (C === 0 || group.some((g) => g.cached !== C)) return 0;
+  const first = group[0]!.req.promptIds;
+  const most = Math.min(...group.map((g) => g.req.promptIds.length)) - C - 1;
+  let h = 0;
+  while (h < most && group.every((g) => g.req.promptIds[C + h] === first[C + h])) h++;
+  return h;
+}
+
+/** Prompt tokens a group's prefill computes: the shared head once, then every row padded to the longest rest. */
+function tokensOf(group: readonly Member[]): number {
+  const h = sharedHead(group);
+  return h + group.length * Math.max(...group.map((g) => g.req.promptIds.length - g.cached - h));
+}
+
+/** `past` (one row) repeated `k` times along the batch axis. */
+function repeatRows(past: Feeds, k: number): Feeds {
+  const out: Feeds = {};
+  for (const [name, t] of Object.entries(past)) {
+    const src = t.data as Float32Array;
+    const data = new (src.constructor as Float32ArrayConstructor)(k * src.length);
+    for (let j = 0; j < k; j++) data.set(src, j * src.length);
+    out[name] = new Tensor(t.type as 'float32', data, [k, ...t.dims.slice(1)]);
+  }
+  return out;
+}
+
 /** Lets queued messages (cancel, new requests) and other work run between steps. */
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -374,44 +414,49 @@ export class BatchScheduler {
 
   /**
    * Requests not started whose prompt, after what the prefix cache holds of it, fits one chunk,
-   * oldest first, as many as one forward takes: count × longest remaining prompt ≤ prefillChunk.
+   * oldest first, as many as one forward takes: the tokens it computes (`tokensOf`) ≤ prefillChunk.
    * Echoed prompts are left to `prefillChunk` (their logprobs need every position).
    */
-  private shortGroup(): { req: Request; cached: number }[] {
+  private shortGroup(): Member[] {
     const chunk = this.limits.prefillChunk;
-    const group: { req: Request; cached: number }[] = [];
-    let longest = 0;
+    const group: Member[] = [];
     for (const req of this.prefilling) {
       if (req.started || req.params.echo) continue;
       const cached = this.cachedTokens(req);
-      const rest = req.promptIds.length - cached;
-      if (rest > chunk) continue;
-      const S = Math.max(longest, rest);
-      if ((group.length + 1) * S > chunk) break;
+      if (req.promptIds.length - cached > chunk) continue;
+      const next = [...group, { req, cached }];
+      if (group.length > 0 && tokensOf(next) > chunk) break;
       group.push({ req, cached });
-      longest = S;
     }
     return group;
   }
 
   /**
-   * One batched forward for several prompts, each after its own cached prefix. The forward's
-   * cache is [rows, heads, C + S, dim], C the longest cached prefix and S the longest rest:
+   * One batched forward for several prompts, each after its own cached prefix. When they have
+   * the same cached prefix and their rests start alike (a shared system prompt's end past its
+   * last whole block, the template's user turn), that head is prefilled once, for one row, and
+   * copied to each: a burst sharing a system prompt computes the part of it the cache lacks once,
+   * not once a request. The forward's cache is [rows, heads, C + S, dim], C the longest cached
+   * prefix (with the head) and S the longest rest:
    * row j's cached tokens sit right-aligned before position C (the prefix cache fills them;
    * zeros before them, masked), its rest from C on, with padding after it, masked and behind
    * it causally; a row with nothing cached has its padding before its prompt instead (the
    * layout prompts that arrived together have). Positions count per row, so each row computes
    * exactly what it would alone. Then each request samples its first token and joins.
    */
-  private async prefillTogether(group: { req: Request; cached: number }[]): Promise<void> {
+  private async prefillTogether(group: Member[]): Promise<void> {
     const k = group.length;
-    const C = Math.max(...group.map((g) => g.cached));
-    const S = Math.max(...group.map((g) => g.req.promptIds.length - g.cached));
+    const h = sharedHead(group);
+    // Each row's tokens in the forward's past: its cached prefix, and the shared head.
+    const pre = group.map((g) => g.cached + h);
+    const C = Math.max(...pre);
+    const S = Math.max(...group.map((g, j) => g.req.promptIds.length - pre[j]!));
     const ids: number[] = [];
     const mask: number[] = [];
     const positions: number[] = [];
     const ends: number[] = [];
-    for (const { req, cached } of group) {
+    for (const [j, { req }] of group.entries()) {
+      const cached = pre[j]!;
       const rest = req.promptIds.length - cached;
       const lead = cached > 0 ? 0 : S - rest;
       for (let i = 0; i < C; i++) mask.push(i >= C - cached ? 1 : 0);
@@ -423,12 +468,12 @@ export class BatchScheduler {
         positions.push(real ? cached + t : 0);
       }
       ends.push(C + lead + rest);
-      this.start(req, cached);
     }
+    for (const g of group) this.start(g.req, g.cached);
     const t0 = performance.now();
     let outputs: Feeds;
     try {
-      const past = C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C) : null;
+      const past = h > 0 ? repeatRows(await this.prefillHead(group[0]!, h), k) : C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C) : null;
       outputs = (await this.m.model.forward({
         input_ids: int64(ids, [k, S]),
         attention_mask: int64(mask, [k, C + S]),
@@ -444,7 +489,7 @@ export class BatchScheduler {
     }
     this.counters.prefillMs += performance.now() - t0;
     this.counters.prefills++;
-    this.counters.prefillTokens += group.reduce((n, g) => n + g.req.promptIds.length - g.cached, 0);
+    this.counters.prefillTokens += h + group.reduce((n, g, j) => n + g.req.promptIds.length - pre[j]!, 0);
     const logits = outputs.logits!.data as Float32Array;
     const V = outputs.logits!.dims[2]!;
     const past = toPast(outputs);
@@ -460,6 +505,22 @@ export class BatchScheduler {
         this.settle(req, { error: ThreadError.from(err) });
       }
     });
+  }
+
+  /** The cache of one row: `member`'s cached prefix, then the next `h` tokens of its prompt prefilled over it. */
+  private async prefillHead(member: Member, h: number): Promise<Feeds> {
+    const { req, cached } = member;
+    const past = cached > 0 ? this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached) : null;
+    const t0 = performance.now();
+    const outputs = (await this.m.model.forward({
+      input_ids: int64(req.promptIds.slice(cached, cached + h), [1, h]),
+      attention_mask: int64(new Array(cached + h).fill(1), [1, cached + h]),
+      position_ids: int64(Array.from({ length: h }, (_, i) => cached + i), [1, h]),
+      ...(past ? { past_key_values: past } : {}),
+    })) as Feeds;
+    this.counters.prefillMs += performance.now() - t0;
+    this.counters.prefills++;
+    return toPast(outputs);
   }
 
   private async prefillChunk(req: Request, take: number): Promise<void> {

@@ -136,21 +136,22 @@ describe('prefix cache', () => {
     expect(ids(old)).toEqual(ids(await alone(m, groups[0]![0]!, p())));
   });
 
-  it('a burst sharing a cached prefix is prefilled in one forward (greedy and seeded sampling): the tokens each gets alone, and one after the other', async () => {
-    const ps = sharing(9, 6 * BLOCK + 5, 12); // rests of different lengths: padded after them
+  it('a burst sharing a cached prefix is prefilled together (greedy and seeded sampling): the tokens each gets alone, and one after the other', async () => {
+    const ps = sharing(9, 6 * BLOCK + 5, 12); // 5 shared tokens past the cached blocks, then rests of different lengths: padded after them
     const p = (i: number) => params({ maxTokens: 10, ...(i % 2 ? { temperature: 0.9, topP: 0.95, seed: 60 + i, n: i === 3 ? 2 : 1 } : {}) });
     const want = await expected(ps, p);
-    // A chunk that takes the eight rests (8 × the longest, 31) in one forward.
+    // A chunk that takes the eight rests (5 shared + 8 × the longest, 26) in one forward.
     const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 256 });
     expect(ids(await s.submit(ps[0]!, p(0), { signal: never, onDelta: noop }))).toEqual(want[0]);
     const before = { ...s.stats };
     const burst = await Promise.all(ps.slice(1).map((prompt, i) => s.submit(prompt, p(i + 1), { signal: never, onDelta: noop })));
     expect(burst.map(ids)).toEqual(want.slice(1));
-    // One forward for all eight, each after the 6 cached blocks; nine rows (one request has n = 2).
-    expect(s.stats.prefills - before.prefills).toBe(1);
+    // Each after the 6 cached blocks: the 5 tokens they share past them once, for one row, then
+    // one forward for all eight rests; nine rows (one request has n = 2).
+    expect(s.stats.prefills - before.prefills).toBe(2);
     expect(s.stats.prefixHits - before.prefixHits).toBe(8);
     expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(8 * 6 * BLOCK);
-    expect(s.stats.prefillTokens - before.prefillTokens).toBe(ps.slice(1).reduce((n, x) => n + x.length - 6 * BLOCK, 0));
+    expect(s.stats.prefillTokens - before.prefillTokens).toBe(5 + ps.slice(1).reduce((n, x) => n + x.length - 6 * BLOCK - 5, 0));
     expect(s.stats.maxBatch).toBe(9);
     // The same prompts one after the other on a scheduler with the cache.
     const one = new BatchScheduler(m, CACHED);
