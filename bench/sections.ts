@@ -9,7 +9,7 @@ import { CHAT, EMBED, TINY, chatOnce, chatStream, cpuDuring, embedOne, memoryOf,
 import { embedInProcess } from './inproc.js';
 import { assertOk, bothSides, chatBody, decodeRate, failed, minus, num, perSec, prompt, roundRatio, seeded, sentence, sentences, SETTLE_GAP_MS, shortPrompt, type Ctx, type Row, type SectionResult } from './kit.js';
 import { overhead, streaming } from './latency.js';
-import { int8, prefix, sampling } from './compute.js';
+import { context, int8, prefix, sampling } from './compute.js';
 import { pct, progress, sleep, stat } from './lib.js';
 
 export type { Ctx, Row, SectionResult } from './kit.js';
@@ -545,5 +545,5 @@ export async function batch(c: Ctx): Promise<SectionResult> {
   };
 }
 
-export const SECTIONS = { overhead, streaming, dataplane, embeddings, concurrency, sql, scaleout, capacity, join, constrained, batch, sampling, prefix, int8 } as const;
+export const SECTIONS = { overhead, streaming, dataplane, embeddings, concurrency, sql, scaleout, capacity, join, constrained, batch, sampling, prefix, int8, context } as const;
 export type SectionName = keyof typeof SECTIONS;
