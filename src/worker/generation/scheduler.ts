@@ -93,19 +93,20 @@ interface Member {
 }
 
 /**
- * Tokens the rests of a group's prompts start with alike, when they have the same cached prefix
- * (0 otherwise, for one request, and with nothing cached: prompts that arrive together cold are
- * prefilled as they are, in one forward): at most all but the last token of the shortest rest.
+ * Tokens the rests of a group's prompts start with alike, when every prompt has the same cached
+ * prefix, the same tokens and not only as many (0 otherwise, for one request, and with nothing
+ * cached: prompts that arrive together cold are prefilled as they are, in one forward): at most
+ * all but the last token of the shortest rest.
  */
 function sharedHead(group: readonly Member[]): number {
   if (group.length < 2) return 0;
   const C = group[0]!.cached;
   if (C === 0 || group.some((g) => g.cached !== C)) return 0;
   const first = group[0]!.req.promptIds;
-  const most = Math.min(...group.map((g) => g.req.promptIds.length)) - C - 1;
-  let h = 0;
-  while (h < most && group.every((g) => g.req.promptIds[C + h] === first[C + h])) h++;
-  return h;
+  const most = Math.min(...group.map((g) => g.req.promptIds.length)) - 1;
+  let same = 0;
+  while (same < most && group.every((g) => g.req.promptIds[same] === first[same])) same++;
+  return Math.max(0, same - C);
 }
 
 /** Prompt tokens a group's prefill computes: the shared head once, then every row padded to the longest rest. */

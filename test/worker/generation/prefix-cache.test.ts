@@ -189,6 +189,27 @@ describe('prefix cache', () => {
     expect(s.load).toEqual({ decoding: 0, waiting: 0, prefilling: 0 });
   });
 
+  it('prompts with cached prefixes as long but different, and the same tokens after them, are prefilled each after its own', async () => {
+    // Two system prompts of 3 blocks each, then one user turn that the prompts share token for
+    // token but for its last token: the same cached length, and rests that start alike.
+    const rng = makeRng(17);
+    const tok = () => 100 + Math.floor(rng() * 40_000);
+    const heads = [Array.from({ length: 3 * BLOCK }, tok), Array.from({ length: 3 * BLOCK }, tok)];
+    const turn = Array.from({ length: 9 }, tok);
+    const ps = [0, 1, 0, 1].map((h, i) => [...heads[h]!, ...turn, 200 + i]);
+    const p = (i: number) => params({ maxTokens: 8, ...(i % 2 ? { temperature: 1, seed: 90 + i } : {}) });
+    const want = await expected(ps, p);
+    const s = new BatchScheduler(m, CACHED);
+    for (const h of heads) await s.submit([...h, 7, 8], p(0), { signal: never, onDelta: noop });
+    const before = { ...s.stats };
+    const got = await Promise.all(ps.map((prompt, i) => s.submit(prompt, p(i), { signal: never, onDelta: noop })));
+    expect(got.map(ids)).toEqual(want);
+    expect(s.stats.prefixHits - before.prefixHits).toBe(4);
+    expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(4 * 3 * BLOCK);
+    // No head shared across different prefixes: each prompt's 9 + 1 uncached tokens computed.
+    expect(s.stats.prefillTokens - before.prefillTokens).toBe(4 * 10);
+  });
+
   it('is off at budget 0: nothing is stored or reused', async () => {
     const s = new BatchScheduler(m, { ...LIMITS, prefixCacheBytes: 0 });
     const [prompt] = sharing(1, 3 * BLOCK, 9);
