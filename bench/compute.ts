@@ -1,11 +1,12 @@
 /**
- * Issue 15's figures (the compute path): sampled decoding beside greedy, prefix caching, int8.
- * Gateway only: these compare the gateway with itself (one setting against another, interleaved
- * in each round), so the in-process column stays empty.
+ * Issue 15's figures (the compute path): sampled decoding beside greedy, prefix caching, int8,
+ * decode at a long context. Mostly gateway only: these compare the gateway with itself (one
+ * setting against another, interleaved in each round), so the in-process column stays empty;
+ * `context` runs both sides (the in-process loop's own long/short ratio is the library's).
  */
 import { CHAT, CHAT_Q8, chatStream, type Stack, type StreamResult } from './gateway.js';
 import type { Message } from './inproc.js';
-import { assertOk, chatBody, decodeRate, perSec, roundRatio, sentences, SETTLE_GAP_MS, type Ctx, type Row, type SectionResult } from './kit.js';
+import { assertOk, chatBody, decodeRate, perSec, prompt, roundRatio, sentence, sentences, SETTLE_GAP_MS, type Ctx, type Row, type SectionResult } from './kit.js';
 import { progress, sleep, stat } from './lib.js';
 
 /** The sampled setting the issue names: temperature 0.8, top_p 0.95 (seeded, so rounds repeat). */
@@ -56,6 +57,14 @@ function history(c: Ctx, tag: string, tokens: number): Message[] {
     msgs.push({ role: i % 2 ? 'assistant' : 'user', content: sentences(4, `${tag}t${i}`).join(' ') });
   }
   return msgs;
+}
+
+/** One user message of sentences, unique by `tag`, rendered to at least `tokens` tokens (a sentence more at most). */
+function longPrompt(c: Ctx, tag: string, tokens: number): Message[] {
+  const parts: string[] = [];
+  const msgs = () => [{ role: 'user', content: parts.join(' ') }];
+  for (let i = 0; c.chat.promptIds(msgs()).length < tokens; i++) parts.push(sentence(i, tag));
+  return msgs();
 }
 
 const ttft = (r: StreamResult) => (r.error || r.firstTokenAt === null ? NaN : r.firstTokenAt - r.sentAt);
@@ -131,4 +140,51 @@ export async function int8(c: Ctx): Promise<SectionResult> {
     { id: 'int8.decode', figure: `decode at batch 1, int8 (dtype q8, the CPU default) × ${T} tokens, tokens/s`, unit: 'tok/s', gateway: stat(rate.q8), inproc: null, compare: x, target: '≥ 1.5× fp32 (issue 15)', met: x.value >= 1.5, note: `fp32: ${stat(rate.fp32).median.toFixed(1)} tok/s` },
   ];
   return { rows, raw: { rounds, max_tokens: T, rate } };
+}
+
+/**
+ * Decode at batch 1 at a ~1,024-token context against a short one (a ~40-token prompt), the
+ * gateway and the in-process loop (bench/inproc.ts: prefill, then one forward a token over the
+ * KV cache, as transformers.js's own generate does), the four runs in an order that rotates each
+ * round. The prompts are new each round and side, so no prefix cache is involved; the rate is
+ * counted from the first token to the last (prefill excluded).
+ */
+export async function context(c: Ctx): Promise<SectionResult> {
+  const rounds = c.quick ? 1 : 3;
+  const T = c.quick ? 32 : 64;
+  // The context the decode runs at: the prompt, then T tokens on it (the middle at about 1,024).
+  const PROMPT = 1024 - T / 2;
+  const rate = { gShort: [] as number[], gLong: [] as number[], pShort: [] as number[], pLong: [] as number[] };
+  const promptTokens: number[] = [];
+  type Run = keyof typeof rate;
+  const order: Run[] = ['gShort', 'gLong', 'pShort', 'pLong'];
+  for (let r = 0; r < rounds; r++) {
+    const tag = `${Date.now().toString(36)}c${r}`;
+    for (let j = 0; j < order.length; j++) {
+      const run = order[(j + r) % order.length]!;
+      progress(`context round ${r + 1}/${rounds}: ${run} × ${T} tokens`);
+      const long = run.endsWith('Long');
+      const messages = long ? longPrompt(c, `${tag}${run}`, PROMPT) : prompt(3000 + 10 * r + j);
+      if (long) promptTokens.push(c.chat.promptIds(messages).length);
+      if (run.startsWith('g')) {
+        const s = await chatStream(c.stack, chatBody(0, T, {}, messages));
+        assertOk([s], `${run} stream`);
+        rate[run].push(decodeRate(s));
+      } else {
+        const t = await c.chat.generateChat(messages, T);
+        rate[run].push(perSec(t.tokens - 1, t.totalMs - t.firstTokenMs));
+      }
+      await sleep(SETTLE_GAP_MS);
+    }
+  }
+  const g = roundRatio(rate.gLong, rate.gShort, '× short context');
+  const p = roundRatio(rate.pLong, rate.pShort, '× short context');
+  const rows: Row[] = [
+    {
+      id: 'context.decode1024', figure: `decode at batch 1 at a ~1,024-token context (prompt ~${Math.round(stat(promptTokens).median)} tokens + ${T}), tokens/s`, unit: 'tok/s',
+      gateway: stat(rate.gLong), inproc: stat(rate.pLong), compare: g, target: '≥ 0.7× the short-context rate (issue 15)', met: g.value >= 0.7,
+      note: `short context: gateway ${stat(rate.gShort).median.toFixed(1)}, in-process ${stat(rate.pShort).median.toFixed(1)} tok/s; in-process long/short ${p.value.toFixed(2)}×`,
+    },
+  ];
+  return { rows, raw: { rounds, max_tokens: T, promptTokens, rate } };
 }

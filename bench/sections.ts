@@ -9,7 +9,7 @@ import { CHAT, EMBED, TINY, chatOnce, chatStream, cpuDuring, embedOne, memoryOf,
 import { embedInProcess } from './inproc.js';
 import { assertOk, bothSides, chatBody, decodeRate, failed, minus, num, perSec, prompt, roundRatio, seeded, sentence, sentences, SETTLE_GAP_MS, shortPrompt, type Ctx, type Row, type SectionResult } from './kit.js';
 import { overhead, streaming } from './latency.js';
-import { int8, prefix, sampling } from './compute.js';
+import { context, int8, prefix, sampling } from './compute.js';
 import { vectorizer } from './vectorizer.js';
 import { pct, progress, sleep, stat } from './lib.js';
 
@@ -552,5 +552,5 @@ export async function batch(c: Ctx): Promise<SectionResult> {
   };
 }
 
-export const SECTIONS = { overhead, streaming, dataplane, embeddings, concurrency, sql, scaleout, capacity, join, constrained, batch, sampling, prefix, int8, vectorizer } as const;
+export const SECTIONS = { overhead, streaming, dataplane, embeddings, concurrency, sql, scaleout, capacity, join, constrained, batch, sampling, prefix, int8, context, vectorizer } as const;
 export type SectionName = keyof typeof SECTIONS;

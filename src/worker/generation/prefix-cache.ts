@@ -64,6 +64,11 @@ export class PrefixCache {
     return out;
   }
 
+  /** The keys of every full block of `ids` (a chain to pass to `match` and `use`; it depends on the tokens only). */
+  chain(ids: readonly number[]): string[] {
+    return this.enabled ? this.keys(ids, Math.floor(ids.length / BLOCK)) : [];
+  }
+
   /** Most recent last; `keys` in chain order, touched back to front (see the class comment). */
   private touch(keys: string[]): void {
     for (let j = keys.length - 1; j >= 0; j--) {
@@ -75,41 +80,70 @@ export class PrefixCache {
   }
 
   /**
-   * The cache for the longest run of cached blocks that `ids` starts with, at most `limit` tokens
+   * How many leading tokens of a prompt (its `chain`) are cached, in whole blocks, at most `limit`
    * (the scheduler leaves at least the prompt's last token to prefill: its logits give the first
-   * token). A [1, heads, tokens, dim] tensor per cache input, or null on a miss.
+   * token). Nothing changes: the scheduler asks again until the prompt's prefill starts, so a
+   * prompt that waited behind another with the same start finds what that one left.
    */
-  lookup(ids: readonly number[], limit: number): { tokens: number; past: Feeds } | null {
-    if (!this.enabled) return null;
-    this.stats.prefixLookups++;
-    const keys = this.keys(ids, Math.floor(Math.min(limit, ids.length) / BLOCK));
+  match(chain: readonly string[], limit: number): number {
+    if (!this.enabled || !this.shape) return 0;
+    const count = Math.min(chain.length, Math.floor(limit / BLOCK));
     let hit = 0;
-    while (hit < keys.length && this.blocks.has(keys[hit]!)) hit++;
-    if (hit === 0 || !this.shape) return null;
-    this.touch(keys.slice(0, hit));
-    const tokens = hit * BLOCK;
-    const past: Feeds = {};
-    this.shape.names.forEach((name, n) => {
-      const H = this.shape!.heads[n]!;
-      const D = this.shape!.dim[n]!;
-      const data = new Float32Array(H * tokens * D);
-      for (let j = 0; j < hit; j++) {
-        const src = this.blocks.get(keys[j]!)!.data[name]!;
-        for (let h = 0; h < H; h++) data.set(src.subarray(h * BLOCK * D, (h + 1) * BLOCK * D), (h * tokens + j * BLOCK) * D);
-      }
-      past[name] = new Tensor('float32', data, [1, H, tokens, D]);
-    });
+    while (hit < count && this.blocks.has(chain[hit]!)) hit++;
+    return hit * BLOCK;
+  }
+
+  /** Names, kv heads and head dims of the cache inputs, once a sequence has been stored. */
+  get layout(): Shape | null {
+    return this.shape;
+  }
+
+  /**
+   * Counts a prompt's lookup as its prefill starts, reusing its first `tokens` tokens (0: a miss),
+   * which become the most recently used.
+   */
+  use(chain: readonly string[], tokens: number): void {
+    if (!this.enabled) return;
+    this.stats.prefixLookups++;
+    if (tokens === 0) return;
+    this.touch(chain.slice(0, tokens / BLOCK));
     this.stats.prefixHits++;
     this.stats.prefixTokensSaved += tokens;
-    return { tokens, past };
+  }
+
+  /**
+   * The cache of several prompts' reused tokens as one batch: a [rows, heads, L, dim] tensor per
+   * cache input, row j holding `rows[j].tokens` tokens (a `match` just before, whole blocks)
+   * right-aligned at L, zeros before them (the caller masks them).
+   */
+  fill(rows: readonly { chain: readonly string[]; tokens: number }[], L: number): Feeds {
+    const shape = this.shape!;
+    const past: Feeds = {};
+    shape.names.forEach((name, n) => {
+      const H = shape.heads[n]!;
+      const D = shape.dim[n]!;
+      const data = new Float32Array(rows.length * H * L * D);
+      rows.forEach(({ chain, tokens }, b) => {
+        const at = L - tokens;
+        for (let j = 0; j < tokens / BLOCK; j++) {
+          const block = this.blocks.get(chain[j]!);
+          if (!block) throw new Error('prefix cache: a matched block is gone');
+          const src = block.data[name]!;
+          for (let h = 0; h < H; h++) data.set(src.subarray(h * BLOCK * D, (h + 1) * BLOCK * D), ((b * H + h) * L + at + j * BLOCK) * D);
+        }
+      });
+      past[name] = new Tensor('float32', data, [rows.length, H, L, D]);
+    });
+    return past;
   }
 
   /**
    * Keeps the full blocks of a sequence whose `ids` (every token it has in the cache, in order)
-   * are row `b` of `past`, right-aligned ([rows, heads, L, dim], the batch's layout). Blocks
-   * already cached are only touched; a prefix longer than the whole budget keeps its start.
+   * are row `b` of `past` ([rows, heads, L, dim], the batch's layout), ending before position
+   * `end` (right-aligned: L). Blocks already cached are only touched; a prefix longer than the
+   * whole budget keeps its start.
    */
-  store(ids: readonly number[], past: Feeds, b: number): void {
+  store(ids: readonly number[], past: Feeds, b: number, end?: number): void {
     if (!this.enabled) return;
     const names = Object.keys(past).filter((k) => k.startsWith('past_key_values'));
     const first = past[names[0]!];
@@ -131,7 +165,7 @@ export class PrefixCache {
         const [, H, L, D] = t.dims as [number, number, number, number];
         const src = t.data as Float32Array;
         const out = new Float32Array(H * BLOCK * D);
-        const at = L - ids.length + j * BLOCK;
+        const at = (end ?? L) - ids.length + j * BLOCK;
         for (let h = 0; h < H; h++) {
           const from = ((b * H + h) * L + at) * D;
           out.set(src.subarray(from, from + BLOCK * D), h * BLOCK * D);

@@ -47,16 +47,17 @@ interface Request {
   rows: Row[];
   /** Prompt tokens in `past` so far (chunked prefill). */
   prefilled: number;
+  /** Its cache while it is prefilled in chunks ([1, heads, prefilled, dim] per input). */
   past: Feeds | null;
-  /** Its row in `past` (a prefill of several requests at once shares one cache). */
-  pastRow: number;
   /** Logits of the last position prefilled so far (for the first token, and echo logprobs). */
   lastLogits: Float32Array | null;
   arrived: number;
   /** Holds a reservation (admitted, not yet answered). */
   admitted: boolean;
-  /** Looked up in the prefix cache (once, just before its prefill starts). */
-  looked: boolean;
+  /** Keys of its prompt's blocks in the prefix cache (computed once, when first needed). */
+  chain: string[] | null;
+  /** Its prefill has started (the prefix cache is no longer asked). */
+  started: boolean;
   settled: boolean;
   resolve(choices: ChoiceResult[]): void;
   reject(err: ThreadError): void;
@@ -77,6 +78,55 @@ interface Row {
   next: number;
 }
 
+/** Row `b` of `past` holds the row's tokens, ending before position `end` (padding before and after them is masked). */
+interface Source {
+  row: Row;
+  past: Feeds;
+  b: number;
+  end: number;
+}
+
+/** A request about to be prefilled, and the tokens of its prompt the prefix cache holds. */
+interface Member {
+  req: Request;
+  cached: number;
+}
+
+/**
+ * Tokens the rests of a group's prompts start with alike, when every prompt has the same cached
+ * prefix, the same tokens and not only as many (0 otherwise, for one request, and with nothing
+ * cached: prompts that arrive together cold are prefilled as they are, in one forward): at most
+ * all but the last token of the shortest rest.
+ */
+function sharedHead(group: readonly Member[]): number {
+  if (group.length < 2) return 0;
+  const C = group[0]!.cached;
+  if (C === 0 || group.some((g) => g.cached !== C)) return 0;
+  const first = group[0]!.req.promptIds;
+  const most = Math.min(...group.map((g) => g.req.promptIds.length)) - 1;
+  let same = 0;
+  while (same < most && group.every((g) => g.req.promptIds[same] === first[same])) same++;
+  return Math.max(0, same - C);
+}
+
+/** Prompt tokens a group's prefill computes: the shared head once, then every row padded to the longest rest. */
+function tokensOf(group: readonly Member[]): number {
+  const h = sharedHead(group);
+  return h + group.length * Math.max(...group.map((g) => g.req.promptIds.length - g.cached - h));
+}
+
+/** `past` (one row) repeated `k` times along the batch axis. */
+function repeatRows(past: Feeds, k: number): Feeds {
+  const out: Feeds = {};
+  for (const [name, t] of Object.entries(past)) {
+    const src = t.data as Float32Array;
+    const data = new (src.constructor as Float32ArrayConstructor)(k * src.length);
+    for (let j = 0; j < k; j++) data.set(src, j * src.length);
+    out[name] = new Tensor(t.type as 'float32', data, [k, ...t.dims.slice(1)]);
+  }
+  return out;
+}
+
 /** Lets queued messages (cancel, new requests) and other work run between steps. */
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -86,6 +136,8 @@ export class BatchScheduler {
   /** Rows of the batch, in the order of the cache's batch axis. */
   private rows: Row[] = [];
   private past: Feeds | null = null;
+  /** Rows that joined (their first token sampled) and wait to be laid into the batch's cache, all at once. */
+  private joining: Source[] = [];
   /** Length of the cache's sequence axis. */
   private L = 0;
   private reserved = 0;
@@ -126,8 +178,8 @@ export class BatchScheduler {
       const req: Request = {
         promptIds, params, opts, maxNew,
         reserve: params.n * (promptIds.length + maxNew),
-        rows: [], prefilled: 0, past: null, pastRow: 0, lastLogits: null,
-        arrived: performance.now(), admitted: false, looked: false, settled: false, resolve, reject,
+        rows: [], prefilled: 0, past: null, lastLogits: null,
+        arrived: performance.now(), admitted: false, chain: null, started: false, settled: false, resolve, reject,
       };
       this.waiting.push(req);
       if (!this.running) {
@@ -150,8 +202,9 @@ export class BatchScheduler {
           // A bug of ours (sampling, a constraint, detokenizing) must not take the thread down
           // or leave requests waiting forever: whoever is admitted fails; the queue goes on.
           const error = ThreadError.from(err);
-          for (const req of new Set([...this.prefilling, ...this.rows.map((r) => r.req)])) this.settle(req, { error });
+          for (const req of new Set([...this.prefilling, ...this.rows.map((r) => r.req), ...this.joining.map((s) => s.row.req)])) this.settle(req, { error });
           this.prefilling.length = 0;
+          this.joining = [];
           this.relayout([]);
         }
         await yieldToLoop();
@@ -164,7 +217,7 @@ export class BatchScheduler {
   // --- admission and leaving -----------------------------------------------------------------
 
   private sequences(): number {
-    return this.rows.length + this.prefilling.reduce((s, r) => s + r.params.n, 0);
+    return this.rows.length + this.joining.length + this.prefilling.reduce((s, r) => s + r.params.n, 0);
   }
 
   /** FIFO: the oldest waiting request goes first (none reserves more than the whole budget: check()). */
@@ -183,21 +236,22 @@ export class BatchScheduler {
   }
 
   /**
-   * Starts the request's prefill after the longest cached prefix of its prompt (never its last
-   * token, whose logits give the first token). Looked up when its prefill is about to start, not
-   * at admission: requests that arrive together with one system prompt are prefilled one after
-   * the other, so the second finds what the first left. Echoed prompts are prefilled whole: their
-   * logprobs need every position's logits.
+   * Prompt tokens the prefix cache holds for the request now, in whole blocks, never its last
+   * token (whose logits give the first token). Asked until its prefill starts, not once at
+   * admission: requests that arrive together with one system prompt wait while the first
+   * prefills it, then find what it left. Echoed prompts are prefilled whole: their logprobs need
+   * every position's logits.
    */
-  private reuse(req: Request): void {
-    if (req.looked) return;
-    req.looked = true;
-    if (req.params.echo) return;
-    const hit = this.prefix.lookup(req.promptIds, req.promptIds.length - 1);
-    if (!hit) return;
-    req.past = hit.past;
-    req.pastRow = 0;
-    req.prefilled = hit.tokens;
+  private cachedTokens(req: Request): number {
+    if (req.started || req.params.echo || !this.prefix.enabled) return 0;
+    req.chain ??= this.prefix.chain(req.promptIds);
+    return this.prefix.match(req.chain, req.promptIds.length - 1);
+  }
+
+  /** Its prefill starts, after `cached` tokens from the prefix cache (counted as a lookup). */
+  private start(req: Request, cached: number): void {
+    req.started = true;
+    if (!req.params.echo) this.prefix.use(req.chain ?? [], cached);
   }
 
   /** What a row has in the batch's cache: its prompt and the tokens fed back so far. */
@@ -233,7 +287,12 @@ export class BatchScheduler {
   /** Drops the batch rows that fail `keep` (their cache rows with them). */
   private keepRows(keep: (row: Row) => boolean): void {
     const past = this.past!;
-    this.relayout(this.rows.flatMap((row, b) => (keep(row) ? [{ row, past, b }] : [])));
+    this.relayout(this.rows.flatMap((row, b) => (keep(row) ? [{ row, past, b, end: this.L }] : [])));
+  }
+
+  /** The batch's rows as sources of a re-layout. */
+  private current(): Source[] {
+    return this.rows.map((row, b) => ({ row, past: this.past!, b, end: this.L }));
   }
 
   /** Finished rows leave the batch; a request is answered when its last row finishes. */
@@ -253,10 +312,12 @@ export class BatchScheduler {
   }
 
   /**
-   * Rebuilds the batch cache from the given rows (each read from row `b` of `past`), right-aligned
-   * to the longest: the new rows' order is the batch order from now on.
+   * Rebuilds the batch cache from the given rows, right-aligned to the longest: the new rows'
+   * order is the batch order from now on. When the sources are every row of one cache in order,
+   * each ending at its end (a batched prefill that nobody was decoding beside), that cache is
+   * the batch's as it is: no copy.
    */
-  private relayout(sources: { row: Row; past: Feeds; b: number }[]): void {
+  private relayout(sources: Source[]): void {
     this.rows = sources.map((s) => s.row);
     if (sources.length === 0) {
       this.past = null;
@@ -264,6 +325,13 @@ export class BatchScheduler {
       return;
     }
     const L = Math.max(...sources.map((s) => s.row.len));
+    const whole = sources[0]!.past;
+    const dims = Object.values(whole)[0]!.dims;
+    if (dims[0] === sources.length && dims[2] === L && sources.every((s, j) => s.past === whole && s.b === j && s.end === L)) {
+      this.past = whole;
+      this.L = L;
+      return;
+    }
     const out: Feeds = {};
     for (const name of Object.keys(sources[0]!.past)) {
       const first = sources[0]!.past[name]!;
@@ -275,7 +343,7 @@ export class BatchScheduler {
         const Ls = t.dims[2]!;
         const len = s.row.len;
         for (let h = 0; h < H; h++) {
-          const from = ((s.b * H + h) * Ls + (Ls - len)) * D;
+          const from = ((s.b * H + h) * Ls + (s.end - len)) * D;
           data.set(src.subarray(from, from + len * D), ((j * H + h) * L + (L - len)) * D);
         }
       });
@@ -287,82 +355,134 @@ export class BatchScheduler {
 
   // --- prefill ------------------------------------------------------------------------------------
 
-  /** Prefills up to `prefillChunk` prompt tokens (at least one chunk), oldest request first. */
+  /**
+   * Waiting prefills go before the next decode step. First every request whose prompt (after
+   * what the prefix cache holds) fits one chunk, several at a time in one batched forward
+   * (`shortGroup`): a burst sharing a cached system prompt costs one short forward, not a
+   * prefill each with decode steps between. Then up to `prefillChunk` tokens of a long prompt,
+   * oldest first. The rows that joined are laid into the batch's cache once, at the end.
+   */
   private async prefillSome(): Promise<void> {
     let budget = this.limits.prefillChunk;
-    while (budget > 0 && this.prefilling.length > 0) {
-      const group = this.freshGroup(budget);
-      if (group.length > 1) {
-        budget -= group.length * Math.max(...group.map((r) => r.promptIds.length));
-        await this.prefillTogether(group);
-        continue;
-      }
-      const req = this.prefilling[0]!;
-      const take = Math.min(budget, req.promptIds.length - req.prefilled);
-      budget -= take;
-      try {
-        await this.prefillChunk(req, take);
-      } catch (err) {
-        this.prefilling.shift();
-        this.settle(req, { error: ThreadError.from(err) });
-        continue;
-      }
-      if (req.prefilled === req.promptIds.length) {
-        this.prefilling.shift();
-        try {
-          this.prefix.store(req.promptIds, req.past!, req.pastRow);
-          this.join(req);
-        } catch (err) {
-          // Before its rows were laid into the batch (sampling comes first): only it fails.
-          this.settle(req, { error: ThreadError.from(err) });
+    try {
+      for (;;) {
+        this.admit();
+        const group = this.shortGroup();
+        if (group.length > 0) {
+          await this.prefillTogether(group);
+          continue;
         }
+        const req = this.prefilling[0];
+        if (!req || budget <= 0) break;
+        if (!req.started) {
+          const cached = this.cachedTokens(req);
+          this.start(req, cached);
+          if (cached > 0) {
+            req.past = this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached);
+            req.prefilled = cached;
+          }
+        }
+        const take = Math.min(budget, req.promptIds.length - req.prefilled);
+        budget -= take;
+        try {
+          await this.prefillChunk(req, take);
+        } catch (err) {
+          this.prefilling.shift();
+          this.settle(req, { error: ThreadError.from(err) });
+          continue;
+        }
+        if (req.prefilled === req.promptIds.length) {
+          this.prefilling.shift();
+          const past = req.past!;
+          req.past = null;
+          try {
+            this.prefix.store(req.promptIds, past, 0);
+            this.join(req, past, 0, req.prefilled);
+          } catch (err) {
+            // Before its rows were laid into the batch (sampling comes first): only it fails.
+            this.settle(req, { error: ThreadError.from(err) });
+          }
+        }
+      }
+    } finally {
+      if (this.joining.length > 0) {
+        const joining = this.joining;
+        this.joining = [];
+        this.relayout([...this.current(), ...joining]);
       }
     }
   }
 
   /**
-   * The oldest prefilling requests that can be prefilled together in one forward: not started,
-   * no echo, and their padded size (count × longest prompt) within `budget`.
+   * Requests not started whose prompt, after what the prefix cache holds of it, fits one chunk,
+   * oldest first, as many as one forward takes: the tokens it computes (`tokensOf`) ≤ prefillChunk.
+   * Echoed prompts are left to `prefillChunk` (their logprobs need every position).
    */
-  private freshGroup(budget: number): Request[] {
-    const group: Request[] = [];
-    let longest = 0;
+  private shortGroup(): Member[] {
+    const chunk = this.limits.prefillChunk;
+    const group: Member[] = [];
     for (const req of this.prefilling) {
-      this.reuse(req);
-      if (req.prefilled > 0 || req.params.echo) break;
-      const L = Math.max(longest, req.promptIds.length);
-      if ((group.length + 1) * L > budget) break;
-      group.push(req);
-      longest = L;
+      if (req.started || req.params.echo) continue;
+      const cached = this.cachedTokens(req);
+      if (req.promptIds.length - cached > chunk) continue;
+      const next = [...group, { req, cached }];
+      if (group.length > 0 && tokensOf(next) > chunk) break;
+      group.push({ req, cached });
     }
     return group;
   }
 
   /**
-   * Prompts that arrived together are prefilled in one batched forward, left-padded with an
-   * attention mask and per-row positions (so each row computes what it would alone), giving the
-   * cache in the batch's right-aligned layout already. Then each request joins the batch.
+   * One batched forward for several prompts, each after its own cached prefix. When they have
+   * the same cached prefix and their rests start alike (a shared system prompt's end past its
+   * last whole block, the template's user turn), that head is prefilled once, for one row, and
+   * copied to each: a burst sharing a system prompt computes the part of it the cache lacks once,
+   * not once a request. The forward's cache is [rows, heads, C + S, dim], C the longest cached
+   * prefix (with the head) and S the longest rest:
+   * row j's cached tokens sit right-aligned before position C (the prefix cache fills them;
+   * zeros before them, masked), its rest from C on, with padding after it, masked and behind
+   * it causally; a row with nothing cached has its padding before its prompt instead (the
+   * layout prompts that arrived together have). Positions count per row, so each row computes
+   * exactly what it would alone. Then each request samples its first token and joins.
    */
-  private async prefillTogether(group: Request[]): Promise<void> {
+  private async prefillTogether(group: Member[]): Promise<void> {
     const k = group.length;
-    const P = Math.max(...group.map((r) => r.promptIds.length));
+    const h = sharedHead(group);
+    // Each row's tokens in the forward's past: its cached prefix, and the shared head.
+    const pre = group.map((g) => g.cached + h);
+    const C = Math.max(...pre);
+    const S = Math.max(...group.map((g, j) => g.req.promptIds.length - pre[j]!));
     const ids: number[] = [];
     const mask: number[] = [];
     const positions: number[] = [];
-    for (const req of group) {
-      const pad = P - req.promptIds.length;
-      for (let i = 0; i < P; i++) {
-        ids.push(i < pad ? req.promptIds[0]! : req.promptIds[i - pad]!);
-        mask.push(i < pad ? 0 : 1);
-        positions.push(i < pad ? 0 : i - pad);
+    const ends: number[] = [];
+    for (const [j, { req }] of group.entries()) {
+      const cached = pre[j]!;
+      const rest = req.promptIds.length - cached;
+      const lead = cached > 0 ? 0 : S - rest;
+      for (let i = 0; i < C; i++) mask.push(i >= C - cached ? 1 : 0);
+      for (let i = 0; i < S; i++) {
+        const t = i - lead;
+        const real = t >= 0 && t < rest;
+        ids.push(real ? req.promptIds[cached + t]! : req.promptIds[0]!);
+        mask.push(real ? 1 : 0);
+        positions.push(real ? cached + t : 0);
       }
+      ends.push(C + lead + rest);
     }
+    for (const g of group) this.start(g.req, g.cached);
     const t0 = performance.now();
     let outputs: Feeds;
     try {
-      outputs = (await this.m.model.forward({ input_ids: int64(ids, [k, P]), attention_mask: int64(mask, [k, P]), position_ids: int64(positions, [k, P]) })) as Feeds;
+      const past = h > 0 ? repeatRows(await this.prefillHead(group[0]!, h), k) : C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C) : null;
+      outputs = (await this.m.model.forward({
+        input_ids: int64(ids, [k, S]),
+        attention_mask: int64(mask, [k, C + S]),
+        position_ids: int64(positions, [k, S]),
+        ...(past ? { past_key_values: past } : {}),
+      })) as Feeds;
     } catch (err) {
-      for (const req of group) {
+      for (const { req } of group) {
         this.prefilling.splice(this.prefilling.indexOf(req), 1);
         this.settle(req, { error: ThreadError.from(err) });
       }
@@ -370,23 +490,38 @@ export class BatchScheduler {
     }
     this.counters.prefillMs += performance.now() - t0;
     this.counters.prefills++;
-    this.counters.prefillTokens += group.reduce((n, r) => n + r.promptIds.length, 0);
+    this.counters.prefillTokens += h + group.reduce((n, g, j) => n + g.req.promptIds.length - pre[j]!, 0);
     const logits = outputs.logits!.data as Float32Array;
     const V = outputs.logits!.dims[2]!;
     const past = toPast(outputs);
-    group.forEach((req, j) => {
+    group.forEach(({ req }, j) => {
       this.prefilling.splice(this.prefilling.indexOf(req), 1);
-      req.lastLogits = logits.slice((j * P + P - 1) * V, (j * P + P) * V);
-      req.past = past;
-      req.pastRow = j;
+      const last = j * S + ends[j]! - C - 1;
+      req.lastLogits = logits.slice(last * V, (last + 1) * V);
       req.prefilled = req.promptIds.length;
       try {
-        this.prefix.store(req.promptIds, past, j);
-        this.join(req);
+        this.prefix.store(req.promptIds, past, j, ends[j]!);
+        this.join(req, past, j, ends[j]!);
       } catch (err) {
         this.settle(req, { error: ThreadError.from(err) });
       }
     });
+  }
+
+  /** The cache of one row: `member`'s cached prefix, then the next `h` tokens of its prompt prefilled over it. */
+  private async prefillHead(member: Member, h: number): Promise<Feeds> {
+    const { req, cached } = member;
+    const past = cached > 0 ? this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached) : null;
+    const t0 = performance.now();
+    const outputs = (await this.m.model.forward({
+      input_ids: int64(req.promptIds.slice(cached, cached + h), [1, h]),
+      attention_mask: int64(new Array(cached + h).fill(1), [1, cached + h]),
+      position_ids: int64(Array.from({ length: h }, (_, i) => cached + i), [1, h]),
+      ...(past ? { past_key_values: past } : {}),
+    })) as Feeds;
+    this.counters.prefillMs += performance.now() - t0;
+    this.counters.prefills++;
+    return toPast(outputs);
   }
 
   private async prefillChunk(req: Request, take: number): Promise<void> {
@@ -420,8 +555,11 @@ export class BatchScheduler {
     req.prefilled = end;
   }
 
-  /** The prompt is in the cache: each choice samples its first token, and the live ones join. */
-  private join(req: Request): void {
+  /**
+   * The prompt is in the cache (row `b` of `past`, ending before `end`): each choice samples its
+   * first token, and the live ones wait in `joining` to be laid into the batch.
+   */
+  private join(req: Request, past: Feeds, b: number, end: number): void {
     const p = req.params;
     for (let index = 0; index < p.n; index++) {
       req.rows.push({
@@ -438,16 +576,14 @@ export class BatchScheduler {
       });
     }
     const logits = req.lastLogits!;
+    req.lastLogits = null;
     for (const row of req.rows) this.advance(row, row === req.rows.at(-1) ? logits : logits.slice());
-    const past = req.past!;
-    const b = req.pastRow;
-    req.past = null;
     const live = req.rows.filter((row) => row.finishReason === null);
     if (live.length === 0) {
       this.answerIfDone(req);
       return;
     }
-    this.relayout([...this.rows.map((row, r) => ({ row, past: this.past!, b: r })), ...live.map((row) => ({ row, past, b }))]);
+    for (const row of live) this.joining.push({ row, past, b, end });
   }
 
   // --- decode -------------------------------------------------------------------------------------

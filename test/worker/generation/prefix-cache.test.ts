@@ -136,6 +136,80 @@ describe('prefix cache', () => {
     expect(ids(old)).toEqual(ids(await alone(m, groups[0]![0]!, p())));
   });
 
+  it('a burst sharing a cached prefix is prefilled together (greedy and seeded sampling): the tokens each gets alone, and one after the other', async () => {
+    const ps = sharing(9, 6 * BLOCK + 5, 12); // 5 shared tokens past the cached blocks, then rests of different lengths: padded after them
+    const p = (i: number) => params({ maxTokens: 10, ...(i % 2 ? { temperature: 0.9, topP: 0.95, seed: 60 + i, n: i === 3 ? 2 : 1 } : {}) });
+    const want = await expected(ps, p);
+    // A chunk that takes the eight rests (5 shared + 8 × the longest, 26) in one forward.
+    const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 256 });
+    expect(ids(await s.submit(ps[0]!, p(0), { signal: never, onDelta: noop }))).toEqual(want[0]);
+    const before = { ...s.stats };
+    const burst = await Promise.all(ps.slice(1).map((prompt, i) => s.submit(prompt, p(i + 1), { signal: never, onDelta: noop })));
+    expect(burst.map(ids)).toEqual(want.slice(1));
+    // Each after the 6 cached blocks: the 5 tokens they share past them once, for one row, then
+    // one forward for all eight rests; nine rows (one request has n = 2).
+    expect(s.stats.prefills - before.prefills).toBe(2);
+    expect(s.stats.prefixHits - before.prefixHits).toBe(8);
+    expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(8 * 6 * BLOCK);
+    expect(s.stats.prefillTokens - before.prefillTokens).toBe(5 + ps.slice(1).reduce((n, x) => n + x.length - 6 * BLOCK - 5, 0));
+    expect(s.stats.maxBatch).toBe(9);
+    // The same prompts one after the other on a scheduler with the cache.
+    const one = new BatchScheduler(m, CACHED);
+    const sequential: number[][][] = [];
+    for (const [i, prompt] of ps.entries()) sequential.push(ids(await one.submit(prompt, p(i), { signal: never, onDelta: noop })));
+    expect(sequential).toEqual(want);
+    expect(one.stats.prefixHits).toBe(8);
+  });
+
+  it('one forward for prompts with cached prefixes of different lengths and one with none, joining a batch that is decoding', async () => {
+    const a = sharing(3, 3 * BLOCK + 2, 13);
+    const b = sharing(3, 5 * BLOCK + 9, 14);
+    const fresh = sharing(1, 7, 15)[0]!;
+    const [background] = sharing(1, 2 * BLOCK + 1, 16);
+    const p = (i: number) => params({ maxTokens: 9, ...(i % 2 ? {} : { temperature: 1, seed: 80 + i }) });
+    const group = [a[1]!, b[1]!, fresh, a[2]!, b[2]!];
+    const want = await expected(group, p);
+    const wantBackground = ids(await alone(m, background!, params({ maxTokens: 40 })));
+    const s = new BatchScheduler(m, CACHED);
+    await s.submit(a[0]!, p(0), { signal: never, onDelta: noop });
+    await s.submit(b[0]!, p(0), { signal: never, onDelta: noop });
+    let started!: () => void;
+    const decoding = new Promise<void>((resolve) => (started = resolve));
+    let deltas = 0;
+    const bg = s.submit(background!, params({ maxTokens: 40 }), { signal: never, onDelta: () => ++deltas === 3 && started() });
+    await decoding;
+    const before = { ...s.stats };
+    const got = await Promise.all(group.map((prompt, i) => s.submit(prompt, p(i), { signal: never, onDelta: noop })));
+    expect(got.map(ids)).toEqual(want);
+    expect(ids(await bg)).toEqual(wantBackground);
+    expect(s.stats.prefills - before.prefills).toBe(1);
+    expect(s.stats.prefixHits - before.prefixHits).toBe(4);
+    expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(2 * 3 * BLOCK + 2 * 5 * BLOCK);
+    expect(s.stats.maxBatch).toBe(6);
+    expect(s.load).toEqual({ decoding: 0, waiting: 0, prefilling: 0 });
+  });
+
+  it('prompts with cached prefixes as long but different, and the same tokens after them, are prefilled each after its own', async () => {
+    // Two system prompts of 3 blocks each, then one user turn that the prompts share token for
+    // token but for its last token: the same cached length, and rests that start alike.
+    const rng = makeRng(17);
+    const tok = () => 100 + Math.floor(rng() * 40_000);
+    const heads = [Array.from({ length: 3 * BLOCK }, tok), Array.from({ length: 3 * BLOCK }, tok)];
+    const turn = Array.from({ length: 9 }, tok);
+    const ps = [0, 1, 0, 1].map((h, i) => [...heads[h]!, ...turn, 200 + i]);
+    const p = (i: number) => params({ maxTokens: 8, ...(i % 2 ? { temperature: 1, seed: 90 + i } : {}) });
+    const want = await expected(ps, p);
+    const s = new BatchScheduler(m, CACHED);
+    for (const h of heads) await s.submit([...h, 7, 8], p(0), { signal: never, onDelta: noop });
+    const before = { ...s.stats };
+    const got = await Promise.all(ps.map((prompt, i) => s.submit(prompt, p(i), { signal: never, onDelta: noop })));
+    expect(got.map(ids)).toEqual(want);
+    expect(s.stats.prefixHits - before.prefixHits).toBe(4);
+    expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(4 * 3 * BLOCK);
+    // No head shared across different prefixes: each prompt's 9 + 1 uncached tokens computed.
+    expect(s.stats.prefillTokens - before.prefillTokens).toBe(4 * 10);
+  });
+
   it('is off at budget 0: nothing is stored or reused', async () => {
     const s = new BatchScheduler(m, { ...LIMITS, prefixCacheBytes: 0 });
     const [prompt] = sharing(1, 3 * BLOCK, 9);
