@@ -7,7 +7,7 @@
  */
 import { AutoModelForCausalLM, AutoTokenizer, Tensor, env, type PreTrainedModel, type PreTrainedTokenizer } from '@huggingface/transformers';
 import { embed as embedTexts } from '../src/worker/embedding/embed.js';
-import { loadEmbedModel, type LoadedEmbedModel } from '../src/worker/loader.js';
+import { loadEmbedModel, sessionOptions, type LoadedEmbedModel } from '../src/worker/loader.js';
 
 type Feeds = Record<string, Tensor>;
 export interface Message {
@@ -41,7 +41,8 @@ export class InProcessChat {
     env.allowRemoteModels = false;
     env.localModelPath = `${modelsDir}/`;
     const tokenizer = await AutoTokenizer.from_pretrained(id);
-    const model = await AutoModelForCausalLM.from_pretrained(id, { dtype: 'fp32', device: 'cpu' });
+    // The worker's session options (threads, no spinning: loader.ts), so both sides run alike.
+    const model = await AutoModelForCausalLM.from_pretrained(id, { dtype: 'fp32', device: 'cpu', session_options: sessionOptions() });
     return new InProcessChat(model, tokenizer);
   }
 

@@ -69,7 +69,7 @@ export async function loadFiles(
       ...opts,
       dtype: spec.dtype as 'fp32',
       device: spec.device,
-      session_options: sessionOptions(spec.task),
+      session_options: sessionOptions(),
     });
     return { where, tokenizer, model };
   } catch (err) {
@@ -80,8 +80,8 @@ export async function loadFiles(
 /**
  * onnxruntime's CPU threading. SWITCHYARD_THREADS: intra-op threads per model (default: one per
  * core, right for one worker per machine, oversubscribed for several). SWITCHYARD_ORT_SPINNING:
- * whether those threads spin while waiting for work (`session.intra_op.allow_spinning`); for
- * embedding (and rerank) models 0 unless set to 1, for chat models onnxruntime's default (1) unless set.
+ * whether those threads spin while waiting for work (`session.intra_op.allow_spinning`); 0
+ * (no spinning) for every model unless set to 1.
  * onnxruntime spins by default; a spinning thread keeps its core busy between
  * operators and after each call, the time serve, Postgres and the worker's own event loop need
  * when they share the cores. Measured on 2 cores (`SWITCHYARD_ORT_SPINNING=0|1 npm run bench --
@@ -90,22 +90,24 @@ export async function loadFiles(
  * runs), 52.7 against 12.9 rows/s. In-process alone (3 rounds of a 256-input batch and 64 calls
  * of one input, twice per setting, on a machine at load 3–6): the same work took 7.7–8.4 CPU-s
  * without spinning against 10.4–10.8 with it, and was no slower (batch 256: 99–381 against
- * 58–165 inputs/s; one input: 6.1–9.1 against 5.7–14.7 ms). Both the worker and the bench's
- * in-process side load models here, so they run with the same setting.
+ * 58–165 inputs/s; one input: 6.1–9.1 against 5.7–14.7 ms). Chat models (issue 13): 1-token
+ * chat completions of the fixture model through two stacks side by side, 300 pairs in a random
+ * order at load 3 (a scratch A/B of serve + worker with the setting at 0 and at 1), p50 13.1 ms
+ * without spinning against 16.9 ms with it, p90 25.6 against 42.0 ms; decode of the
+ * SmolLM2-shaped model in-process, 6 interleaved rounds of 32 tokens, 39.2 tokens/s without
+ * against 38.7 with: spinning bought the decode loop nothing and cost the gateway's own work
+ * its cores. Both the worker and the bench's in-process side load models with these options.
  * Threads stay at one per core: with SWITCHYARD_THREADS=1 the gateway embedded a burst of 256 at
  * 136 inputs/s in two quick runs, against 173–225 with the default 2 on this 2-core machine
  * (`SWITCHYARD_THREADS=1|2 npm run bench -- --quick --only embeddings`, issue 14), although one
  * thread leaves a core to serve and Postgres.
  */
-export function sessionOptions(task: ModelSpec['task']): Record<string, unknown> {
+export function sessionOptions(): Record<string, unknown> {
   const threads = Number(process.env.SWITCHYARD_THREADS);
-  const set = process.env.SWITCHYARD_ORT_SPINNING;
-  // Chat models keep onnxruntime's default unless told: decoding runs many short operators per
-  // token, and spinning was measured here for embedding models only.
-  const spinning = set === '0' || set === '1' ? set : task !== 'chat' ? '0' : null;
+  const spinning = process.env.SWITCHYARD_ORT_SPINNING === '1' ? '1' : '0';
   return {
     ...(Number.isInteger(threads) && threads > 0 ? { intraOpNumThreads: threads } : {}),
-    ...(spinning ? { extra: { session: { intra_op: { allow_spinning: spinning } } } } : {}),
+    extra: { session: { intra_op: { allow_spinning: spinning } } },
   };
 }
 

@@ -38,7 +38,7 @@ export async function loadClassifier(spec: ModelSpec, modelsDir: string | undefi
       revision: spec.revision,
       dtype: spec.dtype as 'fp32',
       device: spec.device,
-      session_options: sessionOptions('embedding'),
+      session_options: sessionOptions(),
     });
     const config = model.config as unknown as { id2label?: Record<string, string>; problem_type?: string; max_position_embeddings?: number };
     const count = Object.keys(config.id2label ?? {}).length;
