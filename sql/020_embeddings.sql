@@ -77,7 +77,7 @@ create or replace function ai.enqueue_embeddings(
 #variable_conflict use_column
 declare
   room integer := p_bound - (select count(*) from (select 1 from ai.requests r
-                                where r.model = p_model and r.status = 'queued' limit p_bound) q);
+                                where r.model = p_model and r.status = 'queued' and r.priority = 0 limit p_bound) q);
   at_ timestamptz := clock_timestamp();
   limited uuid[];
   adm jsonb;

@@ -25,7 +25,7 @@ create or replace function ai.enqueue_moderation(
 declare
   adm jsonb := '{}';
 begin
-  if (select count(*) from (select 1 from ai.requests where model = p_model and status = 'queued' limit p_bound) q) >= p_bound then
+  if (select count(*) from (select 1 from ai.requests where model = p_model and status = 'queued' and priority = 0 limit p_bound) q) >= p_bound then
     return false;
   end if;
   if p_key is not null then

@@ -136,7 +136,7 @@ create or replace function ai.enqueue_request(
 declare
   adm jsonb := '{}';
 begin
-  if (select count(*) from (select 1 from ai.requests where model = p_model and status = 'queued' limit p_queue_bound) q) >= p_queue_bound then
+  if (select count(*) from (select 1 from ai.requests where model = p_model and status = 'queued' and priority = 0 limit p_queue_bound) q) >= p_queue_bound then
     return jsonb_build_object('queued', false);
   end if;
   if p_key is not null then

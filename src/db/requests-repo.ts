@@ -42,11 +42,12 @@ export interface NewRequest {
 const lightCommit = (durable: boolean | undefined) => (durable ? sql`` : sql`, set_config('synchronous_commit', 'off', true)`);
 
 /**
- * The queue-bound test of an enqueue statement: fewer than `bound` queued requests of `model`.
- * It reads at most `bound` index entries, so it stays cheap however deep the bound is.
+ * The queue-bound test of an enqueue statement: fewer than `bound` queued interactive requests
+ * of `model` (batch work waits behind them, so it does not count: migrations/0096). It reads at
+ * most `bound` index entries, so it stays cheap however deep the bound is.
  */
 const roomFor = (model: string, bound: number) =>
-  sql`(select count(*) from (select 1 from ai.requests where model = ${model} and status = 'queued' limit ${bound}) q) < ${bound}`;
+  sql`(select count(*) from (select 1 from ai.requests where model = ${model} and status = 'queued' and priority = 0 limit ${bound}) q) < ${bound}`;
 
 /**
  * ai.enqueue_request (sql/074_admission.sql): the queue bound, the key's and team's budgets and

@@ -67,6 +67,19 @@ describe('a bounded queue per model', () => {
   });
 });
 
+describe('batch work and the bound', () => {
+  it('queued batch work does not count against the bound: interactive requests are still admitted beside a deep batch', async () => {
+    // Batch lines (priority 1) far past the bound (3), as a Batch API job or ai.submit_chat leaves them.
+    await query(db.url, `insert into ai.requests (id, endpoint, model, requested_model, input, params, priority)
+                         select gen_random_uuid(), 'chat.completions', 'tiny', 'tiny', '{"messages": [{"role": "user", "content": "b"}]}', '{}', 1
+                           from generate_series(1, 50)`);
+    const res = await post(serve.url, { model: 'tiny', messages: [{ role: 'user', content: 'me first' }], max_tokens: 2 });
+    expect(res.status).toBe(200);
+    // (Nothing announced those rows, so they were still queued when it came: the worker finds them only by its poll.)
+    await query(db.url, `update ai.requests set status = 'cancelled', finished_at = now() where priority = 1 and status in ('queued', 'running')`);
+  });
+});
+
 describe('other bounds', () => {
   it('a body over the limit → 413 in the error envelope', async () => {
     // Declared with Content-Length and only begun, over a socket: the gateway answers before
