@@ -88,7 +88,7 @@ export async function runChatRequest(spec: ModelSpec, deps: ChatTaskDeps, row: C
   }
 }
 
-async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, row: ClaimedRow, publisher: EventPublisher, attempt: number, spans: RequestSpans | null): Promise<void> {
+async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, row: ClaimedChat, publisher: EventPublisher, attempt: number, spans: RequestSpans | null): Promise<void> {
   const end = async (status: 'completed' | 'failed', fields: { output?: unknown; usage?: unknown; error?: unknown }, event: EngineEvent) => {
     spans?.end(event.type === 'done' ? { completionTokens: event.usage.completion_tokens } : { failure: event.type === 'error' ? event.error.message : status });
     if (!(await finish(deps.pool, publisher, status, fields, event))) throw new OwnershipLost(requestId);
@@ -118,6 +118,7 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
   const kept: TokenLogprob[][] = [];
   try {
     result = await deps.host.generate(requestId, spec, request.prompt, request.params, {
+      background: (row.priority ?? 0) > 0,
       // Not urgent: it goes out with the first text when that follows within a flush interval
       // (one statement, not two, and none competing with the prefill for the cores).
       onStarted: (promptTokens) => {

@@ -14,6 +14,8 @@ import type { InputBound } from '../protocol/limits.js';
 import type { RerankInput, RerankOutput } from './rerank/score.js';
 
 export interface GenerationHandlers {
+  /** Batch work (ai.submit_chat, Batch API lines): scheduled after interactive requests (scheduler.ts). */
+  background?: boolean;
   onStarted(promptTokens: number): void;
   onDelta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[], stopSequence?: string): void;
 }
@@ -149,7 +151,7 @@ export class ModelHost {
   generate(id: string, spec: ModelSpec, prompt: Prompt, params: SamplingParams, handlers: GenerationHandlers): Promise<GenerationResult> {
     return new Promise((resolve, reject) => {
       this.pending.set(id, { ...handlers, resolve: resolve as Pending['resolve'], reject });
-      this.send({ type: 'generate', id, spec, prompt, params });
+      this.send({ type: 'generate', id, spec, prompt, params, ...(handlers.background ? { background: true } : {}) });
     });
   }
 

@@ -5,6 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { BatchScheduler } from './generation/scheduler.js';
+import { batchLimitsFromEnv } from './generation/limits.js';
 import { createConstraint, SchemaError, vocabularyOf, type ConstraintSpec, type TokenConstraint } from './generation/constrain/index.js';
 import { ThreadError } from './generation/thread-error.js';
 import { loadChatModel, loadEmbedModel, type LoadedChatModel, type LoadedEmbedModel } from './loader.js';
@@ -67,7 +68,7 @@ const sandbox = new TemplateSandbox();
 const schedulers = new Map<LoadedChatModel, BatchScheduler>();
 function schedulerFor(m: LoadedChatModel): BatchScheduler {
   let s = schedulers.get(m);
-  if (!s) schedulers.set(m, (s = new BatchScheduler(m)));
+  if (!s) schedulers.set(m, (s = new BatchScheduler(m, batchLimitsFromEnv(m.spec.device))));
   return s;
 }
 setInterval(() => {
@@ -196,6 +197,7 @@ async function runGenerate(msg: Extract<ToThread, { type: 'generate' }>): Promis
     post({ type: 'started', id: msg.id, promptTokens: promptIds.length });
     const choices = await schedulerFor(m).submit(promptIds, msg.params, {
       ...(constraints ? { constraints } : {}),
+      ...(msg.background ? { background: true } : {}),
       signal: abort.signal,
       onDelta: (index, text, finishReason, logprobs, stopSequence) =>
         post({ type: 'delta', id: msg.id, index, text, finishReason, ...(logprobs ? { logprobs } : {}), ...(stopSequence !== undefined ? { stopSequence } : {}) }),

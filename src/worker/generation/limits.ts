@@ -10,6 +10,23 @@ export interface BatchLimits {
   prefillChunk: number;
   /** Bytes of KV the prefix cache may hold (prefix-cache.ts); absent or 0: no prefix cache. */
   prefixCacheBytes?: number;
+  /**
+   * The share of the time batch work alone may keep the model busy (0 < duty ≤ 1; absent: 1):
+   * after a decode step in which every sequence is batch work (ai.submit_chat, Batch API lines),
+   * the scheduler rests (1 − duty) / duty of that step, and an interactive request ends the rest.
+   */
+  batchDuty?: number;
+}
+
+/**
+ * SWITCHYARD_BATCH_DUTY (default 0.5 on CPU, 1 on CUDA): see BatchLimits.batchDuty. On CPU the
+ * model's threads take the cores that serve, Postgres and the worker's own event loop need to
+ * answer an interactive request; a rest after each batch-only step leaves them room.
+ */
+export function batchDuty(device: string, env: NodeJS.ProcessEnv = process.env): number {
+  const v = Number(env.SWITCHYARD_BATCH_DUTY);
+  if (env.SWITCHYARD_BATCH_DUTY && Number.isFinite(v) && v > 0 && v <= 1) return v;
+  return device === 'cpu' ? 0.5 : 1;
 }
 
 /**
@@ -23,12 +40,13 @@ export function prefixCacheBytes(env: NodeJS.ProcessEnv = process.env): number {
   return Number.isFinite(mb) && mb >= 0 ? Math.floor(mb * 1024 * 1024) : 256 * 1024 * 1024;
 }
 
-/** SWITCHYARD_MAX_BATCH, SWITCHYARD_MAX_BATCH_TOKENS, SWITCHYARD_PREFILL_CHUNK and SWITCHYARD_PREFIX_CACHE_MB. */
-export function batchLimitsFromEnv(): BatchLimits {
+/** SWITCHYARD_MAX_BATCH, SWITCHYARD_MAX_BATCH_TOKENS, SWITCHYARD_PREFILL_CHUNK, SWITCHYARD_PREFIX_CACHE_MB and SWITCHYARD_BATCH_DUTY. */
+export function batchLimitsFromEnv(device = 'cpu'): BatchLimits {
   return {
     maxSequences: maxBatchSequences(),
     maxTokens: maxBatchTokens(),
     prefillChunk: positiveSetting(process.env, 'SWITCHYARD_PREFILL_CHUNK', 128),
     prefixCacheBytes: prefixCacheBytes(),
+    batchDuty: batchDuty(device),
   };
 }

@@ -35,6 +35,8 @@ export type SchedulerStats = Omit<WorkerBatchStats, 'decoding' | 'waiting' | 'pr
 export interface SubmitOptions extends GenerateOptions {
   /** One per choice, when the request is constrained. */
   constraints?: () => TokenConstraint;
+  /** Batch work (ai.submit_chat, Batch API lines): admitted after interactive requests, and rested under BatchLimits.batchDuty. */
+  background?: boolean;
 }
 
 interface Request {
@@ -128,10 +130,17 @@ function repeatRows(past: Feeds, k: number): Feeds {
 }
 
 /** Lets queued messages (cancel, new requests) and other work run between steps. */
+/** How long after an interactive request batch work keeps resting (restAfterBatchWork). */
+const INTERACTIVE_RECENT_MS = 10_000;
+
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 export class BatchScheduler {
   private readonly waiting: Request[] = [];
+  /** Ends the rest batch work is taking (restAfterBatchWork), if it is taking one. */
+  private rest: (() => void) | null = null;
+  /** When the last interactive request arrived (batch work rests only while they keep coming). */
+  private interactiveAt = -Infinity;
   private readonly prefilling: Request[] = [];
   /** Rows of the batch, in the order of the cache's batch axis. */
   private rows: Row[] = [];
@@ -182,6 +191,11 @@ export class BatchScheduler {
         arrived: performance.now(), admitted: false, chain: null, started: false, settled: false, resolve, reject,
       };
       this.waiting.push(req);
+      // An interactive request ends a rest of batch work at once.
+      if (!opts.background) {
+        this.interactiveAt = performance.now();
+        this.rest?.();
+      }
       if (!this.running) {
         // Started on the next turn, so that requests arriving together are prefilled together.
         this.running = true;
@@ -197,7 +211,11 @@ export class BatchScheduler {
           this.dropCancelled();
           this.admit();
           await this.prefillSome();
-          if (this.rows.length > 0) await this.step();
+          if (this.rows.length > 0) {
+            const t0 = performance.now();
+            await this.step();
+            await this.restAfterBatchWork(performance.now() - t0);
+          }
         } catch (err) {
           // A bug of ours (sampling, a constraint, detokenizing) must not take the thread down
           // or leave requests waiting forever: whoever is admitted fails; the queue goes on.
@@ -220,13 +238,43 @@ export class BatchScheduler {
     return this.rows.length + this.joining.length + this.prefilling.reduce((s, r) => s + r.params.n, 0);
   }
 
-  /** FIFO: the oldest waiting request goes first (none reserves more than the whole budget: check()). */
+  /**
+   * After a decode step in which every sequence is batch work, rests (1 − duty) / duty of the
+   * step's time (BatchLimits.batchDuty), unless an interactive request is waiting or arrives.
+   * Only while interactive requests keep coming (one in the last INTERACTIVE_RECENT_MS): batch
+   * work alone runs flat out.
+   */
+  private async restAfterBatchWork(stepMs: number): Promise<void> {
+    const duty = this.limits.batchDuty ?? 1;
+    if (duty >= 1 || this.rows.length === 0 || performance.now() - this.interactiveAt > INTERACTIVE_RECENT_MS) return;
+    const interactive = (r: Request) => !r.opts.background;
+    if (!this.rows.every((row) => row.req.opts.background) || this.waiting.some(interactive) || this.prefilling.some(interactive)) return;
+    const ms = (stepMs * (1 - duty)) / duty;
+    if (ms < 0.5) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      const self = this;
+      function done() {
+        clearTimeout(timer);
+        if (self.rest === done) self.rest = null;
+        resolve();
+      }
+      this.rest = done;
+    });
+  }
+
+  /**
+   * Oldest first, interactive requests before batch work (none reserves more than the whole
+   * budget: check()).
+   */
   private admit(): void {
     while (this.waiting.length > 0) {
-      const req = this.waiting[0]!;
+      const first = this.waiting.findIndex((r) => !r.opts.background);
+      const at = first >= 0 ? first : 0;
+      const req = this.waiting[at]!;
       const busy = this.sequences() > 0;
       if (busy && (this.sequences() + req.params.n > this.limits.maxSequences || this.reserved + req.reserve > this.limits.maxTokens)) return;
-      this.waiting.shift();
+      this.waiting.splice(at, 1);
       req.admitted = true;
       this.reserved += req.reserve;
       this.prefilling.push(req);

@@ -132,3 +132,51 @@ describe('BatchScheduler', () => {
     expect(s.stats.maxBatch).toBe(7);
   });
 });
+
+describe('batch work beside interactive requests (issue 17)', () => {
+  it('a waiting interactive request is admitted before batch work that came earlier; tokens are unchanged', async () => {
+    const ps = prompts(4, 21);
+    const p = params({ maxTokens: 6 });
+    const expected = await Promise.all(ps.map(async (prompt) => (await alone(prompt, p))[0]!.tokenIds));
+    // One sequence at a time: the admission order is the order of first tokens.
+    const s = new BatchScheduler(m, { ...LIMITS, maxSequences: 1 });
+    const order: number[] = [];
+    const submit = (i: number, background: boolean) =>
+      s.submit(ps[i]!, p, { signal: never, background, onDelta: (_x, text) => void (text && !order.includes(i) && order.push(i)) });
+    // Three batch requests, then an interactive one, all waiting together.
+    const got = await Promise.all([submit(0, true), submit(1, true), submit(2, true), submit(3, false)]);
+    expect(got.map((r) => r[0]!.tokenIds)).toEqual(expected);
+    expect(order.indexOf(3)).toBeLessThanOrEqual(1); // behind at most the one that started at once
+    expect(order.slice(order.indexOf(3) + 1)).toEqual([0, 1, 2].filter((i) => !order.slice(0, order.indexOf(3)).includes(i)));
+  });
+
+  it('batch work alone runs flat out; while interactive requests come it rests after each step, and an interactive arrival ends the rest', async () => {
+    const p = params({ maxTokens: 24 });
+    const [a, b] = prompts(2, 31);
+    const timed = async (s: BatchScheduler, background: boolean) => {
+      const t0 = performance.now();
+      await s.submit(a!, p, { signal: never, background, onDelta: noop });
+      return performance.now() - t0;
+    };
+    // A duty of 0.2: a step of batch work is followed by four times its length of rest.
+    const limits = { ...LIMITS, batchDuty: 0.2 };
+    const flat = new BatchScheduler(m, limits);
+    await timed(flat, true); // warm
+    const alone1 = await timed(flat, true);
+    const resting = new BatchScheduler(m, limits);
+    await timed(resting, false); // an interactive request: batch work now rests
+    const rested = await timed(resting, true);
+    expect(rested).toBeGreaterThan(alone1 * 2);
+    // An interactive request arriving while batch work rests is not kept waiting for the rest.
+    const long = resting.submit(b!, params({ maxTokens: 200 }), { signal: never, background: true, onDelta: noop });
+    await new Promise((r) => setTimeout(r, 50));
+    const t0 = performance.now();
+    await resting.submit(a!, params({ maxTokens: 1 }), { signal: never, onDelta: noop });
+    const interactive = performance.now() - t0;
+    const t1 = performance.now();
+    await flat.submit(a!, params({ maxTokens: 1 }), { signal: never, onDelta: noop });
+    const reference = performance.now() - t1;
+    expect(interactive).toBeLessThan(reference + 50);
+    await long;
+  });
+});
