@@ -1,3 +1,4 @@
+import { Waker } from '../waker.js';
 import { Tensor } from '@huggingface/transformers';
 import type { SamplingParams } from '../../protocol/chat.js';
 import type { FinishReason } from '../../protocol/shared.js';
@@ -137,8 +138,8 @@ const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 export class BatchScheduler {
   private readonly waiting: Request[] = [];
-  /** Ends the rest batch work is taking (restAfterBatchWork), if it is taking one. */
-  private rest: (() => void) | null = null;
+  /** The rest batch work takes (restAfterBatchWork); an interactive request wakes it. */
+  private readonly rest = new Waker();
   /** When the last interactive request arrived (batch work rests only while they keep coming). */
   private interactiveAt = -Infinity;
   private readonly prefilling: Request[] = [];
@@ -194,7 +195,7 @@ export class BatchScheduler {
       // An interactive request ends a rest of batch work at once.
       if (!opts.background) {
         this.interactiveAt = performance.now();
-        this.rest?.();
+        this.rest.wake();
       }
       if (!this.running) {
         // Started on the next turn, so that requests arriving together are prefilled together.
@@ -251,16 +252,8 @@ export class BatchScheduler {
     if (!this.rows.every((row) => row.req.opts.background) || this.waiting.some(interactive) || this.prefilling.some(interactive)) return;
     const ms = (stepMs * (1 - duty)) / duty;
     if (ms < 0.5) return;
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(done, ms);
-      const self = this;
-      function done() {
-        clearTimeout(timer);
-        if (self.rest === done) self.rest = null;
-        resolve();
-      }
-      this.rest = done;
-    });
+    this.rest.arm();
+    await this.rest.sleep(ms);
   }
 
   /**
