@@ -80,8 +80,8 @@ end $$;
 
 -- A team role reads every column of the request log but notify_key, the secret a request's
 -- worker seals the events in its notifications with (sql/010_events.sql): whoever holds it could
--- put words in a teammate's answer. Column privileges, as for ai.api_keys' hashes; a column
--- added to ai.requests later is granted again here (see the loop at the end of this file).
+-- put words in a teammate's answer. Column privileges, as for ai.api_keys' hashes; every
+-- migrate grants again to the recorded roles (the loop below), so a column added later is theirs too.
 create or replace function ai._grant_request_columns(p_role name)
 returns void language plpgsql as $$
 begin
@@ -265,19 +265,3 @@ end $$;
 
 -- Usage is read with the reader's rights, so a team role's usage is its team's rows only.
 alter view ai.usage_daily set (security_invoker = true);
-
--- Team roles granted before a column was added to ai.requests (or before notify_key was kept
--- from them): their column grants, as ai.grant_team gives them now.
-do $$
-declare
-  r name;
-begin
-  for r in select x.role from ai.team_roles x join pg_roles p on p.rolname = x.role
-             where not p.rolsuper and p.oid <> (select c.relowner from pg_class c where c.oid = 'ai.requests'::regclass) loop
-    if has_column_privilege(r, 'ai.requests', 'notify_key', 'select')
-       or exists (select from pg_attribute a where a.attrelid = 'ai.requests'::regclass and a.attnum > 0 and not a.attisdropped
-                    and a.attname <> 'notify_key' and not has_column_privilege(r, 'ai.requests', a.attname, 'select')) then
-      perform ai._grant_request_columns(r);
-    end if;
-  end loop;
-end $$;
