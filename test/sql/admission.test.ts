@@ -14,6 +14,9 @@ let pool: pg.Pool;
 beforeAll(async () => {
   db = await createTestDatabase();
   pool = new pg.Pool({ connectionString: db.url, max: 12 });
+  // pool.end() resolves before its clients' sockets close; dropping the database (with force)
+  // can then end a closing backend, whose error would otherwise be an unhandled 'error' event.
+  pool.on('error', () => {});
 });
 
 afterAll(async () => {
