@@ -51,6 +51,16 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   return {
     name,
     url: dbUrl(name),
-    drop: () => admin(async (c) => void (await c.query(`drop database if exists ${name} with (force)`))),
+    // Connections a test's pool.end() is still closing get up to a second to go first: ended by
+    // the forced drop, a closing client's error is an unhandled 'error' event in the test file.
+    drop: () =>
+      admin(async (c) => {
+        for (let i = 0; i < 20; i++) {
+          const { rows } = await c.query(`select count(*)::int as n from pg_stat_activity where datname = $1`, [name]);
+          if (rows[0].n === 0) break;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        await c.query(`drop database if exists ${name} with (force)`);
+      }),
   };
 }
