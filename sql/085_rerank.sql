@@ -26,10 +26,11 @@ begin
   if p_key is not null then
     adm := ai._admit(p_key, p_tokens, p_window, clock_timestamp());
   end if;
-  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener, team_id, reservation)
+  -- max_attempts in its column too: the reaper reads it there (it gave rerank rows 3, the claim 5).
+  insert into ai.requests (id, endpoint, model, requested_model, input, params, key_id, db_role, listener, team_id, reservation, max_attempts)
   values (p_id, 'rerank', p_model, p_requested_model, jsonb_build_object('query', p_query, 'documents', p_documents),
           p_params || jsonb_build_object('max_attempts', p_max_attempts), p_key, p_params->>'db_role', p_listener,
-          (adm->>'team')::uuid, nullif(adm->'reservation', 'null'::jsonb));
+          (adm->>'team')::uuid, nullif(adm->'reservation', 'null'::jsonb), p_max_attempts);
   perform pg_notify('ai_embed', p_model);
   return true;
 end $$;

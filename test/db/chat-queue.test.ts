@@ -195,3 +195,10 @@ it('a request queued again wakes the claimers of its endpoint: batch claimers on
     'chat.completions': 'ai_chat', completions: 'ai_chat', responses: 'ai_chat',
   });
 });
+
+it('a rerank request carries its attempts in the column the reaper reads', async () => {
+  const id = randomUUID();
+  await pool.query(`select ai.enqueue_rerank($1::uuid, 'r', 'r', 'q', '["a"]'::jsonb, '{}'::jsonb, null, 5, null, 100)`, [id]);
+  const [row] = (await pool.query(`select max_attempts, (params->>'max_attempts')::int as claim from ai.requests where id = $1`, [id])).rows;
+  expect(row).toEqual({ max_attempts: 5, claim: 5 });
+});
