@@ -87,10 +87,20 @@ export class LimitError extends ApiError {
   }
 }
 
-/** The admission's refusal (SQLSTATE SY429, the refusal as JSON in DETAIL) as a 429; other errors pass through. */
-export function admissionError(err: unknown): unknown {
+/**
+ * What an enqueue statement's error becomes: the admission's refusal (SQLSTATE SY429, the refusal
+ * as JSON in DETAIL) a 429 whose headers `onLimits` is told; other errors as they are.
+ */
+export function admissionError(err: unknown, onLimits?: (headers: Record<string, string>) => void): unknown {
+  const refusal = refusalOf(err);
+  if (refusal) onLimits?.(refusal.headers);
+  return refusal ?? err;
+}
+
+/** The admission's refusal as a 429 carrying its headers; null for any other error. */
+function refusalOf(err: unknown): LimitError | null {
   const e = err as { code?: string; detail?: string };
-  if (e.code !== 'SY429' || !e.detail) return err;
+  if (e.code !== 'SY429' || !e.detail) return null;
   const r = JSON.parse(e.detail) as Refusal;
   const whose = r.kind === 'team' ? "This API key's team" : 'This API key';
   if (r.code === 'budget_exceeded') {

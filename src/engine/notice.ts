@@ -19,8 +19,6 @@ import type { EngineEvent } from './types.js';
 
 /** Longest item a worker seals; longer events are announced as `<id>:<seq>` and read. */
 export const MAX_NOTICE = 2000;
-/** Length of <seal>: 28 bytes in base64url. */
-export const SEAL_CHARS = 38;
 
 /** The sealed item for `eventsJson` (a JSON array) ending at `lastSeq`, or null when it is too long to travel. */
 export function sealNotice(key: Buffer, requestId: string, lastSeq: number, eventsJson: string): string | null {

@@ -150,9 +150,7 @@ export class PgEngine implements Engine {
       if (queued) req.onLimits?.(rateLimitHeaders(admitted.limits as Limits));
     } catch (err) {
       events.close();
-      const refusal = admissionError(err);
-      if (refusal !== err) req.onLimits?.((refusal as { headers: Record<string, string> }).headers);
-      throw refusal;
+      throw admissionError(err, req.onLimits);
     }
     if (!queued) {
       events.close();
@@ -219,9 +217,7 @@ export class PgEngine implements Engine {
       );
     } catch (err) {
       events.close();
-      const refusal = admissionError(err);
-      if (refusal !== err) req.onLimits?.((refusal as { headers: Record<string, string> }).headers);
-      throw refusal;
+      throw admissionError(err, req.onLimits);
     }
     if (!queued) {
       events.close();
@@ -266,9 +262,7 @@ export class PgEngine implements Engine {
       });
     } catch (err) {
       events.close();
-      const refusal = admissionError(err);
-      if (refusal !== err) req.onLimits?.((refusal as { headers: Record<string, string> }).headers);
-      throw refusal;
+      throw admissionError(err, req.onLimits);
     }
     if (!queued) {
       events.close();
@@ -301,9 +295,7 @@ export class PgEngine implements Engine {
       if (!rows[0]?.queued) throw errors.queueFull(row.name, 1);
     } catch (err) {
       events.close();
-      const refusal = admissionError(err);
-      if (refusal !== err) req.onLimits?.((refusal as { headers: Record<string, string> }).headers);
-      throw refusal;
+      throw admissionError(err, req.onLimits);
     }
     onQueued?.(requestId);
     for await (const e of events) {
