@@ -81,6 +81,9 @@ describe('ai.submit_chat', () => {
     const started = Date.now();
     // Midway: some written, not all.
     await waitFor('a tenth of the replies', async () => (await sql.query(`select count(*)::int as n from tickets where reply is not null`)).rows[0].n >= N / 10);
+    // And while it runs some: the replies of a batch land together, and the moment after they do
+    // (before the next claim) the worker holds nothing that a kill could interrupt.
+    await waitFor('a request running', async () => (await sql.query(`select count(*)::int as n from ai.requests where status = 'running'`)).rows[0].n > 0);
     a.child.kill('SIGKILL');
     const killedAt = (await sql.query(`select count(*)::int as n from tickets where reply is not null`)).rows[0].n;
     expect(killedAt).toBeLessThan(N);
