@@ -42,9 +42,12 @@ export interface CliProcess {
   stopAndWait(graceMs?: number): Promise<void>;
 }
 
+/** BENCH_NODE_ARGS: options for the node of every serve, worker and CLI command the bench starts (`--cpu-prof`, `--trace-gc`, `--perf-basic-prof`). */
+const nodeArgs = () => (process.env.BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+
 /** Runs a CLI command to completion (ready undefined) or until its output matches `ready`. */
 export function cli(url: string, args: string[], env: Record<string, string> = {}, ready?: RegExp): CliProcess {
-  const child: ChildProcess = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env, DATABASE_URL: url } });
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs(), BIN, ...args], { env: { ...process.env, ...env, DATABASE_URL: url } });
   let out = '';
   const watchers = new Set<() => void>();
   let exited = false;

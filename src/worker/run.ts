@@ -23,6 +23,7 @@ import type { ChunkTokenizer } from './vectorize/chunking.js';
 import { EmbedBatcher } from './embedding/batcher.js';
 import { modelFingerprint } from './embedding/cache-key.js';
 import { ModelHost } from './model-host.js';
+import { tuneWorkerHeap } from './heap.js';
 import { EventFlusher } from './flusher.js';
 import { batchLimitsFromEnv } from './generation/limits.js';
 import type { ModelSpec } from './models-source.js';
@@ -67,6 +68,8 @@ function toSpec(row: ModelRow, device: 'cpu' | 'cuda' | undefined): ModelSpec {
 
 export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const log = logger('worker');
+  // Before the model threads start: their heaps are where the growing factor matters (heap.ts).
+  tuneWorkerHeap();
   const workerId = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   // Asynchronous commit: every write a worker makes (claiming a job, events, results, job
   // completion) is redone if a database crash loses it, because the job then runs again; the
