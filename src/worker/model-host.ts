@@ -69,7 +69,7 @@ export class ModelHost {
 
   private start(): void {
     this.thread = new Worker(new URL('./model-thread-boot.mjs', import.meta.url), { workerData: { modelsDir: this.modelsDir } });
-    this.thread.on('message', (msg: FromThread) => this.onMessage(msg));
+    this.thread.on('message', (msg: FromThread | FromThread[]) => this.onMessage(msg));
     this.thread.on('error', (err) => this.log.error(`model thread failed: ${err.stack ?? err.message}`));
     this.thread.on('exit', (code) => {
       const failure = ThreadError.server(`the model thread exited (code ${code})`);
@@ -88,7 +88,12 @@ export class ModelHost {
     this.thread.postMessage(msg);
   }
 
-  private onMessage(msg: FromThread): void {
+  /** One message, or the messages of one turn of the thread's loop, in order (model-thread.ts). */
+  private onMessage(msg: FromThread | FromThread[]): void {
+    if (Array.isArray(msg)) {
+      for (const m of msg) this.onMessage(m);
+      return;
+    }
     switch (msg.type) {
       case 'stats':
         this.batchStats = msg.stats;
