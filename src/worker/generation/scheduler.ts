@@ -133,6 +133,7 @@ function repeatRows(past: Feeds, k: number): Feeds {
 /** Lets queued messages (cancel, new requests) and other work run between steps. */
 /** How long after an interactive request batch work keeps resting (restAfterBatchWork). */
 const INTERACTIVE_RECENT_MS = 10_000;
+const isInteractive = (r: { opts: SubmitOptions }) => !r.opts.background;
 
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -211,9 +212,14 @@ export class BatchScheduler {
         try {
           this.dropCancelled();
           this.admit();
+          // The rest after batch work counts its prefills too: a batch line's prompt costs more
+          // than a decode step, and prefills not counted let batch work hold the model for more
+          // than its duty.
+          const interactivePrefills = this.waiting.some(isInteractive) || this.prefilling.some(isInteractive);
+          let t0 = performance.now();
           await this.prefillSome();
+          if (interactivePrefills) t0 = performance.now();
           if (this.rows.length > 0) {
-            const t0 = performance.now();
             await this.step();
             await this.restAfterBatchWork(performance.now() - t0);
           }
@@ -241,15 +247,15 @@ export class BatchScheduler {
 
   /**
    * After a decode step in which every sequence is batch work, rests (1 − duty) / duty of the
-   * step's time (BatchLimits.batchDuty), unless an interactive request is waiting or arrives.
+   * time of that turn (the step and the prefills before it; BatchLimits.batchDuty), unless an
+   * interactive request is waiting or arrives.
    * Only while interactive requests keep coming (one in the last INTERACTIVE_RECENT_MS): batch
    * work alone runs flat out.
    */
   private async restAfterBatchWork(stepMs: number): Promise<void> {
     const duty = this.limits.batchDuty ?? 1;
     if (duty >= 1 || this.rows.length === 0 || performance.now() - this.interactiveAt > INTERACTIVE_RECENT_MS) return;
-    const interactive = (r: Request) => !r.opts.background;
-    if (!this.rows.every((row) => row.req.opts.background) || this.waiting.some(interactive) || this.prefilling.some(interactive)) return;
+    if (!this.rows.every((row) => row.req.opts.background) || this.waiting.some(isInteractive) || this.prefilling.some(isInteractive)) return;
     const ms = (stepMs * (1 - duty)) / duty;
     if (ms < 0.5) return;
     this.rest.arm();

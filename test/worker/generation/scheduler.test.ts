@@ -179,4 +179,28 @@ describe('batch work beside interactive requests (issue 17)', () => {
     expect(interactive).toBeLessThan(reference + 50);
     await long;
   });
+
+  it("the rest after batch work counts the batch's prefills, not only its decode steps", async () => {
+    // A long prompt and 3 tokens: a prefill (the first token), a step, a rest, a step. With a duty
+    // of 0.2 the rest is four times the prefill and the step: counting the step alone made it
+    // four steps, well under twice the time the request takes flat out.
+    const long = Array.from({ length: 400 }, (_, i) => 200 + ((i * 7919) % 30_000));
+    const p = params({ maxTokens: 3 });
+    const limits = { ...LIMITS, prefillChunk: 512, batchDuty: 0.2 };
+    const median = async (s: BatchScheduler) => {
+      const times: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        const t0 = performance.now();
+        await s.submit(long, p, { signal: never, background: true, onDelta: noop });
+        times.push(performance.now() - t0);
+      }
+      return times.sort((x, y) => x - y)[2]!;
+    };
+    const flat = new BatchScheduler(m, limits);
+    await median(flat); // warm
+    const resting = new BatchScheduler(m, limits);
+    await resting.submit(long, params({ maxTokens: 1 }), { signal: never, onDelta: noop }); // interactive: batch work now rests
+    const [flatMs, restedMs] = [await median(flat), await median(resting)];
+    expect(restedMs).toBeGreaterThan(flatMs * 3);
+  });
 });
