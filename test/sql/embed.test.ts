@@ -226,6 +226,32 @@ describe('ai.embed(model, text)', () => {
   it('is null for a null input', async () => {
     expect((await sql.query(`select ai.embed('minilm', null::text) as v`)).rows[0].v).toBeNull();
   });
+
+  it('keys a text as the worker does, and probes the cache without calling a key function (inlined)', async () => {
+    // ai._embedding_text_key is ai.embedding_cache_key for a text, in a form the planner inlines.
+    const [{ same }] = (await sql.query(`
+      select bool_and(ai._embedding_text_key(f, t) = ai.embedding_cache_key(f, to_jsonb(t))) as same
+        from (select ai.embedding_model_fingerprint('minilm') f) m,
+             unnest(array['hello', '', 'naïve ☃ 𝄞', '[1, 2]', 'ids:[1, 2]', e'tab\\there']) t`)).rows;
+    expect(same).toBe(true);
+    expect((await sql.query(`select ai._embedding_text_key(decode('00', 'hex'), null) as k`)).rows[0].k).toBeNull();
+    // A call of an SQL function that is not inlined is parsed and planned again per statement
+    // (per row of an update); with track_functions it shows in the transaction's statistics.
+    const v = (await sql.query(`select ai.embed('minilm', 'inlined key probe')::text as v`)).rows[0].v;
+    await sql.query('begin');
+    try {
+      await sql.query(`set local track_functions = 'all'`);
+      const [{ again, a, b }] = (await sql.query(`select ai.embed('minilm', 'inlined key probe')::text as again, ai.embed('minilm', array['inlined key probe'])::text as a, ai.embed('minilm', array['inlined key probe'])::text as b`)).rows;
+      expect(again).toBe(v);
+      expect(a).toBe(b);
+      const called = (await sql.query(`select funcname from pg_stat_xact_user_functions where schemaname = 'ai' order by 1`)).rows.map((r) => r.funcname);
+      expect(called).toContain('embed');
+      expect(called).not.toContain('embedding_cache_key');
+      expect(called).not.toContain('_embedding_text_key');
+    } finally {
+      await sql.query('rollback');
+    }
+  });
 });
 
 describe('ai.embed(model, text[])', () => {
