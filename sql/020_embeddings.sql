@@ -17,11 +17,14 @@ $$;
 -- The cache key of one embedding input under a model's fingerprint: SHA-256 of the fingerprint,
 -- a kind byte (1: a text, 2: token ids) and the input (a text as UTF-8; ids as Postgres prints
 -- the jsonb list, "[1, 2, 3]"). The kind byte keeps the text '[1, 2]' apart from the ids [1, 2].
--- STABLE, not IMMUTABLE: convert_to is stable, and the planner inlines an SQL function only when
--- nothing in its body is more volatile than it is declared; declared immutable, every call ran
--- as a separate SQL function, parsed and planned again in each statement (issue 14).
+-- STABLE and not STRICT, so that the planner inlines it (issue 14): it inlines an SQL function
+-- only when nothing in its body is more volatile than declared (convert_to is stable), and a
+-- STRICT one only when its body is strict too, which a CASE is not. Declared IMMUTABLE STRICT,
+-- every call ran as a separate SQL function, parsed and planned again in each statement (the
+-- cache probes of ai.embed and of the worker's claim). A null argument still gives null (digest
+-- of null).
 create or replace function ai.embedding_cache_key(p_fingerprint bytea, p_input jsonb)
-returns bytea language sql stable strict as $$
+returns bytea language sql stable as $$
   select digest(p_fingerprint || case jsonb_typeof(p_input)
     when 'string' then '\x01'::bytea || convert_to(p_input #>> '{}', 'UTF8')
     else '\x02'::bytea || convert_to(p_input::text, 'UTF8')
