@@ -403,8 +403,13 @@ begin
         perform pg_advisory_unlock_shared(ai._embed_wait_key(request));
         perform set_config('lock_timeout', lock_timeout_was, true);
         took_lock := true;
-      exception when lock_not_available then
-        null;
+      exception
+        when lock_not_available then
+          null;
+        -- The worker waits for this transaction (it writes a cache row this transaction has
+        -- locked, say): look at the row instead, as before the lock wait, until the timeout.
+        when deadlock_detected then
+          wait_lock := false;
       end;
       continue;
     end if;
