@@ -17,12 +17,28 @@ $$;
 -- The cache key of one embedding input under a model's fingerprint: SHA-256 of the fingerprint,
 -- a kind byte (1: a text, 2: token ids) and the input (a text as UTF-8; ids as Postgres prints
 -- the jsonb list, "[1, 2, 3]"). The kind byte keeps the text '[1, 2]' apart from the ids [1, 2].
+-- STABLE and not STRICT, so that the planner inlines it (issue 14): it inlines an SQL function
+-- only when nothing in its body is more volatile than declared (convert_to is stable), and a
+-- STRICT one only when its body is strict too, which a CASE is not. Declared IMMUTABLE STRICT,
+-- every call ran as a separate SQL function, parsed and planned again in each statement (the
+-- cache probes of ai.embed and of the worker's claim). A null argument still gives null (digest
+-- of null).
 create or replace function ai.embedding_cache_key(p_fingerprint bytea, p_input jsonb)
-returns bytea language sql immutable strict as $$
+returns bytea language sql stable as $$
   select digest(p_fingerprint || case jsonb_typeof(p_input)
     when 'string' then '\x01'::bytea || convert_to(p_input #>> '{}', 'UTF8')
     else '\x02'::bytea || convert_to(p_input::text, 'UTF8')
   end, 'sha256')
+$$;
+
+-- The cache key of a text, as ai.embedding_cache_key keys it (kind 1), for callers that hold a
+-- text rather than jsonb (ai.embed). ai.embedding_cache_key reads its argument three times, so
+-- the planner does not inline a call whose argument is an expression (to_jsonb(input)); this
+-- one reads its text once and is inlined (ai.embed's cache probe, once per row of an update).
+-- Tests hold the two to the same keys.
+create or replace function ai._embedding_text_key(p_fingerprint bytea, p_text text)
+returns bytea language sql stable strict as $$
+  select digest(p_fingerprint || '\x01'::bytea || convert_to(p_text, 'UTF8'), 'sha256')
 $$;
 
 -- The cache key of an input for a registered model (by its name).
@@ -169,6 +185,7 @@ declare
   failure jsonb;
   failed uuid[] := '{}';
   failures jsonb[] := '{}';
+  finished integer;
 begin
   -- Asynchronous commit for this transaction: a commit that waits for its WAL flush costs ~2 ms
   -- here (fdatasync), once per batch and, for ai.embed called per row, once per row. What a
@@ -203,19 +220,25 @@ begin
            finished_at = clock_timestamp()
       from d
      where r.id = d.id and r.status = 'running' and r.worker = p_worker
-    returning r.id, case when d.failure is null then d.event
+    returning r.id, r.listener, case when d.failure is null then d.event
                          else jsonb_build_object('type', 'error', 'status', 400, 'error', d.failure) end as event),
   e as (
     insert into ai.request_events (request_id, seq, data)
     select u.id, coalesce((select max(x.seq) + 1 from ai.request_events x where x.request_id = u.id), 0), u.event
       from u
     returning request_id, seq)
-  select array_agg(e.request_id), array_agg(e.seq) into ids, seqs from e;
-  if ids is null then
-    return 0;
+  select array_agg(e.request_id) filter (where u.listener is not null), array_agg(e.seq) filter (where u.listener is not null),
+         count(*)::integer
+    into ids, seqs, finished
+    from e join u on u.id = e.request_id;
+  -- Only requests that someone listens for (serve's); ai.embed's name no listener (it reads its
+  -- row). Skipping the call is what counts: ai._notify_events is an SQL function, parsed and
+  -- planned again in each transaction, 0.5-0.8 ms of every finish measured under load, spent
+  -- between a request's completion and the commit that shows it (issue 14).
+  if ids is not null then
+    perform ai._notify_events(ids, seqs);
   end if;
-  perform ai._notify_events(ids, seqs);
-  return cardinality(ids);
+  return finished;
 end $$;
 
 -- Claims up to p_limit queued embedding requests of a model for a worker, interactive ones

@@ -57,3 +57,60 @@ it('ai.submit_embed queues batch work; the gateway and ai.embed queue interactiv
   const rows = (await pool.query<{ id: string; priority: number }>(`select id::text, priority from ai.requests where id = any($1::uuid[])`, [[id, direct]])).rows;
   expect(Object.fromEntries(rows.map((r) => [r.id, r.priority]))).toEqual({ [id]: 1, [direct]: 0 });
 });
+
+it('a finished batch notifies the listeners of its requests, and calls nothing to notify when none listens', async () => {
+  const listener = new pg.Client({ connectionString: tdb.url });
+  await listener.connect();
+  try {
+    const heard: string[] = [];
+    listener.on('notification', (n) => heard.push(`${n.channel} ${n.payload}`));
+    await listener.query('listen ai_events_finish_test');
+    const enqueueFor = async (text: string, channel: string | null) => {
+      const id = randomUUID();
+      await pool.query(`select ai.enqueue_embedding($1::uuid, 'f', 'f', $2::jsonb, '{}', null, 5, $3)`, [id, JSON.stringify([text]), channel]);
+      return id;
+    };
+    const finish = async (ids: string[]) => {
+      const c = await pool.connect();
+      try {
+        await c.query(`begin`);
+        await c.query(`set local track_functions = 'all'`);
+        const vec = Buffer.alloc(8 * ids.length);
+        const n = (await c.query<{ n: number }>(
+          `select ai.finish_embeddings('w1', $1::uuid[], array_fill('completed'::text, array[$2::int]), array_fill('{}'::jsonb, array[$2::int]),
+                   array_fill('{}'::jsonb, array[$2::int]), array_fill(null::jsonb, array[$2::int]), array_fill('{"type":"embedded"}'::jsonb, array[$2::int]),
+                   $3::bytea, (select array_agg((i - 1) * 8) from generate_series(1, $2::int) i), array_fill(8, array[$2::int])) as n`,
+          [ids, ids.length, vec])).rows[0]!.n;
+        const called = (await c.query(`select funcname from pg_stat_xact_user_functions where schemaname = 'ai'`)).rows.map((r) => r.funcname as string);
+        await c.query('commit');
+        return { n, called };
+      } finally {
+        c.release();
+      }
+    };
+    const claimF = () => pool.query(`select id from ai.claim_embeddings('f', 'w1', 10)`);
+
+    // ai.embed's requests name no listener: nothing to notify, and no notifying function called.
+    const quiet = [await enqueueFor('q1', null), await enqueueFor('q2', null)];
+    await claimF();
+    const a = await finish(quiet);
+    expect(a.n).toBe(2);
+    expect(a.called).not.toContain('_notify_events');
+
+    // One request with a listener beside one without: one notification, naming the first only.
+    const loud = await enqueueFor('l1', 'ai_events_finish_test');
+    const other = await enqueueFor('l2', null);
+    await claimF();
+    const b = await finish([loud, other]);
+    expect(b.n).toBe(2);
+    expect(b.called).toContain('_notify_events');
+    for (let i = 0; i < 50 && heard.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(heard).toEqual([`ai_events_finish_test ${loud}:0`]);
+
+    const rows = (await pool.query(`select id::text, status, length(vectors) as len, (select count(*)::int from ai.request_events e where e.request_id = r.id) as events
+                                      from ai.requests r where id = any($1::uuid[]) order by id`, [[...quiet, loud, other]])).rows;
+    expect(rows.map((r) => [r.status, r.len, r.events])).toEqual(rows.map(() => ['completed', 8, 1]));
+  } finally {
+    await listener.end();
+  }
+});

@@ -226,6 +226,35 @@ describe('ai.embed(model, text)', () => {
   it('is null for a null input', async () => {
     expect((await sql.query(`select ai.embed('minilm', null::text) as v`)).rows[0].v).toBeNull();
   });
+
+  it('keys a text as the worker does, and probes the cache without calling a key function (inlined)', async () => {
+    // ai._embedding_text_key is ai.embedding_cache_key for a text, in a form the planner inlines.
+    const [{ same }] = (await sql.query(`
+      select bool_and(ai._embedding_text_key(f, t) = ai.embedding_cache_key(f, to_jsonb(t))) as same
+        from (select ai.embedding_model_fingerprint('minilm') f) m,
+             unnest(array['hello', '', 'naïve ☃ 𝄞', '[1, 2]', 'ids:[1, 2]', e'tab\\there']) t`)).rows;
+    expect(same).toBe(true);
+    expect((await sql.query(`select ai._embedding_text_key(decode('00', 'hex'), null) as k`)).rows[0].k).toBeNull();
+    // A call of an SQL function that is not inlined is parsed and planned again per statement
+    // (per row of an update); with track_functions it shows in the transaction's statistics.
+    const v = (await sql.query(`select ai.embed('minilm', 'inlined key probe')::text as v`)).rows[0].v;
+    await sql.query('begin');
+    try {
+      await sql.query(`set local track_functions = 'all'`);
+      const [{ again, a, b }] = (await sql.query(`select ai.embed('minilm', 'inlined key probe')::text as again, ai.embed('minilm', array['inlined key probe'])::text as a, ai.embed('minilm', array['inlined key probe'])::text as b`)).rows;
+      expect(again).toBe(v);
+      expect(a).toBe(b);
+      // The read of a completed request's vectors (and the worker's claim) key jsonb inputs.
+      const [{ hits }] = (await sql.query(`select c.hits from ai._embed_cached('minilm', ai.embedding_model_fingerprint('minilm'), '["inlined key probe"]') c`)).rows;
+      expect(hits).toBe(1);
+      const called = (await sql.query(`select funcname from pg_stat_xact_user_functions where schemaname = 'ai' order by 1`)).rows.map((r) => r.funcname);
+      expect(called).toContain('embed');
+      expect(called).not.toContain('embedding_cache_key');
+      expect(called).not.toContain('_embedding_text_key');
+    } finally {
+      await sql.query('rollback');
+    }
+  });
 });
 
 describe('ai.embed(model, text[])', () => {
@@ -294,6 +323,63 @@ describe('errors', () => {
       await sql.query(`select ai.cancel_request($1::uuid)`, [other]);
     } finally {
       await ear.end();
+    }
+  });
+
+  it('waits for a running request on its wait lock, which the worker releases after its finish; another holder of the key only delays it', async () => {
+    const lockHolders = async () =>
+      Number((await sql.query(`select count(*)::int as n from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                                where l.locktype = 'advisory' and a.application_name = 'switchyard-worker' and a.datname = current_database()`)).rows[0].n);
+    // The caller's backend waits on the lock (wait event Lock/advisory) while the worker runs the
+    // request: sampled from another connection during a run of calls.
+    const probe = new pg.Client({ connectionString: db.url });
+    await probe.connect();
+    try {
+      const pid = (await sql.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
+      const events = new Map<string, number>();
+      let running = true;
+      const sampling = (async () => {
+        while (running) {
+          const r = (await probe.query(`select wait_event_type || ':' || wait_event as w from pg_stat_activity where pid = $1`, [pid])).rows[0];
+          if (r?.w) events.set(r.w, (events.get(r.w) ?? 0) + 1);
+        }
+      })();
+      await sql.query(`select count(ai.embed('minilm', 'wait lock ' || i)) from generate_series(1, 40) i`);
+      running = false;
+      await sampling;
+      expect(events.get('Lock:advisory') ?? 0, JSON.stringify([...events])).toBeGreaterThan(0);
+      // Released once each finish committed: the worker's connections hold none.
+      expect(await lockHolders()).toBe(0);
+
+      // Someone else takes the key of a request as soon as it is announced: the worker's try
+      // fails or the holder waits behind it; either way the caller looks at its row between
+      // slices of its wait and returns, long before ai.embed_timeout.
+      const ear = new pg.Client({ connectionString: db.url });
+      await ear.connect();
+      try {
+        let grabbed = '';
+        ear.on('notification', (m) => {
+          const id = (m.payload ?? '').split(' ')[1];
+          if (id && !grabbed) {
+            grabbed = id;
+            void ear.query(`select pg_advisory_lock(hashtextextended($1, 7014))`, [id]).catch(() => {});
+          }
+        });
+        await ear.query('listen ai_embed');
+        const t0 = performance.now();
+        const v = (await sql.query(`select ai.embed('minilm', 'key held by another session')::text as v`)).rows[0].v;
+        expect(parse(v)).toHaveLength(32);
+        expect(grabbed).not.toBe('');
+        expect(performance.now() - t0).toBeLessThan(5000);
+        const [{ held }] = (await probe.query(`select count(*)::int as held from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                                                where l.locktype = 'advisory' and a.pid = $1`, [(ear as unknown as { processID: number }).processID])).rows;
+        expect(held).toBe(1);
+      } finally {
+        await ear.end();
+      }
+      expect(await lockHolders()).toBe(0);
+    } finally {
+      await probe.end();
     }
   });
 

@@ -4,7 +4,7 @@ import type { ErrorBody } from '../../protocol/errors.js';
 import type { EmbeddingResult } from '../model-host.js';
 import type { EmbedInput } from './embed.js';
 import { MAX_CALL_INPUTS } from './batcher.js';
-import { retryWhileUnavailable } from '../../db/errors.js';
+import { isDatabaseUnavailable, retryWhileUnavailable } from '../../db/errors.js';
 import { toJsonb } from '../../db/jsonb.js';
 import { cacheKey } from './cache-key.js';
 import { Waker } from '../waker.js';
@@ -108,6 +108,10 @@ interface Prepared {
  * finished batch is being written, so the model waits only for one claim round trip between
  * calls. One model call at a time (the batcher's): with two, a burst split into many small calls
  * on a loaded machine (a CI run saw 61 calls for 256 requests).
+ *
+ * ai.embed's requests, claimed by id, are claimed on a connection the batch keeps until its
+ * finish has committed, which holds each request's wait lock meanwhile (sql/030_embed.sql,
+ * ai._embed_wait_key): the caller's backend sleeps on that lock instead of polling its row.
  */
 export class EmbedClaimer {
   private stopped = false;
@@ -166,8 +170,9 @@ export class EmbedClaimer {
       this.wholeQueue = false;
       let rows: { id: string; input: unknown }[];
       let cached: CachedRow[];
+      let held: Held | null;
       try {
-        ({ rows, cached } = await this.claim(ids));
+        ({ rows, cached, held } = await this.claim(ids));
       } catch (err) {
         this.deps.log.warn(`claiming ${this.deps.model} embedding requests failed: ${(err as Error).message}`);
         more = false;
@@ -183,7 +188,7 @@ export class EmbedClaimer {
       // this batch is still being written.
       let modelDone!: () => void;
       const modelFree = new Promise<void>((r) => (modelDone = r));
-      const batch = this.process(rows, cached, modelDone).catch(async (err) => {
+      const batch = this.process(rows, cached, modelDone, held).catch(async (err) => {
         modelDone();
         this.deps.log.error(`embedding batch of ${rows.length} failed: ${(err as Error).message}; re-queueing it`);
         // Back to the queue (waiting out a database restart); if even that fails, the rows are
@@ -215,11 +220,12 @@ export class EmbedClaimer {
    * whole cache (a claim of one request read every cached vector of the model: 5 ms with 500
    * vectors, growing with the cache).
    */
-  private async claim(ids: string[] | null): Promise<{ rows: { id: string; input: unknown }[]; cached: CachedRow[] }> {
+  private async claim(ids: string[] | null): Promise<{ rows: { id: string; input: unknown }[]; cached: CachedRow[]; held: Held | null }> {
     // The cache's vectors for the claimed inputs (the same for both claims; $1 the model, $3 the fingerprint).
-    const withCache = `k as (select distinct ai.embedding_cache_key($3::bytea, x) as h
+    // `kind`: of a claimed request's row, 'r', or 'l' when the claim took its wait lock.
+    const withCache = (kind: string) => `k as (select distinct ai.embedding_cache_key($3::bytea, x) as h
                     from c, jsonb_array_elements(case when jsonb_typeof(c.input->'input') = 'array' then c.input->'input' else '[]' end) x)
-       select 'r' as kind, c.id::text as id, c.input, null::bytea as input_hash, null::bytea as embedding, null::int as tokens from c
+       select ${kind} as kind, c.id::text as id, c.input, null::bytea as input_hash, null::bytea as embedding, null::int as tokens from c
        union all
        select 'c', null, null, e.input_hash, vector_send(e.embedding), e.tokens
          from k cross join lateral (select e.input_hash, e.embedding, e.tokens from ai.embedding_cache e
@@ -230,7 +236,7 @@ export class EmbedClaimer {
       ids === null
         ? {
             name: 'switchyard-embed-claim',
-            text: `with c as materialized (select id, input from ai.claim_embeddings($1, $2, $4, p_batch_limit => $5)), ${withCache}`,
+            text: `with c as materialized (select id, input from ai.claim_embeddings($1, $2, $4, p_batch_limit => $5)), ${withCache("'r'")}`,
             values: [this.deps.model, this.deps.workerId, this.deps.fingerprint, CLAIM_LIMIT, BATCH_CLAIM_LIMIT],
           }
         : {
@@ -250,13 +256,30 @@ export class EmbedClaimer {
                                where q.id = any($4::uuid[]) and q.model = $1 and q.endpoint = 'embeddings'
                                  and q.status = 'queued' and q.priority = 0
                                  for update skip locked)
-              returning r.id, r.input), ${withCache}`,
+              returning r.id, r.input, pg_try_advisory_lock(ai._embed_wait_key(r.id)) as locked), ${withCache("case when c.locked then 'l' else 'r' end")}`,
             values: [this.deps.model, this.deps.workerId, this.deps.fingerprint, ids],
           };
-    const { rows } = await this.deps.pool.query<{ kind: 'r' | 'c'; id: string | null; input: unknown; input_hash: Buffer | null; embedding: Buffer | null; tokens: number | null }>(query);
+    // A claim by id runs on a connection this batch keeps until its finish has committed: the
+    // claim takes each request's wait lock there (ai._embed_wait_key), on which ai.embed's
+    // caller waits instead of polling its row, and which is released after the finish commits
+    // (see process). A try, never a wait: a lock someone else holds only sends that caller
+    // back to polling.
+    const client = ids === null ? null : await this.deps.pool.connect();
+    let rows: { kind: 'r' | 'l' | 'c'; id: string | null; input: unknown; input_hash: Buffer | null; embedding: Buffer | null; tokens: number | null }[];
+    try {
+      ({ rows } = await (client ?? this.deps.pool).query<(typeof rows)[number]>(query));
+    } catch (err) {
+      client?.release(err as Error);
+      throw err;
+    }
+    const locked = rows.filter((r) => r.kind === 'l').map((r) => r.id!);
+    let held: Held | null = null;
+    if (client && locked.length > 0) held = { client, locked };
+    else client?.release();
     return {
-      rows: rows.filter((r) => r.kind === 'r').map((r) => ({ id: r.id!, input: r.input })),
+      rows: rows.filter((r) => r.kind !== 'c').map((r) => ({ id: r.id!, input: r.input })),
       cached: rows.filter((r) => r.kind === 'c').map((r) => ({ hash: r.input_hash!, embedding: r.embedding!, tokens: r.tokens! })),
+      held,
     };
   }
 
@@ -278,7 +301,17 @@ export class EmbedClaimer {
     return { requests, unique, missing: [...unique.values()].filter((e) => !e.vector) };
   }
 
-  private async process(rows: { id: string; input: unknown }[], cached: CachedRow[], modelDone: () => void): Promise<void> {
+  private async process(rows: { id: string; input: unknown }[], cached: CachedRow[], modelDone: () => void, held: Held | null): Promise<void> {
+    try {
+      await this.run(rows, cached, modelDone, held);
+    } finally {
+      // Whatever happened, the wait locks go: released by the finish path below, or with the
+      // connection (destroyed rather than returned to the pool holding them).
+      held?.client.release(held.released ? undefined : true);
+    }
+  }
+
+  private async run(rows: { id: string; input: unknown }[], cached: CachedRow[], modelDone: () => void, held: Held | null): Promise<void> {
     const { pool, model } = this.deps;
     const { requests, unique, missing } = this.prepare(rows, cached);
     let calls: string[] = [];
@@ -364,6 +397,30 @@ export class EmbedClaimer {
     // a few concurrent requests), whose text is then the same every time; a larger batch's
     // statement is parsed and planned each time (its planning is small beside its model call).
     const name = fresh.length <= PREPARED_FINISH_MAX ? `switchyard-embed-finish-${fresh.length}` : undefined;
+    if (held) {
+      // On the connection that holds the wait locks, then the locks, once the finish has
+      // committed: each waiting caller wakes at once and finds its row completed.
+      let finished = false;
+      try {
+        await held.client.query({ name, text, values });
+        finished = true;
+        await held.client.query({ name: 'switchyard-embed-unlock', text: `select count(pg_advisory_unlock(ai._embed_wait_key(id))) from unnest($1::uuid[]) id`, values: [held.locked] });
+        held.released = true;
+      } catch (err) {
+        // The connection is destroyed (see process), which releases the locks; a finish that did
+        // not go through is retried on another connection.
+        if (finished) return;
+        if (!isDatabaseUnavailable(err)) throw err;
+      }
+      if (finished) return;
+    }
     await retryWhileUnavailable(() => pool.query({ name, text, values }));
   }
+}
+
+/** A claim by id's connection, kept until the batch's finish, and the wait locks it holds. */
+interface Held {
+  client: pg.PoolClient;
+  locked: string[];
+  released?: boolean;
 }
