@@ -14,7 +14,7 @@
  * instead and lets MatMul broadcast the unexpanded cache over the group:
  *
  *   q5 = Reshape(q, [b, kvHeads, group, s, d]); s5 = Mul(MatMul(q5, Transpose(u_k, [0,1,2,4,3])), scale)
- *   scores = Reshape(s5, [b, heads, s, -1]) ... ctx = Reshape(MatMul(Reshape(probs, [b, kvHeads, group, s, T]), u_v), shape(q))
+ *   scores = Reshape(s5, [b, heads, s, -1]) ... ctx = Reshape(MatMul(Reshape(probs, [b, kvHeads, group, s, -1]), u_v), [b, heads, s, -1])
  *
  * (u = the Unsqueeze's output, [b, kvHeads, 1, T, d]). Each head's products are the same
  * matrix products of the same shapes (M = s rows, the scale still folded into the product as
@@ -25,7 +25,8 @@
  * an unscaled 1-row product), so the Mul stays before it.
  *
  * Only that exact pattern is rewritten; a graph without it (another export, one with its own
- * attention operator) loads unchanged. The graph's sizes are read at run time (Shape), so the
+ * attention operator) loads unchanged. The graph's sizes are read at run time (Shape, once per
+ * run for all layers: per-layer shape arithmetic cost ~1 ms a short-context step), so the
  * rewrite needs no config. Models whose weights live in external data files are left alone
  * (their bytes could not be handed to onnxruntime without their paths).
  *
@@ -41,7 +42,7 @@ interface Field {
   /** The whole field, tag included. */
   start: number;
   end: number;
-  /** Its value's bytes (length-delimited fields) . */
+  /** Its value's bytes (length-delimited fields). */
   value: Uint8Array;
   /** Its value as a number (varint fields). */
   int: bigint;
@@ -287,7 +288,8 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
   /** New nodes to put where node i was (before it: their inputs come before it). */
   const before = new Map<number, Node[]>();
   const drop = new Set<Node>();
-  let rewritten = 0;
+  /** Each match: where its nodes go, the [b, heads, s, *] tensor it groups, the cache it reads, and its nodes. */
+  const matches: { at: number; src: string; x: string; emit: (shape5: string, shape4: string) => Node[] }[] = [];
 
   for (const r of nodes) {
     if (!r || r.opType !== 'Reshape' || r.domain !== '') continue;
@@ -301,81 +303,56 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
     const c = only(r.outputs[0]!);
     if (!c) continue;
     if (c.opType === 'Transpose' && same(c.ints.get('perm'), [0, 1, 3, 2])) {
-      // Keys: MatMul(q, Transpose(expanded)), then (usually) the scale.
+      // Keys: MatMul(q, Transpose(expanded)), then (usually) the scale, kept before the reshape.
       const m = only(c.outputs[0]!);
       if (!m || m.opType !== 'MatMul' || m.inputs[1] !== c.outputs[0]) continue;
       const q = m.inputs[0]!;
       const sc = only(m.outputs[0]!);
       const scaled = sc && (sc.opType === 'Mul' || sc.opType === 'Div') && sc.inputs[0] === m.outputs[0] && consts.has(sc.inputs[1]!) ? sc : null;
       const last = scaled ?? m;
-      const at = nodes.indexOf(last);
-      const out: Node[] = [];
-      const shapeQ = tmp();
-      out.push(newNode('Shape', [q], [shapeQ]));
-      const q5 = grouped(out, q, shapeQ, x);
-      const kt = tmp();
-      out.push(newNode('Transpose', [uOut], [kt], [0, 1, 2, 4, 3]));
-      let s5 = tmp();
-      out.push(newNode('MatMul', [q5, kt], [s5]));
-      if (scaled) {
-        const s = tmp();
-        out.push(newNode(scaled.opType, [s5, scaled.inputs[1]!], [s]));
-        s5 = s;
-      }
-      const head = tmp();
-      out.push(newNode('Slice', [shapeQ, constant([0]), constant([3])], [head]));
-      const shape4 = tmp();
-      out.push(newNode('Concat', [head, constant([-1])], [shape4]));
-      out.push(newNode('Reshape', [s5, shape4], [...last.outputs]));
-      before.set(at, out);
+      matches.push({ at: nodes.indexOf(last), src: q, x, emit: (shape5, shape4) => {
+        const [q5, kt, s5, scaledOut] = [tmp(), tmp(), tmp(), tmp()];
+        return [
+          newNode('Reshape', [q, shape5], [q5]),
+          newNode('Transpose', [uOut], [kt], [0, 1, 2, 4, 3]),
+          newNode('MatMul', [q5, kt], [s5]),
+          ...(scaled ? [newNode(scaled.opType, [s5, scaled.inputs[1]!], [scaledOut])] : []),
+          newNode('Reshape', [scaled ? scaledOut : s5, shape4], [...last.outputs]),
+        ];
+      } });
       for (const d of [r, e, c, m, ...(scaled ? [scaled] : [])]) drop.add(d);
     } else if (c.opType === 'MatMul' && c.inputs[1] === r.outputs[0]) {
       // Values: MatMul(probs, expanded).
       const probs = c.inputs[0]!;
-      const at = nodes.indexOf(c);
-      const out: Node[] = [];
-      const shapeP = tmp();
-      out.push(newNode('Shape', [probs], [shapeP]));
-      const p5 = grouped(out, probs, shapeP, x);
-      const c5 = tmp();
-      out.push(newNode('MatMul', [p5, uOut], [c5]));
-      // [b, kvHeads, group, s, d] back to [b, heads, s, d].
-      const lead = tmp();
-      const tail = tmp();
-      const xs = tmp();
-      out.push(newNode('Slice', [shapeP, constant([0]), constant([3])], [lead]));
-      out.push(newNode('Shape', [x], [xs]));
-      out.push(newNode('Slice', [xs, constant([3]), constant([4])], [tail]));
-      const shape4 = tmp();
-      out.push(newNode('Concat', [lead, tail], [shape4]));
-      out.push(newNode('Reshape', [c5, shape4], [...c.outputs]));
-      before.set(at, out);
+      matches.push({ at: nodes.indexOf(c), src: probs, x, emit: (shape5, shape4) => {
+        const [p5, c5] = [tmp(), tmp()];
+        return [newNode('Reshape', [probs, shape5], [p5]), newNode('MatMul', [p5, uOut], [c5]), newNode('Reshape', [c5, shape4], [...c.outputs])];
+      } });
       for (const d of [r, e, c]) drop.add(d);
-    } else continue;
-    rewritten++;
+    }
   }
-  if (rewritten === 0) return null;
+  if (matches.length === 0) return null;
 
-  /** `t` ([b, heads, s, n], shape `shapeT`) as [b, kvHeads, heads / kvHeads, s, n], kvHeads read from `kv` ([b, kvHeads, T, d]). */
-  function grouped(out: Node[], t: string, shapeT: string, kv: string): string {
-    const ks = tmp();
-    const kvh = tmp();
-    const heads = tmp();
-    const group = tmp();
-    const b = tmp();
-    const rest = tmp();
-    const shape5 = tmp();
-    const t5 = tmp();
-    out.push(newNode('Shape', [kv], [ks]));
-    out.push(newNode('Slice', [ks, constant([1]), constant([2])], [kvh]));
-    out.push(newNode('Slice', [shapeT, constant([1]), constant([2])], [heads]));
-    out.push(newNode('Div', [heads, kvh], [group]));
-    out.push(newNode('Slice', [shapeT, constant([0]), constant([1])], [b]));
-    out.push(newNode('Slice', [shapeT, constant([2]), constant([4])], [rest]));
-    out.push(newNode('Concat', [b, kvh, group, rest], [shape5]));
-    out.push(newNode('Reshape', [t, shape5], [t5]));
-    return t5;
-  }
+  // The grouping's shapes, computed once, where the first match is, from its tensors: every
+  // layer of one run has the same batch, heads, kv heads and length. (A layer that differed would
+  // fail its Reshape or MatMul loudly, not compute something else: the element counts or the
+  // broadcast would not match.) shape5 = [b, kvHeads, heads / kvHeads, s, -1], shape4 = [b, heads, s, -1].
+  const first = matches.reduce((a, m) => (m.at < a.at ? m : a));
+  const [sh, xs, b, nh, s, kvh, group, shape5, shape4] = [tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp()] as const;
+  const shared = [
+    newNode('Shape', [first.src], [sh]),
+    newNode('Shape', [first.x], [xs]),
+    newNode('Slice', [sh, constant([0]), constant([1])], [b]),
+    newNode('Slice', [sh, constant([1]), constant([2])], [nh]),
+    newNode('Slice', [sh, constant([2]), constant([3])], [s]),
+    newNode('Slice', [xs, constant([1]), constant([2])], [kvh]),
+    newNode('Div', [nh, kvh], [group]),
+    newNode('Concat', [b, kvh, group, s, constant([-1])], [shape5]),
+    newNode('Concat', [b, nh, s, constant([-1])], [shape4]),
+  ];
+  for (const m of matches) before.set(m.at, [...(m === first ? shared : []), ...m.emit(shape5, shape4)]);
+  const rewritten = matches.length;
+
   // Concat needs its axis.
   const withAxis = (n: Node): Node => {
     if (n.opType !== 'Concat') return n;
