@@ -365,10 +365,20 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
     for (const m of before.get(i) ?? []) ordered.push(withAxis(m));
     if (n && !drop.has(n)) ordered.push(n);
   });
+  const readBefore = new Set(nodes.flatMap((n) => n!.inputs));
   nodes = pruneDead(ordered, graphOutputs);
+  // Initializers only the removed nodes read (the expansions' shapes) go too: onnxruntime would
+  // warn about each at every load.
+  const readAfter = new Set(nodes.flatMap((n) => n!.inputs));
+  const orphan = (f: Field) => {
+    if (f.no !== 5 || f.value.length > 256) return false;
+    let name = '';
+    for (const t of fields(f.value)) if (t.no === 8) name = text.decode(t.value);
+    return readBefore.has(name) && !readAfter.has(name) && !graphOutputs.has(name);
+  };
 
   const g = new Writer();
-  for (const f of graphFields) if (f.no !== 1) g.raw(graphField.value.subarray(f.start, f.end));
+  for (const f of graphFields) if (f.no !== 1 && !orphan(f)) g.raw(graphField.value.subarray(f.start, f.end));
   for (const t of added) g.bytes(5, t);
   for (const n of nodes) g.bytes(1, n!.raw);
   const m = new Writer();
