@@ -144,6 +144,8 @@ interface Node {
   ints: Map<string, bigint[]>;
   /** A Constant node's value, when it is a small int64 tensor. */
   constInts: bigint[] | null;
+  /** A Constant node's element count (1 for value_float / value_int). */
+  constElements: number | null;
 }
 
 function intList(f: Field): bigint[] {
@@ -155,6 +157,13 @@ function intList(f: Field): bigint[] {
     pos = p;
   }
   return out;
+}
+
+/** A TensorProto's element count (the product of its dims; 1 for a scalar). */
+function elementsOf(buf: Uint8Array): number {
+  let n = 1;
+  for (const f of fields(buf)) if (f.no === 1) for (const d of intList(f)) n *= Number(d);
+  return n;
 }
 
 /** An int64 TensorProto's values (raw_data or int64_data), or null for any other tensor. */
@@ -174,7 +183,7 @@ function tensorInts(buf: Uint8Array): bigint[] | null {
 }
 
 function parseNode(raw: Uint8Array): Node {
-  const node: Node = { raw, opType: '', domain: '', inputs: [], outputs: [], ints: new Map(), constInts: null };
+  const node: Node = { raw, opType: '', domain: '', inputs: [], outputs: [], ints: new Map(), constInts: null, constElements: null };
   for (const f of fields(raw)) {
     if (f.no === 1) node.inputs.push(text.decode(f.value));
     else if (f.no === 2) node.outputs.push(text.decode(f.value));
@@ -190,7 +199,10 @@ function parseNode(raw: Uint8Array): Node {
         else if (a.no === 5) tensor = a.value;
       }
       if (ints.length) node.ints.set(name, ints);
-      if (tensor && name === 'value') node.constInts = tensorInts(tensor);
+      if (tensor && name === 'value') {
+        node.constInts = tensorInts(tensor);
+        node.constElements = elementsOf(tensor);
+      } else if (name === 'value_float' || name === 'value_int') node.constElements = 1;
     }
   }
   return node;
@@ -208,7 +220,7 @@ function newNode(opType: string, inputs: string[], outputs: string[], perm?: num
     for (const p of perm) a.int(8, p);
     w.bytes(5, a.done());
   }
-  return { raw: w.done(), opType, domain: '', inputs, outputs, ints: new Map(), constInts: null };
+  return { raw: w.done(), opType, domain: '', inputs, outputs, ints: new Map(), constInts: null, constElements: null };
 }
 
 function int64Tensor(name: string, values: number[]): Uint8Array {
@@ -233,7 +245,8 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
   const graphField = top.find((f) => f.no === 7 && f.wire === 2);
   if (!graphField) return null;
   const graphFields = [...fields(graphField.value)];
-  const consts = new Map<string, bigint[] | null>();
+  /** Initializers' element counts, by name. */
+  const consts = new Map<string, number>();
   const graphOutputs = new Set<string>();
   for (const f of graphFields) {
     if (f.no === 5) {
@@ -244,7 +257,7 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
         else if (t.no === 14 && t.int === 1n) external = true;
       }
       if (external) return null;
-      consts.set(name, null);
+      consts.set(name, elementsOf(f.value));
     } else if (f.no === 12) {
       for (const v of fields(f.value)) if (v.no === 1) graphOutputs.add(text.decode(v.value));
     }
@@ -307,8 +320,18 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
       const m = only(c.outputs[0]!);
       if (!m || m.opType !== 'MatMul' || m.inputs[1] !== c.outputs[0]) continue;
       const q = m.inputs[0]!;
+      // The scale must stay on the product, before the reshape, where onnxruntime folds it into
+      // the MatMul as in the exported graph (see the top of this file): only a constant scalar
+      // (what onnxruntime folds) qualifies; any other Mul or Div after the product, and the
+      // attention is left as exported.
       const sc = only(m.outputs[0]!);
-      const scaled = sc && (sc.opType === 'Mul' || sc.opType === 'Div') && sc.inputs[0] === m.outputs[0] && consts.has(sc.inputs[1]!) ? sc : null;
+      const scalar = (name: string | undefined) =>
+        name !== undefined && (consts.get(name) === 1 || (node(name)?.opType === 'Constant' && node(name)!.constElements === 1));
+      const isScale = (n: Node) =>
+        (n.opType === 'Div' && n.inputs[0] === m.outputs[0] && scalar(n.inputs[1])) ||
+        (n.opType === 'Mul' && n.inputs.length === 2 && n.inputs.includes(m.outputs[0]!) && scalar(n.inputs.find((i) => i !== m.outputs[0])));
+      if (sc && (sc.opType === 'Mul' || sc.opType === 'Div') && !isScale(sc)) continue;
+      const scaled = sc && isScale(sc) ? sc : null;
       const last = scaled ?? m;
       matches.push({ at: nodes.indexOf(last), src: q, x, emit: (shape5, shape4) => {
         const [q5, kt, s5, scaledOut] = [tmp(), tmp(), tmp(), tmp()];
@@ -316,7 +339,7 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
           newNode('Reshape', [q, shape5], [q5]),
           newNode('Transpose', [uOut], [kt], [0, 1, 2, 4, 3]),
           newNode('MatMul', [q5, kt], [s5]),
-          ...(scaled ? [newNode(scaled.opType, [s5, scaled.inputs[1]!], [scaledOut])] : []),
+          ...(scaled ? [newNode(scaled.opType, scaled.inputs.map((i) => (i === m.outputs[0] ? s5 : i)), [scaledOut])] : []),
           newNode('Reshape', [scaled ? scaledOut : s5, shape4], [...last.outputs]),
         ];
       } });

@@ -62,6 +62,59 @@ describe('grouped attention (load-time graph rewrite)', () => {
     });
   }
 
+  describe('the scale after the keys product', () => {
+    // One attention head group, built directly: q [1, 4, 3, 8], k and v [1, 2, 5, 8] repeated to
+    // 4 heads as the exports do, then Softmax(scale(q·kᵀ))·v. The scale is what decides whether
+    // the rewrite may proceed: a constant scalar (an initializer or a Constant node) is kept on
+    // the product, where onnxruntime folds it; anything else leaves the keys' product as exported.
+    type Scale = 'initializer' | 'constant node' | 'per-head tensor';
+    async function attention(scale: Scale): Promise<Uint8Array> {
+      const builder = '../../../fixtures/models/generator/onnx-builder.mjs';
+      const { GraphBuilder, DT, constTensor } = (await import(builder)) as {
+        GraphBuilder: new (name: string) => {
+          input(name: string, type: number, shape: number[]): string;
+          output(name: string, type: number, shape: number[]): void;
+          op(type: string, inputs: string[], attrs?: Record<string, unknown>, outputs?: string[]): string;
+          floatInit(name: string, dims: number[], data: number[]): string;
+          int64Init(name: string, values: number[], dims?: number[]): string;
+          toModelBytes(): Uint8Array;
+        };
+        DT: { FLOAT: number; INT64: number };
+        constTensor(type: number, dims: number[], values: number[]): unknown;
+      };
+      const g = new GraphBuilder('attention');
+      const q = g.input('q', DT.FLOAT, [1, 4, 3, 8]);
+      const repeat = (t: string) =>
+        g.op('Reshape', [g.op('Expand', [g.op('Unsqueeze', [t, g.int64Init(`${t}_axes`, [2])]), g.int64Init(`${t}_to5`, [1, 2, 2, 5, 8])]), g.int64Init(`${t}_to4`, [1, 4, 5, 8])]);
+      const k = repeat(g.input('k', DT.FLOAT, [1, 2, 5, 8]));
+      const v = repeat(g.input('v', DT.FLOAT, [1, 2, 5, 8]));
+      const product = g.op('MatMul', [q, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]);
+      const s =
+        scale === 'initializer' ? g.floatInit('scale', [], [0.35])
+        : scale === 'constant node' ? g.op('Constant', [], { value: constTensor(DT.FLOAT, [], [0.35]) })
+        : g.floatInit('scale', [1, 4, 1, 1], [0.35, 0.5, 0.7, 1.1]);
+      const probs = g.op('Softmax', [g.op('Mul', [product, s])], { axis: -1 });
+      g.op('MatMul', [probs, v], {}, ['out']);
+      g.output('out', DT.FLOAT, [1, 4, 3, 8]);
+      return g.toModelBytes();
+    }
+
+    for (const [scale, rewritten] of [['initializer', 2], ['constant node', 2], ['per-head tensor', 1]] as const) {
+      it(`a scale that is a ${scale}: ${rewritten === 2 ? 'both products grouped' : 'only the values product grouped'}, bit-identical`, async () => {
+        const bytes = await attention(scale);
+        const out = groupAttention(bytes);
+        expect(out?.rewritten).toBe(rewritten);
+        const [a, b] = await Promise.all([InferenceSession.create(bytes), InferenceSession.create(out!.bytes)]);
+        const rng = makeRng(3);
+        const t = (dims: number[]) => new Tensor('float32', Float32Array.from({ length: dims.reduce((x, y) => x * y) }, () => rng() * 4 - 2), dims);
+        const f = { q: t([1, 4, 3, 8]), k: t([1, 2, 5, 8]), v: t([1, 2, 5, 8]) };
+        const [x, y] = [(await a.run(f)).out!.data as Float32Array, (await b.run(f)).out!.data as Float32Array];
+        expect(Buffer.from(y.buffer, y.byteOffset, y.byteLength).equals(Buffer.from(x.buffer, x.byteOffset, x.byteLength))).toBe(true);
+        await Promise.all([a.release(), b.release()]);
+      });
+    }
+  });
+
   it('leaves a graph without repeated KV heads alone', () => {
     expect(groupAttention(graph('tiny-embed'))).toBeNull();
   });
