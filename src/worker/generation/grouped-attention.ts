@@ -146,6 +146,8 @@ interface Node {
   constInts: bigint[] | null;
   /** A Constant node's element count (1 for value_float / value_int). */
   constElements: number | null;
+  /** It holds a subgraph (If, Loop, Scan), whose reads of outer tensors this rewrite does not follow. */
+  subgraph: boolean;
 }
 
 function intList(f: Field): bigint[] {
@@ -183,7 +185,7 @@ function tensorInts(buf: Uint8Array): bigint[] | null {
 }
 
 function parseNode(raw: Uint8Array): Node {
-  const node: Node = { raw, opType: '', domain: '', inputs: [], outputs: [], ints: new Map(), constInts: null, constElements: null };
+  const node: Node = { raw, opType: '', domain: '', inputs: [], outputs: [], ints: new Map(), constInts: null, constElements: null, subgraph: false };
   for (const f of fields(raw)) {
     if (f.no === 1) node.inputs.push(text.decode(f.value));
     else if (f.no === 2) node.outputs.push(text.decode(f.value));
@@ -197,6 +199,7 @@ function parseNode(raw: Uint8Array): Node {
         if (a.no === 1) name = text.decode(a.value);
         else if (a.no === 8) ints.push(...intList(a));
         else if (a.no === 5) tensor = a.value;
+        else if (a.no === 6 || a.no === 11) node.subgraph = true;
       }
       if (ints.length) node.ints.set(name, ints);
       if (tensor && name === 'value') {
@@ -220,7 +223,7 @@ function newNode(opType: string, inputs: string[], outputs: string[], perm?: num
     for (const p of perm) a.int(8, p);
     w.bytes(5, a.done());
   }
-  return { raw: w.done(), opType, domain: '', inputs, outputs, ints: new Map(), constInts: null, constElements: null };
+  return { raw: w.done(), opType, domain: '', inputs, outputs, ints: new Map(), constInts: null, constElements: null, subgraph: false };
 }
 
 function int64Tensor(name: string, values: number[]): Uint8Array {
@@ -263,6 +266,9 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
     }
   }
   let nodes: (Node | null)[] = graphFields.filter((f) => f.no === 1).map((f) => parseNode(f.value));
+  // A subgraph may read any outer tensor without listing it as an input: who reads what is then
+  // not known here (a merged decoder's If branches), so such a graph is left as exported.
+  if (nodes.some((n) => n!.subgraph)) return null;
   const producer = new Map<string, number>();
   const consumers = new Map<string, number[]>();
   nodes.forEach((n, i) => {
