@@ -22,7 +22,9 @@ const spec = {
   name: 'smollm2', task: 'chat' as const, source: models.chat, revision: 'main', dtype: 'fp32', device: 'cpu' as const,
   chatTemplate: null, contextLength: null, pooling: 'mean' as const, normalize: true, truncate: false,
 };
+const t0 = performance.now();
 const m = await loadChatModel(spec, models.dir, () => {});
+console.log(`loaded in ${(performance.now() - t0).toFixed(0)} ms; attention products grouped at load: ${m.groupedAttention} (SWITCHYARD_GROUPED_ATTENTION=0 turns it off)`);
 const s = new BatchScheduler(m, batchLimitsFromEnv());
 const never = new AbortController().signal;
 const params: SamplingParams = {

@@ -102,7 +102,10 @@ export class ModelHost {
         this.log.info(`loading ${msg.model}: ${msg.file} ${msg.percent}%`);
         return;
       case 'loaded':
-        this.log.info(`model ${msg.model} ready in ${msg.ms} ms (context ${msg.contextLength} tokens)`);
+        this.log.info(
+          `model ${msg.model} ready in ${msg.ms} ms (context ${msg.contextLength} tokens` +
+            (msg.groupedAttention > 0 ? `; attention over grouped KV heads: ${msg.groupedAttention} products rewritten at load` : '') + ')',
+        );
         for (const w of this.loads.get(msg.model) ?? []) w.resolve({ ms: msg.ms, contextLength: msg.contextLength, dimensions: msg.dimensions, inputBound: msg.inputBound });
         this.loads.delete(msg.model);
         return;

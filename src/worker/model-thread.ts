@@ -262,6 +262,7 @@ port.on('message', (msg: ToThread) => {
             dimensions: 'dimensions' in m ? m.dimensions : null,
             inputBound: m.inputBound,
             ms: Math.round(performance.now() - started),
+            groupedAttention: 'groupedAttention' in m ? m.groupedAttention : 0,
           }),
         (err) => post({ type: 'load-failed', model: msg.spec.name, error: ThreadError.from(err).toJSON() }),
       );

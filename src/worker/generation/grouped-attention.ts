@@ -1,0 +1,431 @@
+/**
+ * A load-time rewrite of a causal LM's ONNX graph (issue 15): attention over grouped KV heads
+ * without materialising the repeated keys and values.
+ *
+ * The usual export of a grouped-query model (Llama's `repeat_kv`, and the bench and fixture
+ * models built like it) copies each layer's whole cache to every query head before attention:
+ *
+ *   e = Reshape(Expand(Unsqueeze(present, axes=[2]), [b, kvHeads, group, T, d]), [b, heads, T, d])
+ *   scores = Mul(MatMul(q, Transpose(e_k, [0,1,3,2])), scale) ... ctx = MatMul(probs, e_v)
+ *
+ * so a decode step writes and reads `group` copies of the cache (onnxruntime's Expand was the
+ * largest op that grows with the context: 37 of 238 ms a step at batch 1 × 1,023 tokens against
+ * 2 of 136 at 40, profiled on the SmolLM2-shaped bench model). The rewrite groups the queries
+ * instead and lets MatMul broadcast the unexpanded cache over the group:
+ *
+ *   q5 = Reshape(q, [b, kvHeads, group, s, d]); s5 = Mul(MatMul(q5, Transpose(u_k, [0,1,2,4,3])), scale)
+ *   scores = Reshape(s5, [b, heads, s, -1]) ... ctx = Reshape(MatMul(Reshape(probs, [b, kvHeads, group, s, -1]), u_v), [b, heads, s, -1])
+ *
+ * (u = the Unsqueeze's output, [b, kvHeads, 1, T, d]). Each head's products are the same
+ * matrix products of the same shapes (M = s rows, the scale still folded into the product as
+ * onnxruntime fuses it), so the outputs are bit-identical, not merely close: checked on every
+ * output (logits and present.*) for decode, prefill, padded and batched shapes
+ * (test/worker/generation/grouped-attention.test.ts). With the scale applied after the
+ * reshape instead, decode steps differed in the last bits (onnxruntime takes another kernel for
+ * an unscaled 1-row product), so the Mul stays before it.
+ *
+ * Only that exact pattern is rewritten; a graph without it (another export, one with its own
+ * attention operator) loads unchanged. The graph's sizes are read at run time (Shape, once per
+ * run for all layers: per-layer shape arithmetic cost ~1 ms a short-context step), so the
+ * rewrite needs no config. Models whose weights live in external data files are left alone
+ * (their bytes could not be handed to onnxruntime without their paths).
+ *
+ * The ONNX protobuf is edited at the wire level: only the graph's node list (and a few small
+ * initializers added) changes; every other field, the weights among them, is copied as it is.
+ */
+
+// --- protobuf wire format (only what an ONNX graph edit needs) ----------------------------------
+
+interface Field {
+  no: number;
+  wire: number;
+  /** The whole field, tag included. */
+  start: number;
+  end: number;
+  /** Its value's bytes (length-delimited fields). */
+  value: Uint8Array;
+  /** Its value as a number (varint fields). */
+  int: bigint;
+}
+
+function readVarint(buf: Uint8Array, pos: number): [bigint, number] {
+  let result = 0n;
+  let shift = 0n;
+  for (;;) {
+    if (pos >= buf.length) throw new Error('truncated varint');
+    const b = buf[pos++]!;
+    result |= BigInt(b & 0x7f) << shift;
+    if (b < 0x80) return [result, pos];
+    shift += 7n;
+  }
+}
+
+function* fields(buf: Uint8Array): Generator<Field> {
+  let pos = 0;
+  while (pos < buf.length) {
+    const start = pos;
+    const [tag, p] = readVarint(buf, pos);
+    pos = p;
+    const no = Number(tag >> 3n);
+    const wire = Number(tag & 7n);
+    let value = buf.subarray(pos, pos);
+    let int = 0n;
+    if (wire === 0) [int, pos] = readVarint(buf, pos);
+    else if (wire === 1) pos += 8;
+    else if (wire === 5) pos += 4;
+    else if (wire === 2) {
+      const [len, q] = readVarint(buf, pos);
+      value = buf.subarray(q, q + Number(len));
+      pos = q + Number(len);
+    } else throw new Error(`unsupported wire type ${wire}`);
+    yield { no, wire, start, end: pos, value, int };
+  }
+}
+
+function varint(v: bigint | number): number[] {
+  let x = BigInt.asUintN(64, BigInt(v));
+  const out: number[] = [];
+  while (x >= 0x80n) {
+    out.push(Number(x & 0x7fn) | 0x80);
+    x >>= 7n;
+  }
+  out.push(Number(x));
+  return out;
+}
+
+const utf8 = new TextEncoder();
+const text = new TextDecoder();
+
+/** Collects a message's fields as parts, copied once, when done. */
+class Writer {
+  private readonly parts: Uint8Array[] = [];
+  private length = 0;
+  private push(b: Uint8Array): void {
+    this.parts.push(b);
+    this.length += b.length;
+  }
+  bytes(no: number, value: Uint8Array): this {
+    this.push(Uint8Array.from([...varint((no << 3) | 2), ...varint(value.length)]));
+    this.push(value);
+    return this;
+  }
+  /** A nested message, without copying its parts first (a graph holds the weights). */
+  message(no: number, w: Writer): this {
+    this.push(Uint8Array.from([...varint((no << 3) | 2), ...varint(w.length)]));
+    for (const p of w.parts) this.push(p);
+    return this;
+  }
+  string(no: number, s: string): this {
+    return this.bytes(no, utf8.encode(s));
+  }
+  int(no: number, v: bigint | number): this {
+    this.push(Uint8Array.from([...varint(no << 3), ...varint(v)]));
+    return this;
+  }
+  raw(b: Uint8Array): this {
+    this.push(b);
+    return this;
+  }
+  done(): Uint8Array {
+    return Buffer.concat(this.parts);
+  }
+}
+
+// --- the graph, as far as the rewrite reads it ----------------------------------------------------
+
+interface Node {
+  /** The node's encoded bytes (kept as they are unless the node is new). */
+  raw: Uint8Array;
+  opType: string;
+  domain: string;
+  inputs: string[];
+  outputs: string[];
+  /** INTS attributes, by name. */
+  ints: Map<string, bigint[]>;
+  /** A Constant node's value, when it is a small int64 tensor. */
+  constInts: bigint[] | null;
+  /** A Constant node's element count (1 for value_float / value_int). */
+  constElements: number | null;
+  /** It holds a subgraph (If, Loop, Scan), whose reads of outer tensors this rewrite does not follow. */
+  subgraph: boolean;
+}
+
+function intList(f: Field): bigint[] {
+  if (f.wire === 0) return [f.int];
+  const out: bigint[] = [];
+  for (let pos = 0; pos < f.value.length; ) {
+    const [v, p] = readVarint(f.value, pos);
+    out.push(BigInt.asIntN(64, v));
+    pos = p;
+  }
+  return out;
+}
+
+/** A TensorProto's element count (the product of its dims; 1 for a scalar). */
+function elementsOf(buf: Uint8Array): number {
+  let n = 1;
+  for (const f of fields(buf)) if (f.no === 1) for (const d of intList(f)) n *= Number(d);
+  return n;
+}
+
+/** An int64 TensorProto's values (raw_data or int64_data), or null for any other tensor. */
+function tensorInts(buf: Uint8Array): bigint[] | null {
+  let type = 0;
+  let raw: Uint8Array | null = null;
+  const ints: bigint[] = [];
+  for (const f of fields(buf)) {
+    if (f.no === 2) type = Number(f.int);
+    else if (f.no === 9) raw = f.value;
+    else if (f.no === 7) ints.push(...intList(f).map((v) => BigInt.asIntN(64, v)));
+  }
+  if (type !== 7) return null;
+  // A copy: `raw` may be a view into a larger (pooled) buffer.
+  if (raw) return raw.length % 8 === 0 ? Array.from(new BigInt64Array(new Uint8Array(raw).buffer)) : null;
+  return ints;
+}
+
+function parseNode(raw: Uint8Array): Node {
+  const node: Node = { raw, opType: '', domain: '', inputs: [], outputs: [], ints: new Map(), constInts: null, constElements: null, subgraph: false };
+  for (const f of fields(raw)) {
+    if (f.no === 1) node.inputs.push(text.decode(f.value));
+    else if (f.no === 2) node.outputs.push(text.decode(f.value));
+    else if (f.no === 4) node.opType = text.decode(f.value);
+    else if (f.no === 7) node.domain = text.decode(f.value);
+    else if (f.no === 5) {
+      let name = '';
+      const ints: bigint[] = [];
+      let tensor: Uint8Array | null = null;
+      for (const a of fields(f.value)) {
+        if (a.no === 1) name = text.decode(a.value);
+        else if (a.no === 8) ints.push(...intList(a));
+        else if (a.no === 5) tensor = a.value;
+        else if (a.no === 6 || a.no === 11) node.subgraph = true;
+      }
+      if (ints.length) node.ints.set(name, ints);
+      if (tensor && name === 'value') {
+        node.constInts = tensorInts(tensor);
+        node.constElements = elementsOf(tensor);
+      } else if (name === 'value_float' || name === 'value_int') node.constElements = 1;
+    }
+  }
+  return node;
+}
+
+let fresh = 0;
+
+function newNode(opType: string, inputs: string[], outputs: string[], perm?: number[]): Node {
+  const w = new Writer();
+  for (const i of inputs) w.string(1, i);
+  for (const o of outputs) w.string(2, o);
+  w.string(3, `switchyard_gqa_${opType}_${++fresh}`).string(4, opType);
+  if (perm) {
+    const a = new Writer().string(1, 'perm').int(20, 7);
+    for (const p of perm) a.int(8, p);
+    w.bytes(5, a.done());
+  }
+  return { raw: w.done(), opType, domain: '', inputs, outputs, ints: new Map(), constInts: null, constElements: null, subgraph: false };
+}
+
+function int64Tensor(name: string, values: number[]): Uint8Array {
+  const data = new BigInt64Array(values.map(BigInt));
+  return new Writer().int(1, values.length).int(2, 7).string(8, name).bytes(9, new Uint8Array(data.buffer)).done();
+}
+
+// --- the rewrite -----------------------------------------------------------------------------------
+
+export interface RewriteResult {
+  bytes: Uint8Array;
+  /** Attention products rewritten: two per layer (keys and values). */
+  rewritten: number;
+}
+
+/**
+ * The model with its repeated-KV attention grouped (see the top of this file), or null when the
+ * graph has no such pattern or cannot be rewritten safely.
+ */
+export function groupAttention(model: Uint8Array): RewriteResult | null {
+  const top = [...fields(model)];
+  const graphField = top.find((f) => f.no === 7 && f.wire === 2);
+  if (!graphField) return null;
+  const graphFields = [...fields(graphField.value)];
+  /** Initializers' element counts, by name. */
+  const consts = new Map<string, number>();
+  const graphOutputs = new Set<string>();
+  for (const f of graphFields) {
+    if (f.no === 5) {
+      let name = '';
+      let external = false;
+      for (const t of fields(f.value)) {
+        if (t.no === 8) name = text.decode(t.value);
+        else if (t.no === 14 && t.int === 1n) external = true;
+      }
+      if (external) return null;
+      consts.set(name, elementsOf(f.value));
+    } else if (f.no === 12) {
+      for (const v of fields(f.value)) if (v.no === 1) graphOutputs.add(text.decode(v.value));
+    }
+  }
+  let nodes: (Node | null)[] = graphFields.filter((f) => f.no === 1).map((f) => parseNode(f.value));
+  // A subgraph may read any outer tensor without listing it as an input: who reads what is then
+  // not known here (a merged decoder's If branches), so such a graph is left as exported.
+  if (nodes.some((n) => n!.subgraph)) return null;
+  const producer = new Map<string, number>();
+  const consumers = new Map<string, number[]>();
+  nodes.forEach((n, i) => {
+    for (const o of n!.outputs) producer.set(o, i);
+    for (const x of n!.inputs) if (x) consumers.set(x, [...(consumers.get(x) ?? []), i]);
+  });
+  const node = (name: string | undefined) => (name === undefined ? undefined : producer.has(name) ? nodes[producer.get(name)!] ?? undefined : undefined);
+  const only = (name: string) => {
+    const c = consumers.get(name) ?? [];
+    return c.length === 1 && !graphOutputs.has(name) ? nodes[c[0]!] ?? undefined : undefined;
+  };
+  /** Values of a small int64 constant: an initializer or a Constant node. */
+  const smallInitializers = new Map<string, bigint[]>();
+  for (const f of graphFields) {
+    if (f.no !== 5 || f.value.length > 256) continue;
+    const vals = tensorInts(f.value);
+    let name = '';
+    for (const t of fields(f.value)) if (t.no === 8) name = text.decode(t.value);
+    if (vals) smallInitializers.set(name, vals);
+  }
+  const intsOf = (name: string | undefined): bigint[] | null => {
+    if (name === undefined) return null;
+    if (smallInitializers.has(name)) return smallInitializers.get(name)!;
+    const n = node(name);
+    return n?.opType === 'Constant' ? n.constInts : null;
+  };
+  const same = (a: bigint[] | null | undefined, b: number[]) => !!a && a.length === b.length && a.every((v, i) => v === BigInt(b[i]!));
+
+  const added: Uint8Array[] = [];
+  const constant = (values: number[]) => {
+    const name = `switchyard_gqa_c${++fresh}`;
+    added.push(int64Tensor(name, values));
+    return name;
+  };
+  const tmp = () => `switchyard_gqa_t${++fresh}`;
+  /** New nodes to put where node i was (before it: their inputs come before it). */
+  const before = new Map<number, Node[]>();
+  const drop = new Set<Node>();
+  /** Each match: where its nodes go, the [b, heads, s, *] tensor it groups, the cache it reads, and its nodes. */
+  const matches: { at: number; src: string; x: string; emit: (shape5: string, shape4: string) => Node[] }[] = [];
+
+  for (const r of nodes) {
+    if (!r || r.opType !== 'Reshape' || r.domain !== '') continue;
+    const e = node(r.inputs[0]);
+    if (!e || e.opType !== 'Expand' || only(e.outputs[0]!) !== r) continue;
+    const u = node(e.inputs[0]);
+    if (!u || u.opType !== 'Unsqueeze' || only(u.outputs[0]!) !== e) continue;
+    if (!same(u.inputs[1] !== undefined ? intsOf(u.inputs[1]) : u.ints.get('axes'), [2])) continue;
+    const x = u.inputs[0]!;
+    const uOut = u.outputs[0]!;
+    const c = only(r.outputs[0]!);
+    if (!c) continue;
+    if (c.opType === 'Transpose' && same(c.ints.get('perm'), [0, 1, 3, 2])) {
+      // Keys: MatMul(q, Transpose(expanded)), then (usually) the scale, kept before the reshape.
+      const m = only(c.outputs[0]!);
+      if (!m || m.opType !== 'MatMul' || m.inputs[1] !== c.outputs[0]) continue;
+      const q = m.inputs[0]!;
+      // The scale must stay on the product, before the reshape, where onnxruntime folds it into
+      // the MatMul as in the exported graph (see the top of this file): only a constant scalar
+      // (what onnxruntime folds) qualifies; any other Mul or Div after the product, and the
+      // attention is left as exported.
+      const sc = only(m.outputs[0]!);
+      const scalar = (name: string | undefined) =>
+        name !== undefined && (consts.get(name) === 1 || (node(name)?.opType === 'Constant' && node(name)!.constElements === 1));
+      const isScale = (n: Node) =>
+        (n.opType === 'Div' && n.inputs[0] === m.outputs[0] && scalar(n.inputs[1])) ||
+        (n.opType === 'Mul' && n.inputs.length === 2 && n.inputs.includes(m.outputs[0]!) && scalar(n.inputs.find((i) => i !== m.outputs[0])));
+      if (sc && (sc.opType === 'Mul' || sc.opType === 'Div') && !isScale(sc)) continue;
+      const scaled = sc && isScale(sc) ? sc : null;
+      const last = scaled ?? m;
+      matches.push({ at: nodes.indexOf(last), src: q, x, emit: (shape5, shape4) => {
+        const [q5, kt, s5, scaledOut] = [tmp(), tmp(), tmp(), tmp()];
+        return [
+          newNode('Reshape', [q, shape5], [q5]),
+          newNode('Transpose', [uOut], [kt], [0, 1, 2, 4, 3]),
+          newNode('MatMul', [q5, kt], [s5]),
+          ...(scaled ? [newNode(scaled.opType, scaled.inputs.map((i) => (i === m.outputs[0] ? s5 : i)), [scaledOut])] : []),
+          newNode('Reshape', [scaled ? scaledOut : s5, shape4], [...last.outputs]),
+        ];
+      } });
+      for (const d of [r, e, c, m, ...(scaled ? [scaled] : [])]) drop.add(d);
+    } else if (c.opType === 'MatMul' && c.inputs[1] === r.outputs[0]) {
+      // Values: MatMul(probs, expanded).
+      const probs = c.inputs[0]!;
+      matches.push({ at: nodes.indexOf(c), src: probs, x, emit: (shape5, shape4) => {
+        const [p5, c5] = [tmp(), tmp()];
+        return [newNode('Reshape', [probs, shape5], [p5]), newNode('MatMul', [p5, uOut], [c5]), newNode('Reshape', [c5, shape4], [...c.outputs])];
+      } });
+      for (const d of [r, e, c]) drop.add(d);
+    }
+  }
+  if (matches.length === 0) return null;
+
+  // The grouping's shapes, computed once, where the first match is, from its tensors: every
+  // layer of one run has the same batch, heads, kv heads and length. (A layer that differed would
+  // fail its Reshape or MatMul loudly, not compute something else: the element counts or the
+  // broadcast would not match.) shape5 = [b, kvHeads, heads / kvHeads, s, -1], shape4 = [b, heads, s, -1].
+  const first = matches.reduce((a, m) => (m.at < a.at ? m : a));
+  const [sh, xs, b, nh, s, kvh, group, shape5, shape4] = [tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp()] as const;
+  const shared = [
+    newNode('Shape', [first.src], [sh]),
+    newNode('Shape', [first.x], [xs]),
+    newNode('Slice', [sh, constant([0]), constant([1])], [b]),
+    newNode('Slice', [sh, constant([1]), constant([2])], [nh]),
+    newNode('Slice', [sh, constant([2]), constant([3])], [s]),
+    newNode('Slice', [xs, constant([1]), constant([2])], [kvh]),
+    newNode('Div', [nh, kvh], [group]),
+    newNode('Concat', [b, kvh, group, s, constant([-1])], [shape5]),
+    newNode('Concat', [b, nh, s, constant([-1])], [shape4]),
+  ];
+  for (const m of matches) before.set(m.at, [...(m === first ? shared : []), ...m.emit(shape5, shape4)]);
+  const rewritten = matches.length;
+
+  // Concat needs its axis.
+  const withAxis = (n: Node): Node => {
+    if (n.opType !== 'Concat') return n;
+    const a = new Writer().string(1, 'axis').int(20, 2).int(3, 0);
+    return { ...n, raw: new Writer().raw(n.raw).bytes(5, a.done()).done() };
+  };
+
+  const ordered: Node[] = [];
+  nodes.forEach((n, i) => {
+    for (const m of before.get(i) ?? []) ordered.push(withAxis(m));
+    if (n && !drop.has(n)) ordered.push(n);
+  });
+  const readBefore = new Set(nodes.flatMap((n) => n!.inputs));
+  nodes = pruneDead(ordered, graphOutputs);
+  // Initializers only the removed nodes read (the expansions' shapes) go too: onnxruntime would
+  // warn about each at every load.
+  const readAfter = new Set(nodes.flatMap((n) => n!.inputs));
+  const orphan = (f: Field) => {
+    if (f.no !== 5 || f.value.length > 256) return false;
+    let name = '';
+    for (const t of fields(f.value)) if (t.no === 8) name = text.decode(t.value);
+    return readBefore.has(name) && !readAfter.has(name) && !graphOutputs.has(name);
+  };
+
+  const g = new Writer();
+  for (const f of graphFields) if (f.no !== 1 && !orphan(f)) g.raw(graphField.value.subarray(f.start, f.end));
+  for (const t of added) g.bytes(5, t);
+  for (const n of nodes) g.bytes(1, n!.raw);
+  const m = new Writer();
+  for (const f of top) {
+    if (f === graphField) m.message(7, g);
+    else m.raw(model.subarray(f.start, f.end));
+  }
+  return { bytes: m.done(), rewritten };
+}
+
+/** Drops nodes none of whose outputs is read (the expansions' shape arithmetic), repeatedly. */
+function pruneDead(nodes: Node[], graphOutputs: Set<string>): Node[] {
+  let live = nodes;
+  for (;;) {
+    const read = new Set<string>(graphOutputs);
+    for (const n of live) for (const i of n.inputs) read.add(i);
+    const next = live.filter((n) => n.outputs.some((o) => read.has(o)));
+    if (next.length === live.length) return live;
+    live = next;
+  }
+}
