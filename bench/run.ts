@@ -20,6 +20,11 @@ import { InProcessChat, loadInProcessEmbed } from './inproc.js';
 import { machine, progress, type Stat } from './lib.js';
 import { ensureBenchModels } from './models.js';
 import { SECTIONS, type Ctx, type Row, type SectionName } from './sections.js';
+import { tuneWorkerHeap } from '../src/worker/heap.js';
+
+// This process holds the in-process models and is every gateway request's client: it gets the
+// worker's heap setting (src/worker/heap.ts), or its own full collections pause both sides.
+if (process.env.BENCH_HEAP !== '0') tuneWorkerHeap();
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const { values } = parseArgs({
