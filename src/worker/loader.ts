@@ -136,15 +136,16 @@ export function groupedAttentionOn(env: NodeJS.ProcessEnv = process.env): boolea
 async function withGroupedAttention<T>(load: () => Promise<T>): Promise<{ loaded: T; rewritten: number }> {
   let rewritten = 0;
   const create = InferenceSession.create;
+  const call = (arg: unknown, rest: unknown[]) => (create as (...a: unknown[]) => Promise<InferenceSession>).call(InferenceSession, arg, ...rest);
   const rewriting = async (arg: unknown, ...rest: unknown[]): Promise<InferenceSession> => {
     if (typeof arg === 'string' && arg.endsWith('.onnx')) {
       const out = groupAttention(await readFile(arg));
       if (out) {
         rewritten += out.rewritten;
-        return (create as (...a: unknown[]) => Promise<InferenceSession>).call(InferenceSession, out.bytes, ...rest);
+        return call(out.bytes, rest);
       }
     }
-    return (create as (...a: unknown[]) => Promise<InferenceSession>).call(InferenceSession, arg, ...rest);
+    return call(arg, rest);
   };
   InferenceSession.create = rewriting as typeof create;
   try {

@@ -409,8 +409,7 @@ export class EmbedClaimer {
       } catch (err) {
         // The connection is destroyed (see process), which releases the locks; a finish that did
         // not go through is retried on another connection.
-        if (finished) return;
-        if (!isDatabaseUnavailable(err)) throw err;
+        if (!finished && !isDatabaseUnavailable(err)) throw err;
       }
       if (finished) return;
     }

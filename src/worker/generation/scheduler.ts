@@ -130,11 +130,11 @@ function repeatRows(past: Feeds, k: number): Feeds {
   return out;
 }
 
-/** Lets queued messages (cancel, new requests) and other work run between steps. */
 /** How long after an interactive request batch work keeps resting (restAfterBatchWork). */
 const INTERACTIVE_RECENT_MS = 10_000;
 const isInteractive = (r: { opts: SubmitOptions }) => !r.opts.background;
 
+/** Lets queued messages (cancel, new requests) and other work run between steps. */
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 export class BatchScheduler {
@@ -268,7 +268,7 @@ export class BatchScheduler {
    */
   private admit(): void {
     while (this.waiting.length > 0) {
-      const first = this.waiting.findIndex((r) => !r.opts.background);
+      const first = this.waiting.findIndex(isInteractive);
       const at = first >= 0 ? first : 0;
       const req = this.waiting[at]!;
       const busy = this.sequences() > 0;
