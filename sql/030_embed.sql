@@ -221,6 +221,28 @@ $$;
 create or replace function ai._embed_wait_key(p_request uuid)
 returns bigint language sql immutable strict as $$ select hashtextextended(p_request::text, 7014) $$;
 
+-- Hands the wait locks a claim took (at session level, on the worker's connection) over to the
+-- transaction this is called in, the one that finishes those requests: each key is taken again
+-- at transaction level (at once: this session holds it already) and its session-level hold
+-- released, so it stays held until that transaction ends, and its commit releases it. The
+-- caller then wakes as the finish commits, instead of after a further unlock round trip. (An
+-- unlock is not undone by a rollback: a finish that fails releases the locks too, and its
+-- callers look at their rows, as they do when no lock was held.)
+create or replace function ai._embed_hand_over(p_requests uuid[])
+returns integer language plpgsql as $$
+declare
+  r uuid;
+  n integer := 0;
+begin
+  foreach r in array p_requests loop
+    perform pg_advisory_xact_lock(ai._embed_wait_key(r));
+    if pg_advisory_unlock(ai._embed_wait_key(r)) then
+      n := n + 1;
+    end if;
+  end loop;
+  return n;
+end $$;
+
 -- Records ai.embed's request, as ai.enqueue_embedding records one with no key (sql/020_embeddings.sql:
 -- interactive priority, five attempts), and wakes the workers with a notification that names it:
 -- 'model request-id' instead of the model alone. A worker then claims it by id, through the

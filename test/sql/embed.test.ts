@@ -383,6 +383,32 @@ describe('errors', () => {
     }
   });
 
+  it('hands a claim’s wait locks to the finishing transaction: held until it commits (or rolls back), then free', async () => {
+    const ids = ['00000000-0000-4000-8000-0000000000b1', '00000000-0000-4000-8000-0000000000b2'];
+    const holder = new pg.Client({ connectionString: db.url });
+    const other = new pg.Client({ connectionString: db.url });
+    await holder.connect();
+    await other.connect();
+    const free = async (id: string) => {
+      const { rows } = await other.query(`select pg_try_advisory_lock_shared(ai._embed_wait_key($1::uuid)) as ok`, [id]);
+      if (rows[0].ok) await other.query(`select pg_advisory_unlock_shared(ai._embed_wait_key($1::uuid))`, [id]);
+      return rows[0].ok as boolean;
+    };
+    try {
+      for (const end of ['commit', 'rollback']) {
+        for (const id of ids) expect((await holder.query(`select pg_try_advisory_lock(ai._embed_wait_key($1::uuid)) as ok`, [id])).rows[0].ok).toBe(true);
+        await holder.query('begin');
+        expect((await holder.query(`select ai._embed_hand_over($1::uuid[]) as n`, [ids])).rows[0].n).toBe(2);
+        for (const id of ids) expect(await free(id)).toBe(false);
+        await holder.query(end);
+        for (const id of ids) expect(await free(id), end).toBe(true);
+      }
+    } finally {
+      await holder.end();
+      await other.end();
+    }
+  });
+
   it('times out with a clear error when no worker serves the model, and cancels the request', async () => {
     await sql.query(`set ai.embed_timeout = '300ms'`);
     try {

@@ -398,20 +398,19 @@ export class EmbedClaimer {
     // statement is parsed and planned each time (its planning is small beside its model call).
     const name = fresh.length <= PREPARED_FINISH_MAX ? `switchyard-embed-finish-${fresh.length}` : undefined;
     if (held) {
-      // On the connection that holds the wait locks, then the locks, once the finish has
-      // committed: each waiting caller wakes at once and finds its row completed.
-      let finished = false;
+      // On the connection that holds the wait locks, which the same statement hands over to its
+      // own transaction (ai._embed_hand_over): they are released by its commit, so each waiting
+      // caller wakes as the finish commits and finds its row completed, with no unlock round
+      // trip after it.
       try {
-        await held.client.query({ name, text, values });
-        finished = true;
-        await held.client.query({ name: 'switchyard-embed-unlock', text: `select count(pg_advisory_unlock(ai._embed_wait_key(id))) from unnest($1::uuid[]) id`, values: [held.locked] });
+        await held.client.query({ name: name && `${name}-held`, text: `${text}, ai._embed_hand_over($${values.length + 1}::uuid[])`, values: [...values, held.locked] });
         held.released = true;
+        return;
       } catch (err) {
-        // The connection is destroyed (see process), which releases the locks; a finish that did
-        // not go through is retried on another connection.
-        if (!finished && !isDatabaseUnavailable(err)) throw err;
+        // The connection is destroyed (see process), which releases any lock still held; a
+        // finish that did not go through is retried on another connection.
+        if (!isDatabaseUnavailable(err)) throw err;
       }
-      if (finished) return;
     }
     await retryWhileUnavailable(() => pool.query({ name, text, values }));
   }
