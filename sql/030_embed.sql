@@ -214,8 +214,8 @@ $$;
 
 -- The advisory lock key on which ai.embed's caller waits for its request (issue 14): a worker
 -- that claims a request by id takes it (pg_try_advisory_lock, session level) in the claiming
--- statement and releases it once the statement that finishes the request has committed
--- (src/worker/embedding/claimer.ts), so the waiting backend wakes as the lock is released instead
+-- statement, and the statement that finishes the request hands it to its own transaction
+-- (ai._embed_hand_over), whose commit releases it (src/worker/embedding/claimer.ts), so the waiting backend wakes as the lock is released instead
 -- of on its next look at the row. A hint like the notifications: whoever else holds the key can
 -- only send a caller back to looking at its row every millisecond (see ai._embed_remote).
 create or replace function ai._embed_wait_key(p_request uuid)
