@@ -36,10 +36,8 @@ const step = (L: number): Record<string, Tensor> => {
   // [1, kv heads, L, head dim] per cache input, read from the graph's own input metadata.
   for (const [i, name] of session.inputNames.entries()) {
     if (!name.startsWith('past_key_values')) continue;
-    const meta = session.inputMetadata[i] as { shape?: (number | string)[] } | undefined;
-    const [, heads, , dim] = (meta?.shape ?? [1, 3, 'L', 64]).map((d) => (typeof d === 'number' ? d : 0));
-    const H = heads || 3;
-    const D = dim || 64;
+    const [, H, , D] = (session.inputMetadata[i] as { shape: readonly (number | string)[] }).shape;
+    if (typeof H !== 'number' || typeof D !== 'number') throw new Error(`${name}: the graph does not fix its KV heads and head size`);
     feeds[name] = new Tensor('float32', Float32Array.from({ length: H * L * D }, () => Math.random() - 0.5), [1, H, L, D]);
   }
   return feeds;

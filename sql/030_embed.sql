@@ -215,8 +215,8 @@ $$;
 -- The advisory lock key on which ai.embed's caller waits for its request (issue 14): a worker
 -- that claims a request by id takes it (pg_try_advisory_lock, session level) in the claiming
 -- statement, and the statement that finishes the request hands it to its own transaction
--- (ai._embed_hand_over), whose commit releases it (src/worker/embedding/claimer.ts), so the waiting backend wakes as the lock is released instead
--- of on its next look at the row. A hint like the notifications: whoever else holds the key can
+-- (ai._embed_hand_over), whose commit releases it (src/worker/embedding/claimer.ts), so the
+-- waiting backend wakes as the lock is released instead of on its next look at the row. A hint like the notifications: whoever else holds the key can
 -- only send a caller back to looking at its row every millisecond (see ai._embed_remote).
 create or replace function ai._embed_wait_key(p_request uuid)
 returns bigint language sql immutable strict as $$ select hashtextextended(p_request::text, 7014) $$;
@@ -232,11 +232,13 @@ create or replace function ai._embed_hand_over(p_requests uuid[])
 returns integer language plpgsql as $$
 declare
   r uuid;
+  k bigint;
   n integer := 0;
 begin
   foreach r in array p_requests loop
-    perform pg_advisory_xact_lock(ai._embed_wait_key(r));
-    if pg_advisory_unlock(ai._embed_wait_key(r)) then
+    k := ai._embed_wait_key(r);
+    perform pg_advisory_xact_lock(k);
+    if pg_advisory_unlock(k) then
       n := n + 1;
     end if;
   end loop;

@@ -261,9 +261,9 @@ export class EmbedClaimer {
           };
     // A claim by id runs on a connection this batch keeps until its finish has committed: the
     // claim takes each request's wait lock there (ai._embed_wait_key), on which ai.embed's
-    // caller waits instead of polling its row, and which the finish's commit releases (see
-    // run: the finishing statement hands them to its transaction). A try, never a wait: a lock someone else holds only sends that caller
-    // back to polling.
+    // caller waits instead of polling its row, and which the finish's commit releases (see run:
+    // the finishing statement hands them to its transaction). A try, never a wait: a lock
+    // someone else holds only sends that caller back to polling.
     const client = ids === null ? null : await this.deps.pool.connect();
     let rows: { kind: 'r' | 'l' | 'c'; id: string | null; input: unknown; input_hash: Buffer | null; embedding: Buffer | null; tokens: number | null }[];
     try {
