@@ -104,7 +104,8 @@ export class ModelHost {
       case 'loaded':
         this.log.info(
           `model ${msg.model} ready in ${msg.ms} ms (context ${msg.contextLength} tokens` +
-            (msg.groupedAttention > 0 ? `; attention over grouped KV heads: ${msg.groupedAttention} products rewritten at load` : '') + ')',
+            (msg.groupedAttention > 0 ? `; attention over grouped KV heads: ${msg.groupedAttention} products rewritten at load` : '') +
+            (msg.splitCache > 0 ? `; ${msg.splitCache} cache outputs hold only new tokens (the cache stays in place)` : '') + ')',
         );
         for (const w of this.loads.get(msg.model) ?? []) w.resolve({ ms: msg.ms, contextLength: msg.contextLength, dimensions: msg.dimensions, inputBound: msg.inputBound });
         this.loads.delete(msg.model);

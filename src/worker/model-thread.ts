@@ -263,6 +263,7 @@ port.on('message', (msg: ToThread) => {
             inputBound: m.inputBound,
             ms: Math.round(performance.now() - started),
             groupedAttention: 'groupedAttention' in m ? m.groupedAttention : 0,
+            splitCache: 'splitCache' in m ? m.splitCache : 0,
           }),
         (err) => post({ type: 'load-failed', model: msg.spec.name, error: ThreadError.from(err).toJSON() }),
       );

@@ -32,28 +32,65 @@ export type Feeds = Record<string, Tensor>;
 export const int64 = (values: number[], dims: number[]) => new Tensor('int64', BigInt64Array.from(values, BigInt), dims);
 
 /**
- * `present.N.key` outputs become the next step's `past_key_values.N.key` inputs.
+ * The batch's KV cache, as the scheduler keeps it: per cache input (`past_key_values.N.key`…) a
+ * [rows, kv heads, capacity, head dim] tensor, of which the first `used` positions hold tokens
+ * (each row's right-aligned, padding before them masked) and the rest are free room, masked too,
+ * for the next steps' tokens. A step's new keys and values (`present.*`) are written into that
+ * room (`writeColumns`): the cache is copied only when it is re-laid out or runs out of room.
  *
- * This is where each step's copy of the whole KV cache comes from, and onnxruntime-node 1.30
- * gives no way around it (issue 15, measured with onnxruntime-node directly on the
- * SmolLM2-135M-shaped bench model, 2 cores at load average ~20):
- * - outputs always come back as new JS-owned buffers: the Node binding exposes no IO binding,
- *   and a pre-allocated output passed in `fetches` is written to, yet `run` still returns the
- *   output in a buffer of its own (so the copy remains, and the pre-allocated one is extra);
- * - the exported graph concatenates past and new keys/values itself (present = concat(past,
- *   new)), so even without the binding's copy each step reads and writes the whole cache.
- * What the copy out costs: 45 MiB a step at batch 1 and 1,024 tokens (allocating and filling
- * that much in JS: 22 ms of a 752 ms step), 360 MiB at batch 8 and 1,024 tokens (901 ms of a
- * 3,264 ms step). Keeping the cache in place needs a graph with a fixed-size, shared KV buffer
- * (onnxruntime's GroupQueryAttention with past_present_share_buffer) fed through IO binding,
- * which the Node binding does not offer; until it does, the copy stays.
+ * Why (issue 15): onnxruntime-node returns every output in a new JS buffer (a pre-allocated
+ * output in `fetches` is written to, then copied out again), and an exported graph concatenates
+ * past and new keys and values itself, so feeding `present` back as the next past copies the
+ * whole cache twice a step: at a 1,024-token past on the SmolLM2-shaped bench model, 10–15 ms of
+ * a 48–59 ms step (bench/kv-copy.ts). The load-time rewrite (grouped-attention.ts, `split`)
+ * makes `present.*` the new tokens' keys and values alone and attends to the past without the
+ * Concat; on a graph left as exported, `present.*` still holds the whole cache, whose last
+ * positions are the new ones: these helpers take the last `s` positions either way.
  */
-export function toPast(outputs: Feeds): Feeds {
-  const past: Feeds = {};
-  for (const [name, t] of Object.entries(outputs)) {
-    if (name.startsWith('present')) past[name.replace('present', 'past_key_values')] = t;
+
+/** Free positions a cache re-laid out for decoding gets beyond its `used` ones (an eighth more, at least 32). */
+export function room(used: number): number {
+  return Math.max(32, Math.ceil(used / 8 / 16) * 16);
+}
+
+const pastName = (present: string) => present.replace('present', 'past_key_values');
+
+/**
+ * A new cache of `cap` positions: `past`'s first `used` positions (none when null), then the last
+ * `s` positions of each `present.*` output of `outputs` (none when `outputs` is null).
+ */
+export function extendCache(past: Feeds | null, used: number, outputs: Feeds | null, s: number, cap: number): Feeds {
+  const names = outputs ? Object.keys(outputs).filter((k) => k.startsWith('present')).map(pastName) : Object.keys(past ?? {});
+  const out: Feeds = {};
+  for (const name of names) {
+    const fresh = outputs?.[name.replace('past_key_values', 'present')];
+    const like = (fresh ?? past![name])!;
+    const [B, H, , D] = like.dims as [number, number, number, number];
+    const data = new (like.data.constructor as Float32ArrayConstructor)(B * H * cap * D);
+    const from = past?.[name];
+    if (from && used > 0) {
+      const Ls = from.dims[2]!;
+      const src = from.data as Float32Array;
+      for (let r = 0; r < B * H; r++) data.set(src.subarray(r * Ls * D, (r * Ls + used) * D), r * cap * D);
+    }
+    out[name] = new Tensor(like.type as 'float32', data, [B, H, cap, D]);
   }
-  return past;
+  if (outputs) writeColumns(out, used, outputs, s);
+  return out;
+}
+
+/** Writes the last `s` positions of each `present.*` output into `past` at positions [at, at + s) (room there: the caller's). */
+export function writeColumns(past: Feeds, at: number, outputs: Feeds, s: number): void {
+  for (const [name, t] of Object.entries(outputs)) {
+    if (!name.startsWith('present')) continue;
+    const dst = past[pastName(name)]!;
+    const [B, H, T, D] = t.dims as [number, number, number, number];
+    const cap = dst.dims[2]!;
+    if (at + s > cap) throw new Error(`KV cache: ${at + s} positions do not fit ${cap}`);
+    const src = t.data as Float32Array;
+    const data = dst.data as Float32Array;
+    for (let r = 0; r < B * H; r++) data.set(src.subarray((r * T + T - s) * D, (r * T + T) * D), (r * cap + at) * D);
+  }
 }
 
 export function checkContext(m: ChatModel, promptTokens: number, maxTokens: number | null): number {

@@ -142,6 +142,8 @@ interface Node {
   outputs: string[];
   /** INTS attributes, by name. */
   ints: Map<string, bigint[]>;
+  /** INT attributes, by name. */
+  int: Map<string, bigint>;
   /** A Constant node's value, when it is a small int64 tensor. */
   constInts: bigint[] | null;
   /** A Constant node's element count (1 for value_float / value_int). */
@@ -185,7 +187,7 @@ function tensorInts(buf: Uint8Array): bigint[] | null {
 }
 
 function parseNode(raw: Uint8Array): Node {
-  const node: Node = { raw, opType: '', domain: '', inputs: [], outputs: [], ints: new Map(), constInts: null, constElements: null, subgraph: false };
+  const node: Node = { raw, opType: '', domain: '', inputs: [], outputs: [], ints: new Map(), int: new Map(), constInts: null, constElements: null, subgraph: false };
   for (const f of fields(raw)) {
     if (f.no === 1) node.inputs.push(text.decode(f.value));
     else if (f.no === 2) node.outputs.push(text.decode(f.value));
@@ -194,14 +196,17 @@ function parseNode(raw: Uint8Array): Node {
     else if (f.no === 5) {
       let name = '';
       const ints: bigint[] = [];
+      let one: bigint | null = null;
       let tensor: Uint8Array | null = null;
       for (const a of fields(f.value)) {
         if (a.no === 1) name = text.decode(a.value);
+        else if (a.no === 3) one = BigInt.asIntN(64, a.int);
         else if (a.no === 8) ints.push(...intList(a));
         else if (a.no === 5) tensor = a.value;
         else if (a.no === 6 || a.no === 11) node.subgraph = true;
       }
       if (ints.length) node.ints.set(name, ints);
+      if (one !== null) node.int.set(name, one);
       if (tensor && name === 'value') {
         node.constInts = tensorInts(tensor);
         node.constElements = elementsOf(tensor);
@@ -213,17 +218,21 @@ function parseNode(raw: Uint8Array): Node {
 
 let fresh = 0;
 
-function newNode(opType: string, inputs: string[], outputs: string[], perm?: number[]): Node {
+/** A new node; `attrs`: INT (a number) and INTS (an array) attributes. */
+function newNode(opType: string, inputs: string[], outputs: string[], attrs: Record<string, number | number[]> = {}): Node {
   const w = new Writer();
   for (const i of inputs) w.string(1, i);
   for (const o of outputs) w.string(2, o);
   w.string(3, `switchyard_gqa_${opType}_${++fresh}`).string(4, opType);
-  if (perm) {
-    const a = new Writer().string(1, 'perm').int(20, 7);
-    for (const p of perm) a.int(8, p);
+  for (const [name, v] of Object.entries(attrs)) {
+    const a = new Writer().string(1, name);
+    if (Array.isArray(v)) {
+      a.int(20, 7);
+      for (const x of v) a.int(8, x);
+    } else a.int(20, 2).int(3, v);
     w.bytes(5, a.done());
   }
-  return { raw: w.done(), opType, domain: '', inputs, outputs, ints: new Map(), constInts: null, constElements: null, subgraph: false };
+  return { raw: w.done(), opType, domain: '', inputs, outputs, ints: new Map(), int: new Map(), constInts: null, constElements: null, subgraph: false };
 }
 
 function int64Tensor(name: string, values: number[]): Uint8Array {
@@ -237,13 +246,28 @@ export interface RewriteResult {
   bytes: Uint8Array;
   /** Attention products rewritten: two per layer (keys and values). */
   rewritten: number;
+  /** Cache outputs (`present.*`) that now hold only the step's new keys or values (`split`). */
+  split: number;
+}
+
+export interface RewriteOptions {
+  /**
+   * Also split each layer's attention over the cache it is given and the step's new keys and
+   * values, so that the graph never concatenates the two: `present.*` then holds only the new
+   * tokens' keys and values ([b, kvHeads, s, d]), which the caller appends to its own cache
+   * (scheduler.ts). Scores are computed in two products and concatenated (a [.., s, past + s]
+   * tensor, not the cache), the probabilities sliced in two and each part multiplied by its
+   * values, the two contexts added. Close to the exported graph's outputs, not bit-identical:
+   * the last value product's sum is split in two (test/worker/generation/grouped-attention.test.ts).
+   */
+  split?: boolean;
 }
 
 /**
  * The model with its repeated-KV attention grouped (see the top of this file), or null when the
  * graph has no such pattern or cannot be rewritten safely.
  */
-export function groupAttention(model: Uint8Array): RewriteResult | null {
+export function groupAttention(model: Uint8Array, opts: RewriteOptions = {}): RewriteResult | null {
   const top = [...fields(model)];
   const graphField = top.find((f) => f.no === 7 && f.wire === 2);
   if (!graphField) return null;
@@ -251,6 +275,7 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
   /** Initializers' element counts, by name. */
   const consts = new Map<string, number>();
   const graphOutputs = new Set<string>();
+  const graphInputs = new Set<string>();
   for (const f of graphFields) {
     if (f.no === 5) {
       let name = '';
@@ -263,6 +288,8 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
       consts.set(name, elementsOf(f.value));
     } else if (f.no === 12) {
       for (const v of fields(f.value)) if (v.no === 1) graphOutputs.add(text.decode(v.value));
+    } else if (f.no === 11) {
+      for (const v of fields(f.value)) if (v.no === 1) graphInputs.add(text.decode(v.value));
     }
   }
   let nodes: (Node | null)[] = graphFields.filter((f) => f.no === 1).map((f) => parseNode(f.value));
@@ -308,7 +335,28 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
   const before = new Map<number, Node[]>();
   const drop = new Set<Node>();
   /** Each match: where its nodes go, the [b, heads, s, *] tensor it groups, the cache it reads, and its nodes. */
-  const matches: { at: number; src: string; x: string; emit: (shape5: string, shape4: string) => Node[] }[] = [];
+  const matches: { at: number; src: string; x: string; emit: (shapes: { shape5: string; shape4: string; flat: string }) => Node[] }[] = [];
+
+  /**
+   * With `split`: the cache output `x` = Concat(past, new) on the sequence axis, `past` a graph
+   * input. (Nothing else may read `x` once the rewrite is done: checked at the end.)
+   */
+  const splitOf = (x: string): { past: string; fresh: string; cat: Node } | null => {
+    if (!opts.split) return null;
+    const cat = node(x);
+    if (!cat || cat.opType !== 'Concat' || cat.domain !== '' || cat.inputs.length !== 2 || !graphOutputs.has(x)) return null;
+    const axis = cat.int.get('axis');
+    if (axis !== 2n && axis !== -2n) return null;
+    return graphInputs.has(cat.inputs[0]!) ? { past: cat.inputs[0]!, fresh: cat.inputs[1]!, cat } : null;
+  };
+  /** The past's length (every layer's cache has the same), computed once where the first split product is. */
+  let pastLen: string | null = null;
+  let pastOf = '';
+  const lenOf = (past: string) => {
+    pastOf ||= past;
+    return (pastLen ??= tmp());
+  };
+  const splits: { cat: Node; fresh: string }[] = [];
 
   for (const r of nodes) {
     if (!r || r.opType !== 'Reshape' || r.domain !== '') continue;
@@ -339,23 +387,59 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
       if (sc && (sc.opType === 'Mul' || sc.opType === 'Div') && !isScale(sc)) continue;
       const scaled = sc && isScale(sc) ? sc : null;
       const last = scaled ?? m;
-      matches.push({ at: nodes.indexOf(last), src: q, x, emit: (shape5, shape4) => {
-        const [q5, kt, s5, scaledOut] = [tmp(), tmp(), tmp(), tmp()];
+      /** q · kᵀ over one cache, scaled as exported: `perm` swaps the cache's last two axes. */
+      const product = (qg: string, cache: string, perm: number[]): [Node[], string] => {
+        const [kt, sg, scaledOut] = [tmp(), tmp(), tmp()];
+        const out = [
+          newNode('Transpose', [cache], [kt], { perm }),
+          newNode('MatMul', [qg, kt], [sg]),
+          ...(scaled ? [newNode(scaled.opType, scaled.inputs.map((i) => (i === m.outputs[0] ? sg : i)), [scaledOut])] : []),
+        ];
+        return [out, scaled ? scaledOut : sg];
+      };
+      const sp = splitOf(x);
+      if (sp) splits.push({ cat: sp.cat, fresh: sp.fresh });
+      matches.push({ at: nodes.indexOf(last), src: q, x: sp ? sp.past : x, emit: ({ shape5, shape4, flat }) => {
+        const qg = tmp();
+        if (!sp) {
+          // [b, kvHeads, group, s, d] · [b, kvHeads, 1, d, T]: one product of s rows per head.
+          const [nodesOf, scores] = product(qg, uOut, [0, 1, 2, 4, 3]);
+          return [newNode('Reshape', [q, shape5], [qg]), ...nodesOf, newNode('Reshape', [scores, shape4], [...last.outputs])];
+        }
+        // [b, kvHeads, group × s, d] · [b, kvHeads, d, T], over the cache given and over the new
+        // keys, side by side: [.., group × s, past + s].
+        const sg = tmp();
+        const [pastNodes, pastScores] = product(qg, sp.past, [0, 1, 3, 2]);
+        const [newNodes, newScores] = product(qg, sp.fresh, [0, 1, 3, 2]);
         return [
-          newNode('Reshape', [q, shape5], [q5]),
-          newNode('Transpose', [uOut], [kt], [0, 1, 2, 4, 3]),
-          newNode('MatMul', [q5, kt], [s5]),
-          ...(scaled ? [newNode(scaled.opType, scaled.inputs.map((i) => (i === m.outputs[0] ? s5 : i)), [scaledOut])] : []),
-          newNode('Reshape', [scaled ? scaledOut : s5, shape4], [...last.outputs]),
+          newNode('Reshape', [q, flat], [qg]),
+          ...pastNodes,
+          ...newNodes,
+          newNode('Concat', [pastScores, newScores], [sg], { axis: -1 }),
+          newNode('Reshape', [sg, shape4], [...last.outputs]),
         ];
       } });
       for (const d of [r, e, c, m, ...(scaled ? [scaled] : [])]) drop.add(d);
     } else if (c.opType === 'MatMul' && c.inputs[1] === r.outputs[0]) {
       // Values: MatMul(probs, expanded).
       const probs = c.inputs[0]!;
-      matches.push({ at: nodes.indexOf(c), src: probs, x, emit: (shape5, shape4) => {
-        const [p5, c5] = [tmp(), tmp()];
-        return [newNode('Reshape', [probs, shape5], [p5]), newNode('MatMul', [p5, uOut], [c5]), newNode('Reshape', [c5, shape4], [...c.outputs])];
+      const sp = splitOf(x);
+      if (sp) splits.push({ cat: sp.cat, fresh: sp.fresh });
+      matches.push({ at: nodes.indexOf(c), src: probs, x: sp ? sp.past : x, emit: ({ shape5, shape4, flat }) => {
+        const [pg, cg] = [tmp(), tmp()];
+        if (!sp) return [newNode('Reshape', [probs, shape5], [pg]), newNode('MatMul', [pg, uOut], [cg]), newNode('Reshape', [cg, shape4], [...c.outputs])];
+        // The probabilities over the cache given and over the new tokens, each times its values.
+        const P = lenOf(sp.past);
+        const [pp, pn, cp, cn] = [tmp(), tmp(), tmp(), tmp()];
+        return [
+          newNode('Reshape', [probs, flat], [pg]),
+          newNode('Slice', [pg, constant([0]), P, constant([-1])], [pp]),
+          newNode('Slice', [pg, P, constant([Number.MAX_SAFE_INTEGER]), constant([-1])], [pn]),
+          newNode('MatMul', [pp, sp.past], [cp]),
+          newNode('MatMul', [pn, sp.fresh], [cn]),
+          newNode('Add', [cp, cn], [cg]),
+          newNode('Reshape', [cg, shape4], [...c.outputs]),
+        ];
       } });
       for (const d of [r, e, c]) drop.add(d);
     }
@@ -367,7 +451,7 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
   // fail its Reshape or MatMul loudly, not compute something else: the element counts or the
   // broadcast would not match.) shape5 = [b, kvHeads, heads / kvHeads, s, -1], shape4 = [b, heads, s, -1].
   const first = matches.reduce((a, m) => (m.at < a.at ? m : a));
-  const [sh, xs, b, nh, s, kvh, group, shape5, shape4] = [tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp()] as const;
+  const [sh, xs, b, nh, s, kvh, group, shape5, shape4, flat] = [tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp(), tmp()] as const;
   const shared = [
     newNode('Shape', [first.src], [sh]),
     newNode('Shape', [first.x], [xs]),
@@ -376,22 +460,28 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
     newNode('Slice', [sh, constant([2]), constant([3])], [s]),
     newNode('Slice', [xs, constant([1]), constant([2])], [kvh]),
     newNode('Div', [nh, kvh], [group]),
-    newNode('Concat', [b, kvh, group, s, constant([-1])], [shape5]),
-    newNode('Concat', [b, nh, s, constant([-1])], [shape4]),
+    newNode('Concat', [b, kvh, group, s, constant([-1])], [shape5], { axis: 0 }),
+    newNode('Concat', [b, nh, s, constant([-1])], [shape4], { axis: 0 }),
+    // [b, kvHeads, group × s, same last axis] (Reshape's 0 keeps that axis of its input).
+    ...(splits.length > 0 ? [newNode('Concat', [constant([0]), kvh, constant([-1, 0])], [flat], { axis: 0 })] : []),
   ];
-  for (const m of matches) before.set(m.at, [...(m === first ? shared : []), ...m.emit(shape5, shape4)]);
+  for (const m of matches) before.set(m.at, [...(m === first ? shared : []), ...m.emit({ shape5, shape4, flat })]);
   const rewritten = matches.length;
-
-  // Concat needs its axis.
-  const withAxis = (n: Node): Node => {
-    if (n.opType !== 'Concat') return n;
-    const a = new Writer().string(1, 'axis').int(20, 2).int(3, 0);
-    return { ...n, raw: new Writer().raw(n.raw).bytes(5, a.done()).done() };
-  };
+  if (pastLen !== null) {
+    // The past's length, from the graph input itself: computable before anything else.
+    const ps = tmp();
+    before.set(0, [newNode('Shape', [pastOf], [ps]), newNode('Slice', [ps, constant([2]), constant([3])], [pastLen]), ...(before.get(0) ?? [])]);
+  }
+  // Each split cache output is the step's new keys or values alone: no Concat of the cache.
+  for (const { cat, fresh } of new Map(splits.map((x) => [x.cat, x])).values()) {
+    const i = nodes.indexOf(cat);
+    drop.add(cat);
+    before.set(i, [...(before.get(i) ?? []), newNode('Identity', [fresh], [...cat.outputs])]);
+  }
 
   const ordered: Node[] = [];
   nodes.forEach((n, i) => {
-    for (const m of before.get(i) ?? []) ordered.push(withAxis(m));
+    for (const m of before.get(i) ?? []) ordered.push(m);
     if (n && !drop.has(n)) ordered.push(n);
   });
   const readBefore = new Set(nodes.flatMap((n) => n!.inputs));
@@ -399,6 +489,9 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
   // Initializers only the removed nodes read (the expansions' shapes) go too: onnxruntime would
   // warn about each at every load.
   const readAfter = new Set(nodes.flatMap((n) => n!.inputs));
+  // A split cache output that something else still reads (the full cache's shape, say) would
+  // hand that reader the new tokens only: such a graph is grouped without the split.
+  if (splits.some((x) => x.cat.outputs.some((o) => readAfter.has(o)))) return groupAttention(model, { ...opts, split: false });
   const orphan = (f: Field) => {
     if (f.no !== 5 || f.value.length > 256) return false;
     let name = '';
@@ -415,7 +508,7 @@ export function groupAttention(model: Uint8Array): RewriteResult | null {
     if (f === graphField) m.message(7, g);
     else m.raw(model.subarray(f.start, f.end));
   }
-  return { bytes: m.done(), rewritten };
+  return { bytes: m.done(), rewritten, split: new Set(splits.map((x) => x.cat)).size };
 }
 
 /** Drops nodes none of whose outputs is read (the expansions' shape arithmetic), repeatedly. */

@@ -2,7 +2,7 @@ import { Waker } from '../waker.js';
 import { Tensor } from '@huggingface/transformers';
 import type { SamplingParams } from '../../protocol/chat.js';
 import type { FinishReason } from '../../protocol/shared.js';
-import { checkBudget, int64, toPast, type ChatModel, type ChoiceResult, type Feeds, type GenerateOptions } from './generate.js';
+import { checkBudget, extendCache, int64, room, writeColumns, type ChatModel, type ChoiceResult, type Feeds, type GenerateOptions } from './generate.js';
 import { logprobsOf, type TokenLogprob } from './logprobs.js';
 import { applyPenalties, drawToken, makeRng } from './sampler.js';
 import { TextStream } from './text-stream.js';
@@ -18,11 +18,14 @@ import { PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
  * prefilled (in chunks, between steps) and joins at the next step; a sequence that finishes or
  * is cancelled leaves at once and frees its slot.
  *
- * The batch's KV cache is one tensor per layer, [rows, kv heads, L, head dim], each row holding
- * its own tokens right-aligned (left padding), with an attention mask that hides the padding and
- * position ids counted per row. So a row sees exactly the keys and positions it would see alone:
- * its output does not depend on what it is batched with. The cache is re-laid out (rows added or
- * dropped, common padding trimmed) only when the batch's membership changes.
+ * The batch's KV cache is one tensor per layer, [rows, kv heads, capacity, head dim], each row
+ * holding its own tokens right-aligned at position L (left padding), with free room after L
+ * for the next steps (generate.ts: a step writes its new keys and values there, so the cache is
+ * not copied per step), an attention mask that hides the padding and the room, and position ids
+ * counted per row. So a row sees exactly the keys and positions it would see alone: its output
+ * does not depend on what it is batched with. The cache is re-laid out (rows added or dropped,
+ * common padding trimmed, room added) only when the batch's membership changes or the room runs
+ * out.
  *
  * A prompt that starts with blocks a finished sequence or an earlier prompt left in the prefix
  * cache (prefix-cache.ts) is prefilled from the end of those blocks only.
@@ -149,7 +152,7 @@ export class BatchScheduler {
   private past: Feeds | null = null;
   /** Rows that joined (their first token sampled) and wait to be laid into the batch's cache, all at once. */
   private joining: Source[] = [];
-  /** Length of the cache's sequence axis. */
+  /** Positions of the cache in use (every row's tokens end before it); its capacity is past's dims[2]. */
   private L = 0;
   private reserved = 0;
   private running = false;
@@ -347,7 +350,7 @@ export class BatchScheduler {
     if (!this.rows.some((row) => row.finishReason !== null || row.req.settled)) return;
     // A finished sequence leaves its blocks for the next turn of its chat (its reply, as the next
     // prompt will hold it, when the template renders the same tokens).
-    if (this.prefix.enabled) this.rows.forEach((row, b) => row.finishReason !== null && this.prefix.store(this.cachedIds(row), this.past!, b));
+    if (this.prefix.enabled) this.rows.forEach((row, b) => row.finishReason !== null && this.prefix.store(this.cachedIds(row), this.past!, b, this.L));
     for (const req of new Set(this.rows.filter((row) => row.finishReason !== null).map((row) => row.req))) this.answerIfDone(req);
     this.keepRows((row) => row.finishReason === null && !row.req.settled);
   }
@@ -359,10 +362,10 @@ export class BatchScheduler {
   }
 
   /**
-   * Rebuilds the batch cache from the given rows, right-aligned to the longest: the new rows'
-   * order is the batch order from now on. When the sources are every row of one cache in order,
-   * each ending at its end (a batched prefill that nobody was decoding beside), that cache is
-   * the batch's as it is: no copy.
+   * Rebuilds the batch cache from the given rows, right-aligned to the longest, with room for the
+   * next steps: the new rows' order is the batch order from now on. When the sources are every
+   * row of one cache in order, each ending at its end (a batched prefill that nobody was decoding
+   * beside, or the batch less nobody), that cache is the batch's as it is: no copy.
    */
   private relayout(sources: Source[]): void {
     this.rows = sources.map((s) => s.row);
@@ -374,16 +377,17 @@ export class BatchScheduler {
     const L = Math.max(...sources.map((s) => s.row.len));
     const whole = sources[0]!.past;
     const dims = Object.values(whole)[0]!.dims;
-    if (dims[0] === sources.length && dims[2] === L && sources.every((s, j) => s.past === whole && s.b === j && s.end === L)) {
+    if (dims[0] === sources.length && dims[2]! >= L && sources.every((s, j) => s.past === whole && s.b === j && s.end === L)) {
       this.past = whole;
       this.L = L;
       return;
     }
     const out: Feeds = {};
+    const cap = L + room(L);
     for (const name of Object.keys(sources[0]!.past)) {
       const first = sources[0]!.past[name]!;
       const [, H, , D] = first.dims as [number, number, number, number];
-      const data = new (first.data.constructor as Float32ArrayConstructor)(sources.length * H * L * D);
+      const data = new (first.data.constructor as Float32ArrayConstructor)(sources.length * H * cap * D);
       sources.forEach((s, j) => {
         const t = s.past[name]!;
         const src = t.data as Float32Array;
@@ -391,10 +395,10 @@ export class BatchScheduler {
         const len = s.row.len;
         for (let h = 0; h < H; h++) {
           const from = ((s.b * H + h) * Ls + (s.end - len)) * D;
-          data.set(src.subarray(from, from + len * D), ((j * H + h) * L + (L - len)) * D);
+          data.set(src.subarray(from, from + len * D), ((j * H + h) * cap + (L - len)) * D);
         }
       });
-      out[name] = new Tensor(first.type as 'float32', data, [sources.length, H, L, D]);
+      out[name] = new Tensor(first.type as 'float32', data, [sources.length, H, cap, D]);
     }
     this.past = out;
     this.L = L;
@@ -520,8 +524,10 @@ export class BatchScheduler {
     for (const g of group) this.start(g.req, g.cached);
     const t0 = performance.now();
     let outputs: Feeds;
+    let forwardPast: Feeds | null;
     try {
-      const past = h > 0 ? repeatRows(await this.prefillHead(group[0]!, h), k) : C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C) : null;
+      forwardPast = h > 0 ? repeatRows(await this.prefillHead(group[0]!, h), k) : C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C) : null;
+      const past = forwardPast;
       outputs = (await this.m.model.forward({
         input_ids: int64(ids, [k, S]),
         attention_mask: int64(mask, [k, C + S]),
@@ -540,7 +546,7 @@ export class BatchScheduler {
     this.counters.prefillTokens += h + group.reduce((n, g, j) => n + g.req.promptIds.length - pre[j]!, 0);
     const logits = outputs.logits!.data as Float32Array;
     const V = outputs.logits!.dims[2]!;
-    const past = toPast(outputs);
+    const past = extendCache(forwardPast, C, outputs, S, C + S);
     group.forEach(({ req }, j) => {
       this.prefilling.splice(this.prefilling.indexOf(req), 1);
       const last = j * S + ends[j]! - C - 1;
@@ -568,7 +574,7 @@ export class BatchScheduler {
     })) as Feeds;
     this.counters.prefillMs += performance.now() - t0;
     this.counters.prefills++;
-    return toPast(outputs);
+    return extendCache(past, cached, outputs, h, cached + h);
   }
 
   private async prefillChunk(req: Request, take: number): Promise<void> {
@@ -598,7 +604,7 @@ export class BatchScheduler {
       for (let c = 0; c < req.params.n; c++) req.opts.onDelta(c, '', null, entries);
     }
     req.lastLogits = logits.slice((take - 1) * V, take * V);
-    req.past = toPast(outputs);
+    req.past = extendCache(req.past, start, outputs, take, end);
     req.prefilled = end;
   }
 
@@ -639,11 +645,15 @@ export class BatchScheduler {
   private async step(): Promise<void> {
     const rows = this.rows;
     const B = rows.length;
-    const total = this.L + 1;
-    const mask = new Array<number>(B * total);
+    // Room for this step's keys and values at position L; when there is none left, a copy with more.
+    if (Object.values(this.past!)[0]!.dims[2]! <= this.L) this.past = extendCache(this.past, this.L, null, 0, this.L + room(this.L));
+    const cap = Object.values(this.past!)[0]!.dims[2]!;
+    // Per row: its padding, its tokens, the free room (all but the tokens masked), then the new token.
+    const total = cap + 1;
+    const mask = new Array<number>(B * total).fill(0);
     rows.forEach((row, b) => {
-      const pad = this.L - row.len;
-      mask.fill(0, b * total, b * total + pad).fill(1, b * total + pad, (b + 1) * total);
+      mask.fill(1, b * total + this.L - row.len, b * total + this.L);
+      mask[b * total + cap] = 1;
     });
     const t0 = performance.now();
     let outputs: Feeds;
@@ -666,8 +676,8 @@ export class BatchScheduler {
     this.counters.stepSequences += B;
     this.counters.decodeTokens += B;
     if (B > this.counters.maxBatch) this.counters.maxBatch = B;
-    this.past = toPast(outputs);
-    this.L = total;
+    writeColumns(this.past!, this.L, outputs, 1);
+    this.L += 1;
     const V = outputs.logits!.dims[2]!;
     const data = outputs.logits!.data as Float32Array;
     const failed = new Map<Request, ThreadError>();

@@ -11,7 +11,8 @@ import { LIMITS, loadTiny, never, noop, params, prompts } from './helpers.js';
 
 // The load-time rewrite of repeated-KV attention (grouped-attention.ts) must change nothing but
 // the time: every output of the graph, bit for bit, on the shapes the scheduler feeds it, and the
-// tokens through the scheduler, against the graph as exported.
+// tokens through the scheduler, against the graph as exported. Split (the cache outputs only the
+// new tokens), outputs stay within 1e-4 and the tokens the same.
 
 const modelsDir = () => inject('modelsDir' as never) as string;
 const graph = (model: string) => readFileSync(join(modelsDir(), model, 'onnx', 'model.onnx'));
@@ -54,6 +55,49 @@ describe('grouped attention (load-time graph rewrite)', () => {
             const [p, q] = [x[name]!.data as Float32Array, y[name]!.data as Float32Array];
             // Bytes, not values: bit-identical, NaN and -0 included.
             expect(Buffer.from(q.buffer, q.byteOffset, q.byteLength).equals(Buffer.from(p.buffer, p.byteOffset, p.byteLength)), `${name} of ${rows}×${s} over ${past}`).toBe(true);
+          }
+        }
+      } finally {
+        await Promise.all([a.release(), b.release()]);
+      }
+    });
+  }
+
+  it("tiny-chat-eos, split: its end-of-sequence steering reads the whole cache (a counter kept in it), so nothing is split", () => {
+    expect(groupAttention(graph('tiny-chat-eos'), { split: true })).toMatchObject({ rewritten: 4, split: 0 });
+  });
+
+  for (const model of ['tiny-chat']) {
+    it(`${model}, split: the cache outputs hold only the new tokens' keys and values, and every output is the exported graph's to within 1e-4`, async () => {
+      const bytes = graph(model);
+      const out = groupAttention(bytes, { split: true });
+      expect(out?.rewritten).toBe(4);
+      expect(out?.split).toBe(4);
+      const opts = { extra: { session: { intra_op: { allow_spinning: '0' } } } } as InferenceSession.SessionOptions;
+      const [a, b] = await Promise.all([InferenceSession.create(bytes, opts), InferenceSession.create(out!.bytes, opts)]);
+      try {
+        const rng = makeRng(16);
+        // As above, and a decode over a cache with free room at its end (masked), as the scheduler keeps it.
+        for (const [rows, s, past, pad] of [[1, 1, 40, 0], [1, 1, 700, 0], [1, 64, 0, 0], [1, 32, 300, 0], [5, 1, 120, 37], [8, 9, 200, 11]] as const) {
+          const f = feeds(rng, 2, 2, 16, rows, s, past, pad);
+          const [x, y] = [await a.run(f), await b.run(f)];
+          expect(Object.keys(y).sort()).toEqual(Object.keys(x).sort());
+          for (const name of Object.keys(x)) {
+            const [p, q] = [x[name]!.data as Float32Array, y[name]!.data as Float32Array];
+            let worst = 0;
+            if (name === 'logits') {
+              expect(y[name]!.dims).toEqual(x[name]!.dims);
+              for (let i = 0; i < p.length; i++) worst = Math.max(worst, Math.abs(p[i]! - q[i]!));
+            } else {
+              // [rows, kv heads, s, dim]: the last s positions of the exported graph's [rows, kv heads, past + s, dim].
+              const [R, H, T, D] = x[name]!.dims as number[];
+              expect(y[name]!.dims).toEqual([R, H, s, D]);
+              for (let r = 0; r < R! * H!; r++) {
+                for (let i = 0; i < s * D!; i++) worst = Math.max(worst, Math.abs(p[(r * T! + T! - s) * D! + i]! - q[r * s * D! + i]!));
+              }
+            }
+            // Not bit-identical: the values' product sums the past and the new tokens apart.
+            expect(worst, `${name} of ${rows}×${s} over ${past}`).toBeLessThan(1e-4);
           }
         }
       } finally {
@@ -115,42 +159,122 @@ describe('grouped attention (load-time graph rewrite)', () => {
     }
   });
 
+  describe('split: the cache concatenated in the graph', () => {
+    // One layer as exports write it: present = Concat(past, new) on the sequence axis, a graph
+    // output, and the attention reads it repeated per query head. With `readsPresent`, another
+    // node reads the whole present too (its shape, as a mask built from it would).
+    async function layer(readsPresent: boolean): Promise<Uint8Array> {
+      const { GraphBuilder, DT } = (await import('../../../fixtures/models/generator/onnx-builder.mjs')) as {
+        GraphBuilder: new (name: string) => {
+          input(name: string, type: number, shape: (number | string)[]): string;
+          output(name: string, type: number, shape: (number | string)[]): void;
+          op(type: string, inputs: string[], attrs?: Record<string, unknown>, outputs?: string[]): string;
+          floatInit(name: string, dims: number[], data: number[]): string;
+          int64Init(name: string, values: number[], dims?: number[]): string;
+          toModelBytes(): Uint8Array;
+        };
+        DT: { FLOAT: number; INT64: number };
+      };
+      const g = new GraphBuilder('layer');
+      const q = g.input('q', DT.FLOAT, [1, 4, 3, 8]);
+      const cached = (kv: string) =>
+        g.op('Concat', [g.input(`past_key_values.0.${kv}`, DT.FLOAT, [1, 2, 'P', 8]), g.input(`new_${kv}`, DT.FLOAT, [1, 2, 3, 8])], { axis: 2 }, [`present.0.${kv}`]);
+      const repeat = (t: string) =>
+        g.op('Reshape', [g.op('Expand', [g.op('Unsqueeze', [t, g.int64Init(`${t}_axes`, [2])]), g.op('Concat', [g.int64Init(`${t}_lead`, [1, 2, 2]), g.op('Slice', [g.op('Shape', [t]), g.int64Init(`${t}_s`, [2]), g.int64Init(`${t}_e`, [4])])], { axis: 0 })]), g.op('Concat', [g.int64Init(`${t}_lead4`, [1, 4]), g.op('Slice', [g.op('Shape', [t]), g.int64Init(`${t}_s4`, [2]), g.int64Init(`${t}_e4`, [4])])], { axis: 0 })]);
+      const [k, v] = [cached('key'), cached('value')];
+      g.output('present.0.key', DT.FLOAT, [1, 2, 'T', 8]);
+      g.output('present.0.value', DT.FLOAT, [1, 2, 'T', 8]);
+      const product = g.op('MatMul', [q, g.op('Transpose', [repeat(k)], { perm: [0, 1, 3, 2] })]);
+      const probs = g.op('Softmax', [g.op('Mul', [product, g.floatInit('scale', [], [0.35])])], { axis: -1 });
+      g.op('MatMul', [probs, repeat(v)], {}, ['out']);
+      g.output('out', DT.FLOAT, [1, 4, 3, 8]);
+      if (readsPresent) {
+        g.op('Shape', [k], {}, ['total']);
+        g.output('total', DT.INT64, [4]);
+      }
+      return g.toModelBytes();
+    }
+
+    it('splits a layer whose present only the attention reads: close outputs, present the new tokens alone', async () => {
+      const bytes = await layer(false);
+      const out = groupAttention(bytes, { split: true });
+      expect(out).toMatchObject({ rewritten: 2, split: 2 });
+      const [a, b] = await Promise.all([InferenceSession.create(bytes), InferenceSession.create(out!.bytes)]);
+      const rng = makeRng(4);
+      const t = (dims: number[]) => new Tensor('float32', Float32Array.from({ length: dims.reduce((x, y) => x * y) }, () => rng() * 4 - 2), dims);
+      for (const P of [0, 5]) {
+        const f = { q: t([1, 4, 3, 8]), 'past_key_values.0.key': t([1, 2, P, 8]), 'past_key_values.0.value': t([1, 2, P, 8]), new_key: t([1, 2, 3, 8]), new_value: t([1, 2, 3, 8]) };
+        const [x, y] = [await a.run(f), await b.run(f)];
+        expect(y['present.0.key']!.dims).toEqual([1, 2, 3, 8]);
+        expect(y['present.0.key']!.data).toEqual(f.new_key.data);
+        expect(y['present.0.value']!.data).toEqual(f.new_value.data);
+        const [p, q] = [x.out!.data as Float32Array, y.out!.data as Float32Array];
+        expect(Math.max(...p.map((v, i) => Math.abs(v - q[i]!))), `past of ${P}`).toBeLessThan(1e-5);
+      }
+      await Promise.all([a.release(), b.release()]);
+    });
+
+    it('does not split when something else reads the whole present: grouped only, bit-identical', async () => {
+      const bytes = await layer(true);
+      const out = groupAttention(bytes, { split: true });
+      expect(out).toMatchObject({ rewritten: 2, split: 0 });
+      const [a, b] = await Promise.all([InferenceSession.create(bytes), InferenceSession.create(out!.bytes)]);
+      const rng = makeRng(5);
+      const t = (dims: number[]) => new Tensor('float32', Float32Array.from({ length: dims.reduce((x, y) => x * y) }, () => rng() * 4 - 2), dims);
+      const f = { q: t([1, 4, 3, 8]), 'past_key_values.0.key': t([1, 2, 5, 8]), 'past_key_values.0.value': t([1, 2, 5, 8]), new_key: t([1, 2, 3, 8]), new_value: t([1, 2, 3, 8]) };
+      const [x, y] = [await a.run(f), await b.run(f)];
+      for (const name of ['out', 'present.0.key', 'total']) expect(y[name]!.data, name).toEqual(x[name]!.data);
+      await Promise.all([a.release(), b.release()]);
+    });
+  });
+
   it('leaves a graph without repeated KV heads alone', () => {
     expect(groupAttention(graph('tiny-embed'))).toBeNull();
   });
 
   describe('through the loader and the scheduler', () => {
+    let split: LoadedChatModel;
     let grouped: LoadedChatModel;
     let exported: LoadedChatModel;
-    beforeAll(async () => {
-      grouped = await loadTiny();
-      const was = process.env.SWITCHYARD_GROUPED_ATTENTION;
-      process.env.SWITCHYARD_GROUPED_ATTENTION = '0';
+    const loadWith = async (env: Record<string, string>) => {
+      const was = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+      Object.assign(process.env, env);
       try {
-        exported = await loadTiny();
+        return await loadTiny();
       } finally {
-        if (was === undefined) delete process.env.SWITCHYARD_GROUPED_ATTENTION;
-        else process.env.SWITCHYARD_GROUPED_ATTENTION = was;
+        for (const [k, v] of Object.entries(was)) {
+          if (v === undefined) delete process.env[k];
+          else process.env[k] = v;
+        }
       }
+    };
+    beforeAll(async () => {
+      split = await loadTiny();
+      grouped = await loadWith({ SWITCHYARD_SPLIT_ATTENTION: '0' });
+      exported = await loadWith({ SWITCHYARD_GROUPED_ATTENTION: '0' });
     });
     afterAll(async () => {
-      await Promise.all([grouped?.model.dispose(), exported?.model.dispose()]);
+      await Promise.all([split?.model.dispose(), grouped?.model.dispose(), exported?.model.dispose()]);
     });
 
-    it('loads rewritten by default, as exported with SWITCHYARD_GROUPED_ATTENTION=0, and both give the same tokens (greedy and seeded, batched, with the prefix cache)', async () => {
-      expect(grouped.groupedAttention).toBe(4);
-      expect(exported.groupedAttention).toBe(0);
+    it('loads grouped and split by default, grouped only with SWITCHYARD_SPLIT_ATTENTION=0, as exported with SWITCHYARD_GROUPED_ATTENTION=0; all give the same tokens (greedy and seeded, batched, with the prefix cache, past the cache\'s room)', async () => {
+      expect([split.groupedAttention, split.splitCache]).toEqual([4, 4]);
+      expect([grouped.groupedAttention, grouped.splitCache]).toEqual([4, 0]);
+      expect([exported.groupedAttention, exported.splitCache]).toEqual([0, 0]);
       const shared = prompts(1, 3)[0]!;
       const ps = [...prompts(5, 21), ...prompts(3, 22).map((p) => [...shared, ...shared, ...p])];
-      const p = (i: number) => params({ maxTokens: 16, ...(i % 2 ? { temperature: 0.9, topP: 0.9, seed: 70 + i, n: 2 } : {}) });
+      // 40 new tokens: more than the room a re-laid-out cache gets (32 positions at these
+      // lengths), so the cache grows while the batch decodes.
+      const p = (i: number) => params({ maxTokens: 40, ...(i % 2 ? { temperature: 0.9, topP: 0.9, seed: 70 + i, n: 2 } : {}) });
       const run = async (m: LoadedChatModel) => {
         const s = new BatchScheduler(m, { ...LIMITS, prefixCacheBytes: 16 * 1024 * 1024 });
         const all = await Promise.all(ps.map((prompt, i) => s.submit(prompt, p(i), { signal: never, onDelta: noop })));
         return all.map((r) => r.map((c) => c.tokenIds));
       };
       const want = await run(exported);
-      expect(want.flat().every((t) => t.length === 16)).toBe(true);
+      expect(want.flat().every((t) => t.length === 40)).toBe(true);
       expect(await run(grouped)).toEqual(want);
+      expect(await run(split)).toEqual(want);
     });
   });
 });
