@@ -184,7 +184,11 @@ export async function loadChatModel(spec: ModelSpec, modelsDir: string | undefin
   if (eosIds.size === 0) throw explain(spec, where, new Error('no end-of-sequence token in config.json or generation_config.json'));
   const contextLength =
     spec.contextLength ?? (config.max_position_embeddings as number | undefined) ?? (tokenizer.model_max_length as number | undefined) ?? 2048;
-  return { spec, model, tokenizer, eosIds, contextLength, inputBound: inputBoundOf(tokenizer, contextLength), groupedAttention: rewritten, splitCache: split };
+  const cacheInputs = ((model as unknown as { sessions: Record<string, { inputNames: string[] }> }).sessions.model?.inputNames ?? []).filter((n) => n.startsWith('past_key_values')).length;
+  return {
+    spec, model, tokenizer, eosIds, contextLength, inputBound: inputBoundOf(tokenizer, contextLength), groupedAttention: rewritten, splitCache: split,
+    sharedPast: cacheInputs > 0 && split === cacheInputs,
+  };
 }
 
 export interface LoadedEmbedModel extends EmbedModel {

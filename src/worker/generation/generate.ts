@@ -11,6 +11,12 @@ export interface ChatModel {
   tokenizer: PreTrainedTokenizer;
   eosIds: ReadonlySet<number>;
   contextLength: number;
+  /**
+   * The graph takes one row of past for a batch of rows (every cache output split: the attention's
+   * products broadcast the past's batch axis; grouped-attention.ts). Rows that share a cached
+   * prefix are then prefilled over one copy of it.
+   */
+  sharedPast?: boolean;
 }
 
 export interface ChoiceResult {
@@ -71,7 +77,9 @@ export function extendCache(past: Feeds | null, used: number, outputs: Feeds | n
     if (from && used > 0) {
       const Ls = from.dims[2]!;
       const src = from.data as Float32Array;
-      for (let r = 0; r < B * H; r++) data.set(src.subarray(r * Ls * D, (r * Ls + used) * D), r * cap * D);
+      // A one-row past (shared by every row: ChatModel.sharedPast) is copied to each.
+      const rowsOf = from.dims[0]! * H;
+      for (let r = 0; r < B * H; r++) data.set(src.subarray((r % rowsOf) * Ls * D, ((r % rowsOf) * Ls + used) * D), r * cap * D);
     }
     out[name] = new Tensor(like.type as 'float32', data, [B, H, cap, D]);
   }

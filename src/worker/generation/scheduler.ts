@@ -121,6 +121,12 @@ function tokensOf(group: readonly Member[]): number {
   return h + group.length * Math.max(...group.map((g) => g.req.promptIds.length - g.cached - h));
 }
 
+/** Whether every prompt of the group starts with the same `n` tokens. */
+function samePrefix(group: readonly Member[], n: number): boolean {
+  const first = group[0]!.req.promptIds;
+  return group.every(({ req }) => req.promptIds.length >= n && req.promptIds.slice(0, n).every((t, i) => t === first[i]));
+}
+
 /** `past` (one row) repeated `k` times along the batch axis. */
 function repeatRows(past: Feeds, k: number): Feeds {
   const out: Feeds = {};
@@ -526,7 +532,13 @@ export class BatchScheduler {
     let outputs: Feeds;
     let forwardPast: Feeds | null;
     try {
-      forwardPast = h > 0 ? repeatRows(await this.prefillHead(group[0]!, h), k) : C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C) : null;
+      // One row of past for every row when they all start with the same C tokens and the graph
+      // broadcasts it (split attention): no copy of the shared prefix per row.
+      const one = this.m.sharedPast === true && k > 1 && C > 0 && pre.every((c) => c === C) && samePrefix(group, C);
+      forwardPast =
+        h > 0 ? (one ? await this.prefillHead(group[0]!, h) : repeatRows(await this.prefillHead(group[0]!, h), k))
+        : C > 0 ? this.prefix.fill((one ? group.slice(0, 1) : group).map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C)
+        : null;
       const past = forwardPast;
       outputs = (await this.m.model.forward({
         input_ids: int64(ids, [k, S]),
@@ -546,19 +558,24 @@ export class BatchScheduler {
     this.counters.prefillTokens += h + group.reduce((n, g, j) => n + g.req.promptIds.length - pre[j]!, 0);
     const logits = outputs.logits!.data as Float32Array;
     const V = outputs.logits!.dims[2]!;
-    const past = extendCache(forwardPast, C, outputs, S, C + S);
-    group.forEach(({ req }, j) => {
+    // The first tokens go out before the rows' cache is built (a copy of the shared prefix per
+    // row, hundreds of MB for a long one): `past` is filled below, before anything reads it.
+    const past: Feeds = {};
+    const joined = group.filter(({ req }, j) => {
       this.prefilling.splice(this.prefilling.indexOf(req), 1);
       const last = j * S + ends[j]! - C - 1;
       req.lastLogits = logits.slice(last * V, (last + 1) * V);
       req.prefilled = req.promptIds.length;
       try {
-        this.prefix.store(req.promptIds, past, j, ends[j]!);
         this.join(req, past, j, ends[j]!);
+        return true;
       } catch (err) {
         this.settle(req, { error: ThreadError.from(err) });
+        return false;
       }
     });
+    Object.assign(past, extendCache(forwardPast, C, outputs, S, C + S));
+    if (this.prefix.enabled) group.forEach(({ req }, j) => joined.includes(group[j]!) && this.prefix.store(req.promptIds, past, j, ends[j]!));
   }
 
   /** The cache of one row: `member`'s cached prefix, then the next `h` tokens of its prompt prefilled over it. */

@@ -164,7 +164,8 @@ describe('grouped attention (load-time graph rewrite)', () => {
     // output, and the attention reads it repeated per query head. With `readsPresent`, another
     // node reads the whole present too (its shape, as a mask built from it would).
     async function layer(readsPresent: boolean): Promise<Uint8Array> {
-      const { GraphBuilder, DT } = (await import('../../../fixtures/models/generator/onnx-builder.mjs')) as {
+      const builder = '../../../fixtures/models/generator/onnx-builder.mjs';
+      const { GraphBuilder, DT } = (await import(builder)) as {
         GraphBuilder: new (name: string) => {
           input(name: string, type: number, shape: (number | string)[]): string;
           output(name: string, type: number, shape: (number | string)[]): void;

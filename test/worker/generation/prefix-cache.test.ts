@@ -1,4 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
+import type { Tensor } from '@huggingface/transformers';
 import type { SamplingParams } from '../../../src/protocol/chat.js';
 import type { LoadedChatModel } from '../../../src/worker/loader.js';
 import { BatchScheduler } from '../../../src/worker/generation/scheduler.js';
@@ -144,7 +145,23 @@ describe('prefix cache', () => {
     const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 256 });
     expect(ids(await s.submit(ps[0]!, p(0), { signal: never, onDelta: noop }))).toEqual(want[0]);
     const before = { ...s.stats };
-    const burst = await Promise.all(ps.slice(1).map((prompt, i) => s.submit(prompt, p(i + 1), { signal: never, onDelta: noop })));
+    // Rows of input and of past in each prefill forward: the rests go over one row of the shared
+    // prefix (the split graph broadcasts it), not a copy of it per row.
+    const forward = m.model.forward.bind(m.model);
+    const shapes: [number, number][] = [];
+    m.model.forward = (async (inputs: Record<string, Tensor & Record<string, Tensor>>) => {
+      const past = inputs.past_key_values ? Object.values(inputs.past_key_values)[0]! : null;
+      if (inputs.input_ids!.dims[1]! > 1) shapes.push([inputs.input_ids!.dims[0]!, past?.dims[0] ?? 0]);
+      return forward(inputs);
+    }) as typeof m.model.forward;
+    let burst: ChoiceResult[][];
+    try {
+      burst = await Promise.all(ps.slice(1).map((prompt, i) => s.submit(prompt, p(i + 1), { signal: never, onDelta: noop })));
+    } finally {
+      m.model.forward = forward;
+    }
+    expect(m.sharedPast).toBe(true);
+    expect(shapes).toEqual([[1, 1], [8, 1]]);
     expect(burst.map(ids)).toEqual(want.slice(1));
     // Each after the 6 cached blocks: the 5 tokens they share past them once, for one row, then
     // one forward for all eight rests; nine rows (one request has n = 2).
