@@ -77,9 +77,7 @@ export function extendCache(past: Feeds | null, used: number, outputs: Feeds | n
     if (from && used > 0) {
       const Ls = from.dims[2]!;
       const src = from.data as Float32Array;
-      // A one-row past (shared by every row: ChatModel.sharedPast) is copied to each.
-      const rowsOf = from.dims[0]! * H;
-      for (let r = 0; r < B * H; r++) data.set(src.subarray((r % rowsOf) * Ls * D, ((r % rowsOf) * Ls + used) * D), r * cap * D);
+      for (let r = 0; r < B * H; r++) data.set(src.subarray(r * Ls * D, (r * Ls + used) * D), r * cap * D);
     }
     out[name] = new Tensor(like.type as 'float32', data, [B, H, cap, D]);
   }

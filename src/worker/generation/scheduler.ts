@@ -84,12 +84,20 @@ interface Row {
   next: number;
 }
 
-/** Row `b` of `past` holds the row's tokens, ending before position `end` (padding before and after them is masked). */
+/**
+ * Row `b` of `past` holds the row's tokens, ending before position `end` (padding before and after
+ * them is masked). With `fresh`, a batched prefill's rows before their cache was built: positions
+ * before `fresh.C` are in `past` (row b, or row 0 when `past` has one row for all), the rest in
+ * the last `fresh.S` positions of row b of the forward's `present.*` outputs.
+ */
 interface Source {
   row: Row;
   past: Feeds;
   b: number;
   end: number;
+  fresh?: { outputs: Feeds; C: number; S: number };
+  /** The prompt to keep in the prefix cache once the row is laid into the batch. */
+  store?: number[];
 }
 
 /** A request about to be prefilled, and the tokens of its prompt the prefix cache holds. */
@@ -125,6 +133,45 @@ function tokensOf(group: readonly Member[]): number {
 function samePrefix(group: readonly Member[], n: number): boolean {
   const first = group[0]!.req.promptIds;
   return group.every(({ req }) => req.promptIds.length >= n && req.promptIds.slice(0, n).every((t, i) => t === first[i]));
+}
+
+/**
+ * The rows' tokens laid out as a batch cache of `cap` positions, each row's right-aligned before
+ * position L (zeros before them and after L).
+ */
+function layRows(sources: readonly Source[], L: number, cap: number): Feeds {
+  const out: Feeds = {};
+  const named = sources.find((s) => Object.keys(s.past).length > 0);
+  const names = named ? Object.keys(named.past) : Object.keys(sources[0]!.fresh!.outputs).filter((k) => k.startsWith('present')).map((k) => k.replace('present', 'past_key_values'));
+  for (const name of names) {
+    const first = named?.past[name] ?? sources[0]!.fresh!.outputs[name.replace('past_key_values', 'present')]!;
+    const [, H, , D] = first.dims as [number, number, number, number];
+    const data = new (first.data.constructor as Float32ArrayConstructor)(sources.length * H * cap * D);
+    sources.forEach((s, j) => {
+      const len = s.row.len;
+      const start = s.end - len;
+      // Positions [start, split) from the past, [split, end) from the forward's new ones.
+      const split = s.fresh ? Math.max(start, Math.min(s.end, s.fresh.C)) : s.end;
+      for (let h = 0; h < H; h++) {
+        const at = ((j * H + h) * cap + (L - len)) * D;
+        if (split > start) {
+          const t = s.past[name]!;
+          const Ls = t.dims[2]!;
+          const rb = t.dims[0] === 1 ? 0 : s.b;
+          const from = ((rb * H + h) * Ls + start) * D;
+          data.set((t.data as Float32Array).subarray(from, from + (split - start) * D), at);
+        }
+        if (s.fresh && s.end > split) {
+          const t = s.fresh.outputs[name.replace('past_key_values', 'present')]!;
+          const T = t.dims[2]!;
+          const from = ((s.b * H + h) * T + T - s.fresh.S + (split - s.fresh.C)) * D;
+          data.set((t.data as Float32Array).subarray(from, from + (s.end - split) * D), at + (split - start) * D);
+        }
+      }
+    });
+    out[name] = new Tensor(first.type as 'float32', data, [sources.length, H, cap, D]);
+  }
+  return out;
 }
 
 /** `past` (one row) repeated `k` times along the batch axis. */
@@ -382,32 +429,16 @@ export class BatchScheduler {
     }
     const L = Math.max(...sources.map((s) => s.row.len));
     const whole = sources[0]!.past;
-    const dims = Object.values(whole)[0]!.dims;
-    if (dims[0] === sources.length && dims[2]! >= L && sources.every((s, j) => s.past === whole && s.b === j && s.end === L)) {
+    const dims = Object.values(whole)[0]?.dims;
+    if (dims && dims[0] === sources.length && dims[2]! >= L && sources.every((s, j) => s.past === whole && !s.fresh && s.b === j && s.end === L)) {
       this.past = whole;
       this.L = L;
       return;
     }
-    const out: Feeds = {};
-    const cap = L + room(L);
-    for (const name of Object.keys(sources[0]!.past)) {
-      const first = sources[0]!.past[name]!;
-      const [, H, , D] = first.dims as [number, number, number, number];
-      const data = new (first.data.constructor as Float32ArrayConstructor)(sources.length * H * cap * D);
-      sources.forEach((s, j) => {
-        const t = s.past[name]!;
-        const src = t.data as Float32Array;
-        const Ls = t.dims[2]!;
-        const len = s.row.len;
-        for (let h = 0; h < H; h++) {
-          const from = ((s.b * H + h) * Ls + (s.end - len)) * D;
-          data.set(src.subarray(from, from + len * D), ((j * H + h) * cap + (L - len)) * D);
-        }
-      });
-      out[name] = new Tensor(first.type as 'float32', data, [sources.length, H, cap, D]);
-    }
+    const out = layRows(sources, L, L + room(L));
     this.past = out;
     this.L = L;
+    sources.forEach((s, j) => s.store && this.prefix.store(s.store, out, j, L));
   }
 
   // --- prefill ------------------------------------------------------------------------------------
@@ -463,6 +494,8 @@ export class BatchScheduler {
       }
     } finally {
       if (this.joining.length > 0) {
+        // The first tokens they sampled leave the thread before the copy (model-thread.ts).
+        await yieldToLoop();
         const joining = this.joining;
         this.joining = [];
         this.relayout([...this.current(), ...joining]);
@@ -558,24 +591,22 @@ export class BatchScheduler {
     this.counters.prefillTokens += h + group.reduce((n, g, j) => n + g.req.promptIds.length - pre[j]!, 0);
     const logits = outputs.logits!.data as Float32Array;
     const V = outputs.logits!.dims[2]!;
-    // The first tokens go out before the rows' cache is built (a copy of the shared prefix per
-    // row, hundreds of MB for a long one): `past` is filled below, before anything reads it.
-    const past: Feeds = {};
-    const joined = group.filter(({ req }, j) => {
+    // The rows' caches are not built here: the re-layout that lays them into the batch reads
+    // them from the forward's past (one row for all, when they share it) and its new keys and
+    // values, one copy (hundreds of MB for a long shared prefix), after every first token has
+    // gone out. Their prompts go to the prefix cache from there.
+    const fresh = { outputs, C, S };
+    group.forEach(({ req }, j) => {
       this.prefilling.splice(this.prefilling.indexOf(req), 1);
       const last = j * S + ends[j]! - C - 1;
       req.lastLogits = logits.slice(last * V, (last + 1) * V);
       req.prefilled = req.promptIds.length;
       try {
-        this.join(req, past, j, ends[j]!);
-        return true;
+        this.join(req, forwardPast ?? {}, j, ends[j]!, fresh);
       } catch (err) {
         this.settle(req, { error: ThreadError.from(err) });
-        return false;
       }
     });
-    Object.assign(past, extendCache(forwardPast, C, outputs, S, C + S));
-    if (this.prefix.enabled) group.forEach(({ req }, j) => joined.includes(group[j]!) && this.prefix.store(req.promptIds, past, j, ends[j]!));
   }
 
   /** The cache of one row: `member`'s cached prefix, then the next `h` tokens of its prompt prefilled over it. */
@@ -629,7 +660,7 @@ export class BatchScheduler {
    * The prompt is in the cache (row `b` of `past`, ending before `end`): each choice samples its
    * first token, and the live ones wait in `joining` to be laid into the batch.
    */
-  private join(req: Request, past: Feeds, b: number, end: number): void {
+  private join(req: Request, past: Feeds, b: number, end: number, fresh?: Source['fresh']): void {
     const p = req.params;
     for (let index = 0; index < p.n; index++) {
       req.rows.push({
@@ -650,10 +681,16 @@ export class BatchScheduler {
     for (const row of req.rows) this.advance(row, row === req.rows.at(-1) ? logits : logits.slice());
     const live = req.rows.filter((row) => row.finishReason === null);
     if (live.length === 0) {
+      // Finished at its first token: its prompt goes to the prefix cache from here.
+      if (fresh && this.prefix.enabled) {
+        const len = req.promptIds.length;
+        this.prefix.store(req.promptIds, layRows([{ row: req.rows[0]!, past, b, end, fresh }], len, len), 0, len);
+      }
       this.answerIfDone(req);
       return;
     }
-    for (const row of live) this.joining.push({ row, past, b, end });
+    // A batched prefill's prompt goes to the prefix cache once laid out (once per request).
+    for (const [i, row] of live.entries()) this.joining.push({ row, past, b, end, ...(fresh ? { fresh, ...(i === 0 && this.prefix.enabled ? { store: req.promptIds } : {}) } : {}) });
   }
 
   // --- decode -------------------------------------------------------------------------------------
