@@ -112,27 +112,28 @@ export class PrefixCache {
   }
 
   /**
-   * The cache of several prompts' reused tokens as one batch: a [rows, heads, L, dim] tensor per
-   * cache input, row j holding `rows[j].tokens` tokens (a `match` just before, whole blocks)
-   * right-aligned at L, zeros before them (the caller masks them).
+   * The cache of several prompts' reused tokens as one batch: a [rows, heads, cap, dim] tensor per
+   * cache input (cap ≥ L: room after L for the caller's next tokens), row j holding
+   * `rows[j].tokens` tokens (a `match` just before, whole blocks) right-aligned at L, zeros before
+   * and after them (the caller masks them).
    */
-  fill(rows: readonly { chain: readonly string[]; tokens: number }[], L: number): Feeds {
+  fill(rows: readonly { chain: readonly string[]; tokens: number }[], L: number, cap = L): Feeds {
     const shape = this.shape!;
     const past: Feeds = {};
     shape.names.forEach((name, n) => {
       const H = shape.heads[n]!;
       const D = shape.dim[n]!;
-      const data = new Float32Array(rows.length * H * L * D);
+      const data = new Float32Array(rows.length * H * cap * D);
       rows.forEach(({ chain, tokens }, b) => {
         const at = L - tokens;
         for (let j = 0; j < tokens / BLOCK; j++) {
           const block = this.blocks.get(chain[j]!);
           if (!block) throw new Error('prefix cache: a matched block is gone');
           const src = block.data[name]!;
-          for (let h = 0; h < H; h++) data.set(src.subarray(h * BLOCK * D, (h + 1) * BLOCK * D), ((b * H + h) * L + at + j * BLOCK) * D);
+          for (let h = 0; h < H; h++) data.set(src.subarray(h * BLOCK * D, (h + 1) * BLOCK * D), ((b * H + h) * cap + at + j * BLOCK) * D);
         }
       });
-      past[name] = new Tensor('float32', data, [rows.length, H, L, D]);
+      past[name] = new Tensor('float32', data, [rows.length, H, cap, D]);
     });
     return past;
   }

@@ -10,7 +10,7 @@ import { batchLimitsFromEnv, type BatchLimits } from './limits.js';
 import type { TokenConstraint } from './constrain/index.js';
 import type { WorkerBatchStats } from '../../db/workers-repo.js';
 import { ThreadError } from './thread-error.js';
-import { PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
+import { BLOCK, PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
 
 /**
  * Continuous batching, as vLLM and TGI schedule decoding: every sequence that is decoding on a
@@ -211,6 +211,8 @@ export class BatchScheduler {
   private running = false;
   private readonly counters = { steps: 0, stepSequences: 0, maxBatch: 0, decodeTokens: 0, prefillTokens: 0, prefills: 0, decodeMs: 0, prefillMs: 0, admitted: 0, admitWaitMs: 0 };
   private readonly prefix: PrefixCache;
+  /** The last shared prefix a group was prefilled over (sharedPast). */
+  private lastShared: { key: string; past: Feeds } | null = null;
   private readonly decode: (ids: number[]) => string;
   private readonly pieceOf: (id: number) => string;
 
@@ -292,6 +294,8 @@ export class BatchScheduler {
       }
     } finally {
       this.running = false;
+      // Idle: the shared prefix kept for the rest of a burst goes (the prefix cache keeps its blocks).
+      this.lastShared = null;
     }
   }
 
@@ -567,10 +571,11 @@ export class BatchScheduler {
     try {
       // One row of past for every row when they all start with the same C tokens and the graph
       // broadcasts it (split attention): no copy of the shared prefix per row.
-      const one = this.m.sharedPast === true && k > 1 && C > 0 && pre.every((c) => c === C) && samePrefix(group, C);
+      const one = C > 0 && (k === 1 || (this.m.sharedPast === true && pre.every((c) => c === C) && samePrefix(group, C)));
       forwardPast =
-        h > 0 ? (one ? await this.prefillHead(group[0]!, h) : repeatRows(await this.prefillHead(group[0]!, h), k))
-        : C > 0 ? this.prefix.fill((one ? group.slice(0, 1) : group).map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C)
+        one ? await this.sharedPast(group[0]!, h)
+        : h > 0 ? repeatRows(await this.prefillHead(group[0]!, h), k)
+        : C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C)
         : null;
       const past = forwardPast;
       outputs = (await this.m.model.forward({
@@ -588,7 +593,7 @@ export class BatchScheduler {
     }
     this.counters.prefillMs += performance.now() - t0;
     this.counters.prefills++;
-    this.counters.prefillTokens += h + group.reduce((n, g, j) => n + g.req.promptIds.length - pre[j]!, 0);
+    this.counters.prefillTokens += group.reduce((n, g, j) => n + g.req.promptIds.length - pre[j]!, 0);
     const logits = outputs.logits!.data as Float32Array;
     const V = outputs.logits!.dims[2]!;
     // The rows' caches are not built here: the re-layout that lays them into the batch reads
@@ -612,17 +617,37 @@ export class BatchScheduler {
   /** The cache of one row: `member`'s cached prefix, then the next `h` tokens of its prompt prefilled over it. */
   private async prefillHead(member: Member, h: number): Promise<Feeds> {
     const { req, cached } = member;
-    const past = cached > 0 ? this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached) : null;
+    if (cached === 0) throw new Error('a shared head needs a cached prefix');
+    // The prefix with room for the head, which the forward's new keys and values then fill: the
+    // room is masked during the forward (the new positions come after it).
+    const past = this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached, cached + h);
     const t0 = performance.now();
     const outputs = (await this.m.model.forward({
       input_ids: int64(req.promptIds.slice(cached, cached + h), [1, h]),
-      attention_mask: int64(new Array(cached + h).fill(1), [1, cached + h]),
+      attention_mask: int64([...new Array<number>(cached).fill(1), ...new Array<number>(h).fill(0), ...new Array<number>(h).fill(1)], [1, cached + 2 * h]),
       position_ids: int64(Array.from({ length: h }, (_, i) => cached + i), [1, h]),
-      ...(past ? { past_key_values: past } : {}),
+      past_key_values: past,
     })) as Feeds;
     this.counters.prefillMs += performance.now() - t0;
     this.counters.prefills++;
-    return extendCache(past, cached, outputs, h, cached + h);
+    this.counters.prefillTokens += h;
+    writeColumns(past, cached, outputs, h);
+    return past;
+  }
+
+  /**
+   * The one-row past a group sharing a prefix is prefilled over: its cached blocks (and the
+   * shared head prefilled over them), kept for the next group over the same prefix (requests
+   * that arrive a little apart), which then neither copies the blocks nor prefills the head
+   * again. Never written to once made (forwards and re-layouts only read it).
+   */
+  private async sharedPast(member: Member, h: number): Promise<Feeds> {
+    const { req, cached } = member;
+    const key = `${req.chain![cached / BLOCK - 1]}:${cached}:${req.promptIds.slice(cached, cached + h).join(',')}`;
+    if (this.lastShared?.key === key) return this.lastShared.past;
+    const past = h > 0 ? await this.prefillHead(member, h) : this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached);
+    this.lastShared = { key, past };
+    return past;
   }
 
   private async prefillChunk(req: Request, take: number): Promise<void> {

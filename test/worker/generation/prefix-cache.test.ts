@@ -178,6 +178,26 @@ describe('prefix cache', () => {
     expect(one.stats.prefixHits).toBe(8);
   });
 
+  it('a burst that arrives in two groups: the second is prefilled over the first one\'s shared prefix (no second copy, no second head), with the tokens each gets alone', async () => {
+    const ps = sharing(7, 4 * BLOCK + 6, 31); // 6 shared tokens past the cached blocks
+    const p = (i: number) => params({ maxTokens: 8, ...(i % 2 ? { temperature: 0.8, topP: 0.9, seed: 90 + i } : {}) });
+    const want = await expected(ps, p);
+    const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 256 });
+    expect(ids(await s.submit(ps[0]!, p(0), { signal: never, onDelta: noop }))).toEqual(want[0]);
+    const before = { ...s.stats };
+    // Three at once; the other three once the first three have their first tokens.
+    let firsts = 0;
+    let second!: () => void;
+    const later = new Promise<void>((resolve) => (second = resolve));
+    const first = ps.slice(1, 4).map((prompt, i) => s.submit(prompt, p(i + 1), { signal: never, onDelta: () => ++firsts === 3 && second() }));
+    await later;
+    const rest = ps.slice(4).map((prompt, i) => s.submit(prompt, p(i + 4), { signal: never, onDelta: noop }));
+    expect((await Promise.all([...first, ...rest])).map(ids)).toEqual(want.slice(1));
+    // The head (6 tokens) once, then one forward per group.
+    expect(s.stats.prefills - before.prefills).toBe(3);
+    expect(s.stats.prefillTokens - before.prefillTokens).toBe(6 + ps.slice(1).reduce((n, x) => n + x.length - 4 * BLOCK - 6, 0));
+  });
+
   it('one forward for prompts with cached prefixes of different lengths and one with none, joining a batch that is decoding', async () => {
     const a = sharing(3, 3 * BLOCK + 2, 13);
     const b = sharing(3, 5 * BLOCK + 9, 14);
