@@ -2,6 +2,7 @@ import { Tensor, type PreTrainedModel, type PreTrainedTokenizer } from '@hugging
 import type { FinishReason } from '../../protocol/shared.js';
 import { ThreadError } from './thread-error.js';
 import type { TokenLogprob } from './logprobs.js';
+import type { KvPool } from './kv-pool.js';
 import { budgetMessage } from '../../protocol/limits.js';
 
 /** What a loaded chat model gives the decode loop (scheduler.ts), and the loop's shared pieces. */
@@ -65,14 +66,14 @@ const pastName = (present: string) => present.replace('present', 'past_key_value
  * A new cache of `cap` positions: `past`'s first `used` positions (none when null), then the last
  * `s` positions of each `present.*` output of `outputs` (none when `outputs` is null).
  */
-export function extendCache(past: Feeds | null, used: number, outputs: Feeds | null, s: number, cap: number): Feeds {
+export function extendCache(past: Feeds | null, used: number, outputs: Feeds | null, s: number, cap: number, pool?: KvPool): Feeds {
   const names = outputs ? Object.keys(outputs).filter((k) => k.startsWith('present')).map(pastName) : Object.keys(past ?? {});
   const out: Feeds = {};
   for (const name of names) {
     const fresh = outputs?.[name.replace('past_key_values', 'present')];
     const like = (fresh ?? past![name])!;
     const [B, H, , D] = like.dims as [number, number, number, number];
-    const data = new (like.data.constructor as Float32ArrayConstructor)(B * H * cap * D);
+    const data = pool ? pool.take(B * H * cap * D, like.data as Float32Array) : new (like.data.constructor as Float32ArrayConstructor)(B * H * cap * D);
     const from = past?.[name];
     if (from && used > 0) {
       const Ls = from.dims[2]!;

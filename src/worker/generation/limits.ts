@@ -16,6 +16,17 @@ export interface BatchLimits {
    * the scheduler rests (1 − duty) / duty of that step, and an interactive request ends the rest.
    */
   batchDuty?: number;
+  /** Bytes of free KV arrays kept for reuse (kv-pool.ts); absent: DEFAULT_KV_POOL_BYTES, 0: none. */
+  kvPoolBytes?: number;
+}
+
+export const DEFAULT_KV_POOL_BYTES = 512 * 1024 * 1024;
+
+/** SWITCHYARD_KV_POOL_MB (default 512; 0: every cache array is new): see BatchLimits.kvPoolBytes. */
+export function kvPoolBytes(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.SWITCHYARD_KV_POOL_MB;
+  const mb = raw === undefined || raw.trim() === '' ? NaN : Number(raw);
+  return Number.isFinite(mb) && mb >= 0 ? Math.floor(mb * 1024 * 1024) : DEFAULT_KV_POOL_BYTES;
 }
 
 /**
@@ -40,7 +51,7 @@ export function prefixCacheBytes(env: NodeJS.ProcessEnv = process.env): number {
   return Number.isFinite(mb) && mb >= 0 ? Math.floor(mb * 1024 * 1024) : 256 * 1024 * 1024;
 }
 
-/** SWITCHYARD_MAX_BATCH, SWITCHYARD_MAX_BATCH_TOKENS, SWITCHYARD_PREFILL_CHUNK, SWITCHYARD_PREFIX_CACHE_MB and SWITCHYARD_BATCH_DUTY. */
+/** SWITCHYARD_MAX_BATCH, SWITCHYARD_MAX_BATCH_TOKENS, SWITCHYARD_PREFILL_CHUNK, SWITCHYARD_PREFIX_CACHE_MB, SWITCHYARD_BATCH_DUTY and SWITCHYARD_KV_POOL_MB. */
 export function batchLimitsFromEnv(device = 'cpu'): BatchLimits {
   return {
     maxSequences: maxBatchSequences(),
@@ -48,5 +59,6 @@ export function batchLimitsFromEnv(device = 'cpu'): BatchLimits {
     prefillChunk: positiveSetting(process.env, 'SWITCHYARD_PREFILL_CHUNK', 128),
     prefixCacheBytes: prefixCacheBytes(),
     batchDuty: batchDuty(device),
+    kvPoolBytes: kvPoolBytes(),
   };
 }

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Tensor } from '@huggingface/transformers';
 import type { Feeds } from './generate.js';
+import type { KvPool } from './kv-pool.js';
 
 /**
  * Prefix caching, as vLLM's automatic prefix caching and llama.cpp's prompt cache do it: the KV
@@ -114,16 +115,16 @@ export class PrefixCache {
   /**
    * The cache of several prompts' reused tokens as one batch: a [rows, heads, cap, dim] tensor per
    * cache input (cap ≥ L: room after L for the caller's next tokens), row j holding
-   * `rows[j].tokens` tokens (a `match` just before, whole blocks) right-aligned at L, zeros before
-   * and after them (the caller masks them).
+   * `rows[j].tokens` tokens (a `match` just before, whole blocks) right-aligned at L; before and
+   * after them zeros, or stale values with a `pool` (kv-pool.ts): the caller masks them.
    */
-  fill(rows: readonly { chain: readonly string[]; tokens: number }[], L: number, cap = L): Feeds {
+  fill(rows: readonly { chain: readonly string[]; tokens: number }[], L: number, cap = L, pool?: KvPool): Feeds {
     const shape = this.shape!;
     const past: Feeds = {};
     shape.names.forEach((name, n) => {
       const H = shape.heads[n]!;
       const D = shape.dim[n]!;
-      const data = new Float32Array(rows.length * H * cap * D);
+      const data = pool ? pool.take(rows.length * H * cap * D) : new Float32Array(rows.length * H * cap * D);
       rows.forEach(({ chain, tokens }, b) => {
         const at = L - tokens;
         for (let j = 0; j < tokens / BLOCK; j++) {

@@ -11,6 +11,8 @@ import type { TokenConstraint } from './constrain/index.js';
 import type { WorkerBatchStats } from '../../db/workers-repo.js';
 import { ThreadError } from './thread-error.js';
 import { BLOCK, PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
+import { KvPool } from './kv-pool.js';
+import { DEFAULT_KV_POOL_BYTES } from './limits.js';
 
 /**
  * Continuous batching, as vLLM and TGI schedule decoding: every sequence that is decoding on a
@@ -139,14 +141,14 @@ function samePrefix(group: readonly Member[], n: number): boolean {
  * The rows' tokens laid out as a batch cache of `cap` positions, each row's right-aligned before
  * position L (zeros before them and after L).
  */
-function layRows(sources: readonly Source[], L: number, cap: number): Feeds {
+function layRows(sources: readonly Source[], L: number, cap: number, pool?: KvPool): Feeds {
   const out: Feeds = {};
   const named = sources.find((s) => Object.keys(s.past).length > 0);
   const names = named ? Object.keys(named.past) : Object.keys(sources[0]!.fresh!.outputs).filter((k) => k.startsWith('present')).map((k) => k.replace('present', 'past_key_values'));
   for (const name of names) {
     const first = named?.past[name] ?? sources[0]!.fresh!.outputs[name.replace('past_key_values', 'present')]!;
     const [, H, , D] = first.dims as [number, number, number, number];
-    const data = new (first.data.constructor as Float32ArrayConstructor)(sources.length * H * cap * D);
+    const data = pool ? pool.take(sources.length * H * cap * D, first.data as Float32Array) : new (first.data.constructor as Float32ArrayConstructor)(sources.length * H * cap * D);
     sources.forEach((s, j) => {
       const len = s.row.len;
       const start = s.end - len;
@@ -213,16 +215,21 @@ export class BatchScheduler {
   private readonly prefix: PrefixCache;
   /** The last shared prefix a group was prefilled over (sharedPast). */
   private lastShared: { key: string; past: Feeds } | null = null;
+  /** Every shared prefix made in this burst: pending rows may read one after it is replaced, so none goes back to the pool before the burst ends. */
+  private readonly kept = new WeakSet<Feeds>();
+  private readonly pool: KvPool;
   private readonly decode: (ids: number[]) => string;
   private readonly pieceOf: (id: number) => string;
 
   constructor(
     private readonly m: ChatModel,
     private readonly limits: BatchLimits = batchLimitsFromEnv(),
+    pool?: KvPool,
   ) {
     this.decode = (ids) => (ids.length ? m.tokenizer.decode(ids, { skip_special_tokens: true }) : '');
     this.pieceOf = (id) => m.tokenizer.decode([id], { skip_special_tokens: false });
     this.prefix = new PrefixCache(limits.prefixCacheBytes ?? 0);
+    this.pool = pool ?? new KvPool(limits.kvPoolBytes ?? DEFAULT_KV_POOL_BYTES);
   }
 
   /** Counters since the thread started, the prefix cache's among them. */
@@ -294,7 +301,9 @@ export class BatchScheduler {
       }
     } finally {
       this.running = false;
-      // Idle: the shared prefix kept for the rest of a burst goes (the prefix cache keeps its blocks).
+      // Idle: the shared prefix kept for the rest of a burst goes (the prefix cache keeps its
+      // blocks); no row reads it any more.
+      this.pool.give(this.lastShared?.past);
       this.lastShared = null;
     }
   }
@@ -370,6 +379,7 @@ export class BatchScheduler {
     if (req.settled) return;
     req.settled = true;
     if (req.admitted) this.reserved -= req.reserve;
+    this.pool.give(req.past);
     req.past = null;
     req.lastLogits = null;
     if ('error' in outcome) req.reject(outcome.error);
@@ -425,6 +435,15 @@ export class BatchScheduler {
    * beside, or the batch less nobody), that cache is the batch's as it is: no copy.
    */
   private relayout(sources: Source[]): void {
+    // The caches read from here (the batch's, the rows' that join) are free afterwards, but for
+    // one kept as it is and the shared prefixes of the burst.
+    const done = new Set<Feeds>([...(this.past ? [this.past] : []), ...sources.map((s) => s.past)]);
+    this.layout(sources);
+    if (this.past) done.delete(this.past);
+    for (const f of done) if (!this.kept.has(f)) this.pool.give(f);
+  }
+
+  private layout(sources: Source[]): void {
     this.rows = sources.map((s) => s.row);
     if (sources.length === 0) {
       this.past = null;
@@ -439,7 +458,7 @@ export class BatchScheduler {
       this.L = L;
       return;
     }
-    const out = layRows(sources, L, L + room(L));
+    const out = layRows(sources, L, L + room(L), this.pool);
     this.past = out;
     this.L = L;
     sources.forEach((s, j) => s.store && this.prefix.store(s.store, out, j, L));
@@ -470,7 +489,7 @@ export class BatchScheduler {
           const cached = this.cachedTokens(req);
           this.start(req, cached);
           if (cached > 0) {
-            req.past = this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached);
+            req.past = this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached, cached, this.pool);
             req.prefilled = cached;
           }
         }
@@ -575,7 +594,7 @@ export class BatchScheduler {
       forwardPast =
         one ? await this.sharedPast(group[0]!, h)
         : h > 0 ? repeatRows(await this.prefillHead(group[0]!, h), k)
-        : C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C)
+        : C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C, C, this.pool)
         : null;
       const past = forwardPast;
       outputs = (await this.m.model.forward({
@@ -620,7 +639,7 @@ export class BatchScheduler {
     if (cached === 0) throw new Error('a shared head needs a cached prefix');
     // The prefix with room for the head, which the forward's new keys and values then fill: the
     // room is masked during the forward (the new positions come after it).
-    const past = this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached, cached + h);
+    const past = this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached, cached + h, this.pool);
     const t0 = performance.now();
     const outputs = (await this.m.model.forward({
       input_ids: int64(req.promptIds.slice(cached, cached + h), [1, h]),
@@ -645,8 +664,9 @@ export class BatchScheduler {
     const { req, cached } = member;
     const key = `${req.chain![cached / BLOCK - 1]}:${cached}:${req.promptIds.slice(cached, cached + h).join(',')}`;
     if (this.lastShared?.key === key) return this.lastShared.past;
-    const past = h > 0 ? await this.prefillHead(member, h) : this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached);
+    const past = h > 0 ? await this.prefillHead(member, h) : this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached, cached, this.pool);
     this.lastShared = { key, past };
+    this.kept.add(past);
     return past;
   }
 
@@ -677,7 +697,9 @@ export class BatchScheduler {
       for (let c = 0; c < req.params.n; c++) req.opts.onDelta(c, '', null, entries);
     }
     req.lastLogits = logits.slice((take - 1) * V, take * V);
-    req.past = extendCache(req.past, start, outputs, take, end);
+    const was = req.past;
+    req.past = extendCache(was, start, outputs, take, end, this.pool);
+    this.pool.give(was);
     req.prefilled = end;
   }
 
@@ -725,7 +747,11 @@ export class BatchScheduler {
     const rows = this.rows;
     const B = rows.length;
     // Room for this step's keys and values at position L; when there is none left, a copy with more.
-    if (Object.values(this.past!)[0]!.dims[2]! <= this.L) this.past = extendCache(this.past, this.L, null, 0, this.L + room(this.L));
+    if (Object.values(this.past!)[0]!.dims[2]! <= this.L) {
+      const was = this.past!;
+      this.past = extendCache(was, this.L, null, 0, this.L + room(this.L), this.pool);
+      this.pool.give(was);
+    }
     const cap = Object.values(this.past!)[0]!.dims[2]!;
     // Per row: its padding, its tokens, the free room (all but the tokens masked), then the new token.
     const total = cap + 1;

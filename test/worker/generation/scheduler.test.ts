@@ -1,5 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { LoadedChatModel } from '../../../src/worker/loader.js';
+import { KvPool } from '../../../src/worker/generation/kv-pool.js';
 import { BatchScheduler } from '../../../src/worker/generation/scheduler.js';
 import type { ChoiceResult } from '../../../src/worker/generation/generate.js';
 import { ThreadError } from '../../../src/worker/generation/thread-error.js';
@@ -29,6 +30,21 @@ describe('BatchScheduler', () => {
     // They really shared steps: all 8 decoded together at some point, and steps < tokens.
     expect(s.stats.maxBatch).toBe(8);
     expect(s.stats.steps).toBeLessThan(s.stats.decodeTokens);
+  });
+
+  it('KV arrays reused from the pool hold stale values that nothing reads unmasked: every array poisoned, the tokens are those alone (greedy and seeded, joins, leaves, the cache growing, a shared prefix)', async () => {
+    const ps = [...prompts(6, 41), ...prompts(1, 42).flatMap((x) => [0, 1, 2].map((i) => [...x, ...x, ...x, 100 + i]))];
+    const p = (i: number) => params({ maxTokens: 24 + 6 * (i % 3), ...(i % 2 ? { temperature: 0.9, topP: 0.9, seed: 300 + i } : {}) });
+    const expected = await Promise.all(ps.map(async (prompt, i) => (await alone(prompt, p(i)))[0]!.tokenIds));
+    // Values like a cache's (within ±4), different at every position.
+    const pool = new KvPool(64 * 1024 * 1024, { minBytes: 0, poison: (i) => ((i * 7919) % 2000) / 250 - 4 });
+    const s = new BatchScheduler(m, { ...LIMITS, prefixCacheBytes: 16 * 1024 * 1024 }, pool);
+    for (let round = 0; round < 2; round++) {
+      const got = await staggered(s, ps, p);
+      expect(got.map((r) => (r as ChoiceResult[])[0]!.tokenIds), `round ${round}`).toEqual(expected);
+    }
+    expect(pool.stats.reused).toBeGreaterThan(0);
+    expect(s.stats.prefixHits).toBeGreaterThan(0);
   });
 
   it('seeded sampling with penalties and several choices: the same tokens in a batch as alone', async () => {
