@@ -10,13 +10,16 @@ import type { Feeds } from './generate.js';
  *
  * Arrays are handed out in size classes (a quarter power of two apart, so at most 19% unused) as
  * views of the exact length asked for; `give` takes back what `take` made, once, and keeps free
- * arrays up to `maxBytes` (the rest are left to the garbage collector). Contents are not cleared:
+ * arrays up to `maxBytes`, the ones given back longest ago left to the garbage collector first
+ * (a chunked prefill gives back a size a chunk; the sizes in use now are the ones to keep). Contents are not cleared:
  * a cache's positions outside its rows' tokens are masked, and their stale values (earlier keys
  * and values, finite) contribute exact zeros to attention, as zeros would. Float32 only (float16
  * caches on GPU are allocated plainly); arrays under 64 KiB are not worth keeping.
  */
 export class KvPool {
   private readonly free = new Map<number, ArrayBuffer[]>();
+  /** Every free buffer, oldest given back first. */
+  private readonly order = new Set<ArrayBuffer>();
   /** Buffers `take` made that are not in `free`. */
   private readonly lent = new WeakSet<ArrayBuffer>();
   private freeBytes = 0;
@@ -44,6 +47,7 @@ export class KvPool {
     const list = this.free.get(size);
     let buf = list?.pop();
     if (buf) {
+      this.order.delete(buf);
       this.freeBytes -= size;
       this.stats.reused++;
     } else buf = new ArrayBuffer(size);
@@ -61,10 +65,18 @@ export class KvPool {
       const buf = (t.data as Float32Array).buffer as ArrayBuffer;
       if (!this.lent.has(buf)) continue;
       this.lent.delete(buf);
-      if (this.freeBytes + buf.byteLength > this.maxBytes) continue;
+      if (buf.byteLength > this.maxBytes) continue;
+      for (const old of this.order) {
+        if (this.freeBytes + buf.byteLength <= this.maxBytes) break;
+        const list = this.free.get(old.byteLength)!;
+        list.splice(list.indexOf(old), 1);
+        this.order.delete(old);
+        this.freeBytes -= old.byteLength;
+      }
       const list = this.free.get(buf.byteLength) ?? [];
       this.free.set(buf.byteLength, list);
       list.push(buf);
+      this.order.add(buf);
       this.freeBytes += buf.byteLength;
     }
   }
