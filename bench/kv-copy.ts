@@ -1,32 +1,35 @@
 /**
- * A standalone probe: what onnxruntime-node's copy of the KV cache out to JS costs a decode step.
- * One decode step of the SmolLM2-shaped bench model as the worker loads it (attention over
- * grouped KV heads), on its onnxruntime session directly, at a short and a ~1,024-token past:
- * fetching every output (what the scheduler must do, to feed `present` back as the next
- * step's past) against fetching the logits alone (the graph still builds `present` with its
- * Concat, but the binding copies nothing else out). Interleaved, median of `--n` each.
- *
- * The difference is the binding's copy; what remains grows with the context through the
- * graph's Concat of past and new keys and values and the attention products. Neither the copy
- * nor the Concat goes away without a KV buffer the graph updates in place, which needs IO
- * binding (not exposed by onnxruntime-node).
+ * A standalone probe: what copying the KV cache costs a decode step, and what the split graph
+ * the worker loads saves. One decode step of the SmolLM2-shaped bench model on onnxruntime
+ * sessions directly, at a short and a ~1,024-token past, interleaved, median of `--n` each:
+ * - grouped only (SWITCHYARD_SPLIT_ATTENTION=0): fetching every output (feeding `present` back
+ *   as the next past, as the worker did before) against fetching the logits alone (the graph
+ *   still builds `present` with its Concat, but the binding copies nothing else out): the
+ *   difference is onnxruntime-node's copy of the cache into JS;
+ * - split (the default): every output, which is then the new token's keys and values alone; the
+ *   cache is read in place, neither concatenated nor copied out (the worker writes the new
+ *   column into room it keeps: scheduler.ts).
  *
  *   npx tsx bench/kv-copy.ts [--n 12]
  */
 import { parseArgs } from 'node:util';
 import { Tensor, type InferenceSession } from 'onnxruntime-node';
-import { loadChatModel } from '../src/worker/loader.js';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { InferenceSession as Session } from 'onnxruntime-node';
+import { groupAttention } from '../src/worker/generation/grouped-attention.js';
+import { sessionOptions } from '../src/worker/loader.js';
 import { ensureBenchModels } from './models.js';
 import { median } from './lib.js';
 
 const { values } = parseArgs({ options: { n: { type: 'string', default: '12' } } });
 const models = await ensureBenchModels();
-const spec = {
-  name: 'smollm2', task: 'chat' as const, source: models.chat, revision: 'main', dtype: 'fp32', device: 'cpu' as const,
-  chatTemplate: null, contextLength: null, pooling: 'mean' as const, normalize: true, truncate: false,
-};
-const m = await loadChatModel(spec, models.dir, () => {});
-const session = (m.model as unknown as { sessions: Record<string, InferenceSession> }).sessions.model!;
+const bytes = await readFile(join(models.dir, models.chat, 'onnx', 'model.onnx'));
+const [grouped, split] = [groupAttention(bytes), groupAttention(bytes, { split: true })];
+if (!grouped || !split?.split) throw new Error('the bench model did not take the rewrite');
+const opts = sessionOptions() as InferenceSession.SessionOptions;
+const session = await Session.create(grouped.bytes, opts);
+const splitSession = await Session.create(split.bytes, opts);
 const step = (L: number): Record<string, Tensor> => {
   const feeds: Record<string, Tensor> = {
     input_ids: new Tensor('int64', BigInt64Array.from([42n]), [1, 1]),
@@ -47,7 +50,9 @@ for (const L of [40, 1024]) {
   const feeds = step(L);
   const every: number[] = [];
   const logits: number[] = [];
+  const inPlace: number[] = [];
   await session.run(feeds);
+  await splitSession.run(feeds);
   for (let i = 0; i < Number(values.n); i++) {
     let t = performance.now();
     await session.run(feeds);
@@ -55,8 +60,14 @@ for (const L of [40, 1024]) {
     t = performance.now();
     await session.run(feeds, ['logits']);
     logits.push(performance.now() - t);
+    t = performance.now();
+    await splitSession.run(feeds);
+    inPlace.push(performance.now() - t);
   }
-  rows.push(`past of ${L} tokens: every output ${median(every).toFixed(1)} ms, logits only ${median(logits).toFixed(1)} ms, the copy ${(median(every) - median(logits)).toFixed(1)} ms`);
+  rows.push(
+    `past of ${L} tokens: grouped, every output ${median(every).toFixed(1)} ms, logits only ${median(logits).toFixed(1)} ms, the copy ${(median(every) - median(logits)).toFixed(1)} ms; ` +
+      `split, every output ${median(inPlace).toFixed(1)} ms`,
+  );
 }
 console.log(rows.join('\n'));
-await m.model.dispose();
+await Promise.all([session.release(), splitSession.release()]);
