@@ -139,7 +139,7 @@ function samePrefix(group: readonly Member[], n: number): boolean {
 
 /**
  * The rows' tokens laid out as a batch cache of `cap` positions, each row's right-aligned before
- * position L (zeros before them and after L).
+ * position L; before them and after L zeros, or stale values from `pool` (masked either way).
  */
 function layRows(sources: readonly Source[], L: number, cap: number, pool?: KvPool): Feeds {
   const out: Feeds = {};
