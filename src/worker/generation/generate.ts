@@ -60,20 +60,25 @@ export function room(used: number): number {
   return Math.max(32, Math.ceil(used / 8 / 16) * 16);
 }
 
-const pastName = (present: string) => present.replace('present', 'past_key_values');
+/** A cache output's input name (`present.N.key` → `past_key_values.N.key`), and back. */
+export const pastName = (present: string) => present.replace('present', 'past_key_values');
+export const presentName = (past: string) => past.replace('past_key_values', 'present');
+
+/** The cache inputs a forward's `present.*` outputs feed. */
+export const cacheNamesOf = (outputs: Feeds): string[] => Object.keys(outputs).filter((k) => k.startsWith('present')).map(pastName);
 
 /**
  * A new cache of `cap` positions: `past`'s first `used` positions (none when null), then the last
  * `s` positions of each `present.*` output of `outputs` (none when `outputs` is null).
  */
-export function extendCache(past: Feeds | null, used: number, outputs: Feeds | null, s: number, cap: number, pool?: KvPool): Feeds {
-  const names = outputs ? Object.keys(outputs).filter((k) => k.startsWith('present')).map(pastName) : Object.keys(past ?? {});
+export function extendCache(past: Feeds | null, used: number, outputs: Feeds | null, s: number, cap: number, pool: KvPool): Feeds {
+  const names = outputs ? cacheNamesOf(outputs) : Object.keys(past ?? {});
   const out: Feeds = {};
   for (const name of names) {
-    const fresh = outputs?.[name.replace('past_key_values', 'present')];
+    const fresh = outputs?.[presentName(name)];
     const like = (fresh ?? past![name])!;
     const [B, H, , D] = like.dims as [number, number, number, number];
-    const data = pool ? pool.take(B * H * cap * D, like.data as Float32Array) : new (like.data.constructor as Float32ArrayConstructor)(B * H * cap * D);
+    const data = pool.take(B * H * cap * D, like.data as Float32Array);
     const from = past?.[name];
     if (from && used > 0) {
       const Ls = from.dims[2]!;

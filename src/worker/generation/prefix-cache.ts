@@ -116,15 +116,15 @@ export class PrefixCache {
    * The cache of several prompts' reused tokens as one batch: a [rows, heads, cap, dim] tensor per
    * cache input (cap ≥ L: room after L for the caller's next tokens), row j holding
    * `rows[j].tokens` tokens (a `match` just before, whole blocks) right-aligned at L; before and
-   * after them zeros, or stale values with a `pool` (kv-pool.ts): the caller masks them.
+   * after them stale values from the `pool` (kv-pool.ts) or zeros: the caller masks them.
    */
-  fill(rows: readonly { chain: readonly string[]; tokens: number }[], L: number, cap = L, pool?: KvPool): Feeds {
+  fill(rows: readonly { chain: readonly string[]; tokens: number }[], L: number, cap: number, pool: KvPool): Feeds {
     const shape = this.shape!;
     const past: Feeds = {};
     shape.names.forEach((name, n) => {
       const H = shape.heads[n]!;
       const D = shape.dim[n]!;
-      const data = pool ? pool.take(rows.length * H * cap * D) : new Float32Array(rows.length * H * cap * D);
+      const data = pool.take(rows.length * H * cap * D);
       rows.forEach(({ chain, tokens }, b) => {
         const at = L - tokens;
         for (let j = 0; j < tokens / BLOCK; j++) {

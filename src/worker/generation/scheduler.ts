@@ -2,7 +2,7 @@ import { Waker } from '../waker.js';
 import { Tensor } from '@huggingface/transformers';
 import type { SamplingParams } from '../../protocol/chat.js';
 import type { FinishReason } from '../../protocol/shared.js';
-import { checkBudget, extendCache, int64, room, writeColumns, type ChatModel, type ChoiceResult, type Feeds, type GenerateOptions } from './generate.js';
+import { cacheNamesOf, checkBudget, extendCache, int64, presentName, room, writeColumns, type ChatModel, type ChoiceResult, type Feeds, type GenerateOptions } from './generate.js';
 import { logprobsOf, type TokenLogprob } from './logprobs.js';
 import { applyPenalties, drawToken, makeRng } from './sampler.js';
 import { TextStream } from './text-stream.js';
@@ -141,14 +141,14 @@ function samePrefix(group: readonly Member[], n: number): boolean {
  * The rows' tokens laid out as a batch cache of `cap` positions, each row's right-aligned before
  * position L; before them and after L zeros, or stale values from `pool` (masked either way).
  */
-function layRows(sources: readonly Source[], L: number, cap: number, pool?: KvPool): Feeds {
+function layRows(sources: readonly Source[], L: number, cap: number, pool: KvPool): Feeds {
   const out: Feeds = {};
   const named = sources.find((s) => Object.keys(s.past).length > 0);
-  const names = named ? Object.keys(named.past) : Object.keys(sources[0]!.fresh!.outputs).filter((k) => k.startsWith('present')).map((k) => k.replace('present', 'past_key_values'));
+  const names = named ? Object.keys(named.past) : cacheNamesOf(sources[0]!.fresh!.outputs);
   for (const name of names) {
-    const first = named?.past[name] ?? sources[0]!.fresh!.outputs[name.replace('past_key_values', 'present')]!;
+    const first = named?.past[name] ?? sources[0]!.fresh!.outputs[presentName(name)]!;
     const [, H, , D] = first.dims as [number, number, number, number];
-    const data = pool ? pool.take(sources.length * H * cap * D, first.data as Float32Array) : new (first.data.constructor as Float32ArrayConstructor)(sources.length * H * cap * D);
+    const data = pool.take(sources.length * H * cap * D, first.data as Float32Array);
     sources.forEach((s, j) => {
       const len = s.row.len;
       const start = s.end - len;
@@ -164,7 +164,7 @@ function layRows(sources: readonly Source[], L: number, cap: number, pool?: KvPo
           data.set((t.data as Float32Array).subarray(from, from + (split - start) * D), at);
         }
         if (s.fresh && s.end > split) {
-          const t = s.fresh.outputs[name.replace('past_key_values', 'present')]!;
+          const t = s.fresh.outputs[presentName(name)]!;
           const T = t.dims[2]!;
           const from = ((s.b * H + h) * T + T - s.fresh.S + (split - s.fresh.C)) * D;
           data.set((t.data as Float32Array).subarray(from, from + (s.end - split) * D), at + (split - start) * D);
@@ -596,12 +596,11 @@ export class BatchScheduler {
         : h > 0 ? repeatRows(await this.prefillHead(group[0]!, h), k)
         : C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C, C, this.pool)
         : null;
-      const past = forwardPast;
       outputs = (await this.m.model.forward({
         input_ids: int64(ids, [k, S]),
         attention_mask: int64(mask, [k, C + S]),
         position_ids: int64(positions, [k, S]),
-        ...(past ? { past_key_values: past } : {}),
+        ...(forwardPast ? { past_key_values: forwardPast } : {}),
       })) as Feeds;
     } catch (err) {
       for (const { req } of group) {
@@ -731,7 +730,9 @@ export class BatchScheduler {
       // Finished at its first token: its prompt goes to the prefix cache from here.
       if (fresh && this.prefix.enabled) {
         const len = req.promptIds.length;
-        this.prefix.store(req.promptIds, layRows([{ row: req.rows[0]!, past, b, end, fresh }], len, len), 0, len);
+        const row = layRows([{ row: req.rows[0]!, past, b, end, fresh }], len, len, this.pool);
+        this.prefix.store(req.promptIds, row, 0, len);
+        this.pool.give(row);
       }
       this.answerIfDone(req);
       return;
