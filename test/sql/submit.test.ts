@@ -82,8 +82,16 @@ describe('ai.submit_chat', () => {
     // Midway: some written, not all.
     await waitFor('a tenth of the replies', async () => (await sql.query(`select count(*)::int as n from tickets where reply is not null`)).rows[0].n >= N / 10);
     // And while it runs some: the replies of a batch land together, and the moment after they do
-    // (before the next claim) the worker holds nothing that a kill could interrupt.
-    await waitFor('a request running', async () => (await sql.query(`select count(*)::int as n from ai.requests where status = 'running'`)).rows[0].n > 0);
+    // (before the next claim) the worker holds nothing that a kill could interrupt. Seen running
+    // and then killed, a 2-token request could finish in between: the worker is frozen (SIGSTOP)
+    // while it is looked at, and let go again until one is running while it is frozen.
+    await waitFor('a request running while the worker is stopped', async () => {
+      a.child.kill('SIGSTOP');
+      if ((await sql.query(`select count(*)::int as n from ai.requests where status = 'running'`)).rows[0].n > 0) return true;
+      a.child.kill('SIGCONT');
+      await new Promise((r) => setTimeout(r, 10));
+      return false;
+    });
     a.child.kill('SIGKILL');
     const killedAt = (await sql.query(`select count(*)::int as n from tickets where reply is not null`)).rows[0].n;
     expect(killedAt).toBeLessThan(N);
