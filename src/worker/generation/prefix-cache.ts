@@ -10,6 +10,12 @@ import type { KvPool } from './kv-pool.js';
  * on block j means blocks 0..j-1 hit too). A request whose prompt starts with cached blocks
  * skips prefilling them: a shared system prompt, or a chat's history at its next turn.
  *
+ * Past its last whole cached block, a prompt also reuses the start of a cached block that
+ * follows the same prefix, as far as its tokens agree (llama.cpp reuses the longest common
+ * prefix, token by token): prompts that share a system prompt and part of the template's user
+ * turn, and differ from the question on, reuse all they share, not only the whole blocks of it.
+ * Blocks are indexed by their prefix and their first token for that.
+ *
  * A token's keys and values depend only on the tokens before it and its position, so a cached
  * block is what prefilling those tokens again would compute; the scheduler's tests compare the
  * tokens with the cache and without it.
@@ -21,7 +27,7 @@ import type { KvPool } from './kv-pool.js';
  * lives in the model thread and dies with it (a crashed thread starts empty).
  */
 
-/** Tokens per block: the granularity of a hit (a prompt reuses whole blocks only). */
+/** Tokens per block: the granularity of storage and eviction (a hit may end inside a block). */
 export const BLOCK = 16;
 
 export interface PrefixCacheStats {
@@ -38,12 +44,26 @@ interface Block {
   /** Per cache input (`past_key_values.N.key`…): [kv heads, BLOCK, head dim]. */
   data: Record<string, Float32Array>;
   bytes: number;
+  /** Its tokens, and where it is indexed (`next`): its predecessor's key and its first token. */
+  tokens: Int32Array;
+  after: string;
 }
+
+/** A prompt as the cache reads it: its tokens and the keys of its full blocks (`chain`). */
+export interface Prompt {
+  ids: readonly number[];
+  chain: readonly string[];
+}
+
+/** How many of the blocks that follow one prefix and start with one token a lookup compares with (the most recent). */
+const NEXT_SCAN = 16;
 
 type Shape = { names: string[]; heads: number[]; dim: number[] };
 
 export class PrefixCache {
   private readonly blocks = new Map<string, Block>();
+  /** Keys of the blocks that follow a prefix (its last block's key, '' for the start) and start with a token, most recent last. */
+  private readonly next = new Map<string, string[]>();
   private shape: Shape | null = null;
   readonly stats: PrefixCacheStats = { prefixLookups: 0, prefixHits: 0, prefixTokensSaved: 0, prefixEvictions: 0, prefixBytes: 0 };
 
@@ -81,17 +101,52 @@ export class PrefixCache {
   }
 
   /**
-   * How many leading tokens of a prompt (its `chain`) are cached, in whole blocks, at most `limit`
-   * (the scheduler leaves at least the prompt's last token to prefill: its logits give the first
-   * token). Nothing changes: the scheduler asks again until the prompt's prefill starts, so a
-   * prompt that waited behind another with the same start finds what that one left.
+   * How many leading tokens of a prompt are cached, at most `limit` (the scheduler leaves at
+   * least the prompt's last token to prefill: its logits give the first token): its whole cached
+   * blocks, then as many tokens as agree with a cached block that follows them (`tail`). Nothing
+   * changes: the scheduler asks again until the prompt's prefill starts, so a prompt that waited
+   * behind another with the same start finds what that one left.
    */
-  match(chain: readonly string[], limit: number): number {
+  match(p: Prompt, limit: number): number {
     if (!this.enabled || !this.shape) return 0;
-    const count = Math.min(chain.length, Math.floor(limit / BLOCK));
+    const count = Math.min(p.chain.length, Math.floor(limit / BLOCK));
     let hit = 0;
-    while (hit < count && this.blocks.has(chain[hit]!)) hit++;
-    return hit * BLOCK;
+    while (hit < count && this.blocks.has(p.chain[hit]!)) hit++;
+    return hit * BLOCK + (this.tail(p, hit, limit - hit * BLOCK)?.agree ?? 0);
+  }
+
+  /**
+   * The cached block after the prompt's first `whole` blocks whose tokens agree longest with the
+   * prompt's next ones (at most `most`, counted), among the most recent NEXT_SCAN that start
+   * like them; null when none does.
+   */
+  private tail(p: Prompt, whole: number, most: number): { key: string; agree: number } | null {
+    const at = whole * BLOCK;
+    const upTo = Math.min(most, BLOCK, p.ids.length - at);
+    if (upTo <= 0) return null;
+    const keys = this.next.get(this.indexKey(whole > 0 ? p.chain[whole - 1]! : '', p.ids[at]!)) ?? [];
+    let best: { key: string; agree: number } | null = null;
+    for (let i = keys.length - 1; i >= Math.max(0, keys.length - NEXT_SCAN); i--) {
+      const tokens = this.blocks.get(keys[i]!)!.tokens;
+      let agree = 0;
+      while (agree < upTo && tokens[agree] === p.ids[at + agree]) agree++;
+      if (!best || agree > best.agree) best = { key: keys[i]!, agree };
+      if (agree === upTo) break;
+    }
+    return best;
+  }
+
+  private indexKey(after: string, first: number): string {
+    return `${after}#${first}`;
+  }
+
+  /** Where a prompt's first `tokens` cached tokens are: its whole blocks, and the block its tokens past them agree with. */
+  private blocksOf(p: Prompt, tokens: number): { keys: string[]; tail: { key: string; agree: number } | null } {
+    const whole = Math.floor(tokens / BLOCK);
+    const part = tokens - whole * BLOCK;
+    const tail = part > 0 ? this.tail(p, whole, part) : null;
+    if (part > 0 && (!tail || tail.agree < part)) throw new Error('prefix cache: a matched block is gone');
+    return { keys: p.chain.slice(0, whole), tail };
   }
 
   /** Names, kv heads and head dims of the cache inputs, once a sequence has been stored. */
@@ -100,14 +155,15 @@ export class PrefixCache {
   }
 
   /**
-   * Counts a prompt's lookup as its prefill starts, reusing its first `tokens` tokens (0: a miss),
-   * which become the most recently used.
+   * Counts a prompt's lookup as its prefill starts, reusing its first `tokens` tokens (0: a miss;
+   * a `match` just before), whose blocks become the most recently used.
    */
-  use(chain: readonly string[], tokens: number): void {
+  use(p: Prompt, tokens: number): void {
     if (!this.enabled) return;
     this.stats.prefixLookups++;
     if (tokens === 0) return;
-    this.touch(chain.slice(0, tokens / BLOCK));
+    const { keys, tail } = this.blocksOf(p, tokens);
+    this.touch(tail ? [...keys, tail.key] : keys);
     this.stats.prefixHits++;
     this.stats.prefixTokensSaved += tokens;
   }
@@ -115,24 +171,33 @@ export class PrefixCache {
   /**
    * The cache of several prompts' reused tokens as one batch: a [rows, heads, cap, dim] tensor per
    * cache input (cap ≥ L: room after L for the caller's next tokens), row j holding
-   * `rows[j].tokens` tokens (a `match` just before, whole blocks) right-aligned at L; before and
-   * after them stale values from the `pool` (kv-pool.ts) or zeros: the caller masks them.
+   * `rows[j].tokens` tokens (a `match` just before) right-aligned at L; before and after them
+   * stale values from the `pool` (kv-pool.ts) or zeros: the caller masks them.
    */
-  fill(rows: readonly { chain: readonly string[]; tokens: number }[], L: number, cap: number, pool: KvPool): Feeds {
+  fill(rows: readonly { prompt: Prompt; tokens: number }[], L: number, cap: number, pool: KvPool): Feeds {
     const shape = this.shape!;
+    // Per row, its blocks and how many positions of each it takes (all of each but the tail).
+    const sources = rows.map(({ prompt, tokens }) => {
+      const { keys, tail } = this.blocksOf(prompt, tokens);
+      const parts = keys.map((key) => ({ key, count: BLOCK }));
+      if (tail) parts.push({ key: tail.key, count: tokens - keys.length * BLOCK });
+      return parts.map(({ key, count }) => {
+        const block = this.blocks.get(key);
+        if (!block) throw new Error('prefix cache: a matched block is gone');
+        return { block, count };
+      });
+    });
     const past: Feeds = {};
     shape.names.forEach((name, n) => {
       const H = shape.heads[n]!;
       const D = shape.dim[n]!;
       const data = pool.take(rows.length * H * cap * D);
-      rows.forEach(({ chain, tokens }, b) => {
-        const at = L - tokens;
-        for (let j = 0; j < tokens / BLOCK; j++) {
-          const block = this.blocks.get(chain[j]!);
-          if (!block) throw new Error('prefix cache: a matched block is gone');
+      sources.forEach((parts, b) => {
+        const at = L - rows[b]!.tokens;
+        parts.forEach(({ block, count }, j) => {
           const src = block.data[name]!;
-          for (let h = 0; h < H; h++) data.set(src.subarray(h * BLOCK * D, (h + 1) * BLOCK * D), ((b * H + h) * cap + at + j * BLOCK) * D);
-        }
+          for (let h = 0; h < H; h++) data.set(src.subarray(h * BLOCK * D, (h * BLOCK + count) * D), ((b * H + h) * cap + at + j * BLOCK) * D);
+        });
       });
       past[name] = new Tensor('float32', data, [rows.length, H, cap, D]);
     });
@@ -174,7 +239,13 @@ export class PrefixCache {
         }
         data[name] = out;
       });
-      this.blocks.set(key, { data, bytes });
+      const tokens = Int32Array.from(ids.slice(j * BLOCK, (j + 1) * BLOCK));
+      const after = j > 0 ? keys[j - 1]! : '';
+      this.blocks.set(key, { data, bytes, tokens, after });
+      const at = this.indexKey(after, tokens[0]!);
+      const list = this.next.get(at);
+      if (list) list.push(key);
+      else this.next.set(at, [key]);
       this.stats.prefixBytes += bytes;
     });
     this.touch(keys);
@@ -184,6 +255,10 @@ export class PrefixCache {
     while (this.stats.prefixBytes + bytes > this.budgetBytes && this.blocks.size > 0) {
       const [key, block] = this.blocks.entries().next().value as [string, Block];
       this.blocks.delete(key);
+      const at = this.indexKey(block.after, block.tokens[0]!);
+      const list = this.next.get(at)!;
+      list.splice(list.indexOf(key), 1);
+      if (list.length === 0) this.next.delete(at);
       this.stats.prefixBytes -= block.bytes;
       this.stats.prefixEvictions++;
     }

@@ -10,7 +10,7 @@ import { batchLimitsFromEnv, type BatchLimits } from './limits.js';
 import type { TokenConstraint } from './constrain/index.js';
 import type { WorkerBatchStats } from '../../db/workers-repo.js';
 import { ThreadError } from './thread-error.js';
-import { BLOCK, PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
+import { BLOCK, PrefixCache, type PrefixCacheStats, type Prompt } from './prefix-cache.js';
 import { KvPool } from './kv-pool.js';
 import { DEFAULT_KV_POOL_BYTES } from './limits.js';
 
@@ -102,6 +102,9 @@ interface Source {
   store?: number[];
 }
 
+/** A request's prompt as the prefix cache reads it. */
+const promptOf = (req: Request): Prompt => ({ ids: req.promptIds, chain: req.chain ?? [] });
+
 /** A request about to be prefilled, and the tokens of its prompt the prefix cache holds. */
 interface Member {
   req: Request;
@@ -109,10 +112,19 @@ interface Member {
 }
 
 /**
+ * Token computations a shared head must spare ((rows − 1) × its length) to be prefilled in a
+ * forward of its own: a forward costs about this many tokens before it computes any (its weights
+ * read once: ~22 ms for one token against ~1.1 ms a token in a batched prefill, SmolLM2 shape
+ * over a 1,015-token past on 2 cores). A shorter head is prefilled with each row's rest.
+ */
+const HEAD_WORTH = 24;
+
+/**
  * Tokens the rests of a group's prompts start with alike, when every prompt has the same cached
- * prefix, the same tokens and not only as many (0 otherwise, for one request, and with nothing
- * cached: prompts that arrive together cold are prefilled as they are, in one forward): at most
- * all but the last token of the shortest rest.
+ * prefix, the same tokens and not only as many (0 otherwise, for one request, with nothing
+ * cached: prompts that arrive together cold are prefilled as they are, in one forward, and when
+ * a forward of its own would cost more than it spares: HEAD_WORTH): at most all but the last
+ * token of the shortest rest.
  */
 function sharedHead(group: readonly Member[]): number {
   if (group.length < 2) return 0;
@@ -122,7 +134,8 @@ function sharedHead(group: readonly Member[]): number {
   const most = Math.min(...group.map((g) => g.req.promptIds.length)) - 1;
   let same = 0;
   while (same < most && group.every((g) => g.req.promptIds[same] === first[same])) same++;
-  return Math.max(0, same - C);
+  const h = Math.max(0, same - C);
+  return (group.length - 1) * h >= HEAD_WORTH ? h : 0;
 }
 
 /** Prompt tokens a group's prefill computes: the shared head once, then every row padded to the longest rest. */
@@ -361,13 +374,13 @@ export class BatchScheduler {
   private cachedTokens(req: Request): number {
     if (req.started || req.params.echo || !this.prefix.enabled) return 0;
     req.chain ??= this.prefix.chain(req.promptIds);
-    return this.prefix.match(req.chain, req.promptIds.length - 1);
+    return this.prefix.match(promptOf(req), req.promptIds.length - 1);
   }
 
   /** Its prefill starts, after `cached` tokens from the prefix cache (counted as a lookup). */
   private start(req: Request, cached: number): void {
     req.started = true;
-    if (!req.params.echo) this.prefix.use(req.chain ?? [], cached);
+    if (!req.params.echo) this.prefix.use(promptOf(req), cached);
   }
 
   /** What a row has in the batch's cache: its prompt and the tokens fed back so far. */
@@ -489,7 +502,7 @@ export class BatchScheduler {
           const cached = this.cachedTokens(req);
           this.start(req, cached);
           if (cached > 0) {
-            req.past = this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached, cached, this.pool);
+            req.past = this.prefix.fill([{ prompt: promptOf(req), tokens: cached }], cached, cached, this.pool);
             req.prefilled = cached;
           }
         }
@@ -594,7 +607,7 @@ export class BatchScheduler {
       forwardPast =
         one ? await this.sharedPast(group[0]!, h)
         : h > 0 ? repeatRows(await this.prefillHead(group[0]!, h), k)
-        : C > 0 ? this.prefix.fill(group.map((g) => ({ chain: g.req.chain ?? [], tokens: g.cached })), C, C, this.pool)
+        : C > 0 ? this.prefix.fill(group.map((g) => ({ prompt: promptOf(g.req), tokens: g.cached })), C, C, this.pool)
         : null;
       outputs = (await this.m.model.forward({
         input_ids: int64(ids, [k, S]),
@@ -638,7 +651,7 @@ export class BatchScheduler {
     if (cached === 0) throw new Error('a shared head needs a cached prefix');
     // The prefix with room for the head, which the forward's new keys and values then fill: the
     // room is masked during the forward (the new positions come after it).
-    const past = this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached, cached + h, this.pool);
+    const past = this.prefix.fill([{ prompt: promptOf(req), tokens: cached }], cached, cached + h, this.pool);
     const t0 = performance.now();
     const outputs = (await this.m.model.forward({
       input_ids: int64(req.promptIds.slice(cached, cached + h), [1, h]),
@@ -661,9 +674,10 @@ export class BatchScheduler {
    */
   private async sharedPast(member: Member, h: number): Promise<Feeds> {
     const { req, cached } = member;
-    const key = `${req.chain![cached / BLOCK - 1]}:${cached}:${req.promptIds.slice(cached, cached + h).join(',')}`;
+    const whole = Math.floor(cached / BLOCK);
+    const key = `${whole > 0 ? req.chain![whole - 1] : ''}:${cached}:${req.promptIds.slice(whole * BLOCK, cached + h).join(',')}`;
     if (this.lastShared?.key === key) return this.lastShared.past;
-    const past = h > 0 ? await this.prefillHead(member, h) : this.prefix.fill([{ chain: req.chain!, tokens: cached }], cached, cached, this.pool);
+    const past = h > 0 ? await this.prefillHead(member, h) : this.prefix.fill([{ prompt: promptOf(req), tokens: cached }], cached, cached, this.pool);
     this.lastShared = { key, past };
     this.kept.add(past);
     return past;

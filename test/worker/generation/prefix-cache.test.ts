@@ -143,7 +143,9 @@ describe('prefix cache', () => {
     const want = await expected(ps, p);
     // A chunk that takes the eight rests (5 shared + 8 × the longest, 26) in one forward.
     const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 256 });
-    expect(ids(await s.submit(ps[0]!, p(0), { signal: never, onDelta: noop }))).toEqual(want[0]);
+    // The cache holds the 6 blocks, and nothing of the 5 tokens after them (another prompt's block follows).
+    const seed = [...ps[0]!.slice(0, 6 * BLOCK), 7, 8, 9];
+    expect(ids(await s.submit(seed, p(0), { signal: never, onDelta: noop }))).toEqual(ids(await alone(m, seed, p(0))));
     const before = { ...s.stats };
     // Rows of input and of past in each prefill forward: the rests go over one row of the shared
     // prefix (the split graph broadcasts it), not a copy of it per row.
@@ -179,11 +181,13 @@ describe('prefix cache', () => {
   });
 
   it('a burst that arrives in two groups: the second is prefilled over the first one\'s shared prefix (no second copy, no second head), with the tokens each gets alone', async () => {
-    const ps = sharing(7, 4 * BLOCK + 6, 31); // 6 shared tokens past the cached blocks
+    const ps = sharing(7, 4 * BLOCK + 12, 31); // 12 shared tokens past the cached blocks: (3 − 1) × 12 spared, worth a forward (HEAD_WORTH)
     const p = (i: number) => params({ maxTokens: 8, ...(i % 2 ? { temperature: 0.8, topP: 0.9, seed: 90 + i } : {}) });
     const want = await expected(ps, p);
     const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 256 });
-    expect(ids(await s.submit(ps[0]!, p(0), { signal: never, onDelta: noop }))).toEqual(want[0]);
+    // The 4 blocks cached, without the 12 tokens after them.
+    const seed = [...ps[0]!.slice(0, 4 * BLOCK), 7, 8, 9];
+    expect(ids(await s.submit(seed, p(0), { signal: never, onDelta: noop }))).toEqual(ids(await alone(m, seed, p(0))));
     const before = { ...s.stats };
     // Three at once; the other three once the first three have their first tokens.
     let firsts = 0;
@@ -193,9 +197,9 @@ describe('prefix cache', () => {
     await later;
     const rest = ps.slice(4).map((prompt, i) => s.submit(prompt, p(i + 4), { signal: never, onDelta: noop }));
     expect((await Promise.all([...first, ...rest])).map(ids)).toEqual(want.slice(1));
-    // The head (6 tokens) once, then one forward per group.
+    // The head (12 tokens) once, then one forward per group.
     expect(s.stats.prefills - before.prefills).toBe(3);
-    expect(s.stats.prefillTokens - before.prefillTokens).toBe(6 + ps.slice(1).reduce((n, x) => n + x.length - 4 * BLOCK - 6, 0));
+    expect(s.stats.prefillTokens - before.prefillTokens).toBe(12 + ps.slice(1).reduce((n, x) => n + x.length - 4 * BLOCK - 12, 0));
   });
 
   it('one forward for prompts with cached prefixes of different lengths and one with none, joining a batch that is decoding', async () => {
@@ -221,7 +225,9 @@ describe('prefix cache', () => {
     expect(ids(await bg)).toEqual(wantBackground);
     expect(s.stats.prefills - before.prefills).toBe(1);
     expect(s.stats.prefixHits - before.prefixHits).toBe(4);
-    expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(2 * 3 * BLOCK + 2 * 5 * BLOCK);
+    // a's 3 blocks; b's 5 blocks and the 9 tokens past them that b[0]'s sixth block (its prompt
+    // and reply) starts with.
+    expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(2 * 3 * BLOCK + 2 * (5 * BLOCK + 9));
     expect(s.stats.maxBatch).toBe(6);
     expect(s.load).toEqual({ decoding: 0, waiting: 0, prefilling: 0 });
   });
@@ -245,6 +251,34 @@ describe('prefix cache', () => {
     expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(4 * 3 * BLOCK);
     // No head shared across different prefixes: each prompt's 9 + 1 uncached tokens computed.
     expect(s.stats.prefillTokens - before.prefillTokens).toBe(4 * 10);
+  });
+
+  it('a prompt reuses the start of a cached block as far as its tokens agree (a burst: no head of its own), and a repeated prompt all but its last token', async () => {
+    // 7 shared tokens past 3 blocks: in the seed's fourth block (its prompt and reply fill it).
+    const ps = sharing(6, 3 * BLOCK + 7, 21);
+    const p = (i: number) => params({ maxTokens: 8, ...(i % 2 ? { temperature: 0.9, topP: 0.9, seed: 70 + i } : {}) });
+    const want = await expected(ps, p);
+    const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 256 });
+    expect(ids(await s.submit(ps[0]!, p(0), { signal: never, onDelta: noop }))).toEqual(want[0]);
+    expect(ps[0]!.length + 8 - 1).toBeGreaterThanOrEqual(4 * BLOCK);
+    let before = { ...s.stats };
+    const got = await Promise.all(ps.slice(1).map((prompt, i) => s.submit(prompt, p(i + 1), { signal: never, onDelta: noop })));
+    expect(got.map(ids)).toEqual(want.slice(1));
+    expect(s.stats.prefixHits - before.prefixHits).toBe(5);
+    expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(5 * (3 * BLOCK + 7));
+    // One forward of the five rests: the shared tokens came from the cache, none prefilled again.
+    expect(s.stats.prefills - before.prefills).toBe(1);
+    expect(s.stats.prefillTokens - before.prefillTokens).toBe(ps.slice(1).reduce((n, x) => n + x.length - 3 * BLOCK - 7, 0));
+
+    // A prompt of whole blocks, asked again: only its last token is prefilled (its logits give the first token).
+    const whole = sharing(1, 4 * BLOCK, 22)[0]!.slice(0, 4 * BLOCK);
+    const q = params({ maxTokens: 5, temperature: 1, seed: 5 });
+    const alone1 = ids(await alone(m, whole, q));
+    expect(ids(await s.submit(whole, q, { signal: never, onDelta: noop }))).toEqual(alone1);
+    before = { ...s.stats };
+    expect(ids(await s.submit(whole, q, { signal: never, onDelta: noop }))).toEqual(alone1);
+    expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(4 * BLOCK - 1);
+    expect(s.stats.prefillTokens - before.prefillTokens).toBe(1);
   });
 
   it('is off at budget 0: nothing is stored or reused', async () => {
