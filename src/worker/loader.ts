@@ -5,6 +5,7 @@ import type { EmbedModel } from './embedding/embed.js';
 import type { ChatModel } from './generation/generate.js';
 import { ThreadError } from './generation/thread-error.js';
 import { groupAttention } from './generation/grouped-attention.js';
+import { keepLogitRows } from './generation/logits-rows.js';
 import { inputBoundOf, wordPieceShortener } from './input-bound.js';
 import type { InputBound } from '../protocol/limits.js';
 import { onnxFileFor, pointEnvAt, type ModelSpec, type ResolvedSource } from './models-source.js';
@@ -145,29 +146,49 @@ export function splitAttentionOn(env: NodeJS.ProcessEnv = process.env): boolean 
 }
 
 /**
+ * SWITCHYARD_KEEP_LOGITS (default 1; 0 leaves the projection onto the vocabulary as exported):
+ * whether a chat model's graph is rewritten at load to compute logits only for the positions the
+ * scheduler reads (logits-rows.ts): a prefill's last position, not all of them. Kept rows
+ * bit-identical. Measured with onnxruntime alone on the SmolLM2-shaped bench model (2 cores): see
+ * BENCHMARKS.md, "The compute path (issue 15)".
+ */
+export function keepLogitsOn(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.SWITCHYARD_KEEP_LOGITS !== '0';
+}
+
+interface Rewrites {
+  rewritten: number;
+  split: number;
+  keepsLogits: boolean;
+}
+
+/**
  * Runs `load` with onnxruntime's session creation rewriting each .onnx file it is given by path
  * (transformers.js passes paths on Node): the only way in, as transformers.js takes no graph
  * bytes. Loads in a thread are serialised (see loadFiles), so the swap covers this load only.
  */
-async function withGroupedAttention<T>(load: () => Promise<T>): Promise<{ loaded: T; rewritten: number; split: number }> {
-  let rewritten = 0;
-  let split = 0;
+async function withRewrites<T>(load: () => Promise<T>, grouped: boolean, keep: boolean): Promise<{ loaded: T } & Rewrites> {
+  const done: Rewrites = { rewritten: 0, split: 0, keepsLogits: false };
+  if (!grouped && !keep) return { loaded: await load(), ...done };
   const create = InferenceSession.create;
   const call = (arg: unknown, rest: unknown[]) => (create as (...a: unknown[]) => Promise<InferenceSession>).call(InferenceSession, arg, ...rest);
   const rewriting = async (arg: unknown, ...rest: unknown[]): Promise<InferenceSession> => {
     if (typeof arg === 'string' && arg.endsWith('.onnx')) {
-      const out = groupAttention(await readFile(arg), { split: splitAttentionOn() });
+      const bytes = await readFile(arg);
+      const out = grouped ? groupAttention(bytes, { split: splitAttentionOn() }) : null;
       if (out) {
-        rewritten += out.rewritten;
-        split += out.split;
-        return call(out.bytes, rest);
+        done.rewritten += out.rewritten;
+        done.split += out.split;
       }
+      const kept = keep ? keepLogitRows(out?.bytes ?? bytes) : null;
+      if (kept) done.keepsLogits = true;
+      if (out || kept) return call(kept ?? out!.bytes, rest);
     }
     return call(arg, rest);
   };
   InferenceSession.create = rewriting as typeof create;
   try {
-    return { loaded: await load(), rewritten, split };
+    return { loaded: await load(), ...done };
   } finally {
     InferenceSession.create = create;
   }
@@ -176,7 +197,7 @@ async function withGroupedAttention<T>(load: () => Promise<T>): Promise<{ loaded
 /** Loads a causal LM and its tokenizer for chat. */
 export async function loadChatModel(spec: ModelSpec, modelsDir: string | undefined, onProgress: ProgressFn): Promise<LoadedChatModel> {
   const load = () => loadFiles(spec, modelsDir, onProgress, AutoModelForCausalLM);
-  const { loaded, rewritten, split } = groupedAttentionOn() ? await withGroupedAttention(load) : { loaded: await load(), rewritten: 0, split: 0 };
+  const { loaded, rewritten, split, keepsLogits } = await withRewrites(load, groupedAttentionOn(), keepLogitsOn());
   const { where, tokenizer, model } = loaded;
   const config = model.config as unknown as Record<string, unknown>;
   const generation = (model.generation_config ?? {}) as Record<string, unknown>;
@@ -187,7 +208,7 @@ export async function loadChatModel(spec: ModelSpec, modelsDir: string | undefin
   const cacheInputs = ((model as unknown as { sessions: Record<string, { inputNames: string[] }> }).sessions.model?.inputNames ?? []).filter((n) => n.startsWith('past_key_values')).length;
   return {
     spec, model, tokenizer, eosIds, contextLength, inputBound: inputBoundOf(tokenizer, contextLength), groupedAttention: rewritten, splitCache: split,
-    sharedPast: cacheInputs > 0 && split === cacheInputs,
+    sharedPast: cacheInputs > 0 && split === cacheInputs, keepsLogits,
   };
 }
 

@@ -4,6 +4,7 @@ import { ThreadError } from './thread-error.js';
 import type { TokenLogprob } from './logprobs.js';
 import type { KvPool } from './kv-pool.js';
 import { budgetMessage } from '../../protocol/limits.js';
+import { LOGITS_INDEX } from './logits-rows.js';
 
 /** What a loaded chat model gives the decode loop (scheduler.ts), and the loop's shared pieces. */
 
@@ -18,6 +19,8 @@ export interface ChatModel {
    * prefix are then prefilled over one copy of it.
    */
   sharedPast?: boolean;
+  /** The graph gives logits only for the positions `logits_index` names (logits-rows.ts); without it, for every position. */
+  keepsLogits?: boolean;
 }
 
 export interface ChoiceResult {
@@ -37,6 +40,24 @@ export interface GenerateOptions {
 export type Feeds = Record<string, Tensor>;
 
 export const int64 = (values: number[], dims: number[]) => new Tensor('int64', BigInt64Array.from(values, BigInt), dims);
+
+/**
+ * The logits a forward of `S` positions a row should give: row b's `positions[b]` (every row as
+ * many). `feeds` asks for them when the graph takes `logits_index` (logits-rows.ts: the others
+ * are never computed); `at(logits, b, i)` is row b's i-th asked position's logits, a view, in
+ * either output: [rows, n, vocab] kept, or [rows, S, vocab] every position.
+ */
+export function logitRows(m: ChatModel, positions: number[][], S: number): { feeds: Feeds; at(logits: Tensor, b: number, i: number): Float32Array } {
+  const n = positions[0]!.length;
+  return {
+    feeds: m.keepsLogits ? { [LOGITS_INDEX]: int64(positions.flat(), [positions.length, n]) } : {},
+    at(logits, b, i) {
+      const V = logits.dims[2]!;
+      const row = m.keepsLogits ? b * n + i : b * S + positions[b]![i]!;
+      return (logits.data as Float32Array).subarray(row * V, (row + 1) * V);
+    },
+  };
+}
 
 /**
  * The batch's KV cache, as the scheduler keeps it: per cache input (`past_key_values.N.key`…) a

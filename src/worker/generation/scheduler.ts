@@ -2,7 +2,7 @@ import { Waker } from '../waker.js';
 import { Tensor } from '@huggingface/transformers';
 import type { SamplingParams } from '../../protocol/chat.js';
 import type { FinishReason } from '../../protocol/shared.js';
-import { cacheNamesOf, checkBudget, extendCache, int64, presentName, room, writeColumns, type ChatModel, type ChoiceResult, type Feeds, type GenerateOptions } from './generate.js';
+import { cacheNamesOf, checkBudget, extendCache, int64, logitRows, presentName, room, writeColumns, type ChatModel, type ChoiceResult, type Feeds, type GenerateOptions } from './generate.js';
 import { logprobsOf, type TokenLogprob } from './logprobs.js';
 import { applyPenalties, drawToken, makeRng } from './sampler.js';
 import { TextStream } from './text-stream.js';
@@ -597,6 +597,8 @@ export class BatchScheduler {
       ends.push(C + lead + rest);
     }
     for (const g of group) this.start(g.req, g.cached);
+    // Each row's last prompt position: its first token's logits, the only ones read.
+    const keep = logitRows(this.m, group.map((_, j) => [ends[j]! - C - 1]), S);
     const t0 = performance.now();
     let outputs: Feeds;
     let forwardPast: Feeds | null;
@@ -613,6 +615,7 @@ export class BatchScheduler {
         input_ids: int64(ids, [k, S]),
         attention_mask: int64(mask, [k, C + S]),
         position_ids: int64(positions, [k, S]),
+        ...keep.feeds,
         ...(forwardPast ? { past_key_values: forwardPast } : {}),
       })) as Feeds;
     } catch (err) {
@@ -625,8 +628,6 @@ export class BatchScheduler {
     this.counters.prefillMs += performance.now() - t0;
     this.counters.prefills++;
     this.counters.prefillTokens += group.reduce((n, g, j) => n + g.req.promptIds.length - pre[j]!, 0);
-    const logits = outputs.logits!.data as Float32Array;
-    const V = outputs.logits!.dims[2]!;
     // The rows' caches are not built here: the re-layout that lays them into the batch reads
     // them from the forward's past (one row for all, when they share it) and its new keys and
     // values, one copy (hundreds of MB for a long shared prefix), after every first token has
@@ -634,8 +635,7 @@ export class BatchScheduler {
     const fresh = { outputs, C, S };
     group.forEach(({ req }, j) => {
       this.prefilling.splice(this.prefilling.indexOf(req), 1);
-      const last = j * S + ends[j]! - C - 1;
-      req.lastLogits = logits.slice(last * V, (last + 1) * V);
+      req.lastLogits = keep.at(outputs.logits!, j, 0).slice();
       req.prefilled = req.promptIds.length;
       try {
         this.join(req, forwardPast ?? {}, j, ends[j]!, fresh);
@@ -657,6 +657,8 @@ export class BatchScheduler {
       input_ids: int64(req.promptIds.slice(cached, cached + h), [1, h]),
       attention_mask: int64([...new Array<number>(cached).fill(1), ...new Array<number>(h).fill(0), ...new Array<number>(h).fill(1)], [1, cached + 2 * h]),
       position_ids: int64(Array.from({ length: h }, (_, i) => cached + i), [1, h]),
+      // Its logits are not read: the fewest the graph computes.
+      ...logitRows(this.m, [[h - 1]], h).feeds,
       past_key_values: past,
     })) as Feeds;
     this.counters.prefillMs += performance.now() - t0;
@@ -688,28 +690,31 @@ export class BatchScheduler {
     const end = start + take;
     const t0 = performance.now();
     const ids = req.promptIds.slice(start, end);
+    // Echoed prompts with logprobs read every position's logits; others the last one's.
+    const echo = req.params.echo && req.params.logprobs !== null;
+    const keep = logitRows(this.m, [echo ? ids.map((_, i) => i) : [take - 1]], take);
     const outputs = (await this.m.model.forward({
       input_ids: int64(ids, [1, take]),
       attention_mask: int64(new Array(end).fill(1), [1, end]),
       position_ids: int64(ids.map((_, i) => start + i), [1, take]),
+      ...keep.feeds,
       ...(req.past ? { past_key_values: req.past } : {}),
     })) as Feeds;
     this.counters.prefillMs += performance.now() - t0;
     this.counters.prefills++;
     this.counters.prefillTokens += take;
-    const logits = outputs.logits!.data as Float32Array;
-    const V = outputs.logits!.dims[2]!;
-    if (req.params.echo && req.params.logprobs !== null) {
+    const logits = outputs.logits!;
+    if (echo) {
       // Echoed prompts with logprobs: each prompt token as the positions before predicted it.
       const entries: TokenLogprob[] = [];
       for (let i = start; i < end; i++) {
         const id = req.promptIds[i]!;
-        const before = i === 0 ? null : i - 1 >= start ? logits.subarray((i - 1 - start) * V, (i - start) * V) : req.lastLogits;
+        const before = i === 0 ? null : i - 1 >= start ? keep.at(logits, 0, i - 1 - start) : req.lastLogits;
         entries.push(before ? this.entry(before, id, req.params) : { id, token: this.pieceOf(id), logprob: null, top: [] });
       }
       for (let c = 0; c < req.params.n; c++) req.opts.onDelta(c, '', null, entries);
     }
-    req.lastLogits = logits.slice((take - 1) * V, take * V);
+    req.lastLogits = keep.at(logits, 0, echo ? take - 1 : 0).slice();
     const was = req.past;
     req.past = extendCache(was, start, outputs, take, end, this.pool);
     this.pool.give(was);
@@ -775,10 +780,12 @@ export class BatchScheduler {
       mask.fill(1, b * total + this.L - row.len, b * total + this.L);
       mask[b * total + cap] = 1;
     });
+    const keep = logitRows(this.m, rows.map(() => [0]), 1);
     const t0 = performance.now();
     let outputs: Feeds;
     try {
       outputs = (await this.m.model.forward({
+        ...keep.feeds,
         input_ids: int64(rows.map((r) => r.next), [B, 1]),
         attention_mask: int64(mask, [B, total]),
         position_ids: int64(rows.map((r) => r.len), [B, 1]),
@@ -798,15 +805,13 @@ export class BatchScheduler {
     if (B > this.counters.maxBatch) this.counters.maxBatch = B;
     writeColumns(this.past!, this.L, outputs, 1);
     this.L += 1;
-    const V = outputs.logits!.dims[2]!;
-    const data = outputs.logits!.data as Float32Array;
     const failed = new Map<Request, ThreadError>();
     rows.forEach((row, b) => {
       row.len++;
       if (failed.has(row.req)) return;
       try {
         // A view, not a copy: the step's logits are not read again once each row has sampled.
-        this.advance(row, data.subarray(b * V, (b + 1) * V));
+        this.advance(row, keep.at(outputs.logits!, b, 0));
       } catch (err) {
         // One sequence's sampling failed (e.g. a schema the vocabulary cannot follow): only its
         // request fails; the rest of the batch decodes on.
