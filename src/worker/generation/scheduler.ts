@@ -488,12 +488,23 @@ export class BatchScheduler {
    */
   private async prefillSome(): Promise<void> {
     let budget = this.limits.prefillChunk;
+    /** Rows in `joining` when the thread last let its messages through. */
+    let yieldedAt = 0;
     try {
       for (;;) {
         this.admit();
         const group = this.shortGroup();
         if (group.length > 0) {
           await this.prefillTogether(group);
+          continue;
+        }
+        if (this.joining.length > yieldedAt) {
+          // The first tokens just sampled leave the thread (it posts its messages when its turn
+          // ends), and requests that arrived during the forward come in (the thread's messages
+          // wait for a forward to end): those that make a group are prefilled now, before the
+          // re-layout and the next decode step, not after them, and join with these.
+          await yieldToLoop();
+          yieldedAt = this.joining.length;
           continue;
         }
         const req = this.prefilling[0];
@@ -531,7 +542,7 @@ export class BatchScheduler {
     } finally {
       if (this.joining.length > 0) {
         // The first tokens they sampled leave the thread before the copy (model-thread.ts).
-        await yieldToLoop();
+        if (this.joining.length > yieldedAt) await yieldToLoop();
         const joining = this.joining;
         this.joining = [];
         this.relayout([...this.current(), ...joining]);

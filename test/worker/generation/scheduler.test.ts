@@ -147,6 +147,38 @@ describe('BatchScheduler', () => {
     expect(s.stats.prefills).toBe(1);
     expect(s.stats.maxBatch).toBe(7);
   });
+
+  it('prompts that arrive during a prefill forward are prefilled right after it, before the re-layout and the next decode step, with the tokens each gets alone', async () => {
+    const ps = prompts(7, 33);
+    const p = (i: number) => params({ maxTokens: 10, ...(i % 2 ? { temperature: 0.8, seed: 17 + i } : {}) });
+    const expected = await Promise.all(ps.map(async (prompt, i) => (await alone(prompt, p(i)))[0]!.tokenIds));
+    const s = new BatchScheduler(m, { ...LIMITS, prefillChunk: 512 });
+    // In the worker the model thread's messages wait while a forward runs (its cores are the
+    // forward's): the last four arrive on the loop's next turn after the first forward ends.
+    const forward = m.model.forward.bind(m.model);
+    const shapes: number[][] = [];
+    let late: Promise<ChoiceResult[]>[] = [];
+    m.model.forward = (async (inputs: { input_ids: { dims: number[] } }) => {
+      shapes.push([...inputs.input_ids.dims]);
+      const out = await forward(inputs as never);
+      if (shapes.length === 1) setImmediate(() => (late = ps.slice(3).map((prompt, i) => s.submit(prompt, p(i + 3), { signal: never, onDelta: noop }))));
+      return out;
+    }) as typeof m.model.forward;
+    let got: ChoiceResult[][];
+    try {
+      const first = ps.slice(0, 3).map((prompt, i) => s.submit(prompt, p(i), { signal: never, onDelta: noop }));
+      got = await Promise.all(first);
+      got.push(...(await Promise.all(late)));
+    } finally {
+      m.model.forward = forward;
+    }
+    expect(got.map((r) => r[0]!.tokenIds)).toEqual(expected);
+    // Two prefill forwards (3 rows, then 4), and only then decode steps of all seven.
+    expect(shapes.slice(0, 3).map((d) => d[0])).toEqual([3, 4, 7]);
+    expect(shapes[0]![1]).toBeGreaterThan(1);
+    expect(shapes[1]![1]).toBeGreaterThan(1);
+    expect(shapes[2]![1]).toBe(1);
+  });
 });
 
 describe('batch work beside interactive requests (issue 17)', () => {
