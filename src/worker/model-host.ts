@@ -105,7 +105,8 @@ export class ModelHost {
         this.log.info(
           `model ${msg.model} ready in ${msg.ms} ms (context ${msg.contextLength} tokens` +
             (msg.groupedAttention > 0 ? `; attention over grouped KV heads: ${msg.groupedAttention} products rewritten at load` : '') +
-            (msg.splitCache > 0 ? `; ${msg.splitCache} cache outputs hold only new tokens (the cache stays in place)` : '') + ')',
+            (msg.splitCache > 0 ? `; ${msg.splitCache} cache outputs hold only new tokens (the cache stays in place)` : '') +
+            (msg.keepsLogits ? '; logits only for the positions read' : '') + ')',
         );
         for (const w of this.loads.get(msg.model) ?? []) w.resolve({ ms: msg.ms, contextLength: msg.contextLength, dimensions: msg.dimensions, inputBound: msg.inputBound });
         this.loads.delete(msg.model);

@@ -264,6 +264,7 @@ port.on('message', (msg: ToThread) => {
             ms: Math.round(performance.now() - started),
             groupedAttention: 'groupedAttention' in m ? m.groupedAttention : 0,
             splitCache: 'splitCache' in m ? m.splitCache : 0,
+            keepsLogits: 'keepsLogits' in m ? m.keepsLogits === true : false,
           }),
         (err) => post({ type: 'load-failed', model: msg.spec.name, error: ThreadError.from(err).toJSON() }),
       );

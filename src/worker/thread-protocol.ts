@@ -26,7 +26,7 @@ export interface ThreadErrorData {
 
 export type FromThread =
   | { type: 'progress'; model: string; file: string; percent: number }
-  | { type: 'loaded'; model: string; contextLength: number; dimensions: number | null; inputBound: InputBound | null; ms: number; groupedAttention: number; splitCache: number }
+  | { type: 'loaded'; model: string; contextLength: number; dimensions: number | null; inputBound: InputBound | null; ms: number; groupedAttention: number; splitCache: number; keepsLogits: boolean }
   | { type: 'load-failed'; model: string; error: ThreadErrorData }
   | { type: 'started'; id: string; promptTokens: number }
   | { type: 'delta'; id: string; index: number; text: string; finishReason: FinishReason | null; logprobs?: TokenLogprob[]; stopSequence?: string }

@@ -95,3 +95,7 @@ it("gives the int8 export's own tokens, token for token (legacy prompts of token
   const ids = tok.encode(text, { add_special_tokens: false });
   expect(await storedTokenIds(c.response.headers.get('x-request-id')!)).toEqual(await greedy(q8, ids, 12));
 });
+
+it('loaded the int8 graph rewritten: grouped attention, the cache in place, logits only for the positions read (their tokens checked above)', () => {
+  expect(worker.output()).toMatch(/model tiny ready in \d+ ms \(context \d+ tokens; attention over grouped KV heads: 4 products rewritten at load; 4 cache outputs hold only new tokens \(the cache stays in place\); logits only for the positions read\)/);
+});
