@@ -14,7 +14,8 @@
  * so `logits` is [batch, n, vocab]. The projection is the same product per kept row, so the kept
  * rows' logits are bit-identical to the exported graph's (test/worker/generation/logits-rows.test.ts).
  *
- * Two shapes of the projection are recognised, as the exports here come:
+ * Two shapes of the projection are recognised, as the exports here come, with `logits` declared
+ * [batch, positions, vocab] and made by the projection itself (one row per position on axis 1):
  *   - float: logits = MatMul(hidden, W), W a weight (an initializer, or a Transpose of one: tied
  *     embeddings), optionally plus a constant bias;
  *   - int8 (dynamic quantization, fixtures/models/generator/quantize-q8.mjs and onnxruntime's own
@@ -40,16 +41,23 @@ export function keepLogitRows(model: Uint8Array): Uint8Array | null {
   const initializers = new Set<string>();
   const graphOutputs = new Set<string>();
   const graphInputs = new Set<string>();
+  let logitsRank = 0;
   for (const f of graphFields) {
     const name = (no: number) => {
       for (const t of fields(f.value)) if (t.no === no) return text.decode(t.value);
       return '';
     };
     if (f.no === 5) initializers.add(name(8));
-    else if (f.no === 12) graphOutputs.add(name(1));
     else if (f.no === 11) graphInputs.add(name(1));
+    else if (f.no === 12) {
+      graphOutputs.add(name(1));
+      if (name(1) === 'logits') logitsRank = rankOf(f.value);
+    }
   }
-  if (!graphOutputs.has('logits') || graphInputs.has(LOGITS_INDEX)) return null;
+  // [batch, positions, vocab], declared: the projection that makes it then reads one row per
+  // position on axis 1, which is what the gather takes (a projection of a flattened [batch ×
+  // positions, hidden] would be reshaped after it, and is not matched below).
+  if (logitsRank !== 3 || graphInputs.has(LOGITS_INDEX)) return null;
   const nodes = graphFields.filter((f) => f.no === 1).map((f) => parseNode(f.value));
   if (nodes.some((n) => n.subgraph)) return null;
   const producer = new Map<string, Node>();
@@ -126,6 +134,18 @@ export function keepLogitRows(model: Uint8Array): Uint8Array | null {
     else m.raw(model.subarray(f.start, f.end));
   }
   return m.done();
+}
+
+/** The rank a ValueInfoProto declares (0 when it declares no shape). */
+function rankOf(valueInfo: Uint8Array): number {
+  for (const t of fields(valueInfo)) {
+    if (t.no !== 2) continue;
+    for (const tt of fields(t.value)) {
+      if (tt.no !== 1) continue;
+      for (const sh of fields(tt.value)) if (sh.no === 2) return [...fields(sh.value)].filter((d) => d.no === 1).length;
+    }
+  }
+  return 0;
 }
 
 /** `node`'s encoding with its first input renamed to `input` (every other field as it was). */

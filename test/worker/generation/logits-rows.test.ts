@@ -68,6 +68,52 @@ describe('logits for the positions asked (load-time graph rewrite)', () => {
     expect(keepLogitRows(graph('tiny-embed'))).toBeNull();
   });
 
+  describe('projections built by hand', () => {
+    type Builder = {
+      input(name: string, type: number, shape: (number | string)[]): string;
+      output(name: string, type: number, shape: (number | string)[]): void;
+      op(type: string, inputs: string[], attrs?: Record<string, unknown>, outputs?: string[]): string;
+      floatInit(name: string, dims: number[], data: number[]): string;
+      int64Init(name: string, values: number[], dims?: number[]): string;
+      toModelBytes(): Uint8Array;
+    };
+    async function head(shape: 'per position' | 'flattened' | 'rank 2'): Promise<Uint8Array> {
+      const builder = '../../../fixtures/models/generator/onnx-builder.mjs';
+      const { GraphBuilder, DT } = (await import(builder)) as { GraphBuilder: new (name: string) => Builder; DT: { FLOAT: number } };
+      const g = new GraphBuilder('head');
+      const rng = makeRng(5);
+      const w = g.floatInit('lm_head', [8, 12], Array.from({ length: 96 }, () => rng() - 0.5));
+      if (shape === 'rank 2') {
+        g.op('MatMul', [g.input('hidden', DT.FLOAT, ['rows', 8]), w], {}, ['logits']);
+        g.output('logits', DT.FLOAT, ['rows', 12]);
+      } else {
+        const x = g.input('hidden', DT.FLOAT, ['batch', 'positions', 8]);
+        if (shape === 'per position') g.op('MatMul', [x, w], {}, ['logits']);
+        else g.op('Reshape', [g.op('MatMul', [g.op('Reshape', [x, g.int64Init('flat', [-1, 8])]), w]), g.op('Shape', [x])], {}, ['logits_flat']);
+        if (shape === 'flattened') g.op('Identity', ['logits_flat'], {}, ['logits']);
+        g.output('logits', DT.FLOAT, ['batch', 'positions', 12]);
+      }
+      return g.toModelBytes();
+    }
+
+    it('a projection of each position ([batch, positions, hidden]) is rewritten, its kept rows bit-identical; a flattened one and a 2-D one are left alone', async () => {
+      const bytes = await head('per position');
+      const kept = keepLogitRows(bytes);
+      expect(kept).not.toBeNull();
+      const [a, b] = await Promise.all([InferenceSession.create(bytes), InferenceSession.create(kept!)]);
+      const rng = makeRng(6);
+      const hidden = new Tensor('float32', Float32Array.from({ length: 2 * 5 * 8 }, () => rng() * 4 - 2), [2, 5, 8]);
+      const x = (await a.run({ hidden })).logits!;
+      const y = (await b.run({ hidden, [LOGITS_INDEX]: new Tensor('int64', BigInt64Array.from([4n, 1n]), [2, 1]) })).logits!;
+      expect(y.dims).toEqual([2, 1, 12]);
+      expect(same((x.data as Float32Array).subarray(4 * 12, 5 * 12), (y.data as Float32Array).subarray(0, 12))).toBe(true);
+      expect(same((x.data as Float32Array).subarray((5 + 1) * 12, (5 + 2) * 12), (y.data as Float32Array).subarray(12, 24))).toBe(true);
+      await Promise.all([a.release(), b.release()]);
+      expect(keepLogitRows(await head('flattened'))).toBeNull();
+      expect(keepLogitRows(await head('rank 2'))).toBeNull();
+    });
+  });
+
   describe('through the loader and the scheduler', () => {
     const spec = (dtype: string) => ({
       name: 'tiny-chat', task: 'chat' as const, source: 'tiny-chat', revision: 'main', dtype, device: 'cpu' as const,
