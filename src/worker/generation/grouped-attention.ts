@@ -34,7 +34,7 @@
  * initializers added) changes; every other field, the weights among them, is copied as it is.
  */
 
-import { elementsOf, fields, int64Tensor, newNode, nextId, parseNode, tensorInts, text, Writer, type Field, type Node } from './onnx-wire.js';
+import { elementsOf, fields, int64Tensor, newNode, nextId, parseNode, tensorInts, text, withGraph, Writer, type Field, type Node } from './onnx-wire.js';
 
 // --- the rewrite -----------------------------------------------------------------------------------
 
@@ -300,12 +300,7 @@ export function groupAttention(model: Uint8Array, opts: RewriteOptions = {}): Re
   // The constants of pruned nodes (the 5-D shape, when every product is split) go with them.
   for (const [name, t] of added) if (readAfter.has(name)) g.bytes(5, t);
   for (const n of nodes) g.bytes(1, n!.raw);
-  const m = new Writer();
-  for (const f of top) {
-    if (f === graphField) m.message(7, g);
-    else m.raw(model.subarray(f.start, f.end));
-  }
-  return { bytes: m.done(), rewritten, split: new Set(splits.map((x) => x.cat)).size };
+  return { bytes: withGraph(model, top, graphField, g), rewritten, split: new Set(splits.map((x) => x.cat)).size };
 }
 
 /** Drops nodes none of whose outputs is read (the expansions' shape arithmetic), repeatedly. */

@@ -27,7 +27,7 @@
  * as it was, and the caller reads every position as before (`LoadedChatModel.keepsLogits`).
  */
 
-import { fields, int64Tensor, newNode, nextId, parseNode, text, utf8, Writer, type Node } from './onnx-wire.js';
+import { fields, int64Tensor, newNode, nextId, parseNode, text, utf8, withGraph, Writer, type Node } from './onnx-wire.js';
 
 /** The input the rewrite adds. */
 export const LOGITS_INDEX = 'logits_index';
@@ -128,12 +128,7 @@ export function keepLogitRows(model: Uint8Array): Uint8Array | null {
       g.bytes(1, rewired);
     } else g.bytes(1, n.raw);
   }
-  const m = new Writer();
-  for (const f of top) {
-    if (f === graphField) m.message(7, g);
-    else m.raw(model.subarray(f.start, f.end));
-  }
-  return m.done();
+  return withGraph(model, top, graphField, g);
 }
 
 /** The rank a ValueInfoProto declares (0 when it declares no shape). */

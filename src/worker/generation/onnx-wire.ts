@@ -52,7 +52,7 @@ export function* fields(buf: Uint8Array): Generator<Field> {
   }
 }
 
-export function varint(v: bigint | number): number[] {
+function varint(v: bigint | number): number[] {
   let x = BigInt.asUintN(64, BigInt(v));
   const out: number[] = [];
   while (x >= 0x80n) {
@@ -122,7 +122,7 @@ export interface Node {
   subgraph: boolean;
 }
 
-export function intList(f: Field): bigint[] {
+function intList(f: Field): bigint[] {
   if (f.wire === 0) return [f.int];
   const out: bigint[] = [];
   for (let pos = 0; pos < f.value.length; ) {
@@ -206,6 +206,16 @@ export function newNode(opType: string, inputs: string[], outputs: string[], att
     w.bytes(5, a.done());
   }
   return { raw: w.done(), opType, domain: '', inputs, outputs, ints: new Map(), int: new Map(), constInts: null, constElements: null, subgraph: false };
+}
+
+/** The model's bytes with its graph field (`graphField`, one of its fields `top`) replaced by `graph`; every other field copied as it is. */
+export function withGraph(model: Uint8Array, top: readonly Field[], graphField: Field, graph: Writer): Uint8Array {
+  const m = new Writer();
+  for (const f of top) {
+    if (f === graphField) m.message(7, graph);
+    else m.raw(model.subarray(f.start, f.end));
+  }
+  return m.done();
 }
 
 export function int64Tensor(name: string, values: number[]): Uint8Array {

@@ -7,7 +7,7 @@ import { groupAttention } from '../../../src/worker/generation/grouped-attention
 import { BatchScheduler } from '../../../src/worker/generation/scheduler.js';
 import { makeRng } from '../../../src/worker/generation/sampler.js';
 import type { LoadedChatModel } from '../../../src/worker/loader.js';
-import { LIMITS, loadTiny, never, noop, params, prompts } from './helpers.js';
+import { graphBuilder, LIMITS, loadTiny, never, noop, params, prompts } from './helpers.js';
 
 // The load-time rewrite of repeated-KV attention (grouped-attention.ts) must change nothing but
 // the time: every output of the graph, bit for bit, on the shapes the scheduler feeds it, and the
@@ -113,19 +113,7 @@ describe('grouped attention (load-time graph rewrite)', () => {
     // the product, where onnxruntime folds it; anything else leaves the keys' product as exported.
     type Scale = 'initializer' | 'constant node' | 'per-head tensor';
     async function attention(scale: Scale): Promise<Uint8Array> {
-      const builder = '../../../fixtures/models/generator/onnx-builder.mjs';
-      const { GraphBuilder, DT, constTensor } = (await import(builder)) as {
-        GraphBuilder: new (name: string) => {
-          input(name: string, type: number, shape: number[]): string;
-          output(name: string, type: number, shape: number[]): void;
-          op(type: string, inputs: string[], attrs?: Record<string, unknown>, outputs?: string[]): string;
-          floatInit(name: string, dims: number[], data: number[]): string;
-          int64Init(name: string, values: number[], dims?: number[]): string;
-          toModelBytes(): Uint8Array;
-        };
-        DT: { FLOAT: number; INT64: number };
-        constTensor(type: number, dims: number[], values: number[]): unknown;
-      };
+      const { GraphBuilder, DT, constTensor } = await graphBuilder();
       const g = new GraphBuilder('attention');
       const q = g.input('q', DT.FLOAT, [1, 4, 3, 8]);
       const repeat = (t: string) =>
@@ -164,18 +152,7 @@ describe('grouped attention (load-time graph rewrite)', () => {
     // output, and the attention reads it repeated per query head. With `readsPresent`, another
     // node reads the whole present too (its shape, as a mask built from it would).
     async function layer(readsPresent: boolean): Promise<Uint8Array> {
-      const builder = '../../../fixtures/models/generator/onnx-builder.mjs';
-      const { GraphBuilder, DT } = (await import(builder)) as {
-        GraphBuilder: new (name: string) => {
-          input(name: string, type: number, shape: (number | string)[]): string;
-          output(name: string, type: number, shape: (number | string)[]): void;
-          op(type: string, inputs: string[], attrs?: Record<string, unknown>, outputs?: string[]): string;
-          floatInit(name: string, dims: number[], data: number[]): string;
-          int64Init(name: string, values: number[], dims?: number[]): string;
-          toModelBytes(): Uint8Array;
-        };
-        DT: { FLOAT: number; INT64: number };
-      };
+      const { GraphBuilder, DT } = await graphBuilder();
       const g = new GraphBuilder('layer');
       const q = g.input('q', DT.FLOAT, [1, 4, 3, 8]);
       const cached = (kv: string) =>

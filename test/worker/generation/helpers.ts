@@ -69,3 +69,22 @@ export async function staggered(s: BatchScheduler, ps: number[][], p: (i: number
   return settled;
 }
 
+
+/** The fixtures' ONNX graph builder (fixtures/models/generator/onnx-builder.mjs), typed as far as the tests use it. */
+export interface GraphBuilder {
+  input(name: string, type: number, shape: (number | string)[]): string;
+  output(name: string, type: number, shape: (number | string)[]): void;
+  op(type: string, inputs: string[], attrs?: Record<string, unknown>, outputs?: string[]): string;
+  floatInit(name: string, dims: number[], data: number[]): string;
+  int64Init(name: string, values: number[], dims?: number[]): string;
+  toModelBytes(): Uint8Array;
+}
+
+export async function graphBuilder(): Promise<{
+  GraphBuilder: new (name: string) => GraphBuilder;
+  DT: { FLOAT: number; INT64: number };
+  constTensor(type: number, dims: number[], values: number[]): unknown;
+}> {
+  const path = '../../../fixtures/models/generator/onnx-builder.mjs';
+  return (await import(path)) as Awaited<ReturnType<typeof graphBuilder>>;
+}

@@ -8,7 +8,7 @@ import { BatchScheduler } from '../../../src/worker/generation/scheduler.js';
 import { makeRng } from '../../../src/worker/generation/sampler.js';
 import type { TokenLogprob } from '../../../src/worker/generation/logprobs.js';
 import { loadChatModel, type LoadedChatModel } from '../../../src/worker/loader.js';
-import { LIMITS, never, params, prompts } from './helpers.js';
+import { graphBuilder, LIMITS, never, params, prompts } from './helpers.js';
 
 // The load-time rewrite that computes logits only for the positions asked (logits-rows.ts): the
 // rows it keeps must be the exported graph's rows, bit for bit, in float and in int8, and the
@@ -69,17 +69,8 @@ describe('logits for the positions asked (load-time graph rewrite)', () => {
   });
 
   describe('projections built by hand', () => {
-    type Builder = {
-      input(name: string, type: number, shape: (number | string)[]): string;
-      output(name: string, type: number, shape: (number | string)[]): void;
-      op(type: string, inputs: string[], attrs?: Record<string, unknown>, outputs?: string[]): string;
-      floatInit(name: string, dims: number[], data: number[]): string;
-      int64Init(name: string, values: number[], dims?: number[]): string;
-      toModelBytes(): Uint8Array;
-    };
     async function head(shape: 'per position' | 'flattened' | 'rank 2'): Promise<Uint8Array> {
-      const builder = '../../../fixtures/models/generator/onnx-builder.mjs';
-      const { GraphBuilder, DT } = (await import(builder)) as { GraphBuilder: new (name: string) => Builder; DT: { FLOAT: number } };
+      const { GraphBuilder, DT } = await graphBuilder();
       const g = new GraphBuilder('head');
       const rng = makeRng(5);
       const w = g.floatInit('lm_head', [8, 12], Array.from({ length: 96 }, () => rng() - 0.5));
