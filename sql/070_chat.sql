@@ -42,17 +42,17 @@ drop function if exists ai.enqueue_chat(uuid, text, text, jsonb, jsonb, integer)
 -- request arriving during a batch finds a slot at once).
 drop function if exists ai.claim_chat(text, text[], integer, uuid[]);
 drop function if exists ai.claim_chat(text, text[], integer, uuid[], integer);
--- (The return type gained notify_key: a changed return type needs the function dropped first.)
+-- (The return type gained notify_key, then cache_scope: a changed return type needs the function dropped first.)
 do $$ begin
   if exists (select 1 from pg_proc p where p.oid = to_regprocedure('ai.claim_chat(text, text[], integer, uuid[], integer, integer)')
-              and not ('notify_key' = any(p.proargnames))) then
+              and not ('cache_scope' = any(p.proargnames))) then
     drop function ai.claim_chat(text, text[], integer, uuid[], integer, integer);
   end if;
 end $$;
 create or replace function ai.claim_chat(p_worker text, p_models text[], p_limit integer, p_skip uuid[] default '{}', p_reserve integer default 0,
                                          p_batch_limit integer default null)
 returns table (id uuid, model text, input jsonb, params jsonb, stream boolean, attempts integer, max_attempts integer, priority smallint,
-               notify_key bytea)
+               notify_key bytea, cache_scope text)
 language plpgsql as $$
 declare
   reserved uuid[];
@@ -85,7 +85,10 @@ begin
   update ai.requests r
      set status = 'running', started_at = clock_timestamp(), worker = p_worker, attempts = r.attempts + 1
    where r.id = any(reserved || interactive || rest)
-  returning r.id, r.model, r.input, r.params, r.stream, r.attempts, coalesce(r.max_attempts, 3), r.priority, r.notify_key;
+  -- cache_scope: whose prompts may share the worker's prefix cache (its team's, its key's, its
+  -- database role's), as OpenAI shares prompt caches within an organization only.
+  returning r.id, r.model, r.input, r.params, r.stream, r.attempts, coalesce(r.max_attempts, 3), r.priority, r.notify_key,
+            coalesce('team:' || r.team_id::text, 'key:' || r.key_id::text, 'role:' || r.db_role, '');
 end $$;
 
 -- An attempt that failed for a reason of its own (the database went away mid-request, a bug)

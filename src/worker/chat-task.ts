@@ -38,6 +38,8 @@ export interface ClaimedChat extends ClaimedRow {
   priority?: number;
   /** The secret its events are sealed into their notifications with (engine/notice.ts); null: none. */
   notify_key?: Buffer | null;
+  /** Whose prompts it may share the prefix cache with: its team's, its key's or its database role's (ai.claim_chat). */
+  cache_scope?: string;
 }
 
 const reaped = () =>
@@ -119,6 +121,7 @@ async function runChat(spec: ModelSpec, deps: ChatTaskDeps, requestId: string, r
   try {
     result = await deps.host.generate(requestId, spec, request.prompt, request.params, {
       background: (row.priority ?? 0) > 0,
+      cacheScope: row.cache_scope ?? '',
       // Not urgent: it goes out with the first text when that follows within a flush interval
       // (one statement, not two, and none competing with the prefill for the cores).
       onStarted: (promptTokens) => {

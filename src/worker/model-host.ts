@@ -16,6 +16,8 @@ import type { RerankInput, RerankOutput } from './rerank/score.js';
 export interface GenerationHandlers {
   /** Batch work (ai.submit_chat, Batch API lines): scheduled after interactive requests (scheduler.ts). */
   background?: boolean;
+  /** Whose prompts this one may share the prefix cache with (ai.claim_chat's cache_scope). */
+  cacheScope?: string;
   onStarted(promptTokens: number): void;
   onDelta(index: number, text: string, finishReason: FinishReason | null, logprobs?: TokenLogprob[], stopSequence?: string): void;
 }
@@ -161,7 +163,7 @@ export class ModelHost {
   generate(id: string, spec: ModelSpec, prompt: Prompt, params: SamplingParams, handlers: GenerationHandlers): Promise<GenerationResult> {
     return new Promise((resolve, reject) => {
       this.pending.set(id, { ...handlers, resolve: resolve as Pending['resolve'], reject });
-      this.send({ type: 'generate', id, spec, prompt, params, ...(handlers.background ? { background: true } : {}) });
+      this.send({ type: 'generate', id, spec, prompt, params, ...(handlers.background ? { background: true } : {}), ...(handlers.cacheScope ? { cacheScope: handlers.cacheScope } : {}) });
     });
   }
 

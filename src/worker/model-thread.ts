@@ -217,6 +217,7 @@ async function runGenerate(msg: Extract<ToThread, { type: 'generate' }>): Promis
     const choices = await schedulerFor(m).submit(promptIds, msg.params, {
       ...(constraints ? { constraints } : {}),
       ...(msg.background ? { background: true } : {}),
+      ...(msg.cacheScope ? { cacheScope: msg.cacheScope } : {}),
       signal: abort.signal,
       onDelta: (index, text, finishReason, logprobs, stopSequence) =>
         post({ type: 'delta', id: msg.id, index, text, finishReason, ...(logprobs ? { logprobs } : {}), ...(stopSequence !== undefined ? { stopSequence } : {}) }),

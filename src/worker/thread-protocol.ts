@@ -12,7 +12,7 @@ import type { RerankInput, RerankOutput } from './rerank/score.js';
 /** Messages between a worker process and its model thread (structured-clone safe). */
 export type ToThread =
   | { type: 'load'; spec: ModelSpec }
-  | { type: 'generate'; id: string; spec: ModelSpec; prompt: Prompt; params: SamplingParams; background?: boolean }
+  | { type: 'generate'; id: string; spec: ModelSpec; prompt: Prompt; params: SamplingParams; background?: boolean; cacheScope?: string }
   | { type: 'embed'; id: string; spec: ModelSpec; inputs: EmbedInput[] }
   | { type: 'rerank'; id: string; spec: ModelSpec; inputs: RerankInput[] }
   | { type: 'cancel'; id: string };

@@ -21,6 +21,21 @@ beforeAll(async () => {
   client = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: key, maxRetries: 0 });
 });
 
+/** A worker-published series of model tiny in a /metrics text. */
+const value = (text: string, name: string) => Number(text.match(new RegExp(`^${name}\\{model="tiny",worker="[^"]+"\\} (\\S+)$`, 'm'))?.[1] ?? NaN);
+const metrics = async () => (await fetch(`${serve.url}/metrics`)).text();
+/** The metrics once the worker has published a prefix-cache lookup more than in `since` (workers publish with their heartbeat). */
+async function after(since: string): Promise<string> {
+  let text = '';
+  for (const t0 = Date.now(); Date.now() - t0 < 20_000; await new Promise((r) => setTimeout(r, 500))) {
+    text = await metrics();
+    if (value(text, 'switchyard_prefix_cache_lookups_total') > value(since, 'switchyard_prefix_cache_lookups_total')) break;
+  }
+  return text;
+}
+/** Prompt tokens the prefix cache saved between two /metrics texts. */
+const saved = (a: string, b: string) => value(b, 'switchyard_prefix_cache_tokens_saved_total') - value(a, 'switchyard_prefix_cache_tokens_saved_total');
+
 afterAll(async () => {
   await Promise.all([serve?.stop(), worker?.stop()]);
   await db?.drop();
@@ -64,7 +79,6 @@ it('exports the decode batches: steps, sequences per step and tokens, per worker
   // Four at once share decode steps: 4 × 64 tokens, the first of each from its prefill (long
   // enough to overlap even on a loaded machine).
   await Promise.all(Array.from({ length: 4 }, () => client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 64 })));
-  const value = (text: string, name: string) => Number(text.match(new RegExp(`^${name}\\{model="tiny",worker="[^"]+"\\} (\\S+)$`, 'm'))?.[1] ?? NaN);
   let text = '';
   // Workers publish these with their heartbeat (every 10 s by default).
   for (const t0 = Date.now(); Date.now() - t0 < 20_000; await new Promise((r) => setTimeout(r, 500))) {
@@ -90,25 +104,13 @@ it('reports usage per key, model and day in SQL', async () => {
 });
 
 it('exports the prefix cache: a repeated system prompt is a hit, and its tokens are not prefilled again', async () => {
-  const value = (text: string, name: string) => Number(text.match(new RegExp(`^${name}\\{model="tiny",worker="[^"]+"\\} (\\S+)$`, 'm'))?.[1] ?? NaN);
-  const metrics = async () => (await fetch(`${serve.url}/metrics`)).text();
-  /** The metrics once the worker has published `lookups` more lookups than in `since`. */
-  const after = async (since: string, lookups: number) => {
-    let text = '';
-    for (const t0 = Date.now(); Date.now() - t0 < 20_000; await new Promise((r) => setTimeout(r, 500))) {
-      text = await metrics();
-      if (value(text, 'switchyard_prefix_cache_lookups_total') >= value(since, 'switchyard_prefix_cache_lookups_total') + lookups) break;
-    }
-    return text;
-  };
-  const saved = (a: string, b: string) => value(b, 'switchyard_prefix_cache_tokens_saved_total') - value(a, 'switchyard_prefix_cache_tokens_saved_total');
   const before = await metrics();
   const system = 'You answer questions about lighthouses, their keepers and the winter storms on the northern coast. '.repeat(4);
   const ask = (q: string) => client.chat.completions.create({ model: 'tiny', messages: [{ role: 'system', content: system }, { role: 'user', content: q }], max_tokens: 2 });
   await ask('first question');
-  const first = await after(before, 1);
+  const first = await after(before);
   await ask('second question');
-  const second = await after(first, 1);
+  const second = await after(first);
   // The first prompt is new: at most the template's opening tokens, inside its first block, come
   // from earlier requests. The second reuses the system prompt (well over 16 tokens).
   expect(saved(before, first)).toBeLessThan(16);
@@ -116,4 +118,21 @@ it('exports the prefix cache: a repeated system prompt is a hit, and its tokens 
   expect(value(second, 'switchyard_prefix_cache_hits_total') - value(first, 'switchyard_prefix_cache_hits_total')).toBe(1);
   expect(value(second, 'switchyard_prefix_cache_bytes')).toBeGreaterThan(0);
   expect(second).toContain('# TYPE switchyard_prefix_cache_evictions_total counter');
+});
+
+it("keeps one key's prompts out of another key's prefix cache: the same system prompt under another key is prefilled anew", async () => {
+  const other = new OpenAI({ baseURL: `${serve.url}/v1`, apiKey: (await cli(['keys', 'create', '--name', 'other tenant'], { DATABASE_URL: db.url })).stdout.trim(), maxRetries: 0 });
+  const system = 'Another tenant keeps its own system prompt about the harbour and its pilots, long enough for blocks. '.repeat(4);
+  const ask = (c: OpenAI) => c.chat.completions.create({ model: 'tiny', messages: [{ role: 'system', content: system }, { role: 'user', content: 'a question' }], max_tokens: 2 });
+  const t0 = await metrics();
+  await ask(client);
+  const t1 = await after(t0);
+  // The same prompt under another key: none of the first key's blocks, whole or inside one.
+  await ask(other);
+  const t2 = await after(t1);
+  expect(saved(t1, t2)).toBe(0);
+  // Under the first key again: its own blocks.
+  await ask(client);
+  const t3 = await after(t2);
+  expect(saved(t2, t3)).toBeGreaterThanOrEqual(16);
 });

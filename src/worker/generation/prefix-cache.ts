@@ -49,11 +49,23 @@ interface Block {
   after: string;
 }
 
-/** A prompt as the cache reads it: its tokens and the keys of its full blocks (`chain`). */
+/**
+ * A prompt as the cache reads it: its tokens, the keys of its full blocks (`chain`), and whose
+ * prompts it may share blocks with (`scope`: a team, a key, a database role; '' unscoped).
+ */
 export interface Prompt {
   ids: readonly number[];
   chain: readonly string[];
+  scope?: string;
 }
+
+/**
+ * What a scope's first block hashes after and is indexed under: each scope's chains start apart,
+ * so prompts of different scopes share no block and no hit, whole or inside a block (a hit's
+ * timing would tell one tenant another's prompt, a token at a time inside a block). Base64 keys
+ * hold no ':', so a root is never a block's key.
+ */
+const rootOf = (scope = '') => `root:${scope}`;
 
 /** How many of the blocks that follow one prefix and start with one token a lookup compares with (the most recent). */
 const NEXT_SCAN = 16;
@@ -74,9 +86,9 @@ export class PrefixCache {
   }
 
   /** Keys of the first `count` full blocks of `ids`: each one hashes its predecessor's key and its own tokens. */
-  private keys(ids: readonly number[], count: number): string[] {
+  private keys(ids: readonly number[], count: number, scope?: string): string[] {
     const out: string[] = [];
-    let prev = '';
+    let prev = rootOf(scope);
     for (let j = 0; j < count; j++) {
       const tokens = Int32Array.from(ids.slice(j * BLOCK, (j + 1) * BLOCK));
       prev = createHash('sha256').update(prev).update(new Uint8Array(tokens.buffer)).digest('base64');
@@ -86,8 +98,8 @@ export class PrefixCache {
   }
 
   /** The keys of every full block of `ids` (a chain to pass to `match` and `use`; it depends on the tokens only). */
-  chain(ids: readonly number[]): string[] {
-    return this.enabled ? this.keys(ids, Math.floor(ids.length / BLOCK)) : [];
+  chain(ids: readonly number[], scope?: string): string[] {
+    return this.enabled ? this.keys(ids, Math.floor(ids.length / BLOCK), scope) : [];
   }
 
   /** Most recent last; `keys` in chain order, touched back to front (see the class comment). */
@@ -124,7 +136,7 @@ export class PrefixCache {
     const at = whole * BLOCK;
     const upTo = Math.min(most, BLOCK, p.ids.length - at);
     if (upTo <= 0) return null;
-    const keys = this.next.get(this.indexKey(whole > 0 ? p.chain[whole - 1]! : '', p.ids[at]!)) ?? [];
+    const keys = this.next.get(this.indexKey(whole > 0 ? p.chain[whole - 1]! : rootOf(p.scope), p.ids[at]!)) ?? [];
     let best: { key: string; agree: number } | null = null;
     for (let i = keys.length - 1; i >= Math.max(0, keys.length - NEXT_SCAN); i--) {
       const tokens = this.blocks.get(keys[i]!)!.tokens;
@@ -205,12 +217,12 @@ export class PrefixCache {
   }
 
   /**
-   * Keeps the full blocks of a sequence whose `ids` (every token it has in the cache, in order)
-   * are row `b` of `past` ([rows, heads, L, dim], the batch's layout), ending before position
-   * `end` (right-aligned: L). Blocks already cached are only touched; a prefix longer than the
-   * whole budget keeps its start.
+   * Keeps the full blocks of a sequence whose `ids` (every token it has in the cache, in order;
+   * its `scope` as its prompt's) are row `b` of `past` ([rows, heads, L, dim], the batch's
+   * layout), ending before position `end` (right-aligned: L). Blocks already cached are only
+   * touched; a prefix longer than the whole budget keeps its start.
    */
-  store(ids: readonly number[], past: Feeds, b: number, end?: number): void {
+  store({ ids, scope }: { ids: readonly number[]; scope?: string | undefined }, past: Feeds, b: number, end?: number): void {
     if (!this.enabled) return;
     const names = Object.keys(past).filter((k) => k.startsWith('past_key_values'));
     const first = past[names[0]!];
@@ -219,7 +231,7 @@ export class PrefixCache {
     this.shape ??= { names, heads: names.map((k) => past[k]!.dims[1]!), dim: names.map((k) => past[k]!.dims[3]!) };
     const bytes = this.shape.names.reduce((s, _, n) => s + this.shape!.heads[n]! * BLOCK * this.shape!.dim[n]! * 4, 0);
     const count = Math.min(Math.floor(ids.length / BLOCK), Math.floor(this.budgetBytes / bytes));
-    const keys = this.keys(ids, count);
+    const keys = this.keys(ids, count, scope);
     // The chain's cached blocks first become the most recent, so making room for its new ones
     // evicts other prefixes, never its own start.
     this.touch(keys);
@@ -240,7 +252,7 @@ export class PrefixCache {
         data[name] = out;
       });
       const tokens = Int32Array.from(ids.slice(j * BLOCK, (j + 1) * BLOCK));
-      const after = j > 0 ? keys[j - 1]! : '';
+      const after = j > 0 ? keys[j - 1]! : rootOf(scope);
       this.blocks.set(key, { data, bytes, tokens, after });
       const at = this.indexKey(after, tokens[0]!);
       const list = this.next.get(at);

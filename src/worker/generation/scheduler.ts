@@ -43,6 +43,12 @@ export interface SubmitOptions extends GenerateOptions {
   constraints?: () => TokenConstraint;
   /** Batch work (ai.submit_chat, Batch API lines): admitted after interactive requests, and rested under BatchLimits.batchDuty. */
   background?: boolean;
+  /**
+   * Whose prompts it may share the prefix cache with (a team, a key, a database role: the
+   * worker passes ai.claim_chat's cache_scope); requests of different scopes reuse nothing of
+   * each other's. Absent: the unscoped ''.
+   */
+  cacheScope?: string;
 }
 
 interface Request {
@@ -103,7 +109,7 @@ interface Source {
 }
 
 /** A request's prompt as the prefix cache reads it. */
-const promptOf = (req: Request): Prompt => ({ ids: req.promptIds, chain: req.chain ?? [] });
+const promptOf = (req: Request): Prompt => ({ ids: req.promptIds, chain: req.chain ?? [], scope: req.opts.cacheScope ?? '' });
 
 /** A request about to be prefilled, and the tokens of its prompt the prefix cache holds. */
 interface Member {
@@ -373,7 +379,7 @@ export class BatchScheduler {
    */
   private cachedTokens(req: Request): number {
     if (req.started || req.params.echo || !this.prefix.enabled) return 0;
-    req.chain ??= this.prefix.chain(req.promptIds);
+    req.chain ??= this.prefix.chain(req.promptIds, req.opts.cacheScope);
     return this.prefix.match(promptOf(req), req.promptIds.length - 1);
   }
 
@@ -430,7 +436,7 @@ export class BatchScheduler {
     if (!this.rows.some((row) => row.finishReason !== null || row.req.settled)) return;
     // A finished sequence leaves its blocks for the next turn of its chat (its reply, as the next
     // prompt will hold it, when the template renders the same tokens).
-    if (this.prefix.enabled) this.rows.forEach((row, b) => row.finishReason !== null && this.prefix.store(this.cachedIds(row), this.past!, b, this.L));
+    if (this.prefix.enabled) this.rows.forEach((row, b) => row.finishReason !== null && this.prefix.store({ ids: this.cachedIds(row), scope: row.req.opts.cacheScope }, this.past!, b, this.L));
     for (const req of new Set(this.rows.filter((row) => row.finishReason !== null).map((row) => row.req))) this.answerIfDone(req);
     this.keepRows((row) => row.finishReason === null && !row.req.settled);
   }
@@ -474,7 +480,7 @@ export class BatchScheduler {
     const out = layRows(sources, L, L + room(L), this.pool);
     this.past = out;
     this.L = L;
-    sources.forEach((s, j) => s.store && this.prefix.store(s.store, out, j, L));
+    sources.forEach((s, j) => s.store && this.prefix.store({ ids: s.store, scope: s.row.req.opts.cacheScope }, out, j, L));
   }
 
   // --- prefill ------------------------------------------------------------------------------------
@@ -531,7 +537,7 @@ export class BatchScheduler {
           const past = req.past!;
           req.past = null;
           try {
-            this.prefix.store(req.promptIds, past, 0);
+            this.prefix.store({ ids: req.promptIds, scope: req.opts.cacheScope }, past, 0);
             this.join(req, past, 0, req.prefilled);
           } catch (err) {
             // Before its rows were laid into the batch (sampling comes first): only it fails.
@@ -688,7 +694,7 @@ export class BatchScheduler {
   private async sharedPast(member: Member, h: number): Promise<Feeds> {
     const { req, cached } = member;
     const whole = Math.floor(cached / BLOCK);
-    const key = `${whole > 0 ? req.chain![whole - 1] : ''}:${cached}:${req.promptIds.slice(whole * BLOCK, cached + h).join(',')}`;
+    const key = `${whole > 0 ? req.chain![whole - 1] : `root:${req.opts.cacheScope ?? ''}`}:${cached}:${req.promptIds.slice(whole * BLOCK, cached + h).join(',')}`;
     if (this.lastShared?.key === key) return this.lastShared.past;
     const past = h > 0 ? await this.prefillHead(member, h) : this.prefix.fill([{ prompt: promptOf(req), tokens: cached }], cached, cached, this.pool);
     this.lastShared = { key, past };
@@ -761,7 +767,7 @@ export class BatchScheduler {
       if (fresh && this.prefix.enabled) {
         const len = req.promptIds.length;
         const row = layRows([{ row: req.rows[0]!, past, b, end, fresh }], len, len, this.pool);
-        this.prefix.store(req.promptIds, row, 0, len);
+        this.prefix.store({ ids: req.promptIds, scope: req.opts.cacheScope }, row, 0, len);
         this.pool.give(row);
       }
       this.answerIfDone(req);

@@ -281,6 +281,25 @@ describe('prefix cache', () => {
     expect(s.stats.prefillTokens - before.prefillTokens).toBe(1);
   });
 
+  it('shares nothing across scopes (teams, keys, database roles): a prompt another scope cached is a miss, whole blocks and inside a block, and the same scope hits', async () => {
+    const [prompt] = sharing(1, 3 * BLOCK + 7, 23);
+    const p = params({ maxTokens: 8, temperature: 1, seed: 9 }); // prompt and reply fill a fourth block: the last 7 prompt tokens hit inside it
+    const want = ids(await alone(m, prompt!, p));
+    const s = new BatchScheduler(m, CACHED);
+    const run = async (cacheScope?: string) => ids(await s.submit(prompt!, p, { signal: never, onDelta: noop, ...(cacheScope === undefined ? {} : { cacheScope }) }));
+    expect(await run('key:a')).toEqual(want);
+    let before = { ...s.stats };
+    for (const other of ['key:b', 'team:a', undefined]) expect(await run(other)).toEqual(want);
+    // Each of the three stored its own blocks, and found none of another's.
+    expect(s.stats.prefixHits - before.prefixHits).toBe(0);
+    expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(0);
+    before = { ...s.stats };
+    expect(await run('key:a')).toEqual(want);
+    expect(await run('key:b')).toEqual(want);
+    expect(s.stats.prefixHits - before.prefixHits).toBe(2);
+    expect(s.stats.prefixTokensSaved - before.prefixTokensSaved).toBe(2 * (prompt!.length - 1));
+  });
+
   it('is off at budget 0: nothing is stored or reused', async () => {
     const s = new BatchScheduler(m, { ...LIMITS, prefixCacheBytes: 0 });
     const [prompt] = sharing(1, 3 * BLOCK, 9);
