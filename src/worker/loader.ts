@@ -86,8 +86,10 @@ export async function loadFiles(
 }
 
 /**
- * onnxruntime's CPU threading. SWITCHYARD_THREADS: intra-op threads per model (default: one per
- * core, right for one worker per machine, oversubscribed for several). SWITCHYARD_ORT_SPINNING:
+ * onnxruntime's CPU threading. SWITCHYARD_THREADS: intra-op threads per model (default:
+ * onnxruntime's own, which on Linux is half the logical CPUs, at least one: one thread on the
+ * 2-vCPU machines this project runs on, where a forward keeps 1.00 core busy; 2 threads kept
+ * 1.65, 2026-12-01). SWITCHYARD_ORT_SPINNING:
  * whether those threads spin while waiting for work (`session.intra_op.allow_spinning`); 0
  * (no spinning) for every model unless set to 1.
  * onnxruntime spins by default; a spinning thread keeps its core busy between
@@ -105,10 +107,16 @@ export async function loadFiles(
  * SmolLM2-shaped model in-process, 6 interleaved rounds of 32 tokens, 39.2 tokens/s without
  * against 38.7 with: spinning bought the decode loop nothing and cost the gateway's own work
  * its cores. Both the worker and the bench's in-process side load models with these options.
- * Threads stay at one per core: with SWITCHYARD_THREADS=1 the gateway embedded a burst of 256 at
- * 136 inputs/s in two quick runs, against 173–225 with the default 2 on this 2-core machine
- * (`SWITCHYARD_THREADS=1|2 npm run bench -- --quick --only embeddings`, issue 14), although one
- * thread leaves a core to serve and Postgres.
+ * Embeddings gain from a second thread: SWITCHYARD_THREADS=1 embedded a burst of 256 at 136
+ * inputs/s in two quick runs, against 173–225 with 2 (`SWITCHYARD_THREADS=1|2 npm run bench --
+ * --quick --only embeddings`, issue 14). Chat is a trade (`SWITCHYARD_THREADS=2 npm run bench --
+ * --only prefix,sampling,int8,context` against the default, back to back, 2026-12-01): with 2
+ * threads a cold 1,000-token prefill took 1,615 against 2,124 ms and 8 streams decoded 167
+ * against 146 tokens/s, fp32 at batch 1 was unchanged (33 tokens/s), but int8 at batch 1, the
+ * CPU default, fell to 56 from 88 tokens/s (a second pair, `--only int8`: 44 against 69):
+ * without spinning, each of a step's small operators
+ * wakes the second thread. So the default stays onnxruntime's; a machine that serves mostly long
+ * prompts or many streams, with cores to spare, sets SWITCHYARD_THREADS.
  */
 export function sessionOptions(): Record<string, unknown> {
   const threads = Number(process.env.SWITCHYARD_THREADS);
