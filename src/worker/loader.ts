@@ -114,9 +114,9 @@ export async function loadFiles(
  * threads a cold 1,000-token prefill took 1,615 against 2,124 ms and 8 streams decoded 167
  * against 146 tokens/s, fp32 at batch 1 was unchanged (33 tokens/s), but int8 at batch 1, the
  * CPU default, fell to 56 from 88 tokens/s (a second pair, `--only int8`: 44 against 69):
- * without spinning, each of a step's small operators
- * wakes the second thread. So the default stays onnxruntime's; a machine that serves mostly long
- * prompts or many streams, with cores to spare, sets SWITCHYARD_THREADS.
+ * without spinning, each of a step's small operators wakes the second thread. So the default
+ * stays onnxruntime's; a machine that serves mostly long prompts or many streams, with cores to
+ * spare, sets SWITCHYARD_THREADS.
  */
 export function sessionOptions(): Record<string, unknown> {
   const threads = Number(process.env.SWITCHYARD_THREADS);

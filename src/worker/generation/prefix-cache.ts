@@ -67,6 +67,9 @@ export interface Prompt {
  */
 const rootOf = (scope = '') => `root:${scope}`;
 
+/** The key `p`'s block number `j` follows: its previous block's, or its scope's root for the first. */
+export const predecessorOf = (p: Prompt, j: number): string => (j > 0 ? p.chain[j - 1]! : rootOf(p.scope));
+
 /** How many of the blocks that follow one prefix and start with one token a lookup compares with (the most recent). */
 const NEXT_SCAN = 16;
 
@@ -136,7 +139,7 @@ export class PrefixCache {
     const at = whole * BLOCK;
     const upTo = Math.min(most, BLOCK, p.ids.length - at);
     if (upTo <= 0) return null;
-    const keys = this.next.get(this.indexKey(whole > 0 ? p.chain[whole - 1]! : rootOf(p.scope), p.ids[at]!)) ?? [];
+    const keys = this.next.get(this.indexKey(predecessorOf(p, whole), p.ids[at]!)) ?? [];
     let best: { key: string; agree: number } | null = null;
     for (let i = keys.length - 1; i >= Math.max(0, keys.length - NEXT_SCAN); i--) {
       const tokens = this.blocks.get(keys[i]!)!.tokens;

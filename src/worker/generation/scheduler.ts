@@ -10,7 +10,7 @@ import { batchLimitsFromEnv, type BatchLimits } from './limits.js';
 import type { TokenConstraint } from './constrain/index.js';
 import type { WorkerBatchStats } from '../../db/workers-repo.js';
 import { ThreadError } from './thread-error.js';
-import { BLOCK, PrefixCache, type PrefixCacheStats, type Prompt } from './prefix-cache.js';
+import { BLOCK, predecessorOf, PrefixCache, type PrefixCacheStats, type Prompt } from './prefix-cache.js';
 import { KvPool } from './kv-pool.js';
 import { DEFAULT_KV_POOL_BYTES } from './limits.js';
 
@@ -694,7 +694,7 @@ export class BatchScheduler {
   private async sharedPast(member: Member, h: number): Promise<Feeds> {
     const { req, cached } = member;
     const whole = Math.floor(cached / BLOCK);
-    const key = `${whole > 0 ? req.chain![whole - 1] : `root:${req.opts.cacheScope ?? ''}`}:${cached}:${req.promptIds.slice(whole * BLOCK, cached + h).join(',')}`;
+    const key = `${predecessorOf(promptOf(req), whole)}:${cached}:${req.promptIds.slice(whole * BLOCK, cached + h).join(',')}`;
     if (this.lastShared?.key === key) return this.lastShared.past;
     const past = h > 0 ? await this.prefillHead(member, h) : this.prefix.fill([{ prompt: promptOf(req), tokens: cached }], cached, cached, this.pool);
     this.lastShared = { key, past };

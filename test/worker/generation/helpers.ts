@@ -69,7 +69,6 @@ export async function staggered(s: BatchScheduler, ps: number[][], p: (i: number
   return settled;
 }
 
-
 /** The fixtures' ONNX graph builder (fixtures/models/generator/onnx-builder.mjs), typed as far as the tests use it. */
 export interface GraphBuilder {
   input(name: string, type: number, shape: (number | string)[]): string;
