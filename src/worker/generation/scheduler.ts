@@ -498,19 +498,23 @@ export class BatchScheduler {
     let yieldedAt = 0;
     try {
       for (;;) {
+        if (this.joining.length > yieldedAt) {
+          // The first tokens just sampled leave the thread (it posts its messages when its turn
+          // ends), and requests that arrived during the forward come in (the thread's messages
+          // wait for a forward to end), before the next group is formed: a burst whose first
+          // request went alone is prefilled in one more forward, not in one for those that had
+          // arrived when that forward started and another for the rest (2026-12-01, a shared
+          // system prompt's burst of 8 through the gateway: forwards of 1, 2 and 5 rows, the
+          // 5 waiting in the thread's messages while the 2 were grouped). Those that make a
+          // group are prefilled now, before the re-layout and the next decode step, and join
+          // with these.
+          await yieldToLoop();
+          yieldedAt = this.joining.length;
+        }
         this.admit();
         const group = this.shortGroup();
         if (group.length > 0) {
           await this.prefillTogether(group);
-          continue;
-        }
-        if (this.joining.length > yieldedAt) {
-          // The first tokens just sampled leave the thread (it posts its messages when its turn
-          // ends), and requests that arrived during the forward come in (the thread's messages
-          // wait for a forward to end): those that make a group are prefilled now, before the
-          // re-layout and the next decode step, not after them, and join with these.
-          await yieldToLoop();
-          yieldedAt = this.joining.length;
           continue;
         }
         const req = this.prefilling[0];

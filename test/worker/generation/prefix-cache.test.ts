@@ -202,6 +202,39 @@ describe('prefix cache', () => {
     expect(s.stats.prefillTokens - before.prefillTokens).toBe(12 + ps.slice(1).reduce((n, x) => n + x.length - 4 * BLOCK - 12, 0));
   });
 
+  it('requests that arrive while a prefill forward runs are prefilled in the next one together with those that came before it started', async () => {
+    const ps = sharing(5, 4 * BLOCK, 41);
+    const p = (i: number) => params({ maxTokens: 6, ...(i % 2 ? { temperature: 0.8, topP: 0.9, seed: 60 + i } : {}) });
+    const want = await expected(ps, p);
+    const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 256 });
+    expect(ids(await s.submit(ps[0]!, p(0), { signal: never, onDelta: noop }))).toEqual(want[0]);
+    const results: Promise<ChoiceResult[]>[] = [];
+    const submit = (i: number) => results.push(s.submit(ps[i]!, p(i), { signal: never, onDelta: noop }));
+    let arrived!: () => void;
+    const all = new Promise<void>((resolve) => (arrived = resolve));
+    // Rows of each prefill forward. In the worker the scheduler runs on the model thread, whose
+    // messages (new requests) wait while a forward runs: one came before the first forward ran,
+    // two during it, delivered on the thread's next turn.
+    const rows: number[] = [];
+    const forward = m.model.forward.bind(m.model);
+    m.model.forward = (async (inputs: Record<string, Tensor>) => {
+      const first = inputs.input_ids!.dims[1]! > 1 && rows.push(inputs.input_ids!.dims[0]!) === 1;
+      if (first) submit(2);
+      const out = await forward(inputs);
+      if (first) setImmediate(() => (submit(3), submit(4), arrived()));
+      return out;
+    }) as typeof m.model.forward;
+    try {
+      submit(1);
+      await all;
+      expect((await Promise.all(results)).map(ids)).toEqual(want.slice(1));
+    } finally {
+      m.model.forward = forward;
+    }
+    // Not [1, 1, 2]: the next group is formed once the thread has let its messages through.
+    expect(rows).toEqual([1, 3]);
+  });
+
   it('one forward for prompts with cached prefixes of different lengths and one with none, joining a batch that is decoding', async () => {
     const a = sharing(3, 3 * BLOCK + 2, 13);
     const b = sharing(3, 5 * BLOCK + 9, 14);
