@@ -24,8 +24,8 @@ async function streams(s: Stack, k: number, tokens: number, offset: number, extr
 /** Greedy and sampled, one stream and eight, the four in an order that rotates each round. */
 export async function sampling(c: Ctx): Promise<SectionResult> {
   // Five rounds: sampled against greedy at batch 1 is a ratio of two single streams' rates on a
-  // shared 2-core machine; with three, one slow round under load set it (0.82× in a full run,
-  // 0.93–1.03× in runs of the section alone, 2026-12-01).
+  // shared 2-core machine; three rounds under load gave 0.82× in a full run (0.93–1.03× in runs
+  // of the section alone, 2026-12-01).
   const rounds = c.quick ? 1 : 5;
   const T = c.quick ? 32 : 128;
   const runs = { greedy1: [] as number[], greedy8: [] as number[], sampled1: [] as number[], sampled8: [] as number[], greedyDecode: [] as number[], sampledDecode: [] as number[] };
