@@ -1,4 +1,5 @@
 import { inject } from 'vitest';
+import type { Tensor } from '@huggingface/transformers';
 import type { SamplingParams } from '../../../src/protocol/chat.js';
 import { loadChatModel, type LoadedChatModel } from '../../../src/worker/loader.js';
 import { BatchScheduler, type BatchLimits } from '../../../src/worker/generation/scheduler.js';
@@ -67,6 +68,28 @@ export async function staggered(s: BatchScheduler, ps: number[][], p: (i: number
     settled[i] = await results[i]!.catch((e: Error) => e);
   }
   return settled;
+}
+
+/** A forward's inputs as the tests read them: tensors, and `past_key_values`' tensors by name. */
+export type ForwardInputs = Record<string, Tensor & Record<string, Tensor>>;
+
+/**
+ * Runs `body` with the model's forward replaced by `around`, which is handed each call's inputs
+ * and the real forward (to see the calls, or to act between them); the real one is back after
+ * `body`, whatever happens.
+ */
+export async function aroundForward<T>(
+  m: LoadedChatModel,
+  around: (inputs: ForwardInputs, forward: (inputs: ForwardInputs) => Promise<unknown>) => Promise<unknown>,
+  body: () => Promise<T>,
+): Promise<T> {
+  const forward = m.model.forward.bind(m.model);
+  m.model.forward = ((inputs: ForwardInputs) => around(inputs, forward)) as typeof m.model.forward;
+  try {
+    return await body();
+  } finally {
+    m.model.forward = forward;
+  }
 }
 
 /** The fixtures' ONNX graph builder (fixtures/models/generator/onnx-builder.mjs), typed as far as the tests use it. */

@@ -1,5 +1,4 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { Tensor } from '@huggingface/transformers';
 import type { SamplingParams } from '../../../src/protocol/chat.js';
 import type { LoadedChatModel } from '../../../src/worker/loader.js';
 import { BatchScheduler } from '../../../src/worker/generation/scheduler.js';
@@ -7,7 +6,7 @@ import type { ChoiceResult } from '../../../src/worker/generation/generate.js';
 import { BLOCK } from '../../../src/worker/generation/prefix-cache.js';
 import { ThreadError } from '../../../src/worker/generation/thread-error.js';
 import { makeRng } from '../../../src/worker/generation/sampler.js';
-import { alone, LIMITS, loadTiny, never, noop, params, staggered } from './helpers.js';
+import { alone, aroundForward, LIMITS, loadTiny, never, noop, params, staggered } from './helpers.js';
 
 // The prefix cache on the synthetic chat model: every request's tokens must be the tokens it
 // gets on a scheduler without the cache (LIMITS leaves it off), whether its prompt came from the
@@ -149,19 +148,16 @@ describe('prefix cache', () => {
     const before = { ...s.stats };
     // Rows of input and of past in each prefill forward: the rests go over one row of the shared
     // prefix (the split graph broadcasts it), not a copy of it per row.
-    const forward = m.model.forward.bind(m.model);
     const shapes: [number, number][] = [];
-    m.model.forward = (async (inputs: Record<string, Tensor & Record<string, Tensor>>) => {
-      const past = inputs.past_key_values ? Object.values(inputs.past_key_values)[0]! : null;
-      if (inputs.input_ids!.dims[1]! > 1) shapes.push([inputs.input_ids!.dims[0]!, past?.dims[0] ?? 0]);
-      return forward(inputs);
-    }) as typeof m.model.forward;
-    let burst: ChoiceResult[][];
-    try {
-      burst = await Promise.all(ps.slice(1).map((prompt, i) => s.submit(prompt, p(i + 1), { signal: never, onDelta: noop })));
-    } finally {
-      m.model.forward = forward;
-    }
+    const burst = await aroundForward(
+      m,
+      (inputs, forward) => {
+        const past = inputs.past_key_values ? Object.values(inputs.past_key_values)[0]! : null;
+        if (inputs.input_ids!.dims[1]! > 1) shapes.push([inputs.input_ids!.dims[0]!, past?.dims[0] ?? 0]);
+        return forward(inputs);
+      },
+      () => Promise.all(ps.slice(1).map((prompt, i) => s.submit(prompt, p(i + 1), { signal: never, onDelta: noop }))),
+    );
     expect(m.sharedPast).toBe(true);
     expect(shapes).toEqual([[1, 1], [8, 1]]);
     expect(burst.map(ids)).toEqual(want.slice(1));
@@ -216,21 +212,22 @@ describe('prefix cache', () => {
     // messages (new requests) wait while a forward runs: one came before the first forward ran,
     // two during it, delivered on the thread's next turn.
     const rows: number[] = [];
-    const forward = m.model.forward.bind(m.model);
-    m.model.forward = (async (inputs: Record<string, Tensor>) => {
-      const first = inputs.input_ids!.dims[1]! > 1 && rows.push(inputs.input_ids!.dims[0]!) === 1;
-      if (first) submit(2);
-      const out = await forward(inputs);
-      if (first) setImmediate(() => (submit(3), submit(4), arrived()));
-      return out;
-    }) as typeof m.model.forward;
-    try {
-      submit(1);
-      await all;
-      expect((await Promise.all(results)).map(ids)).toEqual(want.slice(1));
-    } finally {
-      m.model.forward = forward;
-    }
+    const got = await aroundForward(
+      m,
+      async (inputs, forward) => {
+        const first = inputs.input_ids!.dims[1]! > 1 && rows.push(inputs.input_ids!.dims[0]!) === 1;
+        if (first) submit(2);
+        const out = await forward(inputs);
+        if (first) setImmediate(() => (submit(3), submit(4), arrived()));
+        return out;
+      },
+      async () => {
+        submit(1);
+        await all;
+        return Promise.all(results);
+      },
+    );
+    expect(got.map(ids)).toEqual(want.slice(1));
     // Not [1, 1, 2]: the next group is formed once the thread has let its messages through.
     expect(rows).toEqual([1, 3]);
   });

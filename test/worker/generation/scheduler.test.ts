@@ -4,7 +4,7 @@ import { KvPool } from '../../../src/worker/generation/kv-pool.js';
 import { BatchScheduler } from '../../../src/worker/generation/scheduler.js';
 import type { ChoiceResult } from '../../../src/worker/generation/generate.js';
 import { ThreadError } from '../../../src/worker/generation/thread-error.js';
-import { alone as aloneOn, LIMITS, loadTiny, never, noop, params, prompts, staggered } from './helpers.js';
+import { alone as aloneOn, aroundForward, LIMITS, loadTiny, never, noop, params, prompts, staggered } from './helpers.js';
 
 // The continuous-batching decode loop on the synthetic chat model (random weights, so every
 // token is a real argmax or draw over real logits): a sequence's tokens must not depend on what
@@ -155,23 +155,21 @@ describe('BatchScheduler', () => {
     const s = new BatchScheduler(m, { ...LIMITS, prefillChunk: 512 });
     // In the worker the model thread's messages wait while a forward runs (its cores are the
     // forward's): the last four arrive on the loop's next turn after the first forward ends.
-    const forward = m.model.forward.bind(m.model);
     const shapes: number[][] = [];
     let late: Promise<ChoiceResult[]>[] = [];
-    m.model.forward = (async (inputs: { input_ids: { dims: number[] } }) => {
-      shapes.push([...inputs.input_ids.dims]);
-      const out = await forward(inputs as never);
-      if (shapes.length === 1) setImmediate(() => (late = ps.slice(3).map((prompt, i) => s.submit(prompt, p(i + 3), { signal: never, onDelta: noop }))));
-      return out;
-    }) as typeof m.model.forward;
-    let got: ChoiceResult[][];
-    try {
-      const first = ps.slice(0, 3).map((prompt, i) => s.submit(prompt, p(i), { signal: never, onDelta: noop }));
-      got = await Promise.all(first);
-      got.push(...(await Promise.all(late)));
-    } finally {
-      m.model.forward = forward;
-    }
+    const got = await aroundForward(
+      m,
+      async (inputs, forward) => {
+        shapes.push([...inputs.input_ids!.dims]);
+        const out = await forward(inputs);
+        if (shapes.length === 1) setImmediate(() => (late = ps.slice(3).map((prompt, i) => s.submit(prompt, p(i + 3), { signal: never, onDelta: noop }))));
+        return out;
+      },
+      async () => {
+        const first = await Promise.all(ps.slice(0, 3).map((prompt, i) => s.submit(prompt, p(i), { signal: never, onDelta: noop })));
+        return [...first, ...(await Promise.all(late))];
+      },
+    );
     expect(got.map((r) => r[0]!.tokenIds)).toEqual(expected);
     // Two prefill forwards (3 rows, then 4), and only then decode steps of all seven.
     expect(shapes.slice(0, 3).map((d) => d[0])).toEqual([3, 4, 7]);
