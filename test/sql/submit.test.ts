@@ -84,9 +84,17 @@ describe('ai.submit_chat', () => {
     // And while it runs some: the replies of a batch land together, and the moment after they do
     // (before the next claim) the worker holds nothing that a kill could interrupt. Seen running
     // and then killed, a 2-token request could finish in between: the worker is frozen (SIGSTOP)
-    // while it is looked at, and let go again until one is running while it is frozen.
+    // while it is looked at, and let go again until one is running while it is frozen. A statement
+    // it sent just before it froze (the commit of a batch's replies) still runs in its backend, so
+    // the look waits for the database's other backends to go quiet first. Without that wait a CI
+    // run found no request retried after the kill: 'running' was read while such a statement was
+    // still active, and it ended every request the frozen worker held (seen once in four looks).
     await waitFor('a request running while the worker is stopped', async () => {
       a.child.kill('SIGSTOP');
+      await until('the stopped worker\'s statements to finish', async () =>
+        (await sql.query(`select count(*)::int as n from pg_stat_activity
+                           where datname = current_database() and pid <> pg_backend_pid() and state = 'active'`)).rows[0].n === 0,
+        2_000, 10).catch(() => {});
       if ((await sql.query(`select count(*)::int as n from ai.requests where status = 'running'`)).rows[0].n > 0) return true;
       a.child.kill('SIGCONT');
       await new Promise((r) => setTimeout(r, 10));
