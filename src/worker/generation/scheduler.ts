@@ -211,6 +211,10 @@ function repeatRows(past: Feeds, k: number): Feeds {
 const INTERACTIVE_RECENT_MS = 10_000;
 const isInteractive = (r: { opts: SubmitOptions }) => !r.opts.background;
 
+const cancelled = (r: Request) => r.opts.signal.aborted;
+/** A cancelled request's error, with the tokens its choices had generated. */
+const cancelledError = (r: Request) => ThreadError.cancelled(r.rows.reduce((n, row) => n + row.tokenIds.length, 0));
+
 /** Lets queued messages (cancel, new requests) and other work run between steps. */
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -406,18 +410,21 @@ export class BatchScheduler {
   }
 
   private dropCancelled(): void {
-    const cancelled = (r: Request) => r.opts.signal.aborted;
-    const error = (r: Request) => ThreadError.cancelled(r.rows.reduce((n, row) => n + row.tokenIds.length, 0));
+    this.dropCancelledQueued();
+    if (!this.rows.some((row) => cancelled(row.req))) return;
+    for (const req of new Set(this.rows.map((row) => row.req))) if (cancelled(req)) this.settle(req, { error: cancelledError(req) });
+    this.keepRows((row) => !cancelled(row.req));
+  }
+
+  /** Cancelled requests that are waiting or being prefilled go (they hold no rows of the batch). */
+  private dropCancelledQueued(): void {
     for (const list of [this.waiting, this.prefilling]) {
       for (let i = list.length - 1; i >= 0; i--) {
         if (!cancelled(list[i]!)) continue;
         const [req] = list.splice(i, 1);
-        this.settle(req!, { error: error(req!) });
+        this.settle(req!, { error: cancelledError(req!) });
       }
     }
-    if (!this.rows.some((row) => cancelled(row.req))) return;
-    for (const req of new Set(this.rows.map((row) => row.req))) if (cancelled(req)) this.settle(req, { error: error(req) });
-    this.keepRows((row) => !cancelled(row.req));
   }
 
   /** Drops the batch rows that fail `keep` (their cache rows with them). */
@@ -510,6 +517,9 @@ export class BatchScheduler {
           // with these.
           await yieldToLoop();
           yieldedAt = this.joining.length;
+          // Cancellations came in with them: a request cancelled while the forward ran is not
+          // prefilled in the next one.
+          this.dropCancelledQueued();
         }
         this.admit();
         const group = this.shortGroup();

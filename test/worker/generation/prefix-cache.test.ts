@@ -198,19 +198,24 @@ describe('prefix cache', () => {
     expect(s.stats.prefillTokens - before.prefillTokens).toBe(12 + ps.slice(1).reduce((n, x) => n + x.length - 4 * BLOCK - 12, 0));
   });
 
-  it('requests that arrive while a prefill forward runs are prefilled in the next one together with those that came before it started', async () => {
+  /**
+   * In the worker the scheduler runs on the model thread, whose messages (new requests,
+   * cancellations) wait while a forward runs. This replays it: one request comes before the
+   * first prefill forward runs, two during it, delivered on the thread's next turn, and with
+   * them, with `cancel`, the cancellation of one of those two. Each request gets its tokens
+   * alone (the cancelled one its cancellation); the rows of each prefill forward are returned.
+   */
+  async function arriveDuringForward(cancel: boolean): Promise<number[]> {
     const ps = sharing(5, 4 * BLOCK, 41);
     const p = (i: number) => params({ maxTokens: 6, ...(i % 2 ? { temperature: 0.8, topP: 0.9, seed: 60 + i } : {}) });
     const want = await expected(ps, p);
     const s = new BatchScheduler(m, { ...CACHED, prefillChunk: 256 });
     expect(ids(await s.submit(ps[0]!, p(0), { signal: never, onDelta: noop }))).toEqual(want[0]);
-    const results: Promise<ChoiceResult[]>[] = [];
-    const submit = (i: number) => results.push(s.submit(ps[i]!, p(i), { signal: never, onDelta: noop }));
+    const stop = new AbortController();
+    const results: Promise<ChoiceResult[] | unknown>[] = [];
+    const submit = (i: number, signal = never) => results.push(s.submit(ps[i]!, p(i), { signal, onDelta: noop }).catch((e: unknown) => e));
     let arrived!: () => void;
     const all = new Promise<void>((resolve) => (arrived = resolve));
-    // Rows of each prefill forward. In the worker the scheduler runs on the model thread, whose
-    // messages (new requests) wait while a forward runs: one came before the first forward ran,
-    // two during it, delivered on the thread's next turn.
     const rows: number[] = [];
     const got = await aroundForward(
       m,
@@ -218,7 +223,14 @@ describe('prefix cache', () => {
         const first = inputs.input_ids!.dims[1]! > 1 && rows.push(inputs.input_ids!.dims[0]!) === 1;
         if (first) submit(2);
         const out = await forward(inputs);
-        if (first) setImmediate(() => (submit(3), submit(4), arrived()));
+        if (first) {
+          setImmediate(() => {
+            submit(3, stop.signal);
+            submit(4);
+            if (cancel) stop.abort();
+            arrived();
+          });
+        }
         return out;
       },
       async () => {
@@ -227,9 +239,21 @@ describe('prefix cache', () => {
         return Promise.all(results);
       },
     );
-    expect(got.map(ids)).toEqual(want.slice(1));
+    const [one, two, three, four] = got;
+    expect([one, two, four].map((r) => ids(r as ChoiceResult[]))).toEqual([want[1], want[2], want[4]]);
+    if (cancel) expect((three as ThreadError).kind).toBe('cancelled');
+    else expect(ids(three as ChoiceResult[])).toEqual(want[3]);
+    return rows;
+  }
+
+  it('requests that arrive while a prefill forward runs are prefilled in the next one together with those that came before it started', async () => {
     // Not [1, 1, 2]: the next group is formed once the thread has let its messages through.
-    expect(rows).toEqual([1, 3]);
+    expect(await arriveDuringForward(false)).toEqual([1, 3]);
+  });
+
+  it('a request cancelled while a prefill forward runs is not prefilled in the next one', async () => {
+    // Not [1, 3]: the cancellation came in with the requests, and is read before the group is formed.
+    expect(await arriveDuringForward(true)).toEqual([1, 2]);
   });
 
   it('one forward for prompts with cached prefixes of different lengths and one with none, joining a batch that is decoding', async () => {
