@@ -55,6 +55,27 @@ afterAll(async () => {
 const submitAll = `select count(ai.submit_chat('tiny', jsonb_build_array(jsonb_build_object('role', 'user', 'content', body)),
                                   '{"max_tokens": 2, "temperature": 0}', 'tickets', 'reply', 'id', id::text)) as n from tickets`;
 
+/**
+ * Requests running, once a frozen worker's statements have all ended: what it sent just before it
+ * froze (a finish_request that ends requests, a claim that starts some) still runs in its backends,
+ * and may reach them a moment after a look, so the count is taken when no other backend of the
+ * database is active and two looks 50 ms apart agree (-1 if that does not happen within 5 s).
+ * A count read at once could see 'running' before such a statement ended every request the
+ * worker held, and the kill then interrupted nothing: CI saw no request retried (stop 30).
+ */
+async function settledRunning(): Promise<number> {
+  let last = -1;
+  for (let i = 0; i < 100; i++) {
+    const active = (await sql.query(`select count(*)::int as n from pg_stat_activity
+                                      where datname = current_database() and pid <> pg_backend_pid() and state = 'active'`)).rows[0].n;
+    const n = (await sql.query(`select count(*)::int as n from ai.requests where status = 'running'`)).rows[0].n as number;
+    if (active === 0 && n === last) return n;
+    last = active === 0 ? n : -1;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return -1;
+}
+
 describe('ai.submit_chat', () => {
   it('rolled back: no request exists and nothing is written, even with a worker running', async () => {
     const w = await startWorker(db.url, ['--models', 'tiny']);
@@ -84,18 +105,10 @@ describe('ai.submit_chat', () => {
     // And while it runs some: the replies of a batch land together, and the moment after they do
     // (before the next claim) the worker holds nothing that a kill could interrupt. Seen running
     // and then killed, a 2-token request could finish in between: the worker is frozen (SIGSTOP)
-    // while it is looked at, and let go again until one is running while it is frozen. A statement
-    // it sent just before it froze (the commit of a batch's replies) still runs in its backend, so
-    // the look waits for the database's other backends to go quiet first. Without that wait a CI
-    // run found no request retried after the kill: 'running' was read while such a statement was
-    // still active, and it ended every request the frozen worker held (seen once in four looks).
+    // while it is looked at, and let go again until one is running while it is frozen.
     await waitFor('a request running while the worker is stopped', async () => {
       a.child.kill('SIGSTOP');
-      await until('the stopped worker\'s statements to finish', async () =>
-        (await sql.query(`select count(*)::int as n from pg_stat_activity
-                           where datname = current_database() and pid <> pg_backend_pid() and state = 'active'`)).rows[0].n === 0,
-        2_000, 10).catch(() => {});
-      if ((await sql.query(`select count(*)::int as n from ai.requests where status = 'running'`)).rows[0].n > 0) return true;
+      if ((await settledRunning()) > 0) return true;
       a.child.kill('SIGCONT');
       await new Promise((r) => setTimeout(r, 10));
       return false;
